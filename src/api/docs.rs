@@ -1,0 +1,60 @@
+//! The OpenAPI 3.1 document, generated from the handlers, and Swagger UI (served from assets
+//! compiled into the binary, so it works offline).
+
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::AppState;
+
+pub const OPENAPI_PATH: &str = "/docs/signal/openapi.json";
+pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Palisade Signal API",
+        description = "Submit access-rule signals and read back the rules and the audit log."
+    ),
+    paths(
+        super::signal::submit,
+        super::rules::list,
+        super::rules::show,
+        super::rules::delete,
+        super::audit::list,
+        super::healthz,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "signal", description = "Signal ingestion"),
+        (name = "rules", description = "The tenant's active rules"),
+        (name = "audit", description = "Everything received"),
+        (name = "health", description = "Liveness"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key made with `palisade keys create`"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    // The UI lives at `/docs/signal/swagger/`; the crate redirects the bare path there.
+    SwaggerUi::new(SWAGGER_PATH)
+        .url(OPENAPI_PATH, ApiDoc::openapi())
+        .into()
+}

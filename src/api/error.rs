@@ -1,0 +1,140 @@
+//! Every error an HTTP client can see, and the one place that turns them into responses.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::signal::{BatchProblem, EntryError};
+use crate::store::StoreError;
+
+/// The text of every 401, as the contract words it.
+pub const UNAUTHORIZED_MESSAGE: &str = "Invalid or missing API key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{UNAUTHORIZED_MESSAGE}")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    #[error("Validation failed")]
+    Validation(Vec<Detail>),
+    #[error("Request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("The store is unavailable; nothing was written")]
+    Store(#[from] StoreError),
+}
+
+/// One problem of a 400 answer.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Detail {
+    /// The field at fault (`body` for the request as a whole).
+    pub field: String,
+    pub message: String,
+    /// The value received, `null` when it was missing.
+    #[schema(value_type = Object)]
+    pub value: Value,
+    /// 0-based position of the event in the batch; `null` for request-level problems.
+    pub index: Option<usize>,
+}
+
+impl Detail {
+    pub fn new(field: &str, message: impl Into<String>, value: Value) -> Self {
+        Self {
+            field: field.to_owned(),
+            message: message.into(),
+            value,
+            index: None,
+        }
+    }
+
+    pub fn of_entry(index: usize, error: &EntryError) -> Self {
+        Self {
+            field: error.field.clone(),
+            message: error.problem.to_string(),
+            value: error.value.clone(),
+            index: Some(index),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>, value: Value) -> Self {
+        ApiError::Validation(vec![Detail::new(field, message, value)])
+    }
+
+    pub fn batch(problem: BatchProblem) -> Self {
+        let value = match problem {
+            BatchProblem::TooMany(n) => Value::from(n),
+            _ => Value::Null,
+        };
+        ApiError::invalid("body", problem.to_string(), value)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Validation(_) => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `error` field of the body.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::NotFound(_) => "NotFound",
+            ApiError::MethodNotAllowed => "MethodNotAllowed",
+            ApiError::Validation(_) => "ValidationError",
+            ApiError::PayloadTooLarge(_) => "PayloadTooLarge",
+            ApiError::Store(_) => "ServiceUnavailable",
+        }
+    }
+}
+
+/// The body of every error answer. `details` only appears on 400s.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    #[schema(example = "ValidationError")]
+    pub error: &'static str,
+    #[schema(example = "Validation failed")]
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Vec<Detail>>,
+    #[schema(example = 400)]
+    pub code: u16,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Store(e) = &self {
+            // The cause stays in the log; the client learns only that nothing was written.
+            tracing::error!(error = %e, "store failure");
+        }
+        let message = self.to_string();
+        let error = self.kind();
+        let details = match self {
+            ApiError::Validation(details) => Some(details),
+            _ => None,
+        };
+        let body = ErrorBody {
+            error,
+            message,
+            details,
+            code: status.as_u16(),
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,154 @@
+//! The HTTP surface. Handlers parse the request, call the domain and the store, and answer;
+//! every error goes through [`error::ApiError`].
+//!
+//! - [`signal`]: `POST /v1/signal`
+//! - [`rules`]: `GET /v1/rules`, `GET|DELETE /v1/rules/{id}`
+//! - [`audit`]: `GET /v1/audit`
+//! - [`docs`]: OpenAPI document and Swagger UI under `/docs/signal/`
+
+pub mod audit;
+pub mod auth;
+pub mod docs;
+pub mod error;
+pub mod rules;
+pub mod signal;
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::clock::Clock;
+use crate::keys::KeyRing;
+use crate::signal::SignalPolicy;
+use crate::store::SharedStore;
+use error::ApiError;
+
+/// What every handler can reach.
+pub struct Shared {
+    pub store: SharedStore,
+    /// Swapped whole when keys change; handlers never wait on it.
+    pub keys: Arc<ArcSwap<KeyRing>>,
+    pub policy: SignalPolicy,
+    pub clock: Arc<dyn Clock>,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.max_body_bytes;
+    Router::new()
+        .route("/v1/signal", axum::routing::post(signal::submit))
+        .route("/v1/rules", get(rules::list))
+        .route("/v1/rules/{id}", get(rules::show).delete(rules::delete))
+        .route("/v1/audit", get(audit::list))
+        .route("/healthz", get(healthz))
+        .merge(docs::router())
+        .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Liveness: the process answers HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The server is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// A request body read whole, whatever its `Content-Type` (curl's `-d` sends
+/// `application/x-www-form-urlencoded`, and the contract's examples must still work).
+pub struct RawBody(pub Bytes);
+
+impl FromRequest<AppState> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
+        Bytes::from_request(req, app)
+            .await
+            .map(RawBody)
+            .map_err(|rejection| match rejection {
+                BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                    ApiError::PayloadTooLarge(app.max_body_bytes)
+                }
+                other => ApiError::invalid("body", other.body_text(), Value::Null),
+            })
+    }
+}
+
+/// A fresh id tying a request's audit entries together.
+pub fn request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Query parameters in order as received. A malformed query string is a 400 like any other.
+pub struct Params(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map(|q| Params(q.0))
+            .map_err(|rejection| ApiError::invalid("query", rejection.body_text(), Value::Null))
+    }
+}
+
+/// `limit`: 1 to 1000.
+pub fn parse_limit(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=rules::MAX_PAGE).contains(n))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "limit",
+                "must be an integer from 1 to 1000",
+                Value::from(value),
+            )
+        })
+}
+
+/// `cursor`: a `next_cursor` handed out earlier.
+pub fn parse_cursor(value: &str) -> Result<i64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|c| *c >= 0)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "cursor",
+                "must be a cursor returned as next_cursor",
+                Value::from(value),
+            )
+        })
+}

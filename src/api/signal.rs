@@ -1,0 +1,147 @@
+//! `POST /v1/signal`.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::auth::Caller;
+use super::error::{ApiError, Detail, ErrorBody};
+use super::{AppState, RawBody, request_id};
+use crate::keys::Permission;
+use crate::signal::parse_batch;
+use crate::store::{BatchItem, WriteBatch};
+
+/// The answer to a batch that had at least one valid event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignalResult {
+    pub success: bool,
+    #[schema(example = "Processed 3 entries, 0 failed")]
+    pub message: String,
+    /// One line per refused event: `Entry I: Schema validation failed: FIELD: MESSAGE`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+}
+
+/// One event of a batch, as documented. The server reads events field by field so that one bad
+/// event fails alone; this type only describes them.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct SignalEvent {
+    /// Event type; only `access_rules`.
+    #[schema(example = "access_rules")]
+    pub r#type: String,
+    /// `block` or `unblock`.
+    #[schema(example = "block")]
+    pub action: String,
+    /// IPv4/IPv6 address or CIDR range. Exactly one of `ip`, `asn`, `country`.
+    #[schema(example = "192.168.1.100")]
+    pub ip: Option<String>,
+    /// `AS12345` (prefix in any case).
+    #[schema(example = "AS12345")]
+    pub asn: Option<String>,
+    /// ISO-3166-1 alpha-2 code, any case.
+    #[schema(example = "US")]
+    pub country: Option<String>,
+    /// Seconds until the rule expires, 1 to 315360000; absent: permanent.
+    #[schema(example = 3600, minimum = 1, maximum = 315360000)]
+    pub expiration: Option<u64>,
+    #[schema(max_length = 1024)]
+    pub description: Option<String>,
+    #[schema(max_length = 255)]
+    pub name: Option<String>,
+}
+
+/// Submit a batch of 1 to 1000 access-rule events.
+///
+/// Valid events are committed in one transaction before the answer is sent; every event, valid
+/// or not, is written to the audit log. Any `Content-Type` is read as JSON.
+#[utoipa::path(post, path = "/v1/signal", tag = "signal",
+    request_body(content = Vec<SignalEvent>, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every event applied", body = SignalResult,
+            example = json!({"success": true, "message": "Processed 3 entries, 0 failed"})),
+        (status = 206, description = "Some events refused; the others applied", body = SignalResult,
+            example = json!({"success": false, "message": "Processed 2 entries, 1 failed",
+                "errors": ["Entry 1: Schema validation failed: country: Country must be a valid ISO-3166 Alpha-2 code (e.g., US, GB, JP)"]})),
+        (status = 400, description = "Every event refused, or the body is not a batch", body = ErrorBody),
+        (status = 401, description = "Missing, unknown or revoked key", body = ErrorBody),
+        (status = 403, description = "The key's role may not submit signals", body = ErrorBody),
+        (status = 413, description = "Body larger than `limits.max_body_bytes`", body = ErrorBody),
+        (status = 503, description = "The store failed; nothing was written", body = ErrorBody),
+    ))]
+pub async fn submit(
+    State(app): State<AppState>,
+    caller: Caller,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let principal = caller.require(Permission::WriteRules)?;
+    let events = parse_batch(&body).map_err(ApiError::batch)?;
+    let now = app.clock.now();
+
+    let mut items = Vec::with_capacity(events.len());
+    let mut refused = Vec::new();
+    for (index, raw) in events.iter().enumerate() {
+        let write = match app.policy.validate(raw, now) {
+            Ok(command) => Ok(command.into_write()),
+            Err(error) => {
+                let text = error.field_message();
+                refused.push((index, error));
+                Err(text)
+            }
+        };
+        items.push(BatchItem {
+            event: raw.get().to_owned(),
+            write,
+        });
+    }
+    let total = items.len();
+
+    // Written even when every event was refused: the audit log records what was received.
+    app.store
+        .write(WriteBatch {
+            tenant: principal.tenant_id,
+            key_id: principal.key_id,
+            request_id: request_id(),
+            at: now,
+            items,
+        })
+        .await?;
+
+    let failed = refused.len();
+    if failed == total {
+        let details = refused
+            .iter()
+            .map(|(index, error)| Detail::of_entry(*index, error))
+            .collect();
+        return Err(ApiError::Validation(details));
+    }
+    let applied = total - failed;
+    let message = format!("Processed {applied} entries, {failed} failed");
+    if failed == 0 {
+        let body = SignalResult {
+            success: true,
+            message,
+            errors: None,
+        };
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+    let errors = refused
+        .iter()
+        .map(|(index, error)| {
+            format!(
+                "Entry {index}: Schema validation failed: {}",
+                error.field_message()
+            )
+        })
+        .collect();
+    let body = SignalResult {
+        success: false,
+        message,
+        errors: Some(errors),
+    };
+    Ok((StatusCode::PARTIAL_CONTENT, Json(body)).into_response())
+}

@@ -1,0 +1,200 @@
+//! Wiring: configuration in, a bound server out. Tests build the same [`Application`] on port 0
+//! with a temporary data directory.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState, Shared};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::keys::{self, DEFAULT_TENANT, KeyRing, Role, TenantName};
+use crate::signal::SignalPolicy;
+use crate::store::sqlite::{SqliteOptions, SqliteStore};
+use crate::store::{NewKey, NoSink, SharedStore, Store};
+
+/// How often the server re-reads the keys table, so that keys made or revoked from the command
+/// line (another process) take effect within a second.
+const KEY_REFRESH: Duration = Duration::from_millis(500);
+
+/// Rules purged per transaction: bounded so a purge never holds the writer for long.
+const PURGE_BATCH: usize = 10_000;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    tasks: BackgroundTasks,
+    /// Set when this start created the first admin key; shown to the operator once.
+    pub bootstrap_key: Option<String>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let store: SharedStore = Arc::new(
+            SqliteStore::open(
+                &config.data_dir,
+                SqliteOptions {
+                    synchronous: config.store.synchronous,
+                },
+                Arc::new(NoSink),
+            )
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        );
+
+        let bootstrap_key = if store.keys().await?.is_empty() {
+            let (secret, _) = create_key(&*store, "admin", Role::Admin, DEFAULT_TENANT, &*clock)
+                .await
+                .context("creating the first admin key")?;
+            Some(secret)
+        } else {
+            None
+        };
+        let keys = Arc::new(ArcSwap::from_pointee(KeyRing::new(
+            store.live_keys().await?,
+        )));
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+
+        let state = AppState(Arc::new(Shared {
+            store: store.clone(),
+            keys: keys.clone(),
+            policy: SignalPolicy {
+                guard: config.guard(),
+                asn_catalog: None,
+            },
+            clock: clock.clone(),
+            max_body_bytes: config.limits.max_body_bytes,
+        }));
+
+        let tasks = BackgroundTasks(vec![
+            tokio::spawn(refresh_keys(store.clone(), keys)),
+            tokio::spawn(purge_expired(
+                store,
+                clock,
+                Duration::from_secs(config.store.purge_interval_secs.max(1)),
+            )),
+        ]);
+        Ok(Self {
+            listener,
+            state,
+            tasks,
+            bootstrap_key,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Self {
+            listener,
+            state,
+            tasks: _running_until_return,
+            ..
+        } = self;
+        axum::serve(
+            listener,
+            api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+    }
+}
+
+/// Tasks that live exactly as long as the server: aborted when it stops or is dropped unstarted.
+struct BackgroundTasks(Vec<JoinHandle<()>>);
+
+impl Drop for BackgroundTasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Makes a key and returns its secret (shown once) with the stored record.
+pub async fn create_key(
+    store: &dyn Store,
+    name: &str,
+    role: Role,
+    tenant: &str,
+    clock: &dyn Clock,
+) -> anyhow::Result<(String, keys::ApiKey)> {
+    let tenant = TenantName::parse(tenant).with_context(|| {
+        format!("tenant {tenant:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -")
+    })?;
+    let (secret, digest) = keys::generate();
+    let key = store
+        .create_key(NewKey {
+            name: name.to_owned(),
+            role,
+            tenant,
+            digest,
+            at: clock.now(),
+        })
+        .await?;
+    Ok((secret, key))
+}
+
+async fn refresh_keys(store: SharedStore, keys: Arc<ArcSwap<KeyRing>>) {
+    let mut tick = tokio::time::interval(KEY_REFRESH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match store.live_keys().await {
+            Ok(live) => keys.store(Arc::new(KeyRing::new(live))),
+            // Keep serving with the keys we have; a transient read error must not lock anyone out.
+            Err(e) => tracing::warn!(error = %e, "could not refresh API keys"),
+        }
+    }
+}
+
+async fn purge_expired(store: SharedStore, clock: Arc<dyn Clock>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        loop {
+            match store.purge_expired(clock.now(), PURGE_BATCH).await {
+                Ok(purged) if purged.len() == PURGE_BATCH => continue,
+                Ok(purged) => {
+                    if !purged.is_empty() {
+                        tracing::debug!(count = purged.len(), "purged expired rules");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging expired rules failed");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Configuration, layered: built-in defaults, then the TOML file (`--config`, `PALISADE_CONFIG`),
+//! then `PALISADE_<SECTION>__<KEY>` environment variables (e.g. `PALISADE_GUARD__MIN_PREFIX_V4`),
+//! then the command line and its own variables (`PALISADE_LISTEN`, `PALISADE_DATA_DIR`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::signal::Guard;
+use crate::store::sqlite::Synchronous;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_DATA_DIR: &str = "./palisade-data";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// Where the SQLite database lives.
+    pub data_dir: PathBuf,
+    pub store: StoreConfig,
+    pub guard: GuardConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `full` (default): an acknowledged write survives a power cut. `normal`: it survives a
+    /// crash of the process but not of the machine; commits are cheaper.
+    pub synchronous: Synchronous,
+    /// Seconds between purges of expired rules. Expired rules stop matching at their expiry
+    /// instant whatever this is; the purge only reclaims space.
+    pub purge_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardConfig {
+    /// IPv4 ranges broader than this prefix length are refused.
+    pub min_prefix_v4: u8,
+    /// IPv6 ranges broader than this prefix length are refused.
+    pub min_prefix_v6: u8,
+    /// Networks no block may overlap. Loopback by default.
+    pub protected: Vec<IpNet>,
+    /// Also protect the address the server listens on (when it is not a wildcard).
+    pub protect_listen_address: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted; larger bodies get 413. The default fits any valid batch of
+    /// 1000 events.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("static address"),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            store: StoreConfig::default(),
+            guard: GuardConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Full,
+            purge_interval_secs: 60,
+        }
+    }
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        let guard = Guard::default();
+        Self {
+            min_prefix_v4: guard.min_prefix_v4,
+            min_prefix_v6: guard.min_prefix_v6,
+            protected: guard.protected,
+            protect_listen_address: true,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// Settings given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            .merge(
+                Env::prefixed("PALISADE_")
+                    .filter(|key| key.as_str().contains("__"))
+                    .split("__"),
+            )
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    /// The guard rails in force: the configured ones plus, when asked, the listen address.
+    pub fn guard(&self) -> Guard {
+        let mut protected = self.guard.protected.clone();
+        let own = self.listen.ip();
+        if self.guard.protect_listen_address && !own.is_unspecified() {
+            let host = IpNet::from(own);
+            if !protected.iter().any(|p| p.contains(&host)) {
+                protected.push(host);
+            }
+        }
+        Guard {
+            min_prefix_v4: self.guard.min_prefix_v4,
+            min_prefix_v6: self.guard.min_prefix_v6,
+            protected,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("palisade.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\n[guard]\nmin_prefix_v4 = 12\nprotected = [\"10.9.0.0/16\"]\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            data_dir: Some("/var/lib/palisade".into()),
+            ..Overrides::default()
+        };
+        let config = Config::load(Some(&file), &overrides).unwrap();
+        assert_eq!(config.listen.port(), 9000);
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/palisade"));
+        assert_eq!(config.guard.min_prefix_v4, 12);
+        // A wildcard listen address protects nothing more.
+        assert_eq!(
+            config.guard().protected,
+            vec!["10.9.0.0/16".parse::<IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("palisade.toml");
+        std::fs::write(&file, "[guard]\nmin_prefix = 12\n").unwrap();
+        assert!(Config::load(Some(&file), &Overrides::default()).is_err());
+    }
+}

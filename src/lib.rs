@@ -1,0 +1,27 @@
+//! Palisade: a self-hosted security-signal service.
+//!
+//! Security tools send *signals* (block or unblock an IP range, an ASN or a country); enforcement
+//! points ask whether a client is blocked. This crate is the whole service; `src/main.rs` is only
+//! the command line around it.
+//!
+//! # Layout
+//! A signal flows through the modules in this order:
+//!
+//! - [`api`]: HTTP handlers. They parse the request, call the domain and answer; nothing else.
+//!   Every error becomes HTTP in one place, [`api::error`].
+//! - [`signal`]: validation of `POST /v1/signal` events into commands, and the table of error texts.
+//! - [`rules`]: domain types that are valid by construction (`Target`, `Asn`, `CountryCode`, ...).
+//! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
+//! - [`store`]: persistence behind the [`store::Store`] trait. Every rule change gets a
+//!   monotonically increasing sequence number, so anything downstream can follow "changes since N".
+//! - [`app`]: wiring: configuration in, a bound server out.
+//! - [`config`], [`clock`]: configuration layering and the time source (controllable in tests).
+
+pub mod api;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod keys;
+pub mod rules;
+pub mod signal;
+pub mod store;

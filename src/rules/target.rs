@@ -1,0 +1,287 @@
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+
+/// What a rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// An address or range: always normalised (host bits clear, IPv4-mapped IPv6 as IPv4).
+    Ip(IpNet),
+    Asn(Asn),
+    Country(CountryCode),
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Ip,
+    Asn,
+    Country,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Ip => "ip",
+            Kind::Asn => "asn",
+            Kind::Country => "country",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ip" => Some(Kind::Ip),
+            "asn" => Some(Kind::Asn),
+            "country" => Some(Kind::Country),
+            _ => None,
+        }
+    }
+}
+
+impl Target {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Target::Ip(_) => Kind::Ip,
+            Target::Asn(_) => Kind::Asn,
+            Target::Country(_) => Kind::Country,
+        }
+    }
+
+    /// Reads a target back from its canonical text and kind (as the store keeps it).
+    pub fn from_stored(kind: Kind, text: &str) -> Option<Self> {
+        match kind {
+            Kind::Ip => parse_ip_target(text).ok().map(Target::Ip),
+            Kind::Asn => Asn::parse(text).map(Target::Asn),
+            Kind::Country => CountryCode::parse(text).map(Target::Country),
+        }
+    }
+
+    /// Parses a target of any kind, for filters where the caller did not say which kind.
+    pub fn parse_any(text: &str) -> Option<Self> {
+        if let Ok(net) = parse_ip_target(text) {
+            return Some(Target::Ip(net));
+        }
+        if let Some(asn) = Asn::parse(text) {
+            return Some(Target::Asn(asn));
+        }
+        CountryCode::parse(text).map(Target::Country)
+    }
+}
+
+/// Canonical text: `192.0.2.0/24`, `2001:db8::/32`, `AS12345`, `US`. Single hosts keep their
+/// `/32` or `/128`, so one text form is one target.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Ip(net) => write!(f, "{net}"),
+            Target::Asn(asn) => write!(f, "{asn}"),
+            Target::Country(code) => write!(f, "{code}"),
+        }
+    }
+}
+
+/// An autonomous system number. `AS0` is reserved (RFC 7607) and never a valid target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Asn(NonZeroU32);
+
+impl Asn {
+    pub fn new(n: u32) -> Option<Self> {
+        NonZeroU32::new(n).map(Asn)
+    }
+
+    pub fn get(self) -> u32 {
+        self.0.get()
+    }
+
+    /// Accepts `AS12345` with the prefix in any case. Only ASCII digits follow; no sign, no
+    /// spaces, no dot notation.
+    pub fn parse(text: &str) -> Option<Self> {
+        let prefix = text.get(..2)?;
+        if !prefix.eq_ignore_ascii_case("as") {
+            return None;
+        }
+        let digits = &text[2..];
+        if digits.is_empty() || digits.len() > 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n: u64 = digits.parse().ok()?;
+        u32::try_from(n).ok().and_then(Asn::new)
+    }
+}
+
+impl fmt::Display for Asn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AS{}", self.0)
+    }
+}
+
+/// An officially assigned ISO-3166-1 alpha-2 code, upper case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountryCode([u8; 2]);
+
+impl CountryCode {
+    /// Accepts any case. User-assigned codes (`XK`, `XX`, `EU`, ...) and reserved ones (`UK`)
+    /// are refused: a rule for a code no geo database emits would never match anything.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 2 || !bytes.iter().all(u8::is_ascii_alphabetic) {
+            return None;
+        }
+        let upper = [bytes[0].to_ascii_uppercase(), bytes[1].to_ascii_uppercase()];
+        // celes also lists Kosovo's XK, which ISO keeps in the user-assigned range.
+        if &upper == b"XK" {
+            return None;
+        }
+        celes::Country::from_alpha2(text).ok()?;
+        Some(CountryCode(upper))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Both bytes are ASCII letters by construction.
+        std::str::from_utf8(&self.0).unwrap_or("??")
+    }
+
+    pub fn bytes(self) -> [u8; 2] {
+        self.0
+    }
+}
+
+impl fmt::Display for CountryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpTargetError {
+    /// Not an address, or a prefix length that is not a number in range.
+    Invalid,
+    /// `fe80::1%eth0`: a zone only means something on one host.
+    ZoneId,
+}
+
+/// Parses an address or CIDR range and normalises it: host bits cleared, IPv4-mapped IPv6
+/// (`::ffff:192.0.2.1`, and `::ffff:0:0/96` subranges) turned into IPv4 so that a rule and a
+/// client address always meet in the same family.
+pub fn parse_ip_target(text: &str) -> Result<IpNet, IpTargetError> {
+    if text.contains('%') {
+        return Err(IpTargetError::ZoneId);
+    }
+    let (addr_text, len_text) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len)),
+        None => (text, None),
+    };
+    let addr = IpAddr::from_str(addr_text).map_err(|_| IpTargetError::Invalid)?;
+    let max_len = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len_text {
+        None => max_len,
+        Some(digits) => {
+            if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(IpTargetError::Invalid);
+            }
+            let len: u8 = digits.parse().map_err(|_| IpTargetError::Invalid)?;
+            if len > max_len {
+                return Err(IpTargetError::Invalid);
+            }
+            len
+        }
+    };
+    let net = match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) if len >= 96 => IpNet::new(IpAddr::V4(v4), len - 96),
+            _ => IpNet::new(addr, len),
+        },
+        IpAddr::V4(_) => IpNet::new(addr, len),
+    }
+    .map_err(|_| IpTargetError::Invalid)?;
+    Ok(net.trunc())
+}
+
+/// A client address as look-ups see it: IPv4-mapped IPv6 becomes IPv4.
+pub fn normalize_ip(addr: IpAddr) -> IpAddr {
+    addr.to_canonical()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_targets_normalise() {
+        let cases = [
+            ("192.168.1.100", "192.168.1.100/32"),
+            ("192.168.1.100/24", "192.168.1.0/24"),
+            ("::ffff:192.0.2.1", "192.0.2.1/32"),
+            ("::ffff:192.0.2.128/121", "192.0.2.128/25"),
+            ("2001:DB8::1/32", "2001:db8::/32"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_ip_target(input).unwrap().to_string(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn ip_targets_refuse_garbage() {
+        for bad in [
+            "",
+            "1.2.3",
+            "1.2.3.4/33",
+            "1.2.3.4/",
+            "1.2.3.4/+8",
+            "1.2.3.4/08a",
+            "::1/129",
+            " 1.2.3.4",
+            "01.2.3.4",
+            "1.2.3.4/-1",
+            "example.com",
+        ] {
+            assert_eq!(parse_ip_target(bad), Err(IpTargetError::Invalid), "{bad:?}");
+        }
+        assert_eq!(parse_ip_target("fe80::1%eth0"), Err(IpTargetError::ZoneId));
+    }
+
+    #[test]
+    fn asn_forms() {
+        assert_eq!(Asn::parse("AS12345").unwrap().to_string(), "AS12345");
+        assert_eq!(Asn::parse("as12345").unwrap().to_string(), "AS12345");
+        assert_eq!(Asn::parse("aS4294967295").unwrap().get(), u32::MAX);
+        for bad in [
+            "AS0",
+            "AS",
+            "12345",
+            "AS4294967296",
+            "AS-1",
+            "AS 1",
+            "AS+1",
+            "ASN1",
+            "AS1.5",
+        ] {
+            assert!(Asn::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn exactly_the_officially_assigned_countries() {
+        let mut accepted = 0;
+        for a in b'A'..=b'Z' {
+            for b in b'A'..=b'Z' {
+                let code = String::from_utf8(vec![a, b]).unwrap();
+                if CountryCode::parse(&code).is_some() {
+                    accepted += 1;
+                }
+            }
+        }
+        assert_eq!(accepted, 249);
+        for bad in ["UK", "XX", "EU", "XK", "U", "USA", "1A"] {
+            assert!(CountryCode::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(CountryCode::parse("gb").unwrap().as_str(), "GB");
+    }
+}

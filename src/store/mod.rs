@@ -1,0 +1,234 @@
+//! Persistence. Everything durable goes through the [`Store`] trait; the embedded default is
+//! [`sqlite::SqliteStore`], and a shared PostgreSQL store fills the same trait.
+//!
+//! Every rule change is written with a sequence number that only grows (the change log), and is
+//! handed, in that order and after it is committed, to the [`ChangeSink`] the store was opened
+//! with. In-memory indexes follow the store only through those changes, so a node that reads the
+//! change log of a shared database sees exactly what the writing node saw.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
+use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("database connection pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("cannot prepare data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the store's writer has stopped")]
+    WriterGone,
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+    #[error("a background task failed: {0}")]
+    Task(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// One write to the rules of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleWrite {
+    /// Creates the rule for `(action, target)` or refreshes it: the expiry is always replaced
+    /// (absent means permanent); name and description are replaced when given and kept when not.
+    Put {
+        action: RuleAction,
+        target: Target,
+        expires_at: Option<UnixMillis>,
+        name: Option<String>,
+        description: Option<String>,
+        source: Source,
+    },
+    /// Removes the rule for exactly `(action, target)`; nothing to remove is not an error.
+    Remove { action: RuleAction, target: Target },
+}
+
+/// One received item of a batch: what to audit, and what to do if it was valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchItem {
+    /// The event exactly as received.
+    pub event: String,
+    /// The write, or the reason the item was refused (it is then only audited).
+    pub write: Result<RuleWrite, String>,
+}
+
+/// Everything one request wants written; committed in one transaction, or not at all.
+#[derive(Debug, Clone)]
+pub struct WriteBatch {
+    pub tenant: TenantId,
+    pub key_id: i64,
+    pub request_id: String,
+    pub at: UnixMillis,
+    pub items: Vec<BatchItem>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeOp {
+    /// A rule was created or refreshed.
+    Put,
+    /// A rule was removed by a request.
+    Delete,
+    /// An expired rule was purged.
+    Expire,
+}
+
+impl ChangeOp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeOp::Put => "put",
+            ChangeOp::Delete => "delete",
+            ChangeOp::Expire => "expire",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "put" => Some(ChangeOp::Put),
+            "delete" => Some(ChangeOp::Delete),
+            "expire" => Some(ChangeOp::Expire),
+            _ => None,
+        }
+    }
+}
+
+/// An entry of the change log: enough to patch an index without reading the rule back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub seq: u64,
+    pub tenant: TenantId,
+    pub rule_id: RuleId,
+    pub op: ChangeOp,
+    pub action: RuleAction,
+    pub target: Target,
+    pub expires_at: Option<UnixMillis>,
+    pub at: UnixMillis,
+}
+
+/// Receives committed changes, in sequence order, before the writes that made them are
+/// acknowledged.
+pub trait ChangeSink: Send + Sync + 'static {
+    fn apply(&self, changes: &[Change]);
+}
+
+/// A sink for tools that only manage keys or read.
+pub struct NoSink;
+
+impl ChangeSink for NoSink {
+    fn apply(&self, _changes: &[Change]) {}
+}
+
+/// All active rules at one point of the change log: what an index is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The last change included.
+    pub seq: u64,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RuleQuery {
+    pub kind: Option<Kind>,
+    pub target: Option<Target>,
+    pub name: Option<String>,
+    pub action: Option<RuleAction>,
+    /// Only rules with a larger id (cursor pagination, ascending ids).
+    pub after: Option<RuleId>,
+    pub limit: usize,
+    /// Rules expired at this instant are not listed, whether or not they were purged yet.
+    pub now: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub next_cursor: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: UnixMillis,
+    pub key_id: i64,
+    pub request_id: String,
+    /// Position in the request's batch; `None` for requests that are not batches.
+    pub index: Option<u32>,
+    pub event: String,
+    /// `None`: applied. `Some(reason)`: refused.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub name: String,
+    pub role: Role,
+    pub tenant: TenantName,
+    pub digest: KeyDigest,
+    pub at: UnixMillis,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Commits the valid writes and the audit entries of every item, atomically.
+    async fn write(&self, batch: WriteBatch) -> StoreResult<Vec<Change>>;
+
+    /// Deletes one rule of the tenant by id (audited). `None`: no such rule in this tenant.
+    async fn delete_rule(
+        &self,
+        tenant: TenantId,
+        id: RuleId,
+        key_id: i64,
+        request_id: String,
+        at: UnixMillis,
+    ) -> StoreResult<Option<Change>>;
+
+    /// Purges up to `limit` rules expired at `now`.
+    async fn purge_expired(&self, now: UnixMillis, limit: usize) -> StoreResult<Vec<Change>>;
+
+    async fn rule(
+        &self,
+        tenant: TenantId,
+        id: RuleId,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Rule>>;
+
+    async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>>;
+
+    /// Audit entries, newest first; `before` is the cursor.
+    async fn audit(
+        &self,
+        tenant: TenantId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Page<AuditEntry>>;
+
+    /// The change log after `seq`, oldest first.
+    async fn changes_since(&self, seq: u64, limit: usize) -> StoreResult<Vec<Change>>;
+
+    /// All rules active at `now`, and the change they are current up to.
+    async fn snapshot(&self, now: UnixMillis) -> StoreResult<Snapshot>;
+
+    async fn create_key(&self, key: NewKey) -> StoreResult<ApiKey>;
+
+    async fn keys(&self) -> StoreResult<Vec<ApiKey>>;
+
+    /// `None`: no key with that id.
+    async fn revoke_key(&self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>>;
+
+    /// Digests and owners of every unrevoked key, for the key ring.
+    async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>>;
+}
+
+pub type SharedStore = Arc<dyn Store>;

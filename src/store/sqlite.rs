@@ -1,0 +1,895 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! One thread owns the only writing connection and takes work from a channel. Whatever has queued
+//! up while it committed is committed together in the next transaction (group commit), each
+//! request inside its own savepoint so one failure cannot take another's writes with it. Reads go
+//! to a small pool of read-only connections, which WAL lets run beside the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_from_iter};
+use rusqlite_migration::{M, Migrations};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AuditEntry, BatchItem, Change, ChangeOp, ChangeSink, NewKey, Page, RuleQuery, RuleWrite,
+    Snapshot, Store, StoreError, StoreResult, WriteBatch,
+};
+use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
+use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
+
+pub const DB_FILE: &str = "palisade.db";
+
+/// How long a connection waits for another process's lock (the CLI managing keys while the
+/// server runs) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Upper bound of items committed in one group transaction. Large enough that 1000-event batches
+/// from several clients share a commit, small enough that no request waits long behind others.
+const MAX_GROUP_ITEMS: usize = 8_000;
+
+/// When SQLite makes a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Survives a crash of the process (kill -9); a power cut may lose the last commits.
+    Normal,
+    /// Also survives a power cut: every commit waits for fsync of the WAL.
+    #[default]
+    Full,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SqliteOptions {
+    pub synchronous: Synchronous,
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!("schema_v1.sql"))])
+}
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Op>,
+    readers: Pool<SqliteConnectionManager>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating when needed) the database in `data_dir`, migrates it, and starts the
+    /// writer thread. Committed changes go to `sink`.
+    pub fn open(
+        data_dir: &Path,
+        options: SqliteOptions,
+        sink: Arc<dyn ChangeSink>,
+    ) -> StoreResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let synchronous = match options.synchronous {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        migrations().to_latest(&mut conn)?;
+
+        let manager = SqliteConnectionManager::file(&path).with_init(|c| {
+            c.busy_timeout(BUSY_TIMEOUT)?;
+            c.pragma_update(None, "query_only", true)
+        });
+        let readers = Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .build(manager)?;
+
+        let (tx, rx) = mpsc::channel(1024);
+        let writer = Writer { conn, sink };
+        std::thread::Builder::new()
+            .name("palisade-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        Ok(Self {
+            writer: tx,
+            readers,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> StoreResult<T> {
+        let (reply, answer) = oneshot::channel();
+        self.writer
+            .send(make(reply))
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get()?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+type Reply<T> = oneshot::Sender<StoreResult<T>>;
+
+enum Op {
+    Write(WriteBatch, Reply<Vec<Change>>),
+    DeleteRule {
+        tenant: TenantId,
+        id: RuleId,
+        key_id: i64,
+        request_id: String,
+        at: UnixMillis,
+        reply: Reply<Option<Change>>,
+    },
+    Purge {
+        now: UnixMillis,
+        limit: usize,
+        reply: Reply<Vec<Change>>,
+    },
+    CreateKey(NewKey, Reply<ApiKey>),
+    RevokeKey {
+        id: i64,
+        at: UnixMillis,
+        reply: Reply<Option<ApiKey>>,
+    },
+}
+
+impl Op {
+    fn weight(&self) -> usize {
+        match self {
+            Op::Write(batch, _) => batch.items.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// Sends an op's answer once its transaction's fate is known.
+type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+
+fn finish<T: Send + 'static>(reply: Reply<T>, value: T) -> Finish {
+    Box::new(move |failure| {
+        let answer = match failure {
+            None => Ok(value),
+            Some(e) => Err(StoreError::Task(format!("commit failed: {e}"))),
+        };
+        // The requester may have gone away (client disconnected); the write stands anyway.
+        let _ = reply.send(answer);
+    })
+}
+
+struct Writer {
+    conn: Connection,
+    sink: Arc<dyn ChangeSink>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut weight = first.weight();
+            let mut group = vec![first];
+            while weight < MAX_GROUP_ITEMS {
+                match rx.try_recv() {
+                    Ok(op) => {
+                        weight += op.weight();
+                        group.push(op);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Op>) {
+        let mut changes = Vec::new();
+        let mut finishers: Vec<Finish> = Vec::with_capacity(group.len());
+        let mut tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => {
+                let err = StoreError::from(e);
+                for op in group {
+                    fail_op(op, &err);
+                }
+                return;
+            }
+        };
+        for op in group {
+            // An op that failed was already answered with its error.
+            if let Ok((op_changes, done)) = run_in_savepoint(&mut tx, op) {
+                changes.extend(op_changes);
+                finishers.push(done);
+            }
+        }
+        match tx.commit() {
+            Ok(()) => {
+                if !changes.is_empty() {
+                    self.sink.apply(&changes);
+                }
+                for done in finishers {
+                    done(None);
+                }
+            }
+            Err(e) => {
+                let err = StoreError::from(e);
+                tracing::error!(error = %err, "commit failed; the group's writes were not acknowledged");
+                for done in finishers {
+                    done(Some(&err));
+                }
+            }
+        }
+    }
+}
+
+fn fail_op(op: Op, err: &StoreError) {
+    let msg = || StoreError::Task(err.to_string());
+    match op {
+        Op::Write(_, reply) => drop(reply.send(Err(msg()))),
+        Op::DeleteRule { reply, .. } => drop(reply.send(Err(msg()))),
+        Op::Purge { reply, .. } => drop(reply.send(Err(msg()))),
+        Op::CreateKey(_, reply) => drop(reply.send(Err(msg()))),
+        Op::RevokeKey { reply, .. } => drop(reply.send(Err(msg()))),
+    }
+}
+
+/// Runs one op inside a savepoint. On error the savepoint is rolled back, the op is answered
+/// with its error right away, and the rest of the group carries on.
+fn run_in_savepoint(tx: &mut Transaction<'_>, op: Op) -> Result<(Vec<Change>, Finish), ()> {
+    let sp = match tx.savepoint() {
+        Ok(sp) => sp,
+        Err(e) => {
+            fail_op(op, &StoreError::from(e));
+            return Err(());
+        }
+    };
+    macro_rules! attempt {
+        ($reply:expr, $body:expr, |$value:ident| $changes:expr) => {{
+            match $body.and_then(|value| sp.commit().map(|()| value).map_err(StoreError::from)) {
+                Ok($value) => {
+                    let changes = $changes;
+                    Ok((changes, finish($reply, $value)))
+                }
+                Err(e) => {
+                    let _ = $reply.send(Err(e));
+                    Err(())
+                }
+            }
+        }};
+    }
+    match op {
+        Op::Write(batch, reply) => {
+            attempt!(reply, write_batch(&sp, &batch), |changes| changes.clone())
+        }
+        Op::DeleteRule {
+            tenant,
+            id,
+            key_id,
+            request_id,
+            at,
+            reply,
+        } => attempt!(
+            reply,
+            delete_rule(&sp, tenant, id, key_id, &request_id, at),
+            |change| change.iter().cloned().collect()
+        ),
+        Op::Purge { now, limit, reply } => {
+            attempt!(reply, purge_expired(&sp, now, limit), |changes| changes
+                .clone())
+        }
+        Op::CreateKey(key, reply) => attempt!(reply, create_key(&sp, &key), |_k| Vec::new()),
+        Op::RevokeKey { id, at, reply } => {
+            attempt!(reply, revoke_key(&sp, id, at), |_k| Vec::new())
+        }
+    }
+}
+
+fn write_batch(conn: &Connection, batch: &WriteBatch) -> StoreResult<Vec<Change>> {
+    let mut changes = Vec::new();
+    let mut audit = conn.prepare_cached(
+        "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for (index, BatchItem { event, write }) in batch.items.iter().enumerate() {
+        let error = match write {
+            Ok(write) => {
+                changes.extend(apply_write(conn, batch.tenant, write, batch.at)?);
+                None
+            }
+            Err(reason) => Some(reason.as_str()),
+        };
+        audit.execute(params![
+            batch.tenant.0,
+            batch.key_id,
+            batch.request_id,
+            batch.at.0,
+            index as i64,
+            event,
+            error
+        ])?;
+    }
+    Ok(changes)
+}
+
+fn apply_write(
+    conn: &Connection,
+    tenant: TenantId,
+    write: &RuleWrite,
+    at: UnixMillis,
+) -> StoreResult<Option<Change>> {
+    match write {
+        RuleWrite::Put {
+            action,
+            target,
+            expires_at,
+            name,
+            description,
+            source,
+        } => {
+            // A rule that had expired but was not purged yet starts a new life: its created_at
+            // moves to now, as if it had been purged and made again.
+            let mut upsert = conn.prepare_cached(
+                "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
+                                    source, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                 ON CONFLICT (tenant_id, action, kind, target) DO UPDATE SET
+                    created_at = CASE WHEN rules.expires_at IS NOT NULL AND rules.expires_at <= ?9
+                                      THEN ?9 ELSE rules.created_at END,
+                    expires_at = excluded.expires_at,
+                    name = COALESCE(excluded.name, rules.name),
+                    description = COALESCE(excluded.description, rules.description),
+                    source = excluded.source,
+                    updated_at = excluded.updated_at
+                 RETURNING id",
+            )?;
+            let target_text = target.to_string();
+            let rule_id: RuleId = upsert.query_row(
+                params![
+                    tenant.0,
+                    action.as_str(),
+                    target.kind().as_str(),
+                    target_text,
+                    expires_at.map(|t| t.0),
+                    name,
+                    description,
+                    source.as_str(),
+                    at.0
+                ],
+                |row| row.get(0),
+            )?;
+            let change = Change {
+                seq: 0,
+                tenant,
+                rule_id,
+                op: ChangeOp::Put,
+                action: *action,
+                target: *target,
+                expires_at: *expires_at,
+                at,
+            };
+            Ok(Some(log_change(conn, change, &target_text)?))
+        }
+        RuleWrite::Remove { action, target } => {
+            let mut delete = conn.prepare_cached(
+                "DELETE FROM rules WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4
+                 RETURNING id, expires_at",
+            )?;
+            let target_text = target.to_string();
+            let removed: Option<(RuleId, Option<i64>)> = delete
+                .query_row(
+                    params![
+                        tenant.0,
+                        action.as_str(),
+                        target.kind().as_str(),
+                        target_text
+                    ],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let Some((rule_id, expires_at)) = removed else {
+                return Ok(None);
+            };
+            let change = Change {
+                seq: 0,
+                tenant,
+                rule_id,
+                op: ChangeOp::Delete,
+                action: *action,
+                target: *target,
+                expires_at: expires_at.map(UnixMillis),
+                at,
+            };
+            Ok(Some(log_change(conn, change, &target_text)?))
+        }
+    }
+}
+
+/// Appends to the change log; the row id is the change's sequence number.
+fn log_change(conn: &Connection, mut change: Change, target_text: &str) -> StoreResult<Change> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    insert.execute(params![
+        change.tenant.0,
+        change.rule_id,
+        change.op.as_str(),
+        change.action.as_str(),
+        change.target.kind().as_str(),
+        target_text,
+        change.expires_at.map(|t| t.0),
+        change.at.0
+    ])?;
+    change.seq = conn.last_insert_rowid() as u64;
+    Ok(change)
+}
+
+fn delete_rule(
+    conn: &Connection,
+    tenant: TenantId,
+    id: RuleId,
+    key_id: i64,
+    request_id: &str,
+    at: UnixMillis,
+) -> StoreResult<Option<Change>> {
+    let removed = conn
+        .prepare_cached(
+            "DELETE FROM rules
+             WHERE id = ?1 AND tenant_id = ?2 AND (expires_at IS NULL OR expires_at > ?3)
+             RETURNING action, kind, target, expires_at",
+        )?
+        .query_row(params![id, tenant.0, at.0], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+            ))
+        })
+        .optional()?;
+    let Some((action, kind, target_text, expires_at)) = removed else {
+        return Ok(None);
+    };
+    let change = Change {
+        seq: 0,
+        tenant,
+        rule_id: id,
+        op: ChangeOp::Delete,
+        action: parse_action(&action)?,
+        target: parse_target(&kind, &target_text)?,
+        expires_at: expires_at.map(UnixMillis),
+        at,
+    };
+    let change = log_change(conn, change, &target_text)?;
+    let event = serde_json::json!({ "op": "delete_rule", "id": id }).to_string();
+    conn.prepare_cached(
+        "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL)",
+    )?
+    .execute(params![tenant.0, key_id, request_id, at.0, event])?;
+    Ok(Some(change))
+}
+
+fn purge_expired(conn: &Connection, now: UnixMillis, limit: usize) -> StoreResult<Vec<Change>> {
+    let expired = conn
+        .prepare_cached(
+            "DELETE FROM rules WHERE id IN
+                (SELECT id FROM rules WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)
+             RETURNING id, tenant_id, action, kind, target, expires_at",
+        )?
+        .query_map(params![now.0, limit as i64], |row| {
+            Ok((
+                row.get::<_, RuleId>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, Option<i64>>(5)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut changes = Vec::with_capacity(expired.len());
+    for (rule_id, tenant, action, kind, target_text, expires_at) in expired {
+        let change = Change {
+            seq: 0,
+            tenant: TenantId(tenant),
+            rule_id,
+            op: ChangeOp::Expire,
+            action: parse_action(&action)?,
+            target: parse_target(&kind, &target_text)?,
+            expires_at: expires_at.map(UnixMillis),
+            at: now,
+        };
+        changes.push(log_change(conn, change, &target_text)?);
+    }
+    Ok(changes)
+}
+
+fn tenant_id(conn: &Connection, tenant: &TenantName, at: UnixMillis) -> StoreResult<TenantId> {
+    conn.prepare_cached("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)")?
+        .execute(params![tenant.as_str(), at.0])?;
+    let id = conn
+        .prepare_cached("SELECT id FROM tenants WHERE name = ?1")?
+        .query_row([tenant.as_str()], |row| row.get(0))?;
+    Ok(TenantId(id))
+}
+
+fn create_key(conn: &Connection, key: &NewKey) -> StoreResult<ApiKey> {
+    let tenant_id = tenant_id(conn, &key.tenant, key.at)?;
+    conn.prepare_cached(
+        "INSERT INTO api_keys (tenant_id, name, role, key_hash, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        tenant_id.0,
+        key.name,
+        key.role.as_str(),
+        &key.digest[..],
+        key.at.0
+    ])?;
+    Ok(ApiKey {
+        id: conn.last_insert_rowid(),
+        name: key.name.clone(),
+        role: key.role,
+        tenant: key.tenant.clone(),
+        tenant_id,
+        created_at: key.at,
+        revoked_at: None,
+    })
+}
+
+const KEY_COLUMNS: &str = "k.id, k.name, k.role, t.name, k.tenant_id, k.created_at, k.revoked_at";
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
+}
+
+type KeyRow = (i64, String, String, String, i64, i64, Option<i64>);
+
+fn to_api_key(row: KeyRow) -> StoreResult<ApiKey> {
+    let (id, name, role, tenant, tenant_id, created_at, revoked_at) = row;
+    Ok(ApiKey {
+        id,
+        name,
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+        tenant: TenantName::parse(&tenant)
+            .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant:?}")))?,
+        tenant_id: TenantId(tenant_id),
+        created_at: UnixMillis(created_at),
+        revoked_at: revoked_at.map(UnixMillis),
+    })
+}
+
+fn revoke_key(conn: &Connection, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>> {
+    conn.prepare_cached(
+        "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+    )?
+    .execute(params![id, at.0])?;
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = ?1"
+        ))?
+        .query_row([id], key_from_row)
+        .optional()?;
+    row.map(to_api_key).transpose()
+}
+
+fn parse_action(text: &str) -> StoreResult<RuleAction> {
+    RuleAction::parse(text).ok_or_else(|| StoreError::Corrupt(format!("rule action {text:?}")))
+}
+
+fn parse_target(kind: &str, text: &str) -> StoreResult<Target> {
+    Kind::parse(kind)
+        .and_then(|kind| Target::from_stored(kind, text))
+        .ok_or_else(|| StoreError::Corrupt(format!("rule target {kind}:{text}")))
+}
+
+const RULE_COLUMNS: &str = "id, tenant_id, action, kind, target, expires_at, name, description, source, created_at, updated_at";
+
+fn rule_from_row(row: &Row<'_>) -> StoreResult<Rule> {
+    let action: String = row.get(2)?;
+    let kind: String = row.get(3)?;
+    let target: String = row.get(4)?;
+    let source: String = row.get(8)?;
+    Ok(Rule {
+        id: row.get(0)?,
+        tenant: TenantId(row.get(1)?),
+        action: parse_action(&action)?,
+        target: parse_target(&kind, &target)?,
+        expires_at: row.get::<_, Option<i64>>(5)?.map(UnixMillis),
+        name: row.get(6)?,
+        description: row.get(7)?,
+        source: Source::parse(&source)
+            .ok_or_else(|| StoreError::Corrupt(format!("rule source {source:?}")))?,
+        created_at: UnixMillis(row.get(9)?),
+        updated_at: UnixMillis(row.get(10)?),
+    })
+}
+
+fn change_from_row(row: &Row<'_>) -> StoreResult<Change> {
+    let op: String = row.get(3)?;
+    let action: String = row.get(4)?;
+    let kind: String = row.get(5)?;
+    let target: String = row.get(6)?;
+    Ok(Change {
+        seq: row.get::<_, i64>(0)? as u64,
+        tenant: TenantId(row.get(1)?),
+        rule_id: row.get(2)?,
+        op: ChangeOp::parse(&op).ok_or_else(|| StoreError::Corrupt(format!("change op {op:?}")))?,
+        action: parse_action(&action)?,
+        target: parse_target(&kind, &target)?,
+        expires_at: row.get::<_, Option<i64>>(7)?.map(UnixMillis),
+        at: UnixMillis(row.get(8)?),
+    })
+}
+
+/// Fetches one row more than asked to learn whether a next page exists.
+fn paginate<T>(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> i64) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor_of)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn write(&self, batch: WriteBatch) -> StoreResult<Vec<Change>> {
+        self.submit(|reply| Op::Write(batch, reply)).await
+    }
+
+    async fn delete_rule(
+        &self,
+        tenant: TenantId,
+        id: RuleId,
+        key_id: i64,
+        request_id: String,
+        at: UnixMillis,
+    ) -> StoreResult<Option<Change>> {
+        self.submit(|reply| Op::DeleteRule {
+            tenant,
+            id,
+            key_id,
+            request_id,
+            at,
+            reply,
+        })
+        .await
+    }
+
+    async fn purge_expired(&self, now: UnixMillis, limit: usize) -> StoreResult<Vec<Change>> {
+        self.submit(|reply| Op::Purge { now, limit, reply }).await
+    }
+
+    async fn rule(
+        &self,
+        tenant: TenantId,
+        id: RuleId,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Rule>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {RULE_COLUMNS} FROM rules
+                 WHERE id = ?1 AND tenant_id = ?2 AND (expires_at IS NULL OR expires_at > ?3)"
+            ))?;
+            let mut rows = stmt.query(params![id, tenant.0, now.0])?;
+            rows.next()?.map(rule_from_row).transpose()
+        })
+        .await
+    }
+
+    async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>> {
+        self.read(move |conn| {
+            let mut sql = format!(
+                "SELECT {RULE_COLUMNS} FROM rules
+                 WHERE tenant_id = ?1 AND id > ?2 AND (expires_at IS NULL OR expires_at > ?3)"
+            );
+            let mut args: Vec<SqlValue> = vec![
+                tenant.0.into(),
+                query.after.unwrap_or(0).into(),
+                query.now.0.into(),
+            ];
+            let mut filter = |column: &str, value: SqlValue| {
+                args.push(value);
+                sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+            };
+            if let Some(kind) = query.kind {
+                filter("kind", kind.as_str().to_owned().into());
+            }
+            if let Some(target) = query.target {
+                filter("kind", target.kind().as_str().to_owned().into());
+                filter("target", target.to_string().into());
+            }
+            if let Some(name) = &query.name {
+                filter("name", name.clone().into());
+            }
+            if let Some(action) = query.action {
+                filter("action", action.as_str().to_owned().into());
+            }
+            args.push((query.limit as i64 + 1).into());
+            sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params_from_iter(args))?;
+            let mut items = Vec::new();
+            while let Some(row) = rows.next()? {
+                items.push(rule_from_row(row)?);
+            }
+            Ok(paginate(items, query.limit, |r| r.id))
+        })
+        .await
+    }
+
+    async fn audit(
+        &self,
+        tenant: TenantId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Page<AuditEntry>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, at, key_id, request_id, entry_index, event, error FROM audit
+                 WHERE tenant_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+            )?;
+            let items = stmt
+                .query_map(
+                    params![tenant.0, before.unwrap_or(i64::MAX), limit as i64 + 1],
+                    |row| {
+                        Ok(AuditEntry {
+                            id: row.get(0)?,
+                            at: UnixMillis(row.get(1)?),
+                            key_id: row.get(2)?,
+                            request_id: row.get(3)?,
+                            index: row.get::<_, Option<i64>>(4)?.map(|i| i as u32),
+                            event: row.get(5)?,
+                            error: row.get(6)?,
+                        })
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(paginate(items, limit, |e| e.id))
+        })
+        .await
+    }
+
+    async fn changes_since(&self, seq: u64, limit: usize) -> StoreResult<Vec<Change>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT seq, tenant_id, rule_id, op, action, kind, target, expires_at, at
+                 FROM rule_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![seq as i64, limit as i64])?;
+            let mut changes = Vec::new();
+            while let Some(row) = rows.next()? {
+                changes.push(change_from_row(row)?);
+            }
+            Ok(changes)
+        })
+        .await
+    }
+
+    async fn snapshot(&self, now: UnixMillis) -> StoreResult<Snapshot> {
+        self.read(move |conn| {
+            // One read transaction: the rules and the sequence number describe the same moment.
+            let tx = conn.unchecked_transaction()?;
+            let seq: i64 = tx
+                .query_row(
+                    "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'rule_changes'), 0)",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {RULE_COLUMNS} FROM rules WHERE expires_at IS NULL OR expires_at > ?1"
+            ))?;
+            let mut rows = stmt.query([now.0])?;
+            let mut rules = Vec::new();
+            while let Some(row) = rows.next()? {
+                rules.push(rule_from_row(row)?);
+            }
+            drop(rows);
+            drop(stmt);
+            tx.finish()?;
+            Ok(Snapshot {
+                seq: seq as u64,
+                rules,
+            })
+        })
+        .await
+    }
+
+    async fn create_key(&self, key: NewKey) -> StoreResult<ApiKey> {
+        self.submit(|reply| Op::CreateKey(key, reply)).await
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id ORDER BY k.id"
+            ))?;
+            let rows = stmt
+                .query_map([], key_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter().map(to_api_key).collect()
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>> {
+        self.submit(|reply| Op::RevokeKey { id, at, reply }).await
+    }
+
+    async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT k.key_hash, k.id, k.name, k.role, t.name, k.tenant_id
+                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+                 WHERE k.revoked_at IS NULL",
+            )?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, i64>(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(hash, key_id, key_name, role, tenant, tenant_id)| {
+                    let digest: KeyDigest = hash
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt(format!("key {key_id} hash length")))?;
+                    let key = to_api_key((key_id, key_name, role, tenant, tenant_id, 0, None))?;
+                    Ok((
+                        digest,
+                        Principal {
+                            key_id,
+                            key_name: key.name,
+                            role: key.role,
+                            tenant: key.tenant,
+                            tenant_id: key.tenant_id,
+                        },
+                    ))
+                })
+                .collect()
+        })
+        .await
+    }
+}
