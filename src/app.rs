@@ -79,7 +79,7 @@ impl Application {
         }));
 
         let tasks = BackgroundTasks(vec![
-            tokio::spawn(refresh_keys(store.clone(), keys)),
+            tokio::spawn(refresh_keys(state.clone())),
             tokio::spawn(purge_expired(
                 store,
                 clock,
@@ -163,15 +163,15 @@ pub async fn create_key(
     Ok((secret, key))
 }
 
-async fn refresh_keys(store: SharedStore, keys: Arc<ArcSwap<KeyRing>>) {
+async fn refresh_keys(state: AppState) {
     let mut tick = tokio::time::interval(KEY_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match store.live_keys().await {
-            Ok(live) => keys.store(Arc::new(KeyRing::new(live))),
-            // Keep serving with the keys we have; a transient read error must not lock anyone out.
-            Err(e) => tracing::warn!(error = %e, "could not refresh API keys"),
+        // On error keep serving with the keys we have: a transient read error must not lock
+        // anyone out.
+        if let Err(e) = state.reload_keys().await {
+            tracing::warn!(error = %e, "could not refresh API keys");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `palisade` command: thin wiring around the library.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -91,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
     // Logs go to stderr, so stdout carries only what scripts read (keys, tables).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )

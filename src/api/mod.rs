@@ -29,7 +29,7 @@ use utoipa::ToSchema;
 use crate::clock::Clock;
 use crate::keys::KeyRing;
 use crate::signal::SignalPolicy;
-use crate::store::SharedStore;
+use crate::store::{SharedStore, StoreResult};
 use error::ApiError;
 
 /// What every handler can reach.
@@ -40,6 +40,15 @@ pub struct Shared {
     pub policy: SignalPolicy,
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
+}
+
+impl Shared {
+    /// Re-reads the live keys and swaps the key ring in one step.
+    pub async fn reload_keys(&self) -> StoreResult<()> {
+        let live = self.store.live_keys().await?;
+        self.keys.store(Arc::new(KeyRing::new(live)));
+        Ok(())
+    }
 }
 
 #[derive(Clone)]

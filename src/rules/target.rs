@@ -285,3 +285,53 @@ mod tests {
         assert_eq!(CountryCode::parse("gb").unwrap().as_str(), "GB");
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever the host bits, a range normalises to its network, and parsing the canonical
+        /// text again gives the same range.
+        #[test]
+        fn v4_ranges_normalise_to_their_network(addr: u32, len in 0u8..=32) {
+            let text = format!("{}/{len}", Ipv4Addr::from(addr));
+            let net = parse_ip_target(&text).unwrap();
+            prop_assert_eq!(net.prefix_len(), len);
+            prop_assert_eq!(net.network(), IpAddr::V4(Ipv4Addr::from(addr & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0))));
+            prop_assert!(net.contains(&IpAddr::V4(Ipv4Addr::from(addr))));
+            prop_assert_eq!(parse_ip_target(&net.to_string()).unwrap(), net);
+        }
+
+        #[test]
+        fn v6_ranges_normalise_to_their_network(addr: u128, len in 0u8..=128) {
+            let v6 = Ipv6Addr::from(addr);
+            let net = parse_ip_target(&format!("{v6}/{len}")).unwrap();
+            prop_assert!(net.contains(&normalize_ip(IpAddr::V6(v6))));
+            prop_assert_eq!(parse_ip_target(&net.to_string()).unwrap(), net);
+            prop_assert_eq!(net.trunc(), net);
+        }
+
+        /// An IPv4-mapped address or range is the same target as the IPv4 one.
+        #[test]
+        fn mapped_v6_is_v4(addr: u32, len in 0u8..=32) {
+            let v4 = Ipv4Addr::from(addr);
+            let mapped = format!("{}/{}", v4.to_ipv6_mapped(), u16::from(len) + 96);
+            prop_assert_eq!(parse_ip_target(&mapped).unwrap(), parse_ip_target(&format!("{v4}/{len}")).unwrap());
+            prop_assert_eq!(normalize_ip(IpAddr::V6(v4.to_ipv6_mapped())), IpAddr::V4(v4));
+        }
+
+        /// Arbitrary text never panics, and whatever parses is canonical.
+        #[test]
+        fn arbitrary_text_is_refused_or_canonical(text in "\\PC{0,45}") {
+            if let Ok(net) = parse_ip_target(&text) {
+                prop_assert_eq!(net.trunc(), net);
+                prop_assert!(!matches!(net, IpNet::V6(v6) if v6.prefix_len() >= 96 && v6.network().to_ipv4_mapped().is_some()));
+            }
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The real binary, killed with SIGKILL right after acknowledging writes, then restarted.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{answer, block_ip};
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+/// Starts `palisade serve` on port 0 and reads its address from the log. Returns the admin key
+/// too when this start created it.
+fn start(data_dir: &Path) -> (Server, Option<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut base = None;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if let Some(at) = line.find("address=") {
+            let addr = line[at + "address=".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap();
+            base = Some(format!("http://{addr}"));
+            break;
+        }
+    }
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut key = None;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if line.trim().starts_with("pal_") {
+            key = Some(line.trim().to_owned());
+        }
+        if line.starts_with("Make more keys") || line.is_empty() && key.is_some() {
+            break;
+        }
+    }
+    (
+        Server {
+            child,
+            base: base.expect("the server logs its address"),
+        },
+        key,
+    )
+}
+
+fn start_existing(data_dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if let Some(at) = line.find("address=") {
+            let addr = line[at + "address=".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+            return Server {
+                child,
+                base: format!("http://{addr}"),
+            };
+        }
+    }
+    panic!("the server exited before listening");
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, key) = start(dir.path());
+    let key = key.expect("the first start prints an admin key");
+    let http = reqwest::Client::new();
+
+    // Several concurrent batches; the server is killed the moment the last answer arrives.
+    let mut acknowledged = Vec::new();
+    let mut pending = Vec::new();
+    for batch in 0..8 {
+        let events: Vec<Value> = (0..250)
+            .map(|i| block_ip(&format!("10.{batch}.{}.{}", i / 100, i % 100)))
+            .collect();
+        let request = http
+            .post(format!("{}/v1/signal", server.base))
+            .bearer_auth(&key)
+            .json(&events)
+            .send();
+        pending.push((events, tokio::spawn(request)));
+    }
+    for (events, request) in pending {
+        let response = request.await.unwrap().unwrap();
+        let (status, body) = answer(response).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        acknowledged.extend(events);
+    }
+    server.child.kill().unwrap(); // SIGKILL: no shutdown code runs
+    server.child.wait().unwrap();
+
+    let mut server = start_existing(dir.path());
+    let mut stored = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let response = http
+            .get(format!("{}/v1/rules?limit=1000{cursor}", server.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = answer(response).await;
+        assert_eq!(status, StatusCode::OK);
+        for rule in body["rules"].as_array().unwrap() {
+            stored.insert(rule["target"].as_str().unwrap().to_owned());
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(stored.len(), acknowledged.len());
+    for event in &acknowledged {
+        let target = format!("{}/32", event["ip"].as_str().unwrap());
+        assert!(
+            stored.contains(&target),
+            "{target} was acknowledged but lost"
+        );
+    }
+    let response = http
+        .get(format!("{}/v1/audit?limit=1", server.base))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer(response).await.1["entries"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+/// `palisade keys create/revoke` against a running server's data directory.
+#[tokio::test]
+async fn keys_made_on_the_command_line_apply_to_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, _) = start(dir.path());
+    let cli = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let out = cli(&[
+        "keys", "create", "--name", "ids", "--role", "writer", "--tenant", "acme",
+    ]);
+    let key = out.lines().last().unwrap().to_owned();
+    assert!(key.starts_with("pal_"), "{out}");
+    let listed = cli(&["keys", "list"]);
+    assert!(
+        listed.contains("ids") && listed.contains("acme") && !listed.contains(&key),
+        "{listed}"
+    );
+
+    let http = reqwest::Client::new();
+    let signal = || {
+        http.post(format!("{}/v1/signal", server.base))
+            .bearer_auth(&key)
+            .body(json!([block_ip("192.0.2.1")]).to_string())
+            .send()
+    };
+    // The server re-reads keys every 500 ms; allow generous time before calling it broken.
+    let status_within = |want: StatusCode| async move {
+        for _ in 0..100 {
+            if signal().await.unwrap().status() == want {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        false
+    };
+    assert!(
+        status_within(StatusCode::OK).await,
+        "a new key never worked"
+    );
+    let id = listed
+        .lines()
+        .find(|l| l.contains("ids"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    cli(&["keys", "revoke", &id]);
+    assert!(
+        status_within(StatusCode::UNAUTHORIZED).await,
+        "a revoked key kept working"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}

@@ -1,0 +1,9 @@
+//! Integration tests: each starts the real server on port 0 with its own data directory and
+//! talks HTTP to it.
+
+mod access;
+mod durability;
+mod helpers;
+mod rules;
+mod seed;
+mod validation;
