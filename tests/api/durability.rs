@@ -14,10 +14,25 @@ struct Server {
     base: String,
 }
 
-/// Starts `palisade serve` on port 0 and reads its address from the log. Returns the admin key
-/// too when this start created it.
-fn start(data_dir: &Path) -> (Server, Option<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// SIGKILL: no shutdown code runs.
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Starts `palisade serve` on port 0 and reads its address from the log. On a new data
+/// directory it also reads the admin key the first start prints.
+fn start(data_dir: &Path, new: bool) -> (Server, Option<String>) {
+    let child = Command::new(env!("CARGO_BIN_EXE_palisade"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("RUST_LOG", "info")
@@ -25,8 +40,11 @@ fn start(data_dir: &Path) -> (Server, Option<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut base = None;
+    let mut server = Server {
+        child,
+        base: String::new(),
+    };
+    let stderr = BufReader::new(server.child.stderr.take().unwrap());
     for line in stderr.lines() {
         let line = line.unwrap();
         if let Some(at) = line.find("address=") {
@@ -34,60 +52,32 @@ fn start(data_dir: &Path) -> (Server, Option<String>) {
                 .split_whitespace()
                 .next()
                 .unwrap();
-            base = Some(format!("http://{addr}"));
+            server.base = format!("http://{addr}");
             break;
         }
     }
-    let stdout = BufReader::new(child.stdout.take().unwrap());
+    assert!(
+        !server.base.is_empty(),
+        "the server exited before listening"
+    );
     let mut key = None;
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if line.trim().starts_with("pal_") {
-            key = Some(line.trim().to_owned());
-        }
-        if line.starts_with("Make more keys") || line.is_empty() && key.is_some() {
-            break;
-        }
-    }
-    (
-        Server {
-            child,
-            base: base.expect("the server logs its address"),
-        },
-        key,
-    )
-}
-
-fn start_existing(data_dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if let Some(at) = line.find("address=") {
-            let addr = line[at + "address=".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
-            return Server {
-                child,
-                base: format!("http://{addr}"),
-            };
+    if new {
+        let stdout = BufReader::new(server.child.stdout.take().unwrap());
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if line.trim().starts_with("pal_") {
+                key = Some(line.trim().to_owned());
+                break;
+            }
         }
     }
-    panic!("the server exited before listening");
+    (server, key)
 }
 
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, key) = start(dir.path());
+    let (server, key) = start(dir.path(), true);
     let key = key.expect("the first start prints an admin key");
     let http = reqwest::Client::new();
 
@@ -111,10 +101,9 @@ async fn acknowledged_writes_survive_kill_9() {
         assert_eq!(status, StatusCode::OK, "{body}");
         acknowledged.extend(events);
     }
-    server.child.kill().unwrap(); // SIGKILL: no shutdown code runs
-    server.child.wait().unwrap();
+    server.kill_9();
 
-    let mut server = start_existing(dir.path());
+    let (server, _) = start(dir.path(), false);
     let mut stored = std::collections::HashSet::new();
     let mut cursor = String::new();
     loop {
@@ -155,15 +144,13 @@ async fn acknowledged_writes_survive_kill_9() {
             .len(),
         1
     );
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
 }
 
 /// `palisade keys create/revoke` against a running server's data directory.
 #[tokio::test]
 async fn keys_made_on_the_command_line_apply_to_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut server, _) = start(dir.path());
+    let (server, _) = start(dir.path(), true);
     let cli = |args: &[&str]| {
         let output = Command::new(env!("CARGO_BIN_EXE_palisade"))
             .args(args)
@@ -223,6 +210,4 @@ async fn keys_made_on_the_command_line_apply_to_a_running_server() {
         status_within(StatusCode::UNAUTHORIZED).await,
         "a revoked key kept working"
     );
-    server.child.kill().unwrap();
-    server.child.wait().unwrap();
 }
