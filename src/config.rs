@@ -26,6 +26,33 @@ pub struct Config {
     pub store: StoreConfig,
     pub guard: GuardConfig,
     pub limits: LimitsConfig,
+    pub geo: GeoConfig,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed (forward-auth). Empty by
+    /// default: the TCP peer is the client. Env `PALISADE_TRUSTED_PROXIES`, comma-separated.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    /// IP-to-ASN data: a MaxMind DB (GeoLite2-ASN or IPinfo Lite layout) or a CSV range file
+    /// `start_ip,end_ip,asn,organisation`. Env `PALISADE_GEO_ASN`.
+    pub asn: Option<PathBuf>,
+    /// IP-to-country data: a MaxMind DB (GeoLite2-Country, `country_code` or IPinfo Lite
+    /// layout). Env `PALISADE_GEO_COUNTRY`.
+    pub country: Option<PathBuf>,
+    /// Seconds between checks of the files for changes (SIGHUP reloads at once).
+    pub watch_interval_secs: u64,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self {
+            asn: None,
+            country: None,
+            watch_interval_secs: 5,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +95,8 @@ impl Default for Config {
             store: StoreConfig::default(),
             guard: GuardConfig::default(),
             limits: LimitsConfig::default(),
+            geo: GeoConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -116,12 +145,29 @@ impl Config {
         if let Some(file) = file {
             figment = figment.merge(Toml::file_exact(file));
         }
+        figment = figment.merge(
+            Env::prefixed("PALISADE_")
+                .filter(|key| key.as_str().contains("__"))
+                .split("__"),
+        );
+        // The documented short names of a few settings.
+        for (var, key) in [
+            ("PALISADE_GEO_ASN", "geo.asn"),
+            ("PALISADE_GEO_COUNTRY", "geo.country"),
+        ] {
+            if let Ok(path) = std::env::var(var) {
+                figment = figment.merge(Serialized::default(key, path));
+            }
+        }
+        if let Ok(list) = std::env::var("PALISADE_TRUSTED_PROXIES") {
+            let proxies: Vec<&str> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            figment = figment.merge(Serialized::default("trusted_proxies", proxies));
+        }
         figment
-            .merge(
-                Env::prefixed("PALISADE_")
-                    .filter(|key| key.as_str().contains("__"))
-                    .split("__"),
-            )
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)
