@@ -45,6 +45,7 @@ impl Application {
                 &config.data_dir,
                 SqliteOptions {
                     synchronous: config.store.synchronous,
+                    cache_mib: config.store.cache_mib,
                 },
                 Arc::new(NoSink),
             )

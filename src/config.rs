@@ -64,6 +64,9 @@ pub struct StoreConfig {
     /// Seconds between purges of expired rules. Expired rules stop matching at their expiry
     /// instant whatever this is; the purge only reclaims space.
     pub purge_interval_secs: u64,
+    /// Page cache of the writing connection, in MiB. Writes to large tables slow down sharply
+    /// once their hot index pages no longer fit.
+    pub cache_mib: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +109,7 @@ impl Default for StoreConfig {
         Self {
             synchronous: Synchronous::Full,
             purge_interval_secs: 60,
+            cache_mib: 64,
         }
     }
 }

@@ -147,6 +147,7 @@ fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
         &config.data_dir,
         SqliteOptions {
             synchronous: config.store.synchronous,
+            cache_mib: config.store.cache_mib,
         },
         Arc::new(NoSink),
     )

@@ -1,4 +1,6 @@
--- Times are Unix milliseconds. Targets are kept in their canonical text (see rules::Target).
+-- Times are Unix milliseconds. CHECKs are written with OR, not IN (...): SQLite builds a
+-- temporary index for an IN list on every insert.
+-- Targets are kept in their canonical text (see rules::Target).
 
 CREATE TABLE tenants (
     id         INTEGER PRIMARY KEY,
@@ -10,7 +12,7 @@ CREATE TABLE api_keys (
     id         INTEGER PRIMARY KEY,
     tenant_id  INTEGER NOT NULL,
     name       TEXT NOT NULL,
-    role       TEXT NOT NULL CHECK (role IN ('admin', 'writer', 'reader')),
+    role       TEXT NOT NULL CHECK (role = 'admin' OR role = 'writer' OR role = 'reader'),
     -- SHA-256 of the whole key; the key itself is never stored.
     key_hash   BLOB NOT NULL UNIQUE,
     created_at INTEGER NOT NULL,
@@ -21,8 +23,8 @@ CREATE TABLE api_keys (
 CREATE TABLE rules (
     id          INTEGER PRIMARY KEY,
     tenant_id   INTEGER NOT NULL,
-    action      TEXT NOT NULL CHECK (action IN ('block', 'allow')),
-    kind        TEXT NOT NULL CHECK (kind IN ('ip', 'asn', 'country')),
+    action      TEXT NOT NULL CHECK (action = 'block' OR action = 'allow'),
+    kind        TEXT NOT NULL CHECK (kind = 'ip' OR kind = 'asn' OR kind = 'country'),
     target      TEXT NOT NULL,
     expires_at  INTEGER,
     name        TEXT,
@@ -41,7 +43,7 @@ CREATE TABLE rule_changes (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant_id  INTEGER NOT NULL,
     rule_id    INTEGER NOT NULL,
-    op         TEXT NOT NULL CHECK (op IN ('put', 'delete', 'expire')),
+    op         TEXT NOT NULL CHECK (op = 'put' OR op = 'delete' OR op = 'expire'),
     action     TEXT NOT NULL,
     kind       TEXT NOT NULL,
     target     TEXT NOT NULL,

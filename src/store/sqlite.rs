@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use r2d2::Pool;
 use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use rusqlite_migration::{M, Migrations};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -46,9 +46,20 @@ pub enum Synchronous {
     Full,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SqliteOptions {
     pub synchronous: Synchronous,
+    /// Page cache of the writing connection, in MiB.
+    pub cache_mib: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::default(),
+            cache_mib: 64,
+        }
+    }
 }
 
 fn migrations() -> Migrations<'static> {
@@ -56,7 +67,7 @@ fn migrations() -> Migrations<'static> {
 }
 
 pub struct SqliteStore {
-    writer: mpsc::Sender<Op>,
+    writer: mpsc::Sender<Job>,
     readers: Pool<SqliteConnectionManager>,
     path: PathBuf,
 }
@@ -82,6 +93,9 @@ impl SqliteStore {
             Synchronous::Full => "FULL",
         };
         conn.pragma_update(None, "synchronous", synchronous)?;
+        // Inserts into large indexes touch pages all over the file; with SQLite's 2 MB default
+        // cache, a group commit spills and rewrites the same pages several times.
+        conn.pragma_update(None, "cache_size", -(options.cache_mib as i64) * 1024)?;
         migrations().to_latest(&mut conn)?;
 
         let manager = SqliteConnectionManager::file(&path).with_init(|c| {
@@ -110,10 +124,10 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> StoreResult<T> {
+    async fn submit(&self, op: Op) -> StoreResult<Output> {
         let (reply, answer) = oneshot::channel();
         self.writer
-            .send(make(reply))
+            .send(Job { op, reply })
             .await
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
@@ -134,52 +148,78 @@ impl SqliteStore {
     }
 }
 
-type Reply<T> = oneshot::Sender<StoreResult<T>>;
-
+/// A write for the writer thread. Ops are kept intact while they run so that a group can be
+/// replayed op by op after a failure.
 enum Op {
-    Write(WriteBatch, Reply<Vec<Change>>),
+    Write(WriteBatch),
     DeleteRule {
         tenant: TenantId,
         id: RuleId,
         key_id: i64,
         request_id: String,
         at: UnixMillis,
-        reply: Reply<Option<Change>>,
     },
     Purge {
         now: UnixMillis,
         limit: usize,
-        reply: Reply<Vec<Change>>,
     },
-    CreateKey(NewKey, Reply<ApiKey>),
+    CreateKey(NewKey),
     RevokeKey {
         id: i64,
         at: UnixMillis,
-        reply: Reply<Option<ApiKey>>,
     },
+}
+
+/// What an op produced; the trait method that sent it knows which variant to expect.
+enum Output {
+    Changes(Vec<Change>),
+    Change(Option<Change>),
+    Key(ApiKey),
+    MaybeKey(Option<ApiKey>),
+}
+
+impl Output {
+    fn changes(&self) -> &[Change] {
+        match self {
+            Output::Changes(changes) => changes,
+            Output::Change(change) => change.as_slice(),
+            Output::Key(_) | Output::MaybeKey(_) => &[],
+        }
+    }
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Task("the writer answered with the wrong kind of result".into())
+}
+
+struct Job {
+    op: Op,
+    reply: oneshot::Sender<StoreResult<Output>>,
 }
 
 impl Op {
     fn weight(&self) -> usize {
         match self {
-            Op::Write(batch, _) => batch.items.len().max(1),
+            Op::Write(batch) => batch.items.len().max(1),
             _ => 1,
         }
     }
-}
 
-/// Sends an op's answer once its transaction's fate is known.
-type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
-
-fn finish<T: Send + 'static>(reply: Reply<T>, value: T) -> Finish {
-    Box::new(move |failure| {
-        let answer = match failure {
-            None => Ok(value),
-            Some(e) => Err(StoreError::Task(format!("commit failed: {e}"))),
-        };
-        // The requester may have gone away (client disconnected); the write stands anyway.
-        let _ = reply.send(answer);
-    })
+    fn run(&self, conn: &Connection) -> StoreResult<Output> {
+        match self {
+            Op::Write(batch) => write_batch(conn, batch).map(Output::Changes),
+            Op::DeleteRule {
+                tenant,
+                id,
+                key_id,
+                request_id,
+                at,
+            } => delete_rule(conn, *tenant, *id, *key_id, request_id, *at).map(Output::Change),
+            Op::Purge { now, limit } => purge_expired(conn, *now, *limit).map(Output::Changes),
+            Op::CreateKey(key) => create_key(conn, key).map(Output::Key),
+            Op::RevokeKey { id, at } => revoke_key(conn, *id, *at).map(Output::MaybeKey),
+        }
+    }
 }
 
 struct Writer {
@@ -188,15 +228,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(first) = rx.blocking_recv() {
-            let mut weight = first.weight();
+            let mut weight = first.op.weight();
             let mut group = vec![first];
             while weight < MAX_GROUP_ITEMS {
                 match rx.try_recv() {
-                    Ok(op) => {
-                        weight += op.weight();
-                        group.push(op);
+                    Ok(job) => {
+                        weight += job.op.weight();
+                        group.push(job);
                     }
                     Err(_) => break,
                 }
@@ -205,105 +245,56 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, group: Vec<Op>) {
-        let mut changes = Vec::new();
-        let mut finishers: Vec<Finish> = Vec::with_capacity(group.len());
-        let mut tx = match self.conn.transaction() {
-            Ok(tx) => tx,
-            Err(e) => {
-                let err = StoreError::from(e);
-                for op in group {
-                    fail_op(op, &err);
+    /// Commits a group in one transaction. Ops only fail on database errors (validation is done
+    /// before they are queued), so the common path has no savepoints: a savepoint makes SQLite
+    /// copy every page it touches into a sub-journal, which cost more than the inserts. When an
+    /// op does fail, the group is rolled back and replayed one op per transaction, so only the
+    /// failing op is refused.
+    fn commit_group(&mut self, group: Vec<Job>) {
+        let (ops, replies): (Vec<Op>, Vec<_>) = group.into_iter().map(|j| (j.op, j.reply)).unzip();
+        match self.run_together(&ops) {
+            Ok(outputs) => {
+                for (reply, output) in replies.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(output));
                 }
-                return;
             }
-        };
-        for op in group {
-            // An op that failed was already answered with its error.
-            if let Ok((op_changes, done)) = run_in_savepoint(&mut tx, op) {
-                changes.extend(op_changes);
-                finishers.push(done);
-            }
-        }
-        match tx.commit() {
-            Ok(()) => {
-                if !changes.is_empty() {
-                    self.sink.apply(&changes);
-                }
-                for done in finishers {
-                    done(None);
+            Err(e) if ops.len() == 1 => {
+                tracing::error!(error = %e, "write failed; nothing was acknowledged");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Task(e.to_string())));
                 }
             }
             Err(e) => {
-                let err = StoreError::from(e);
-                tracing::error!(error = %err, "commit failed; the group's writes were not acknowledged");
-                for done in finishers {
-                    done(Some(&err));
+                tracing::warn!(error = %e, ops = ops.len(), "group commit failed; retrying its writes one by one");
+                for (op, reply) in ops.into_iter().zip(replies) {
+                    let result = self.run_together(std::slice::from_ref(&op));
+                    if let Err(e) = &result {
+                        tracing::error!(error = %e, "write failed; nothing was acknowledged");
+                    }
+                    // The requester may have gone away (client disconnected); the write stands.
+                    let _ = reply.send(result.map(|mut outputs| outputs.remove(0)));
                 }
             }
         }
     }
-}
 
-fn fail_op(op: Op, err: &StoreError) {
-    let msg = || StoreError::Task(err.to_string());
-    match op {
-        Op::Write(_, reply) => drop(reply.send(Err(msg()))),
-        Op::DeleteRule { reply, .. } => drop(reply.send(Err(msg()))),
-        Op::Purge { reply, .. } => drop(reply.send(Err(msg()))),
-        Op::CreateKey(_, reply) => drop(reply.send(Err(msg()))),
-        Op::RevokeKey { reply, .. } => drop(reply.send(Err(msg()))),
-    }
-}
-
-/// Runs one op inside a savepoint. On error the savepoint is rolled back, the op is answered
-/// with its error right away, and the rest of the group carries on.
-fn run_in_savepoint(tx: &mut Transaction<'_>, op: Op) -> Result<(Vec<Change>, Finish), ()> {
-    let sp = match tx.savepoint() {
-        Ok(sp) => sp,
-        Err(e) => {
-            fail_op(op, &StoreError::from(e));
-            return Err(());
+    /// Runs ops in one transaction; on success their changes have been committed and handed to
+    /// the sink, in order, before this returns.
+    fn run_together(&mut self, ops: &[Op]) -> StoreResult<Vec<Output>> {
+        let tx = self.conn.transaction()?;
+        let outputs = ops
+            .iter()
+            .map(|op| op.run(&tx))
+            .collect::<StoreResult<Vec<_>>>()?;
+        tx.commit()?;
+        let changes: Vec<Change> = outputs
+            .iter()
+            .flat_map(|o| o.changes().iter().cloned())
+            .collect();
+        if !changes.is_empty() {
+            self.sink.apply(&changes);
         }
-    };
-    macro_rules! attempt {
-        ($reply:expr, $body:expr, |$value:ident| $changes:expr) => {{
-            match $body.and_then(|value| sp.commit().map(|()| value).map_err(StoreError::from)) {
-                Ok($value) => {
-                    let changes = $changes;
-                    Ok((changes, finish($reply, $value)))
-                }
-                Err(e) => {
-                    let _ = $reply.send(Err(e));
-                    Err(())
-                }
-            }
-        }};
-    }
-    match op {
-        Op::Write(batch, reply) => {
-            attempt!(reply, write_batch(&sp, &batch), |changes| changes.clone())
-        }
-        Op::DeleteRule {
-            tenant,
-            id,
-            key_id,
-            request_id,
-            at,
-            reply,
-        } => attempt!(
-            reply,
-            delete_rule(&sp, tenant, id, key_id, &request_id, at),
-            |change| change.iter().cloned().collect()
-        ),
-        Op::Purge { now, limit, reply } => {
-            attempt!(reply, purge_expired(&sp, now, limit), |changes| changes
-                .clone())
-        }
-        Op::CreateKey(key, reply) => attempt!(reply, create_key(&sp, &key), |_k| Vec::new()),
-        Op::RevokeKey { id, at, reply } => {
-            attempt!(reply, revoke_key(&sp, id, at), |_k| Vec::new())
-        }
+        Ok(outputs)
     }
 }
 
@@ -349,37 +340,67 @@ fn apply_write(
             description,
             source,
         } => {
-            // A rule that had expired but was not purged yet starts a new life: its created_at
-            // moves to now, as if it had been purged and made again.
-            let mut upsert = conn.prepare_cached(
-                "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
-                                    source, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
-                 ON CONFLICT (tenant_id, action, kind, target) DO UPDATE SET
-                    created_at = CASE WHEN rules.expires_at IS NOT NULL AND rules.expires_at <= ?9
-                                      THEN ?9 ELSE rules.created_at END,
-                    expires_at = excluded.expires_at,
-                    name = COALESCE(excluded.name, rules.name),
-                    description = COALESCE(excluded.description, rules.description),
-                    source = excluded.source,
-                    updated_at = excluded.updated_at
-                 RETURNING id",
-            )?;
+            // Look up, then update or insert: `INSERT .. ON CONFLICT .. RETURNING` would make
+            // SQLite build a temporary table for every row.
             let target_text = target.to_string();
-            let rule_id: RuleId = upsert.query_row(
-                params![
-                    tenant.0,
-                    action.as_str(),
-                    target.kind().as_str(),
-                    target_text,
-                    expires_at.map(|t| t.0),
-                    name,
-                    description,
-                    source.as_str(),
-                    at.0
-                ],
-                |row| row.get(0),
-            )?;
+            let key = params![
+                tenant.0,
+                action.as_str(),
+                target.kind().as_str(),
+                target_text
+            ];
+            let existing: Option<RuleId> = conn
+                .prepare_cached(
+                    "SELECT id FROM rules
+                     WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
+                )?
+                .query_row(key, |row| row.get(0))
+                .optional()?;
+            let rule_id = match existing {
+                Some(id) => {
+                    // A rule that had expired but was not purged yet starts a new life: its
+                    // created_at moves to now, as if it had been purged and made again.
+                    conn.prepare_cached(
+                        "UPDATE rules SET
+                            created_at = CASE WHEN expires_at IS NOT NULL AND expires_at <= ?2
+                                              THEN ?2 ELSE created_at END,
+                            expires_at = ?3,
+                            name = COALESCE(?4, name),
+                            description = COALESCE(?5, description),
+                            source = ?6,
+                            updated_at = ?2
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![
+                        id,
+                        at.0,
+                        expires_at.map(|t| t.0),
+                        name,
+                        description,
+                        source.as_str()
+                    ])?;
+                    id
+                }
+                None => {
+                    conn.prepare_cached(
+                        "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name,
+                                            description, source, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+                    )?
+                    .execute(params![
+                        tenant.0,
+                        action.as_str(),
+                        target.kind().as_str(),
+                        target_text,
+                        expires_at.map(|t| t.0),
+                        name,
+                        description,
+                        source.as_str(),
+                        at.0
+                    ])?;
+                    conn.last_insert_rowid()
+                }
+            };
             let change = Change {
                 seq: 0,
                 tenant,
@@ -393,25 +414,25 @@ fn apply_write(
             Ok(Some(log_change(conn, change, &target_text)?))
         }
         RuleWrite::Remove { action, target } => {
-            let mut delete = conn.prepare_cached(
-                "DELETE FROM rules WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4
-                 RETURNING id, expires_at",
-            )?;
             let target_text = target.to_string();
-            let removed: Option<(RuleId, Option<i64>)> = delete
-                .query_row(
-                    params![
-                        tenant.0,
-                        action.as_str(),
-                        target.kind().as_str(),
-                        target_text
-                    ],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
+            let key = params![
+                tenant.0,
+                action.as_str(),
+                target.kind().as_str(),
+                target_text
+            ];
+            let removed: Option<(RuleId, Option<i64>)> = conn
+                .prepare_cached(
+                    "SELECT id, expires_at FROM rules
+                     WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
+                )?
+                .query_row(key, |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             let Some((rule_id, expires_at)) = removed else {
                 return Ok(None);
             };
+            conn.prepare_cached("DELETE FROM rules WHERE id = ?1")?
+                .execute([rule_id])?;
             let change = Change {
                 seq: 0,
                 tenant,
@@ -668,7 +689,10 @@ fn paginate<T>(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> i64) -
 #[async_trait]
 impl Store for SqliteStore {
     async fn write(&self, batch: WriteBatch) -> StoreResult<Vec<Change>> {
-        self.submit(|reply| Op::Write(batch, reply)).await
+        match self.submit(Op::Write(batch)).await? {
+            Output::Changes(changes) => Ok(changes),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn delete_rule(
@@ -679,19 +703,24 @@ impl Store for SqliteStore {
         request_id: String,
         at: UnixMillis,
     ) -> StoreResult<Option<Change>> {
-        self.submit(|reply| Op::DeleteRule {
+        let op = Op::DeleteRule {
             tenant,
             id,
             key_id,
             request_id,
             at,
-            reply,
-        })
-        .await
+        };
+        match self.submit(op).await? {
+            Output::Change(change) => Ok(change),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn purge_expired(&self, now: UnixMillis, limit: usize) -> StoreResult<Vec<Change>> {
-        self.submit(|reply| Op::Purge { now, limit, reply }).await
+        match self.submit(Op::Purge { now, limit }).await? {
+            Output::Changes(changes) => Ok(changes),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn rule(
@@ -832,7 +861,10 @@ impl Store for SqliteStore {
     }
 
     async fn create_key(&self, key: NewKey) -> StoreResult<ApiKey> {
-        self.submit(|reply| Op::CreateKey(key, reply)).await
+        match self.submit(Op::CreateKey(key)).await? {
+            Output::Key(key) => Ok(key),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
@@ -849,7 +881,10 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_key(&self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>> {
-        self.submit(|reply| Op::RevokeKey { id, at, reply }).await
+        match self.submit(Op::RevokeKey { id, at }).await? {
+            Output::MaybeKey(key) => Ok(key),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>> {

@@ -1,0 +1,145 @@
+//! Load generator for a running Palisade server.
+//!
+//! ```sh
+//! cargo run --release --example load -- ingest --url http://127.0.0.1:8080 --key "$KEY" \
+//!     --clients 4 --batch 1000 --seconds 20
+//! ```
+//!
+//! `ingest` sends batches of block events for distinct /32 addresses from `--clients` concurrent
+//! connections and counts events acknowledged with 200 (committed before the answer).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// POST /v1/signal batches.
+    Ingest {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        #[arg(long, env = "PALISADE_KEY")]
+        key: String,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// First address of the range the events block (distinct /32s counting up from it).
+        #[arg(long, default_value = "11.0.0.0")]
+        base: Ipv4Addr,
+    },
+}
+
+fn batch_body(first: u32, count: usize) -> String {
+    let mut body = String::with_capacity(count * 130);
+    body.push('[');
+    for i in 0..count {
+        if i > 0 {
+            body.push(',');
+        }
+        let ip = Ipv4Addr::from(first + i as u32);
+        body.push_str(&format!(
+            r#"{{"type":"access_rules","action":"block","ip":"{ip}","expiration":3600,"description":"load test","name":"load"}}"#
+        ));
+    }
+    body.push(']');
+    body
+}
+
+#[tokio::main]
+async fn main() {
+    match Cli::parse().mode {
+        Mode::Ingest {
+            url,
+            key,
+            clients,
+            batch,
+            seconds,
+            base,
+        } => {
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for client in 0..clients {
+                let url = format!("{url}/v1/signal");
+                let key = key.clone();
+                // Each client owns a disjoint block of addresses.
+                let mut next = u32::from(base) + (client as u32) * (1 << 22);
+                tasks.push(tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    let mut committed = 0usize;
+                    let mut failed = 0usize;
+                    let mut latencies = Vec::new();
+                    while Instant::now() < deadline {
+                        let body = batch_body(next, batch);
+                        next += batch as u32;
+                        let sent = Instant::now();
+                        let response = http
+                            .post(&url)
+                            .bearer_auth(&key)
+                            .header("Content-Type", "application/json")
+                            .body(body)
+                            .send()
+                            .await;
+                        match response {
+                            Ok(r) if r.status() == reqwest::StatusCode::OK => {
+                                let _ = r.bytes().await;
+                                committed += batch;
+                                latencies.push(sent.elapsed());
+                            }
+                            Ok(r) => {
+                                failed += 1;
+                                eprintln!(
+                                    "status {}: {}",
+                                    r.status(),
+                                    r.text().await.unwrap_or_default()
+                                );
+                            }
+                            Err(e) => {
+                                failed += 1;
+                                eprintln!("request failed: {e}");
+                            }
+                        }
+                    }
+                    (committed, failed, latencies)
+                }));
+            }
+            let mut committed = 0;
+            let mut failed = 0;
+            let mut latencies = Vec::new();
+            for task in tasks {
+                let (c, f, l) = task.await.expect("client task");
+                committed += c;
+                failed += f;
+                latencies.extend(l);
+            }
+            let elapsed = started.elapsed().as_secs_f64();
+            latencies.sort();
+            let pct = |p: f64| {
+                latencies
+                    .get(
+                        ((latencies.len() as f64 * p) as usize)
+                            .min(latencies.len().saturating_sub(1)),
+                    )
+                    .map(|d| d.as_secs_f64() * 1000.0)
+                    .unwrap_or(0.0)
+            };
+            println!(
+                "ingest: {committed} events committed in {elapsed:.1} s = {:.0} events/s; {} requests, {failed} failed; batch latency p50 {:.1} ms, p99 {:.1} ms",
+                committed as f64 / elapsed,
+                latencies.len(),
+                pct(0.5),
+                pct(0.99),
+            );
+        }
+    }
+}
