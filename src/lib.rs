@@ -12,6 +12,7 @@
 //! - [`signal`]: validation of `POST /v1/signal` events into commands, and the table of error texts.
 //! - [`rules`]: domain types that are valid by construction (`Target`, `Asn`, `CountryCode`, ...).
 //! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
+//! - [`index`]: the in-memory decision engine, patched from the store's change log.
 //! - [`store`]: persistence behind the [`store::Store`] trait. Every rule change gets a
 //!   monotonically increasing sequence number, so anything downstream can follow "changes since N".
 //! - [`app`]: wiring: configuration in, a bound server out.
@@ -21,6 +22,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod index;
 pub mod keys;
 pub mod rules;
 pub mod signal;

@@ -113,6 +113,8 @@ pub struct Change {
     pub action: RuleAction,
     pub target: Target,
     pub expires_at: Option<UnixMillis>,
+    /// The rule's name after the change.
+    pub name: Option<String>,
     pub at: UnixMillis,
 }
 

@@ -48,6 +48,8 @@ CREATE TABLE rule_changes (
     kind       TEXT NOT NULL,
     target     TEXT NOT NULL,
     expires_at INTEGER,
+    -- The rule's name after the change, so followers can show matches without a read back.
+    name       TEXT,
     at         INTEGER NOT NULL
 );
 

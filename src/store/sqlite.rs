@@ -349,15 +349,16 @@ fn apply_write(
                 target.kind().as_str(),
                 target_text
             ];
-            let existing: Option<RuleId> = conn
+            let existing: Option<(RuleId, Option<String>)> = conn
                 .prepare_cached(
-                    "SELECT id FROM rules
+                    "SELECT id, name FROM rules
                      WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
                 )?
-                .query_row(key, |row| row.get(0))
+                .query_row(key, |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
+            let kept_name = existing.as_ref().and_then(|(_, name)| name.clone());
             let rule_id = match existing {
-                Some(id) => {
+                Some((id, _)) => {
                     // A rule that had expired but was not purged yet starts a new life: its
                     // created_at moves to now, as if it had been purged and made again.
                     conn.prepare_cached(
@@ -409,6 +410,7 @@ fn apply_write(
                 action: *action,
                 target: *target,
                 expires_at: *expires_at,
+                name: name.clone().or(kept_name),
                 at,
             };
             Ok(Some(log_change(conn, change, &target_text)?))
@@ -421,14 +423,14 @@ fn apply_write(
                 target.kind().as_str(),
                 target_text
             ];
-            let removed: Option<(RuleId, Option<i64>)> = conn
+            let removed: Option<(RuleId, Option<i64>, Option<String>)> = conn
                 .prepare_cached(
-                    "SELECT id, expires_at FROM rules
+                    "SELECT id, expires_at, name FROM rules
                      WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
                 )?
-                .query_row(key, |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_row(key, |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
                 .optional()?;
-            let Some((rule_id, expires_at)) = removed else {
+            let Some((rule_id, expires_at, name)) = removed else {
                 return Ok(None);
             };
             conn.prepare_cached("DELETE FROM rules WHERE id = ?1")?
@@ -441,6 +443,7 @@ fn apply_write(
                 action: *action,
                 target: *target,
                 expires_at: expires_at.map(UnixMillis),
+                name,
                 at,
             };
             Ok(Some(log_change(conn, change, &target_text)?))
@@ -451,8 +454,8 @@ fn apply_write(
 /// Appends to the change log; the row id is the change's sequence number.
 fn log_change(conn: &Connection, mut change: Change, target_text: &str) -> StoreResult<Change> {
     let mut insert = conn.prepare_cached(
-        "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at, name, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     insert.execute(params![
         change.tenant.0,
@@ -462,6 +465,7 @@ fn log_change(conn: &Connection, mut change: Change, target_text: &str) -> Store
         change.target.kind().as_str(),
         target_text,
         change.expires_at.map(|t| t.0),
+        change.name,
         change.at.0
     ])?;
     change.seq = conn.last_insert_rowid() as u64;
@@ -480,7 +484,7 @@ fn delete_rule(
         .prepare_cached(
             "DELETE FROM rules
              WHERE id = ?1 AND tenant_id = ?2 AND (expires_at IS NULL OR expires_at > ?3)
-             RETURNING action, kind, target, expires_at",
+             RETURNING action, kind, target, expires_at, name",
         )?
         .query_row(params![id, tenant.0, at.0], |row| {
             Ok((
@@ -488,10 +492,11 @@ fn delete_rule(
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
                 row.get::<_, Option<i64>>(3)?,
+                row.get::<_, Option<String>>(4)?,
             ))
         })
         .optional()?;
-    let Some((action, kind, target_text, expires_at)) = removed else {
+    let Some((action, kind, target_text, expires_at, name)) = removed else {
         return Ok(None);
     };
     let change = Change {
@@ -502,6 +507,7 @@ fn delete_rule(
         action: parse_action(&action)?,
         target: parse_target(&kind, &target_text)?,
         expires_at: expires_at.map(UnixMillis),
+        name,
         at,
     };
     let change = log_change(conn, change, &target_text)?;
@@ -519,7 +525,7 @@ fn purge_expired(conn: &Connection, now: UnixMillis, limit: usize) -> StoreResul
         .prepare_cached(
             "DELETE FROM rules WHERE id IN
                 (SELECT id FROM rules WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)
-             RETURNING id, tenant_id, action, kind, target, expires_at",
+             RETURNING id, tenant_id, action, kind, target, expires_at, name",
         )?
         .query_map(params![now.0, limit as i64], |row| {
             Ok((
@@ -529,11 +535,12 @@ fn purge_expired(conn: &Connection, now: UnixMillis, limit: usize) -> StoreResul
                 row.get::<_, String>(3)?,
                 row.get::<_, String>(4)?,
                 row.get::<_, Option<i64>>(5)?,
+                row.get::<_, Option<String>>(6)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let mut changes = Vec::with_capacity(expired.len());
-    for (rule_id, tenant, action, kind, target_text, expires_at) in expired {
+    for (rule_id, tenant, action, kind, target_text, expires_at, name) in expired {
         let change = Change {
             seq: 0,
             tenant: TenantId(tenant),
@@ -542,6 +549,7 @@ fn purge_expired(conn: &Connection, now: UnixMillis, limit: usize) -> StoreResul
             action: parse_action(&action)?,
             target: parse_target(&kind, &target_text)?,
             expires_at: expires_at.map(UnixMillis),
+            name,
             at: now,
         };
         changes.push(log_change(conn, change, &target_text)?);
@@ -672,6 +680,7 @@ fn change_from_row(row: &Row<'_>) -> StoreResult<Change> {
         target: parse_target(&kind, &target)?,
         expires_at: row.get::<_, Option<i64>>(7)?.map(UnixMillis),
         at: UnixMillis(row.get(8)?),
+        name: row.get(9)?,
     })
 }
 
@@ -816,7 +825,7 @@ impl Store for SqliteStore {
     async fn changes_since(&self, seq: u64, limit: usize) -> StoreResult<Vec<Change>> {
         self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT seq, tenant_id, rule_id, op, action, kind, target, expires_at, at
+                "SELECT seq, tenant_id, rule_id, op, action, kind, target, expires_at, at, name
                  FROM rule_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
             let mut rows = stmt.query(params![seq as i64, limit as i64])?;
