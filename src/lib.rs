@@ -11,6 +11,8 @@
 //!   Every error becomes HTTP in one place, [`api::error`].
 //! - [`signal`]: validation of `POST /v1/signal` events into commands, and the table of error texts.
 //! - [`rules`]: domain types that are valid by construction (`Target`, `Asn`, `CountryCode`, ...).
+//! - [`geo`]: IP address to ASN and country from the operator's data files, the networks of an
+//!   ASN or a country, and reloading when the files change.
 //! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
 //! - [`store`]: persistence behind the [`store::Store`] trait. Every rule change gets a
 //!   monotonically increasing sequence number, so anything downstream can follow "changes since N".
@@ -21,6 +23,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod geo;
 pub mod keys;
 pub mod rules;
 pub mod signal;
