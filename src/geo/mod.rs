@@ -3,6 +3,8 @@
 //!
 //! Files are read once into compact tables ([`GeoData`]), so a look-up never decodes a MaxMind
 //! DB record and the networks of an ASN or a country are at hand for compiling block rules.
+//! [`Geo`] holds the data in force and swaps in a new [`GeoData`] when the files change or on
+//! SIGHUP; readers never wait and never see a half-loaded set.
 //!
 //! # Formats
 //! The format is recognised by content: a MaxMind DB (`.mmdb`), otherwise a CSV file, gzipped or
@@ -16,7 +18,9 @@
 //!   is the ASN (`13335` or `AS13335`) when the file is the ASN source and a country code when it
 //!   is the country source; further fields (the organisation) are ignored. A header line, blank
 //!   lines and `#` comments are skipped. Where rows overlap the later row wins, as it would when
-//!   the rows are written into a MaxMind DB in order.
+//!   the rows are written into a MaxMind DB in order. IPv4 and IPv6 rows may share a file; data
+//!   published as one gzipped file per family can be joined with `cat` (gzip streams
+//!   concatenate).
 //!
 //! ASN 0 and country codes [`CountryCode::parse`] refuses count as "no data".
 //!
@@ -30,6 +34,7 @@
 //! [`GeoData::asn_networks`] and [`GeoData::country_networks`] see them.
 
 mod csv;
+mod live;
 mod mmdb;
 mod ranges;
 
@@ -42,6 +47,8 @@ use ipnet::IpNet;
 
 use crate::rules::{Asn, CountryCode, normalize_ip};
 use ranges::{Family, NetIndex, Row, Table, merge_steps, overlay};
+
+pub use live::Geo;
 
 /// What the data says about one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
