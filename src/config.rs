@@ -39,9 +39,11 @@ pub struct GeoConfig {
     /// `start_ip,end_ip,asn,organisation`. Env `PALISADE_GEO_ASN`.
     pub asn: Option<PathBuf>,
     /// IP-to-country data: a MaxMind DB (GeoLite2-Country, `country_code` or IPinfo Lite
-    /// layout). Env `PALISADE_GEO_COUNTRY`.
+    /// layout) or a CSV range file `start_ip,end_ip,country_code`. May be the same file as `asn`
+    /// (IPinfo Lite). Env `PALISADE_GEO_COUNTRY`.
     pub country: Option<PathBuf>,
-    /// Seconds between checks of the files for changes (SIGHUP reloads at once).
+    /// Seconds between checks of the files for changes (SIGHUP reloads at once); 0 turns the
+    /// checks off.
     pub watch_interval_secs: u64,
 }
 

@@ -11,6 +11,8 @@
 //!   Every error becomes HTTP in one place, [`api::error`].
 //! - [`signal`]: validation of `POST /v1/signal` events into commands, and the table of error texts.
 //! - [`rules`]: domain types that are valid by construction (`Target`, `Asn`, `CountryCode`, ...).
+//! - [`geo`]: IP address to ASN and country from the operator's data files, the networks of an
+//!   ASN or a country, and reloading when the files change.
 //! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
 //! - [`index`]: the in-memory decision engine, patched from the store's change log.
 //! - [`store`]: persistence behind the [`store::Store`] trait. Every rule change gets a
@@ -22,6 +24,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod geo;
 pub mod index;
 pub mod keys;
 pub mod rules;
