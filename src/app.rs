@@ -14,10 +14,12 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState, Shared};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::geo::Geo;
+use crate::index::{Index, Networks};
 use crate::keys::{self, DEFAULT_TENANT, KeyRing, Role, TenantName};
-use crate::signal::SignalPolicy;
+use crate::signal::{AsnCatalog, SignalPolicy};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{NewKey, NoSink, SharedStore, Store};
+use crate::store::{NewKey, SharedStore, Store};
 
 /// How often the server re-reads the keys table, so that keys made or revoked from the command
 /// line (another process) take effect within a second.
@@ -40,6 +42,13 @@ impl Application {
     }
 
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let geo = Arc::new(Geo::open(&config.geo).context("loading the geo data")?);
+        if !geo.has_asn_source() {
+            tracing::info!(
+                "no ASN data configured (geo.asn): ASN signals are format-checked only, their existence is not checked, and ASN rules match no address"
+            );
+        }
+        let index = Arc::new(Index::new(geo.current().clone()));
         let store: SharedStore = Arc::new(
             SqliteStore::open(
                 &config.data_dir,
@@ -47,9 +56,16 @@ impl Application {
                     synchronous: config.store.synchronous,
                     cache_mib: config.store.cache_mib,
                 },
-                Arc::new(NoSink),
+                index.clone(),
             )
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+        );
+        rebuild_index(&store, &index, &*clock, None).await?;
+        let stats = index.stats();
+        tracing::info!(
+            prefixes = stats.prefixes,
+            seq = index.seq(),
+            "decision index built"
         );
 
         let bootstrap_key = if store.keys().await?.is_empty() {
@@ -68,12 +84,20 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
 
+        let asn_catalog: Option<Arc<dyn AsnCatalog>> = if geo.has_asn_source() {
+            Some(geo.clone())
+        } else {
+            None
+        };
         let state = AppState(Arc::new(Shared {
             store: store.clone(),
+            index: index.clone(),
+            geo: geo.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
             keys: keys.clone(),
             policy: SignalPolicy {
                 guard: config.guard(),
-                asn_catalog: None,
+                asn_catalog,
             },
             clock: clock.clone(),
             max_body_bytes: config.limits.max_body_bytes,
@@ -81,6 +105,13 @@ impl Application {
 
         let tasks = BackgroundTasks(vec![
             tokio::spawn(refresh_keys(state.clone())),
+            geo.spawn_watcher(),
+            tokio::spawn(recompile_on_geo_change(
+                geo,
+                store.clone(),
+                index,
+                clock.clone(),
+            )),
             tokio::spawn(purge_expired(
                 store,
                 clock,
@@ -162,6 +193,44 @@ pub async fn create_key(
         })
         .await?;
     Ok((secret, key))
+}
+
+/// Builds the index from the store: start-up, and whenever the geo data changes. Changes
+/// committed while it builds are recorded by the index and replayed onto the new tables.
+pub async fn rebuild_index(
+    store: &SharedStore,
+    index: &Arc<Index>,
+    clock: &dyn Clock,
+    networks: Option<Arc<dyn Networks>>,
+) -> anyhow::Result<()> {
+    index.begin_rebuild();
+    let snapshot = store
+        .snapshot(clock.now())
+        .await
+        .context("reading the rules")?;
+    let index = index.clone();
+    tokio::task::spawn_blocking(move || index.rebuild(snapshot, networks))
+        .await
+        .context("building the index")?;
+    Ok(())
+}
+
+async fn recompile_on_geo_change(
+    geo: Arc<Geo>,
+    store: SharedStore,
+    index: Arc<Index>,
+    clock: Arc<dyn Clock>,
+) {
+    let mut versions = geo.subscribe();
+    while versions.changed().await.is_ok() {
+        let data: Arc<dyn Networks> = geo.current().clone();
+        match rebuild_index(&store, &index, &*clock, Some(data)).await {
+            Ok(()) => tracing::info!("decision index rebuilt for the new geo data"),
+            Err(e) => {
+                tracing::error!(error = %e, "could not rebuild the index for the new geo data")
+            }
+        }
+    }
 }
 
 async fn refresh_keys(state: AppState) {

@@ -1,18 +1,23 @@
 //! The `palisade` command: thin wiring around the library.
 
 use std::io::IsTerminal;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use palisade::app::{Application, create_key};
+use palisade::api::check::answer;
+use palisade::app::{Application, create_key, rebuild_index};
 use palisade::clock::{Clock, SystemClock};
 use palisade::config::{Config, Overrides};
+use palisade::geo::Geo;
+use palisade::index::Index;
 use palisade::keys::{DEFAULT_TENANT, Role};
+use palisade::rules::normalize_ip;
 use palisade::store::sqlite::{SqliteOptions, SqliteStore};
-use palisade::store::{NoSink, Store};
+use palisade::store::{ChangeSink, NoSink, SharedStore, Store};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +43,27 @@ enum Command {
     /// Manage API keys (works while the server runs; changes apply within a second).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Decide about an address from the data directory, as `GET /v1/check` would.
+    Check {
+        ip: IpAddr,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Inspect the configured geo data.
+    #[command(subcommand)]
+    Geo(GeoCommand),
+}
+
+#[derive(Subcommand)]
+enum GeoCommand {
+    /// Print what the ASN and country files say about an address.
+    Lookup {
+        ip: IpAddr,
+        #[command(flatten)]
+        location: Location,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +127,12 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve { listen, location } => serve(location.load(listen)?).await,
         Command::Keys(command) => keys(command).await,
+        Command::Check {
+            ip,
+            tenant,
+            location,
+        } => check(ip, &tenant, &location.load(None)?).await,
+        Command::Geo(GeoCommand::Lookup { ip, location }) => geo_lookup(ip, &location.load(None)?),
     }
 }
 
@@ -142,16 +174,56 @@ async fn shutdown_signal() {
     }
 }
 
-fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+fn open_store(config: &Config, sink: Arc<dyn ChangeSink>) -> anyhow::Result<SqliteStore> {
     SqliteStore::open(
         &config.data_dir,
         SqliteOptions {
             synchronous: config.store.synchronous,
             cache_mib: config.store.cache_mib,
         },
-        Arc::new(NoSink),
+        sink,
     )
     .with_context(|| format!("opening the store in {}", config.data_dir.display()))
+}
+
+async fn check(ip: IpAddr, tenant: &str, config: &Config) -> anyhow::Result<()> {
+    let geo = Geo::open(&config.geo).context("loading the geo data")?;
+    let index = Arc::new(Index::new(geo.current().clone()));
+    let store: SharedStore = Arc::new(open_store(config, index.clone())?);
+    let tenant_id = store
+        .keys()
+        .await?
+        .into_iter()
+        .find(|k| k.tenant.as_str() == tenant)
+        .map(|k| k.tenant_id)
+        .with_context(|| format!("no tenant named {tenant:?}"))?;
+    rebuild_index(&store, &index, &SystemClock, None).await?;
+    let answer = answer(&index, &geo, tenant_id, ip, SystemClock.now());
+    println!("{}", serde_json::to_string_pretty(&answer)?);
+    Ok(())
+}
+
+fn geo_lookup(ip: IpAddr, config: &Config) -> anyhow::Result<()> {
+    let geo = Geo::open(&config.geo).context("loading the geo data")?;
+    let record = geo.lookup(ip);
+    let show = |configured: bool, value: Option<String>| match (configured, value) {
+        (false, _) => "(no file configured)".to_owned(),
+        (true, None) => "(not in the data)".to_owned(),
+        (true, Some(v)) => v,
+    };
+    println!("ip:      {}", normalize_ip(ip));
+    println!(
+        "asn:     {}",
+        show(geo.has_asn_source(), record.asn.map(|a| a.to_string()))
+    );
+    println!(
+        "country: {}",
+        show(
+            geo.has_country_source(),
+            record.country.map(|c| c.to_string())
+        )
+    );
+    Ok(())
 }
 
 async fn keys(command: KeysCommand) -> anyhow::Result<()> {
@@ -162,7 +234,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             tenant,
             location,
         } => {
-            let store = open_store(&location.load(None)?)?;
+            let store = open_store(&location.load(None)?, Arc::new(NoSink))?;
             let (secret, key) = create_key(&store, &name, role, &tenant, &SystemClock).await?;
             println!(
                 "Created key {} '{}' (role {}, tenant {}). It is shown only this once:",
@@ -171,7 +243,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             println!("{secret}");
         }
         KeysCommand::List { location } => {
-            let store = open_store(&location.load(None)?)?;
+            let store = open_store(&location.load(None)?, Arc::new(NoSink))?;
             println!(
                 "{:>5}  {:<24} {:<7} {:<16} {:<24} REVOKED",
                 "ID", "NAME", "ROLE", "TENANT", "CREATED"
@@ -191,7 +263,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id, location } => {
-            let store = open_store(&location.load(None)?)?;
+            let store = open_store(&location.load(None)?, Arc::new(NoSink))?;
             match store.revoke_key(id, SystemClock.now()).await? {
                 Some(key) => println!("Revoked key {} '{}'", key.id, key.name),
                 None => anyhow::bail!("no key with id {id}"),

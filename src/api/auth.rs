@@ -1,4 +1,4 @@
-//! Who is calling: `Authorization: Bearer <key>` checked against the live key ring.
+//! Who is calling: the presented key checked against the live key ring.
 
 use std::sync::Arc;
 
@@ -28,19 +28,24 @@ impl Caller {
     }
 }
 
-/// The token of an `Authorization: Bearer ...` header; the scheme is case-insensitive.
-pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+/// The key of a request: `Authorization: Bearer <key>` (scheme in any case), or `X-Api-Key`
+/// for proxies whose forward-auth settings can add a header but not an `Authorization` one.
+pub fn presented_key(parts: &Parts) -> Option<&str> {
+    if let Some(value) = parts.headers.get(AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        let token = token.trim();
+        return (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token);
+    }
+    let token = parts.headers.get("x-api-key")?.to_str().ok()?.trim();
+    (!token.is_empty()).then_some(token)
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let token = bearer_token(parts).ok_or(ApiError::Unauthorized)?;
+        let token = presented_key(parts).ok_or(ApiError::Unauthorized)?;
         app.keys
             .load()
             .authenticate(token)

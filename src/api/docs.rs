@@ -2,7 +2,7 @@
 //! compiled into the binary, so it works offline).
 
 use axum::Router;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -23,6 +23,9 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         super::rules::show,
         super::rules::delete,
         super::audit::list,
+        super::check::check_one,
+        super::check::check_many,
+        super::check::forward_auth,
         super::healthz,
     ),
     modifiers(&BearerAuth),
@@ -30,6 +33,7 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         (name = "signal", description = "Signal ingestion"),
         (name = "rules", description = "The tenant's active rules"),
         (name = "audit", description = "Everything received"),
+        (name = "decisions", description = "Is this client blocked?"),
         (name = "health", description = "Liveness"),
     )
 )]
@@ -48,6 +52,10 @@ impl Modify for BearerAuth {
                     .description(Some("An API key made with `palisade keys create`"))
                     .build(),
             ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Api-Key"))),
         );
     }
 }

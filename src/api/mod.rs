@@ -4,10 +4,12 @@
 //! - [`signal`]: `POST /v1/signal`
 //! - [`rules`]: `GET /v1/rules`, `GET|DELETE /v1/rules/{id}`
 //! - [`audit`]: `GET /v1/audit`
+//! - [`check`]: `GET|POST /v1/check`, `GET /v1/forward-auth`
 //! - [`docs`]: OpenAPI document and Swagger UI under `/docs/signal/`
 
 pub mod audit;
 pub mod auth;
+pub mod check;
 pub mod docs;
 pub mod error;
 pub mod rules;
@@ -26,7 +28,11 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use ipnet::IpNet;
+
 use crate::clock::Clock;
+use crate::geo::Geo;
+use crate::index::Index;
 use crate::keys::KeyRing;
 use crate::signal::SignalPolicy;
 use crate::store::{SharedStore, StoreResult};
@@ -35,6 +41,10 @@ use error::ApiError;
 /// What every handler can reach.
 pub struct Shared {
     pub store: SharedStore,
+    pub index: Arc<Index>,
+    pub geo: Arc<Geo>,
+    /// Peers whose forwarding headers forward-auth believes.
+    pub trusted_proxies: Vec<IpNet>,
     /// Swapped whole when keys change; handlers never wait on it.
     pub keys: Arc<ArcSwap<KeyRing>>,
     pub policy: SignalPolicy,
@@ -69,6 +79,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rules", get(rules::list))
         .route("/v1/rules/{id}", get(rules::show).delete(rules::delete))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/check", get(check::check_one).post(check::check_many))
+        .route("/v1/forward-auth", get(check::forward_auth))
         .route("/healthz", get(healthz))
         .merge(docs::router())
         .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })

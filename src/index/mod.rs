@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use crate::geo::GeoData;
 use crate::rules::{RuleAction, RuleId, Target, TenantId, UnixMillis, normalize_ip};
 use crate::store::{Change, ChangeOp, ChangeSink, Snapshot};
 pub use table::Span;
@@ -45,6 +46,16 @@ impl RuleRef {
 /// The networks of ASN and country targets, from the geo data in force.
 pub trait Networks: Send + Sync + 'static {
     fn networks(&self, target: &Target) -> Vec<IpNet>;
+}
+
+impl Networks for GeoData {
+    fn networks(&self, target: &Target) -> Vec<IpNet> {
+        match target {
+            Target::Ip(net) => vec![*net],
+            Target::Asn(asn) => self.asn_networks(*asn).to_vec(),
+            Target::Country(code) => self.country_networks(*code).to_vec(),
+        }
+    }
 }
 
 /// No geo data: ASN and country rules are kept but cover no address.
@@ -81,6 +92,9 @@ impl Verdict {
         }
     }
 }
+
+/// Entries of one tenant, per family, before they are built into tables.
+type TenantEntries = (Vec<Entry<u32>>, Vec<Entry<u128>>);
 
 /// One tenant's tables.
 #[derive(Default)]
@@ -153,7 +167,12 @@ impl Index {
     }
 
     /// The verdict and every active rule covering the address, deepest prefix first.
-    pub fn lookup(&self, tenant: TenantId, ip: IpAddr, now: UnixMillis) -> (Verdict, Vec<Arc<RuleRef>>) {
+    pub fn lookup(
+        &self,
+        tenant: TenantId,
+        ip: IpAddr,
+        now: UnixMillis,
+    ) -> (Verdict, Vec<Arc<RuleRef>>) {
         let generation = self.current.load();
         let Some(index) = generation.tenant(tenant) else {
             return (Verdict::default(), Vec::new());
@@ -182,7 +201,7 @@ impl Index {
     /// the snapshot and the swap.
     pub fn rebuild(&self, snapshot: Snapshot, networks: Option<Arc<dyn Networks>>) {
         let networks = networks.unwrap_or_else(|| self.current.load().networks.clone());
-        let mut by_tenant: HashMap<TenantId, (Vec<Entry<u32>>, Vec<Entry<u128>>)> = HashMap::new();
+        let mut by_tenant: HashMap<TenantId, TenantEntries> = HashMap::new();
         for rule in snapshot.rules {
             let rule_ref = Arc::new(RuleRef {
                 id: rule.id,
@@ -210,10 +229,14 @@ impl Index {
 
         let mut state = self.writer();
         let missed = state.recording.take().unwrap_or_default();
-        self.current.store(Arc::new(Generation { tenants, networks }));
+        self.current
+            .store(Arc::new(Generation { tenants, networks }));
         let applied = state.seq;
         state.seq = snapshot.seq;
-        let replay: Vec<Change> = missed.into_iter().filter(|c| c.seq > snapshot.seq).collect();
+        let replay: Vec<Change> = missed
+            .into_iter()
+            .filter(|c| c.seq > snapshot.seq)
+            .collect();
         self.apply_locked(&mut state, &replay);
         state.seq = state.seq.max(applied);
     }
@@ -258,8 +281,12 @@ impl Index {
             for change in changes {
                 for net in networks_of(&change.target, &*generation.networks) {
                     match net {
-                        IpNet::V4(n) => del4.push((u32::from(n.network()), n.prefix_len(), change.rule_id)),
-                        IpNet::V6(n) => del6.push((u128::from(n.network()), n.prefix_len(), change.rule_id)),
+                        IpNet::V4(n) => {
+                            del4.push((u32::from(n.network()), n.prefix_len(), change.rule_id))
+                        }
+                        IpNet::V6(n) => {
+                            del6.push((u128::from(n.network()), n.prefix_len(), change.rule_id))
+                        }
                     }
                 }
                 if change.op == ChangeOp::Put {

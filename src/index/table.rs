@@ -28,7 +28,6 @@ use crate::rules::RuleAction;
 
 /// An address as an unsigned integer, most significant bit first.
 pub trait Addr: Copy + Ord + Eq + Hash + Debug + Send + Sync + 'static {
-
     /// Byte `i` counted from the most significant end.
     fn byte(self, i: u32) -> u8;
 
@@ -45,11 +44,19 @@ impl Addr for u32 {
     }
 
     fn network(self, len: u8) -> Self {
-        if len == 0 { 0 } else { self & (u32::MAX << (32 - len)) }
+        if len == 0 {
+            0
+        } else {
+            self & (u32::MAX << (32 - len))
+        }
     }
 
     fn broadcast(self, len: u8) -> Self {
-        if len == 0 { u32::MAX } else { self | !(u32::MAX << (32 - len)) }
+        if len == 0 {
+            u32::MAX
+        } else {
+            self | !(u32::MAX << (32 - len))
+        }
     }
 }
 
@@ -59,11 +66,19 @@ impl Addr for u128 {
     }
 
     fn network(self, len: u8) -> Self {
-        if len == 0 { 0 } else { self & (u128::MAX << (128 - len)) }
+        if len == 0 {
+            0
+        } else {
+            self & (u128::MAX << (128 - len))
+        }
     }
 
     fn broadcast(self, len: u8) -> Self {
-        if len == 0 { u128::MAX } else { self | !(u128::MAX << (128 - len)) }
+        if len == 0 {
+            u128::MAX
+        } else {
+            self | !(u128::MAX << (128 - len))
+        }
     }
 }
 
@@ -144,7 +159,7 @@ impl<A: Addr> Bucket<A> {
         if entries.is_empty() {
             return None;
         }
-        entries.sort_by(|a, b| (a.start, a.len, a.rule.id).cmp(&(b.start, b.len, b.rule.id)));
+        entries.sort_by_key(|e| (e.start, e.len, e.rule.id));
         let mut starts = Vec::new();
         let mut lens = Vec::new();
         let mut parents: Vec<u32> = Vec::new();
@@ -245,8 +260,7 @@ impl<A: Addr> Bucket<A> {
     /// Heap bytes of this bucket, for the memory report.
     fn heap_bytes(&self) -> usize {
         let nodes = self.starts.len();
-        nodes
-            * (size_of::<A>() + 1 + size_of::<u32>() + size_of::<Span>() + size_of::<Box<[()]>>())
+        nodes * (size_of::<A>() + 1 + size_of::<u32>() + size_of::<Span>() + size_of::<Box<[()]>>())
             + self
                 .rules
                 .iter()
@@ -389,7 +403,6 @@ impl<A: Addr> Table<A> {
             }
         }
         let table = Self::default();
-        let mut by_bucket = by_bucket;
         table.rewrite(by_bucket.keys().copied().collect::<Vec<_>>(), |key, _| {
             by_bucket.remove(&key).unwrap_or_default()
         });

@@ -28,7 +28,15 @@ impl Fixture {
         }
     }
 
-    fn change(&mut self, tenant: TenantId, id: RuleId, op: ChangeOp, action: RuleAction, target: &str, expires_at: Option<i64>) {
+    fn change(
+        &mut self,
+        tenant: TenantId,
+        id: RuleId,
+        op: ChangeOp,
+        action: RuleAction,
+        target: &str,
+        expires_at: Option<i64>,
+    ) {
         self.seq += 1;
         let target = Target::parse_any(target).unwrap();
         self.index.apply(&[Change {
@@ -53,7 +61,12 @@ impl Fixture {
     }
 
     fn matched(&self, ip: &str) -> Vec<RuleId> {
-        self.index.lookup(T1, ip.parse().unwrap(), NOW).1.iter().map(|r| r.id).collect()
+        self.index
+            .lookup(T1, ip.parse().unwrap(), NOW)
+            .1
+            .iter()
+            .map(|r| r.id)
+            .collect()
     }
 }
 
@@ -118,11 +131,28 @@ fn edges_of_the_address_space() {
 #[test]
 fn expiry_counts_to_the_instant() {
     let mut f = Fixture::new();
-    f.change(T1, 1, ChangeOp::Put, RuleAction::Block, "192.0.2.1", Some(NOW.0 + 1));
-    f.change(T1, 2, ChangeOp::Put, RuleAction::Block, "192.0.2.0/24", Some(NOW.0 + 10));
+    f.change(
+        T1,
+        1,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "192.0.2.1",
+        Some(NOW.0 + 1),
+    );
+    f.change(
+        T1,
+        2,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "192.0.2.0/24",
+        Some(NOW.0 + 10),
+    );
     let ip: IpAddr = "192.0.2.1".parse().unwrap();
     assert!(f.index.decide(T1, ip, NOW).blocked);
-    assert!(f.index.decide(T1, ip, UnixMillis(NOW.0 + 9)).blocked, "the /24 still covers it");
+    assert!(
+        f.index.decide(T1, ip, UnixMillis(NOW.0 + 9)).blocked,
+        "the /24 still covers it"
+    );
     assert_eq!(f.index.lookup(T1, ip, UnixMillis(NOW.0 + 1)).1.len(), 1);
     assert!(!f.index.decide(T1, ip, UnixMillis(NOW.0 + 10)).blocked);
     assert!(f.index.lookup(T1, ip, UnixMillis(NOW.0 + 10)).1.is_empty());
@@ -132,10 +162,26 @@ fn expiry_counts_to_the_instant() {
 fn allow_beats_block_and_says_so() {
     let mut f = Fixture::new();
     f.block(1, "198.51.100.0/24");
-    f.change(T1, 2, ChangeOp::Put, RuleAction::Allow, "198.51.100.7", None);
+    f.change(
+        T1,
+        2,
+        ChangeOp::Put,
+        RuleAction::Allow,
+        "198.51.100.7",
+        None,
+    );
     let (verdict, rules) = f.index.lookup(T1, "198.51.100.7".parse().unwrap(), NOW);
-    assert_eq!(verdict, Verdict { blocked: false, allowed: true });
-    assert_eq!(rules.iter().map(|r| (r.id, r.action)).collect::<Vec<_>>(), [(2, RuleAction::Allow), (1, RuleAction::Block)]);
+    assert_eq!(
+        verdict,
+        Verdict {
+            blocked: false,
+            allowed: true
+        }
+    );
+    assert_eq!(
+        rules.iter().map(|r| (r.id, r.action)).collect::<Vec<_>>(),
+        [(2, RuleAction::Allow), (1, RuleAction::Block)]
+    );
     assert!(f.blocked("198.51.100.8"));
 }
 
@@ -143,18 +189,54 @@ fn allow_beats_block_and_says_so() {
 fn removals_refreshes_and_tenants() {
     let mut f = Fixture::new();
     f.block(1, "203.0.113.5");
-    f.change(T2, 2, ChangeOp::Put, RuleAction::Block, "203.0.113.0/24", None);
+    f.change(
+        T2,
+        2,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "203.0.113.0/24",
+        None,
+    );
     assert_eq!(f.matched("203.0.113.5"), [1]);
-    assert!(f.index.decide(T2, "203.0.113.5".parse().unwrap(), NOW).blocked);
-    assert!(!f.index.decide(TenantId(3), "203.0.113.5".parse().unwrap(), NOW).blocked);
+    assert!(
+        f.index
+            .decide(T2, "203.0.113.5".parse().unwrap(), NOW)
+            .blocked
+    );
+    assert!(
+        !f.index
+            .decide(TenantId(3), "203.0.113.5".parse().unwrap(), NOW)
+            .blocked
+    );
 
-    f.change(T1, 1, ChangeOp::Put, RuleAction::Block, "203.0.113.5", Some(NOW.0 - 1));
-    assert!(!f.blocked("203.0.113.5"), "a refresh replaces the old expiry");
+    f.change(
+        T1,
+        1,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "203.0.113.5",
+        Some(NOW.0 - 1),
+    );
+    assert!(
+        !f.blocked("203.0.113.5"),
+        "a refresh replaces the old expiry"
+    );
     f.change(T1, 1, ChangeOp::Put, RuleAction::Block, "203.0.113.5", None);
     assert!(f.blocked("203.0.113.5"));
-    f.change(T1, 1, ChangeOp::Delete, RuleAction::Block, "203.0.113.5", None);
+    f.change(
+        T1,
+        1,
+        ChangeOp::Delete,
+        RuleAction::Block,
+        "203.0.113.5",
+        None,
+    );
     assert!(!f.blocked("203.0.113.5"));
-    assert!(f.index.decide(T2, "203.0.113.5".parse().unwrap(), NOW).blocked);
+    assert!(
+        f.index
+            .decide(T2, "203.0.113.5".parse().unwrap(), NOW)
+            .blocked
+    );
 
     // Replays are ignored by sequence number.
     let seq = f.index.seq();
@@ -179,7 +261,9 @@ impl Networks for FixedNetworks {
     fn networks(&self, target: &Target) -> Vec<IpNet> {
         let nets: &[&str] = match target {
             Target::Asn(asn) if asn.get() == 64500 => &["192.0.2.0/24", "2001:db8:64::/48"],
-            Target::Country(code) if code.as_str() == "FR" => &["198.51.100.0/25", "203.0.113.0/24"],
+            Target::Country(code) if code.as_str() == "FR" => {
+                &["198.51.100.0/25", "203.0.113.0/24"]
+            }
             _ => &[],
         };
         nets.iter().map(|n| n.parse().unwrap()).collect()
@@ -219,10 +303,20 @@ fn rebuild_replays_what_happened_meanwhile() {
         created_at: NOW,
         updated_at: NOW,
     };
-    let snapshot = Snapshot { seq: 1, rules: vec![rule(1, "192.0.2.1")] };
+    let snapshot = Snapshot {
+        seq: 1,
+        rules: vec![rule(1, "192.0.2.1")],
+    };
     // Meanwhile: a new rule, and the old one removed.
     f.block(2, "AS64500");
-    f.change(T1, 1, ChangeOp::Delete, RuleAction::Block, "192.0.2.1", None);
+    f.change(
+        T1,
+        1,
+        ChangeOp::Delete,
+        RuleAction::Block,
+        "192.0.2.1",
+        None,
+    );
     f.index.rebuild(snapshot, None);
     assert_eq!(f.index.seq(), 3);
     assert!(!f.blocked("192.0.2.1") || f.matched("192.0.2.1") == [2]);

@@ -2,6 +2,7 @@
 //! talks HTTP to it.
 
 mod access;
+mod decisions;
 mod durability;
 mod helpers;
 mod rules;

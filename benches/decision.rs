@@ -1,0 +1,184 @@
+//! The decision engine at the size the issue asks for: 1,000,000 IPv4 prefixes (/32 and /24),
+//! 100,000 IPv6 prefixes, 10,000 ASN rules and 50 country rules compiled from the real geo data
+//! in `../shared/geo/` (skipped with a message when it is absent).
+//!
+//! `cargo bench --bench decision`
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use palisade::api::check::answer;
+use palisade::config::GeoConfig;
+use palisade::geo::Geo;
+use palisade::index::Index;
+use palisade::rules::{Asn, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
+use palisade::store::Snapshot;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TENANT: TenantId = TenantId(1);
+const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
+const GEO_DIR: &str = "../shared/geo";
+
+fn rule(id: i64, target: Target) -> Rule {
+    Rule {
+        id,
+        tenant: TENANT,
+        action: RuleAction::Block,
+        target,
+        expires_at: Some(UnixMillis(NOW.0 + 3_600_000)),
+        name: None,
+        description: None,
+        source: Source::Signal,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
+/// The rule set of the benchmark, and addresses inside its IPv4 rules (hits).
+fn rules(geo: &Geo, rng: &mut StdRng) -> (Vec<Rule>, Vec<IpAddr>) {
+    let mut rules = Vec::with_capacity(1_160_050);
+    let mut hits = Vec::new();
+    let mut id = 0;
+    let mut next = || {
+        id += 1;
+        id
+    };
+    for i in 0..1_000_000 {
+        let addr: u32 = rng.random();
+        let len = if i % 10 < 7 { 32 } else { 24 };
+        let net = ipnet::Ipv4Net::new(Ipv4Addr::from(addr), len)
+            .unwrap()
+            .trunc();
+        if hits.len() < 100_000 {
+            hits.push(IpAddr::V4(Ipv4Addr::from(addr)));
+        }
+        rules.push(rule(next(), Target::Ip(net.into())));
+    }
+    for i in 0..100_000 {
+        let addr: u128 = (0x2000u128 << 112) | (rng.random::<u128>() >> 3);
+        let len = [48, 64, 128][i % 3];
+        let net = ipnet::Ipv6Net::new(Ipv6Addr::from(addr), len)
+            .unwrap()
+            .trunc();
+        rules.push(rule(next(), Target::Ip(net.into())));
+    }
+    // ASNs that exist: found by resolving random addresses.
+    let mut asns = std::collections::BTreeSet::new();
+    while asns.len() < 10_000 {
+        if let Some(asn) = geo
+            .lookup(IpAddr::V4(Ipv4Addr::from(rng.random::<u32>())))
+            .asn
+        {
+            asns.insert(asn.get());
+        }
+    }
+    for asn in asns {
+        rules.push(rule(next(), Target::Asn(Asn::new(asn).unwrap())));
+    }
+    let countries = geo.current().countries().to_vec();
+    for code in countries
+        .iter()
+        .step_by((countries.len() / 50).max(1))
+        .take(50)
+    {
+        rules.push(rule(next(), Target::Country(*code)));
+    }
+    (rules, hits)
+}
+
+fn rss_bytes() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<usize>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn bench(c: &mut Criterion) {
+    let asn = Path::new(GEO_DIR).join("asn.mmdb");
+    let country = Path::new(GEO_DIR).join("country.mmdb");
+    if !asn.exists() || !country.exists() {
+        eprintln!("skipped: {GEO_DIR}/asn.mmdb and country.mmdb are needed");
+        return;
+    }
+    let geo = Geo::open(&GeoConfig {
+        asn: Some(asn),
+        country: Some(country),
+        ..GeoConfig::default()
+    })
+    .unwrap();
+    let mut rng = StdRng::seed_from_u64(7);
+    let (rules, hits) = rules(&geo, &mut rng);
+    let rule_count = rules.len();
+
+    let before = rss_bytes();
+    let started = Instant::now();
+    let index = Index::new(geo.current().clone());
+    index.rebuild(Snapshot { seq: 1, rules }, None);
+    let build = started.elapsed();
+    let after = rss_bytes();
+    let stats = index.stats();
+    eprintln!(
+        "index: {rule_count} rules -> {} stored prefixes (ASN and country rules expanded), built in {:.2} s; \
+         tables {:.1} MB = {:.0} B/prefix; process RSS grew {:.1} MB = {:.0} B/prefix",
+        stats.prefixes,
+        build.as_secs_f64(),
+        stats.table_bytes as f64 / 1e6,
+        stats.table_bytes as f64 / stats.prefixes as f64,
+        (after.saturating_sub(before)) as f64 / 1e6,
+        (after.saturating_sub(before)) as f64 / stats.prefixes as f64,
+    );
+
+    let random: Vec<IpAddr> = (0..1 << 20)
+        .map(|_| IpAddr::V4(Ipv4Addr::from(rng.random::<u32>())))
+        .collect();
+    let blocked = random
+        .iter()
+        .filter(|ip| index.decide(TENANT, **ip, NOW).blocked)
+        .count();
+    eprintln!(
+        "{:.1}% of random IPv4 addresses are blocked by this rule set",
+        100.0 * blocked as f64 / random.len() as f64
+    );
+
+    let mut group = c.benchmark_group("decision");
+    let mut i = 0usize;
+    group.bench_function("decide_random_ipv4", |b| {
+        b.iter(|| {
+            i = (i + 1) & (random.len() - 1);
+            black_box(index.decide(TENANT, random[i], NOW))
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("decide_blocked_ipv4", |b| {
+        b.iter(|| {
+            i = (i + 1) % hits.len();
+            black_box(index.decide(TENANT, hits[i], NOW))
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("full_answer_random_ipv4", |b| {
+        b.iter(|| {
+            i = (i + 1) & (random.len() - 1);
+            black_box(answer(&index, &geo, TENANT, random[i], NOW))
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("full_answer_blocked_ipv4", |b| {
+        b.iter(|| {
+            i = (i + 1) % hits.len();
+            black_box(answer(&index, &geo, TENANT, hits[i], NOW))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
