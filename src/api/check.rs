@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
@@ -18,7 +19,7 @@ use super::{AppState, Params, RawBody};
 use crate::geo::Geo;
 use crate::index::{Index, RuleRef};
 use crate::keys::Permission;
-use crate::rules::{Kind, RuleAction, TenantId, UnixMillis, normalize_ip};
+use crate::rules::{Asn, CountryCode, Kind, RuleAction, TenantId, UnixMillis, normalize_ip};
 
 /// Most addresses one `POST /v1/check` may ask about.
 pub const MAX_CHECK_BATCH: usize = 10_000;
@@ -26,70 +27,85 @@ pub const MAX_CHECK_BATCH: usize = 10_000;
 /// Header carrying the client address forward-auth decided about.
 pub const CLIENT_IP_HEADER: &str = "x-palisade-client-ip";
 
-/// One active rule covering the address.
+/// One active rule covering the address (documentation of [`Match`]'s JSON).
 #[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
 pub struct MatchView {
-    pub id: i64,
-    pub kind: Kind,
+    id: i64,
+    kind: Kind,
     #[schema(example = "192.0.2.0/24")]
-    pub target: String,
+    target: String,
     /// `block`, or `allow` for an allowlist entry (which wins over any block).
-    pub action: RuleAction,
-    pub expires_at: Option<String>,
-    pub name: Option<String>,
+    action: RuleAction,
+    expires_at: Option<String>,
+    name: Option<String>,
 }
 
-impl From<&RuleRef> for MatchView {
-    fn from(rule: &RuleRef) -> Self {
-        Self {
-            id: rule.id,
-            kind: rule.target.kind(),
-            target: rule.target.to_string(),
-            action: rule.action,
-            expires_at: rule.expires_at.map(UnixMillis::to_rfc3339),
-            name: rule.name.as_deref().map(str::to_owned),
-        }
+/// A matching rule, rendered only when the answer is serialised.
+#[derive(Debug, Clone)]
+pub struct Match(pub Arc<RuleRef>);
+
+impl Serialize for Match {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let rule = &self.0;
+        let mut out = serializer.serialize_struct("Match", 6)?;
+        out.serialize_field("id", &rule.id)?;
+        out.serialize_field("kind", &rule.target.kind())?;
+        out.serialize_field("target", &rule.target.to_string())?;
+        out.serialize_field("action", &rule.action)?;
+        out.serialize_field("expires_at", &rule.expires_at.map(UnixMillis::to_rfc3339))?;
+        out.serialize_field("name", &rule.name.as_deref())?;
+        out.end()
     }
 }
 
-/// The decision for one address.
+/// The decision for one address. Computing it is a table look-up and a geo look-up; the text
+/// of the JSON is only made when it is sent.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CheckAnswer {
     /// The address as decided about (IPv4-mapped IPv6 shown as IPv4).
-    #[schema(example = "192.0.2.7")]
-    pub ip: String,
+    #[schema(value_type = String, example = "192.0.2.7")]
+    pub ip: IpAddr,
     pub blocked: bool,
     /// An allowlist entry covers the address; it is then never blocked.
     pub allowed: bool,
     /// From the configured ASN data; `null` when unknown.
-    #[schema(example = "AS64500")]
-    pub asn: Option<String>,
+    #[schema(value_type = Option<String>, example = "AS64500")]
+    #[serde(serialize_with = "display_opt")]
+    pub asn: Option<Asn>,
     /// From the configured country data; `null` when unknown.
-    #[schema(example = "FR")]
-    pub country: Option<String>,
+    #[schema(value_type = Option<String>, example = "FR")]
+    #[serde(serialize_with = "display_opt")]
+    pub country: Option<CountryCode>,
     /// Every active rule covering the address (its range, its ASN, its country), most specific
     /// range first.
-    pub matches: Vec<MatchView>,
+    #[schema(value_type = Vec<MatchView>)]
+    pub matches: Vec<Match>,
+}
+
+fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
+    value: &Option<T>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => serializer.collect_str(v),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// The full answer for one address: decision, geo data and matching rules.
-pub fn answer(
-    index: &Index,
-    geo: &Geo,
-    tenant: TenantId,
-    ip: IpAddr,
-    now: UnixMillis,
-) -> CheckAnswer {
+pub fn answer(index: &Index, geo: &Geo, tenant: TenantId, ip: IpAddr, now: UnixMillis) -> CheckAnswer {
     let ip = normalize_ip(ip);
     let (verdict, rules) = index.lookup(tenant, ip, now);
     let geo = geo.lookup(ip);
     CheckAnswer {
-        ip: ip.to_string(),
+        ip,
         blocked: verdict.blocked,
         allowed: verdict.allowed,
-        asn: geo.asn.map(|a| a.to_string()),
-        country: geo.country.map(|c| c.to_string()),
-        matches: rules.iter().map(|r| MatchView::from(&**r)).collect(),
+        asn: geo.asn,
+        country: geo.country,
+        matches: rules.into_iter().map(Match).collect(),
     }
 }
 

@@ -188,10 +188,15 @@ impl Index {
             },
         };
         rules.retain(|r| r.is_active_at(now));
-        // An ASN or country rule can reach the same address through several of its networks.
-        let mut seen = std::collections::HashSet::new();
-        rules.retain(|r| seen.insert(r.id));
-        (Verdict::of(span, now), rules)
+        // A rule reaches an address through one network at most (a rule's networks do not
+        // overlap), but a list of two or three costs nothing to make sure of.
+        let mut unique: Vec<Arc<RuleRef>> = Vec::with_capacity(rules.len());
+        for rule in rules {
+            if !unique.iter().any(|r| r.id == rule.id) {
+                unique.push(rule);
+            }
+        }
+        (Verdict::of(span, now), unique)
     }
 
     /// Replaces all tables with ones built from `snapshot` (and `networks`, when given), then

@@ -143,14 +143,24 @@ impl Span {
 
 const NO_PARENT: u32 = u32::MAX;
 
+/// What a look-up needs of one prefix once the search has found it.
+#[derive(Clone, Copy)]
+struct Node {
+    /// Expiries over the prefix and all its ancestors.
+    chain: Span,
+    parent: u32,
+    len: u8,
+}
+
+/// Starts kept inside the bucket's own allocation when they fit, so that the hop from the slot
+/// to the bucket also brings in the array the binary search reads.
+type Starts<A> = smallvec::SmallVec<[A; 32]>;
+
 /// The distinct prefixes touching one bucket, sorted by (start, length).
 pub struct Bucket<A> {
-    starts: Box<[A]>,
-    lens: Box<[u8]>,
-    parents: Box<[u32]>,
-    /// Expiries over the prefix and all its ancestors.
-    chains: Box<[Span]>,
-    /// The rules whose compiled prefix is exactly this one.
+    starts: Starts<A>,
+    nodes: Box<[Node]>,
+    /// The rules whose compiled prefix is exactly this one (cold: only listings read it).
     rules: Box<[Box<[Arc<RuleRef>]>]>,
 }
 
@@ -160,10 +170,8 @@ impl<A: Addr> Bucket<A> {
             return None;
         }
         entries.sort_by_key(|e| (e.start, e.len, e.rule.id));
-        let mut starts = Vec::new();
-        let mut lens = Vec::new();
-        let mut parents: Vec<u32> = Vec::new();
-        let mut chains: Vec<Span> = Vec::new();
+        let mut starts = Starts::new();
+        let mut nodes: Vec<Node> = Vec::new();
         let mut rules: Vec<Box<[Arc<RuleRef>]>> = Vec::new();
         let mut stack: Vec<u32> = Vec::new();
         let mut group: Vec<Arc<RuleRef>> = Vec::new();
@@ -181,7 +189,7 @@ impl<A: Addr> Bucket<A> {
             // stack holds the current chain of open ancestors.
             while let Some(&top) = stack.last() {
                 let t = top as usize;
-                if start.network(lens[t]) == starts[t] {
+                if start.network(nodes[t].len) == starts[t] {
                     break;
                 }
                 stack.pop();
@@ -190,21 +198,21 @@ impl<A: Addr> Bucket<A> {
             let inherited = if parent == NO_PARENT {
                 Span::EMPTY
             } else {
-                chains[parent as usize]
+                nodes[parent as usize].chain
             };
             let index = starts.len() as u32;
             starts.push(start);
-            lens.push(len);
-            parents.push(parent);
-            chains.push(own.widen(inherited));
+            nodes.push(Node {
+                chain: own.widen(inherited),
+                parent,
+                len,
+            });
             rules.push(group.as_slice().into());
             stack.push(index);
         }
         Some(Self {
-            starts: starts.into(),
-            lens: lens.into(),
-            parents: parents.into(),
-            chains: chains.into(),
+            starts,
+            nodes: nodes.into(),
             rules: rules.into(),
         })
     }
@@ -212,17 +220,17 @@ impl<A: Addr> Bucket<A> {
     /// The deepest prefix containing `addr`.
     fn deepest(&self, addr: A) -> Option<usize> {
         let after = self.starts.partition_point(|s| *s <= addr);
-        let mut i = after.checked_sub(1)? as u32;
+        let mut n = after.checked_sub(1)?;
         // The deepest containing prefix, if any, is this one or one of its ancestors.
         loop {
-            let n = i as usize;
-            if addr.network(self.lens[n]) == self.starts[n] {
+            let node = &self.nodes[n];
+            if addr.network(node.len) == self.starts[n] {
                 return Some(n);
             }
-            i = self.parents[n];
-            if i == NO_PARENT {
+            if node.parent == NO_PARENT {
                 return None;
             }
+            n = node.parent as usize;
         }
     }
 
@@ -230,7 +238,7 @@ impl<A: Addr> Bucket<A> {
         (0..self.starts.len()).flat_map(move |n| {
             self.rules[n].iter().map(move |rule| Entry {
                 start: self.starts[n],
-                len: self.lens[n],
+                len: self.nodes[n].len,
                 rule: rule.clone(),
             })
         })
@@ -239,12 +247,11 @@ impl<A: Addr> Bucket<A> {
     /// Third-byte blocks of this bucket that some prefix touches.
     fn mask(&self) -> [u64; 4] {
         let mut mask = [0u64; 4];
-        for n in 0..self.starts.len() {
-            let (start, len) = (self.starts[n], self.lens[n]);
-            let (first, last) = if len <= 16 {
+        for (start, node) in self.starts.iter().zip(self.nodes.iter()) {
+            let (first, last) = if node.len <= 16 {
                 (0u8, 255u8)
             } else {
-                (start.byte(2), start.broadcast(len).byte(2))
+                (start.byte(2), start.broadcast(node.len).byte(2))
             };
             for b in first..=last {
                 mask[usize::from(b >> 6)] |= 1 << (b & 63);
@@ -257,10 +264,15 @@ impl<A: Addr> Bucket<A> {
         self.starts.len()
     }
 
-    /// Heap bytes of this bucket, for the memory report.
+    /// Heap bytes of this bucket beyond its own struct, for the memory report.
     fn heap_bytes(&self) -> usize {
-        let nodes = self.starts.len();
-        nodes * (size_of::<A>() + 1 + size_of::<u32>() + size_of::<Span>() + size_of::<Box<[()]>>())
+        let spilled = if self.starts.spilled() {
+            self.starts.len() * size_of::<A>()
+        } else {
+            0
+        };
+        spilled
+            + self.nodes.len() * (size_of::<Node>() + size_of::<Box<[()]>>())
             + self
                 .rules
                 .iter()
@@ -309,7 +321,7 @@ pub struct Found<A> {
 impl<A: Addr> Found<A> {
     pub fn span(&self) -> Span {
         match self.bucket.as_ref() {
-            Some(b) => b.chains[self.node],
+            Some(b) => b.nodes[self.node].chain,
             None => Span::EMPTY,
         }
     }
@@ -321,7 +333,7 @@ impl<A: Addr> Found<A> {
             let mut n = self.node as u32;
             while n != NO_PARENT {
                 out.extend(bucket.rules[n as usize].iter().cloned());
-                n = bucket.parents[n as usize];
+                n = bucket.nodes[n as usize].parent;
             }
         }
         out
@@ -352,7 +364,7 @@ impl<A: Addr> Table<A> {
         }
         let bucket = slot.bucket.load();
         match bucket.as_ref().and_then(|bucket| bucket.deepest(addr)) {
-            Some(node) => bucket.as_ref().map_or(Span::EMPTY, |b| b.chains[node]),
+            Some(node) => bucket.as_ref().map_or(Span::EMPTY, |b| b.nodes[node].chain),
             None => Span::EMPTY,
         }
     }
@@ -360,6 +372,10 @@ impl<A: Addr> Table<A> {
     /// The deepest prefix containing `addr`, kept alive for listing its rules.
     pub fn find(&self, addr: A) -> Option<Found<A>> {
         let slot = self.slot(bucket_key(addr))?;
+        let b = addr.byte(2);
+        if slot.mask[usize::from(b >> 6)].load(Ordering::Acquire) & (1 << (b & 63)) == 0 {
+            return None;
+        }
         let bucket = slot.bucket.load();
         let node = bucket.as_ref()?.deepest(addr)?;
         Some(Found { bucket, node })

@@ -5,6 +5,7 @@ mod access;
 mod decisions;
 mod durability;
 mod helpers;
+mod proxies;
 mod rules;
 mod seed;
 mod validation;

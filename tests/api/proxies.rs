@@ -1,0 +1,171 @@
+//! The README's reverse-proxy snippets, run against real nginx and Caddy when they are
+//! installed (skipped with a message otherwise). The client addresses 127.0.0.2 and 127.0.0.3
+//! stand for two visitors; the proxy itself is the trusted peer 127.0.0.1.
+
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, block_ip, spawn_with};
+
+struct Proxy(Child);
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn installed(program: &str) -> bool {
+    Command::new(program).arg("-v").output().is_ok() || Command::new(program).arg("version").output().is_ok()
+}
+
+async fn palisade_behind_proxy() -> TestApp {
+    let app = spawn_with(
+        |c| {
+            c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+            // The test's visitors live on loopback; let them be blocked.
+            c.guard.protected = vec![];
+            c.guard.protect_listen_address = false;
+        },
+        None,
+    )
+    .await;
+    app.signal(&app.admin, &json!([block_ip("127.0.0.2")])).await;
+    app
+}
+
+/// Visits the proxy from `from` until it answers (it may still be starting).
+async fn visit(port: u16, from: &str) -> StatusCode {
+    let client = reqwest::Client::builder()
+        .local_address(from.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        if let Ok(response) = client.get(format!("http://127.0.0.1:{port}/")).send().await {
+            return response.status();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the proxy never answered");
+}
+
+#[tokio::test]
+async fn nginx_auth_request_snippet() {
+    if !installed("nginx") {
+        eprintln!("skipped: nginx is not installed");
+        return;
+    }
+    let app = palisade_behind_proxy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let palisade = app.base.trim_start_matches("http://");
+    // The `location` blocks are the README's snippet; the rest makes nginx run unprivileged in
+    // a temporary directory. Palisade's own /healthz stands in for the protected application.
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+
+        location / {{
+            auth_request /_palisade;
+            proxy_pass http://{palisade}/healthz;
+        }}
+
+        location = /_palisade {{
+            internal;
+            proxy_pass http://{palisade}/v1/forward-auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Api-Key "{key}";
+            # Replace, never append: a client-sent X-Forwarded-For must not reach Palisade.
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}
+}}
+"#,
+        dir = dir.path().display(),
+        key = app.admin,
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let _nginx = Proxy(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(visit(port, "127.0.0.3").await, StatusCode::OK);
+    assert_eq!(visit(port, "127.0.0.2").await, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn caddy_forward_auth_snippet() {
+    if !installed("caddy") {
+        eprintln!("skipped: caddy is not installed");
+        return;
+    }
+    let app = palisade_behind_proxy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let palisade = app.base.trim_start_matches("http://");
+    let caddyfile = format!(
+        r#"{{
+    admin off
+    auto_https off
+    storage file_system {dir}
+}}
+
+http://127.0.0.1:{port} {{
+    bind 127.0.0.1
+    forward_auth {palisade} {{
+        uri /v1/forward-auth
+        header_up X-Api-Key "{key}"
+    }}
+    rewrite * /healthz
+    reverse_proxy {palisade}
+}}
+"#,
+        dir = dir.path().display(),
+        key = app.admin,
+    );
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, caddyfile).unwrap();
+    let _caddy = Proxy(
+        Command::new("caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(visit(port, "127.0.0.3").await, StatusCode::OK);
+    assert_eq!(visit(port, "127.0.0.2").await, StatusCode::FORBIDDEN);
+}
