@@ -7,8 +7,8 @@
 //! SIGHUP; readers never wait and never see a half-loaded set.
 //!
 //! # Formats
-//! The format is recognised by content: a MaxMind DB (`.mmdb`), otherwise a CSV file, gzipped or
-//! not (`.csv`, `.csv.gz`).
+//! A file named `*.mmdb` or carrying the MaxMind DB metadata marker is read as a MaxMind DB;
+//! anything else as CSV, gunzipped first when it starts with the gzip magic (`.csv.gz`).
 //!
 //! - MaxMind DB records may follow the GeoLite2-ASN layout (`autonomous_system_number`), the
 //!   GeoLite2-Country layout (`country.iso_code`, else `registered_country.iso_code`), a top-level
@@ -57,7 +57,7 @@ pub struct GeoRecord {
     pub country: Option<CountryCode>,
 }
 
-/// Which half of the data an error or a statistic is about.
+/// Which kind of data a file was expected to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataKind {
     Asn,
