@@ -221,7 +221,6 @@ fn mib(bytes: usize) -> f64 {
 }
 
 /// One immutable, fully loaded data set.
-#[derive(Debug)]
 pub struct GeoData {
     v4: Table<u32>,
     v6: Table<u128>,
@@ -386,6 +385,17 @@ impl GeoData {
             lookup_bytes: self.v4.heap_bytes() + self.v6.heap_bytes(),
             network_bytes: self.asn_networks.heap_bytes() + self.country_networks.heap_bytes(),
         }
+    }
+}
+
+/// Sizes only: the tables hold millions of entries.
+impl fmt::Debug for GeoData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeoData")
+            .field("stats", &self.stats())
+            .field("has_asn_source", &self.has_asn)
+            .field("has_country_source", &self.has_country)
+            .finish_non_exhaustive()
     }
 }
 
