@@ -135,7 +135,8 @@ impl Geo {
 
     /// Reloads on SIGHUP, and when a file changes (checked every `watch_interval_secs`; 0 turns
     /// the checks off). Failures are logged and the data in force stays. The task ends once the
-    /// last other `Arc` of this `Geo` is dropped (at its next wake-up), or when aborted.
+    /// last other `Arc` of this `Geo` is dropped (at its next wake-up), or when aborted. Call it
+    /// inside a Tokio runtime.
     pub fn spawn_watcher(self: &Arc<Self>) -> JoinHandle<()> {
         let geo = Arc::downgrade(self);
         // Listening starts before this returns: from then on SIGHUP reloads rather than ending

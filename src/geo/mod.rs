@@ -7,8 +7,8 @@
 //! SIGHUP; readers never wait and never see a half-loaded set.
 //!
 //! # Formats
-//! The format is recognised by content: a MaxMind DB (`.mmdb`), otherwise a CSV file, gzipped or
-//! not (`.csv`, `.csv.gz`).
+//! A file named `*.mmdb` or carrying the MaxMind DB metadata marker is read as a MaxMind DB;
+//! anything else as CSV, gunzipped first when it starts with the gzip magic (`.csv.gz`).
 //!
 //! - MaxMind DB records may follow the GeoLite2-ASN layout (`autonomous_system_number`), the
 //!   GeoLite2-Country layout (`country.iso_code`, else `registered_country.iso_code`), a top-level
@@ -57,7 +57,7 @@ pub struct GeoRecord {
     pub country: Option<CountryCode>,
 }
 
-/// Which half of the data an error or a statistic is about.
+/// Which kind of data a file was expected to hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataKind {
     Asn,
@@ -221,7 +221,6 @@ fn mib(bytes: usize) -> f64 {
 }
 
 /// One immutable, fully loaded data set.
-#[derive(Debug)]
 pub struct GeoData {
     v4: Table<u32>,
     v6: Table<u128>,
@@ -386,6 +385,17 @@ impl GeoData {
             lookup_bytes: self.v4.heap_bytes() + self.v6.heap_bytes(),
             network_bytes: self.asn_networks.heap_bytes() + self.country_networks.heap_bytes(),
         }
+    }
+}
+
+/// Sizes only: the tables hold millions of entries.
+impl fmt::Debug for GeoData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeoData")
+            .field("stats", &self.stats())
+            .field("has_asn_source", &self.has_asn)
+            .field("has_country_source", &self.has_country)
+            .finish_non_exhaustive()
     }
 }
 

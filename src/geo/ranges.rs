@@ -325,12 +325,19 @@ impl<K: Key> Table<K> {
     pub(crate) fn find(&self, key: K) -> Slot {
         let top = key.top28();
         let block = top >> SUB_BITS;
-        let bounds = match self.sub_offsets.get(block) {
-            Some(&offset) if K::SUB_INDEX && offset != NO_SUB => {
+        let dense = if K::SUB_INDEX {
+            self.sub_offsets
+                .get(block)
+                .filter(|&&offset| offset != NO_SUB)
+        } else {
+            None
+        };
+        let bounds = match dense {
+            Some(&offset) => {
                 let at = offset as usize + (top & (SUBS - 1));
                 (self.subs.get(at), self.subs.get(at + 1))
             }
-            _ => (self.index.get(block), self.index.get(block + 1)),
+            None => (self.index.get(block), self.index.get(block + 1)),
         };
         let (Some(&lo), Some(&hi)) = bounds else {
             return Slot::NONE;
