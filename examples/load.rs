@@ -33,20 +33,45 @@ enum Mode {
         batch: usize,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
-        /// First address of the range the events block (distinct /32s counting up from it).
+        /// First address of the range the events block.
         #[arg(long, default_value = "11.0.0.0")]
         base: Ipv4Addr,
+        /// `spread`: addresses scattered over 11.0.0.0-126.255.255.255 (as attack sources are);
+        /// `sequential`: consecutive addresses from `--base` (a dense blocklist in few /16s).
+        #[arg(long, default_value = "spread")]
+        pattern: Pattern,
     },
 }
 
-fn batch_body(first: u32, count: usize) -> String {
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Pattern {
+    Spread,
+    Sequential,
+}
+
+/// A bijection on u32 (multiply by an odd constant, xor-shift), so spread addresses repeat
+/// only when the counter does.
+fn scatter(n: u32) -> u32 {
+    let x = n.wrapping_mul(0x9E37_79B1);
+    x ^ (x >> 15)
+}
+
+fn address(pattern: Pattern, base: u32, n: u32) -> Ipv4Addr {
+    match pattern {
+        Pattern::Sequential => Ipv4Addr::from(base.wrapping_add(n)),
+        // 11.0.0.0 .. 126.255.255.255: public-looking, never loopback or multicast.
+        Pattern::Spread => Ipv4Addr::from((11u32 << 24) + scatter(n) % (116u32 << 24)),
+    }
+}
+
+fn batch_body(pattern: Pattern, base: u32, first: u32, count: usize) -> String {
     let mut body = String::with_capacity(count * 130);
     body.push('[');
     for i in 0..count {
         if i > 0 {
             body.push(',');
         }
-        let ip = Ipv4Addr::from(first + i as u32);
+        let ip = address(pattern, base, first + i as u32);
         body.push_str(&format!(
             r#"{{"type":"access_rules","action":"block","ip":"{ip}","expiration":3600,"description":"load test","name":"load"}}"#
         ));
@@ -65,6 +90,7 @@ async fn main() {
             batch,
             seconds,
             base,
+            pattern,
         } => {
             let deadline = Instant::now() + Duration::from_secs(seconds);
             let started = Instant::now();
@@ -72,15 +98,16 @@ async fn main() {
             for client in 0..clients {
                 let url = format!("{url}/v1/signal");
                 let key = key.clone();
-                // Each client owns a disjoint block of addresses.
-                let mut next = u32::from(base) + (client as u32) * (1 << 22);
+                // Each client owns a disjoint block of counters.
+                let base = u32::from(base);
+                let mut next = (client as u32) * (1 << 26);
                 tasks.push(tokio::spawn(async move {
                     let http = reqwest::Client::new();
                     let mut committed = 0usize;
                     let mut failed = 0usize;
                     let mut latencies = Vec::new();
                     while Instant::now() < deadline {
-                        let body = batch_body(next, batch);
+                        let body = batch_body(pattern, base, next, batch);
                         next += batch as u32;
                         let sent = Instant::now();
                         let response = http

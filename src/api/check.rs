@@ -95,7 +95,13 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
 }
 
 /// The full answer for one address: decision, geo data and matching rules.
-pub fn answer(index: &Index, geo: &Geo, tenant: TenantId, ip: IpAddr, now: UnixMillis) -> CheckAnswer {
+pub fn answer(
+    index: &Index,
+    geo: &Geo,
+    tenant: TenantId,
+    ip: IpAddr,
+    now: UnixMillis,
+) -> CheckAnswer {
     let ip = normalize_ip(ip);
     let (verdict, rules) = index.lookup(tenant, ip, now);
     let geo = geo.lookup(ip);

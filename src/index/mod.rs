@@ -177,26 +177,20 @@ impl Index {
         let Some(index) = generation.tenant(tenant) else {
             return (Verdict::default(), Vec::new());
         };
-        let (span, mut rules) = match normalize_ip(ip) {
+        // A rule reaches an address through one of its networks at most: the networks of an
+        // ASN or a country do not overlap, so no rule is listed twice.
+        let active = |r: &RuleRef| r.is_active_at(now);
+        let (span, rules) = match normalize_ip(ip) {
             IpAddr::V4(v4) => match index.v4.find(u32::from(v4)) {
-                Some(found) => (found.span(), found.rules()),
+                Some(found) => (found.span(), found.rules(active)),
                 None => return (Verdict::default(), Vec::new()),
             },
             IpAddr::V6(v6) => match index.v6.find(u128::from(v6)) {
-                Some(found) => (found.span(), found.rules()),
+                Some(found) => (found.span(), found.rules(active)),
                 None => return (Verdict::default(), Vec::new()),
             },
         };
-        rules.retain(|r| r.is_active_at(now));
-        // A rule reaches an address through one network at most (a rule's networks do not
-        // overlap), but a list of two or three costs nothing to make sure of.
-        let mut unique: Vec<Arc<RuleRef>> = Vec::with_capacity(rules.len());
-        for rule in rules {
-            if !unique.iter().any(|r| r.id == rule.id) {
-                unique.push(rule);
-            }
-        }
-        (Verdict::of(span, now), unique)
+        (Verdict::of(span, now), rules)
     }
 
     /// Replaces all tables with ones built from `snapshot` (and `networks`, when given), then

@@ -154,14 +154,16 @@ struct Node {
 
 /// Starts kept inside the bucket's own allocation when they fit, so that the hop from the slot
 /// to the bucket also brings in the array the binary search reads.
-type Starts<A> = smallvec::SmallVec<[A; 32]>;
+type Starts<A> = smallvec::SmallVec<[A; 12]>;
 
 /// The distinct prefixes touching one bucket, sorted by (start, length).
 pub struct Bucket<A> {
     starts: Starts<A>,
     nodes: Box<[Node]>,
-    /// The rules whose compiled prefix is exactly this one (cold: only listings read it).
-    rules: Box<[Box<[Arc<RuleRef>]>]>,
+    /// The rules of all prefixes, grouped by prefix (cold: only listings read it); prefix `n`
+    /// owns `rules[rule_starts[n]..rule_starts[n + 1]]`.
+    rules: Box<[Arc<RuleRef>]>,
+    rule_starts: Box<[u32]>,
 }
 
 impl<A: Addr> Bucket<A> {
@@ -172,17 +174,17 @@ impl<A: Addr> Bucket<A> {
         entries.sort_by_key(|e| (e.start, e.len, e.rule.id));
         let mut starts = Starts::new();
         let mut nodes: Vec<Node> = Vec::new();
-        let mut rules: Vec<Box<[Arc<RuleRef>]>> = Vec::new();
+        let mut rules: Vec<Arc<RuleRef>> = Vec::with_capacity(entries.len());
+        let mut rule_starts: Vec<u32> = Vec::new();
         let mut stack: Vec<u32> = Vec::new();
-        let mut group: Vec<Arc<RuleRef>> = Vec::new();
         let mut i = 0;
         while i < entries.len() {
             let (start, len) = (entries[i].start, entries[i].len);
-            group.clear();
+            rule_starts.push(rules.len() as u32);
             let mut own = Span::EMPTY;
             while i < entries.len() && entries[i].start == start && entries[i].len == len {
                 own = own.widen(Span::of(&entries[i].rule));
-                group.push(entries[i].rule.clone());
+                rules.push(entries[i].rule.clone());
                 i += 1;
             }
             // Sorted by start then length, every ancestor comes before its descendants; the
@@ -207,14 +209,22 @@ impl<A: Addr> Bucket<A> {
                 parent,
                 len,
             });
-            rules.push(group.as_slice().into());
             stack.push(index);
         }
         Some(Self {
             starts,
             nodes: nodes.into(),
+            rule_starts: {
+                rule_starts.push(rules.len() as u32);
+                rule_starts.into()
+            },
             rules: rules.into(),
         })
+    }
+
+    fn rules_of(&self, node: usize) -> &[Arc<RuleRef>] {
+        let (from, to) = (self.rule_starts[node], self.rule_starts[node + 1]);
+        &self.rules[from as usize..to as usize]
     }
 
     /// The deepest prefix containing `addr`.
@@ -236,7 +246,7 @@ impl<A: Addr> Bucket<A> {
 
     fn entries(&self) -> impl Iterator<Item = Entry<A>> + '_ {
         (0..self.starts.len()).flat_map(move |n| {
-            self.rules[n].iter().map(move |rule| Entry {
+            self.rules_of(n).iter().map(move |rule| Entry {
                 start: self.starts[n],
                 len: self.nodes[n].len,
                 rule: rule.clone(),
@@ -272,12 +282,8 @@ impl<A: Addr> Bucket<A> {
             0
         };
         spilled
-            + self.nodes.len() * (size_of::<Node>() + size_of::<Box<[()]>>())
-            + self
-                .rules
-                .iter()
-                .map(|r| r.len() * size_of::<Arc<RuleRef>>())
-                .sum::<usize>()
+            + self.nodes.len() * (size_of::<Node>() + size_of::<u32>())
+            + self.rules.len() * size_of::<Arc<RuleRef>>()
     }
 }
 
@@ -327,12 +333,18 @@ impl<A: Addr> Found<A> {
     }
 
     /// Every rule on the prefixes containing the address, deepest first.
-    pub fn rules(&self) -> Vec<Arc<RuleRef>> {
+    pub fn rules(&self, mut keep: impl FnMut(&RuleRef) -> bool) -> Vec<Arc<RuleRef>> {
         let mut out = Vec::new();
         if let Some(bucket) = self.bucket.as_ref() {
             let mut n = self.node as u32;
             while n != NO_PARENT {
-                out.extend(bucket.rules[n as usize].iter().cloned());
+                out.extend(
+                    bucket
+                        .rules_of(n as usize)
+                        .iter()
+                        .filter(|r| keep(r))
+                        .cloned(),
+                );
                 n = bucket.nodes[n as usize].parent;
             }
         }
@@ -441,9 +453,12 @@ impl<A: Addr> Table<A> {
         }
         let keys: std::collections::BTreeSet<u16> =
             adds.keys().chain(removes.keys()).copied().collect();
+        for ids in removes.values_mut() {
+            ids.sort_unstable();
+        }
         self.rewrite(keys, |key, mut entries| {
             if let Some(ids) = removes.get(&key) {
-                entries.retain(|e| !ids.contains(&e.rule.id));
+                entries.retain(|e| ids.binary_search(&e.rule.id).is_err());
             }
             if let Some(new) = adds.remove(&key) {
                 entries.extend(new);

@@ -21,11 +21,16 @@ impl Drop for Proxy {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn installed(program: &str) -> bool {
-    Command::new(program).arg("-v").output().is_ok() || Command::new(program).arg("version").output().is_ok()
+    Command::new(program).arg("-v").output().is_ok()
+        || Command::new(program).arg("version").output().is_ok()
 }
 
 async fn palisade_behind_proxy() -> TestApp {
@@ -39,7 +44,8 @@ async fn palisade_behind_proxy() -> TestApp {
         None,
     )
     .await;
-    app.signal(&app.admin, &json!([block_ip("127.0.0.2")])).await;
+    app.signal(&app.admin, &json!([block_ip("127.0.0.2")]))
+        .await;
     app
 }
 
