@@ -33,6 +33,9 @@ fn rule(id: i64, target: Target) -> Rule {
         name: None,
         description: None,
         source: Source::Signal,
+        dataset: None,
+        tags: Vec::new(),
+        reports: 0,
         created_at: NOW,
         updated_at: NOW,
     }

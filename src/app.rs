@@ -17,9 +17,12 @@ use crate::config::Config;
 use crate::geo::Geo;
 use crate::index::{Index, Networks};
 use crate::keys::{self, DEFAULT_TENANT, KeyRing, Role, TenantName};
+use crate::ratelimit::RateLimits;
+use crate::reports::{self, ReportPayload, ReportPolicy};
 use crate::signal::{AsnCatalog, SignalPolicy};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{NewKey, SharedStore, Store};
+use crate::store::{NewKey, ProcessedReport, SharedStore, Store};
+use tokio::sync::Notify;
 
 /// How often the server re-reads the keys table, so that keys made or revoked from the command
 /// line (another process) take effect within a second.
@@ -89,16 +92,31 @@ impl Application {
         } else {
             None
         };
+        let limits = Arc::new(RateLimits::new(
+            config.rate_limits.reports_per_minute,
+            config.rate_limits.signal_per_minute,
+            config
+                .rate_limits
+                .per_key_ids()
+                .map_err(anyhow::Error::msg)?,
+            clock.clone(),
+        ));
+        let report_worker = Arc::new(Notify::new());
+        let guard = config.guard();
         let state = AppState(Arc::new(Shared {
             store: store.clone(),
             index: index.clone(),
             geo: geo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             keys: keys.clone(),
-            policy: SignalPolicy {
-                guard: config.guard(),
-                asn_catalog,
+            report_policy: ReportPolicy {
+                datasets: config.reports.datasets.clone(),
+                allow_private: config.reports.allow_private,
+                protected: guard.protected.clone(),
             },
+            policy: SignalPolicy { guard, asn_catalog },
+            limits,
+            report_worker: report_worker.clone(),
             clock: clock.clone(),
             max_body_bytes: config.limits.max_body_bytes,
         }));
@@ -106,6 +124,8 @@ impl Application {
         let tasks = BackgroundTasks(vec![
             tokio::spawn(refresh_keys(state.clone())),
             geo.spawn_watcher(),
+            tokio::spawn(process_reports(store.clone(), report_worker, clock.clone())),
+            tokio::spawn(watch_report_queue(store.clone(), clock.clone())),
             tokio::spawn(recompile_on_geo_change(
                 geo,
                 store.clone(),
@@ -229,6 +249,71 @@ async fn recompile_on_geo_change(
             Err(e) => {
                 tracing::error!(error = %e, "could not rebuild the index for the new geo data")
             }
+        }
+    }
+}
+
+/// Reports taken from the queue per transaction.
+const REPORT_BATCH: usize = 256;
+
+/// Turns queued reports into rule changes. Each report leaves the queue in the transaction that
+/// applies it, so a crash at any point means it is applied after restart, and never twice.
+async fn process_reports(store: SharedStore, wake: Arc<Notify>, clock: Arc<dyn Clock>) {
+    loop {
+        // A queue left by a previous run, or a missed wake-up, waits at most a second.
+        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+        loop {
+            let queued = match store.queued_reports(REPORT_BATCH).await {
+                Ok(queued) if queued.is_empty() => break,
+                Ok(queued) => queued,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the report queue failed");
+                    break;
+                }
+            };
+            let now = clock.now();
+            let processed = queued
+                .iter()
+                .map(|q| {
+                    let writes = match serde_json::from_str::<ReportPayload>(&q.payload) {
+                        Ok(payload) => reports::writes(q.kind, &payload, q.received_at),
+                        Err(e) => {
+                            // Only a hand-edited database gets here; dropping the report keeps
+                            // it from blocking every report behind it.
+                            tracing::error!(queue_id = q.id, error = %e, "dropping an unreadable queued report");
+                            Vec::new()
+                        }
+                    };
+                    ProcessedReport {
+                        queue_id: q.id,
+                        tenant: q.tenant,
+                        writes,
+                        at: now,
+                    }
+                })
+                .collect();
+            if let Err(e) = store.process_reports(processed).await {
+                tracing::warn!(error = %e, "applying queued reports failed; retrying");
+                break;
+            }
+        }
+    }
+}
+
+/// Logs the depth and age of the report queue while it is not empty.
+async fn watch_report_queue(store: SharedStore, clock: Arc<dyn Clock>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        if let Ok(stats) = store.queue_stats(None).await
+            && let Some(oldest) = stats.oldest
+        {
+            let age = (clock.now().0 - oldest.0).max(0) as f64 / 1000.0;
+            tracing::info!(
+                depth = stats.depth,
+                oldest_age_seconds = age,
+                "report queue"
+            );
         }
     }
 }

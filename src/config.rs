@@ -30,6 +30,64 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed (forward-auth). Empty by
     /// default: the TCP peer is the client. Env `PALISADE_TRUSTED_PROXIES`, comma-separated.
     pub trusted_proxies: Vec<IpNet>,
+    pub reports: ReportsConfig,
+    pub rate_limits: RateLimitConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// Accept reports of private, loopback, link-local, multicast and documentation addresses.
+    pub allow_private: bool,
+    /// Datasets a report's `type` may name.
+    pub datasets: Vec<String>,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            datasets: crate::reports::DEFAULT_DATASETS
+                .iter()
+                .map(|d| (*d).to_owned())
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests per minute per key on the report endpoints; 0 turns the limit off.
+    pub reports_per_minute: u32,
+    /// Requests per minute per key on `POST /v1/signal`; 0 (the default) turns it off.
+    pub signal_per_minute: u32,
+    /// Per-key limits (key id -> requests per minute), replacing the defaults above for that key.
+    pub per_key: std::collections::BTreeMap<String, u32>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            reports_per_minute: 6,
+            signal_per_minute: 0,
+            per_key: Default::default(),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// `per_key` with its keys read as key ids.
+    pub fn per_key_ids(&self) -> Result<std::collections::HashMap<i64, u32>, String> {
+        self.per_key
+            .iter()
+            .map(|(id, limit)| {
+                id.parse::<i64>()
+                    .map(|id| (id, *limit))
+                    .map_err(|_| format!("rate_limits.per_key: {id:?} is not a key id"))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +160,8 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             geo: GeoConfig::default(),
             trusted_proxies: Vec::new(),
+            reports: ReportsConfig::default(),
+            rate_limits: RateLimitConfig::default(),
         }
     }
 }

@@ -10,6 +10,8 @@
 //! - [`api`]: HTTP handlers. They parse the request, call the domain and answer; nothing else.
 //!   Every error becomes HTTP in one place, [`api::error`].
 //! - [`signal`]: validation of `POST /v1/signal` events into commands, and the table of error texts.
+//! - [`reports`]: the abuse-report API's validation and what a queued report does to the rules.
+//! - [`ratelimit`]: per-key request limits.
 //! - [`rules`]: domain types that are valid by construction (`Target`, `Asn`, `CountryCode`, ...).
 //! - [`geo`]: IP address to ASN and country from the operator's data files, the networks of an
 //!   ASN or a country, and reloading when the files change.
@@ -27,6 +29,8 @@ pub mod config;
 pub mod geo;
 pub mod index;
 pub mod keys;
+pub mod ratelimit;
+pub mod reports;
 pub mod rules;
 pub mod signal;
 pub mod store;

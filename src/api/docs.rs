@@ -26,6 +26,12 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         super::check::check_one,
         super::check::check_many,
         super::check::forward_auth,
+        super::reports::report,
+        super::reports::unban,
+        super::reports::false_add,
+        super::reports::false_remove,
+        super::reports::test_token,
+        super::reports::queue,
         super::healthz,
     ),
     modifiers(&BearerAuth),
@@ -34,6 +40,7 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         (name = "rules", description = "The tenant's active rules"),
         (name = "audit", description = "Everything received"),
         (name = "decisions", description = "Is this client blocked?"),
+        (name = "reports", description = "Abuse reports: accepted with 202, applied asynchronously"),
         (name = "health", description = "Liveness"),
     )
 )]

@@ -29,6 +29,10 @@ pub enum ApiError {
     Validation(Vec<Detail>),
     #[error("Request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("Invalid request body")]
+    Unprocessable(Vec<Detail>),
+    #[error("Rate limit exceeded; retry in {0} s")]
+    RateLimited(u64),
     #[error("The store is unavailable; nothing was written")]
     Store(#[from] StoreError),
 }
@@ -88,6 +92,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -101,12 +107,14 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Validation(_) => "ValidationError",
             ApiError::PayloadTooLarge(_) => "PayloadTooLarge",
+            ApiError::Unprocessable(_) => "UnprocessableEntity",
+            ApiError::RateLimited(_) => "TooManyRequests",
             ApiError::Store(_) => "ServiceUnavailable",
         }
     }
 }
 
-/// The body of every error answer. `details` only appears on 400s.
+/// The body of every error answer. `details` only appears on 400s and 422s.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     #[schema(example = "ValidationError")]
@@ -128,8 +136,12 @@ impl IntoResponse for ApiError {
         }
         let message = self.to_string();
         let error = self.kind();
+        let retry_after = match &self {
+            ApiError::RateLimited(secs) => Some(*secs),
+            _ => None,
+        };
         let details = match self {
-            ApiError::Validation(details) => Some(details),
+            ApiError::Validation(details) | ApiError::Unprocessable(details) => Some(details),
             _ => None,
         };
         let body = ErrorBody {
@@ -138,6 +150,12 @@ impl IntoResponse for ApiError {
             details,
             code: status.as_u16(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -5,6 +5,7 @@
 //! - [`rules`]: `GET /v1/rules`, `GET|DELETE /v1/rules/{id}`
 //! - [`audit`]: `GET /v1/audit`
 //! - [`check`]: `GET|POST /v1/check`, `GET /v1/forward-auth`
+//! - [`reports`]: `POST /v1/ip`, `/v1/unban/ip`, `/v1/false/{add,remove}/ip`, `POST /test`
 //! - [`docs`]: OpenAPI document and Swagger UI under `/docs/signal/`
 
 pub mod audit;
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod check;
 pub mod docs;
 pub mod error;
+pub mod reports;
 pub mod rules;
 pub mod signal;
 
@@ -34,9 +36,12 @@ use crate::clock::Clock;
 use crate::geo::Geo;
 use crate::index::Index;
 use crate::keys::KeyRing;
+use crate::ratelimit::RateLimits;
+use crate::reports::ReportPolicy;
 use crate::signal::SignalPolicy;
 use crate::store::{SharedStore, StoreResult};
 use error::ApiError;
+use tokio::sync::Notify;
 
 /// What every handler can reach.
 pub struct Shared {
@@ -48,6 +53,10 @@ pub struct Shared {
     /// Swapped whole when keys change; handlers never wait on it.
     pub keys: Arc<ArcSwap<KeyRing>>,
     pub policy: SignalPolicy,
+    pub report_policy: ReportPolicy,
+    pub limits: Arc<RateLimits>,
+    /// Woken when a report is queued, so the worker does not wait for its next poll.
+    pub report_worker: Arc<Notify>,
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
 }
@@ -81,6 +90,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(audit::list))
         .route("/v1/check", get(check::check_one).post(check::check_many))
         .route("/v1/forward-auth", get(check::forward_auth))
+        .route("/v1/ip", axum::routing::post(reports::report))
+        .route("/v1/unban/ip", axum::routing::post(reports::unban))
+        .route("/v1/false/add/ip", axum::routing::post(reports::false_add))
+        .route(
+            "/v1/false/remove/ip",
+            axum::routing::post(reports::false_remove),
+        )
+        .route("/v1/reports/queue", get(reports::queue))
+        .route("/test", axum::routing::post(reports::test_token))
         .route("/healthz", get(healthz))
         .merge(docs::router())
         .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })

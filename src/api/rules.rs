@@ -31,6 +31,11 @@ pub struct RuleView {
     pub name: Option<String>,
     pub description: Option<String>,
     pub source: Source,
+    /// Dataset of a reported rule (`ABUSE`, `TOR`, ...).
+    pub dataset: Option<String>,
+    pub tags: Vec<String>,
+    /// Reports merged into this rule.
+    pub reports: u32,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -46,6 +51,9 @@ impl From<&Rule> for RuleView {
             name: rule.name.clone(),
             description: rule.description.clone(),
             source: rule.source,
+            dataset: rule.dataset.clone(),
+            tags: rule.tags.clone(),
+            reports: rule.reports,
             created_at: rule.created_at.to_rfc3339(),
             updated_at: rule.updated_at.to_rfc3339(),
         }
@@ -72,6 +80,12 @@ pub struct RuleFilter {
     name: Option<String>,
     /// `block` or `allow`.
     action: Option<String>,
+    /// `signal` or `report`.
+    source: Option<String>,
+    /// Report dataset.
+    dataset: Option<String>,
+    /// Rules carrying this tag.
+    tag: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
@@ -101,6 +115,13 @@ fn parse_rule_query(params: &[(String, String)]) -> Result<RuleQuery, ApiError> 
                     RuleAction::parse(value).ok_or_else(|| bad("must be one of: block, allow"))?,
                 )
             }
+            "source" => {
+                query.source = Some(
+                    Source::parse(value).ok_or_else(|| bad("must be one of: signal, report"))?,
+                )
+            }
+            "dataset" => query.dataset = Some(value.clone()),
+            "tag" => query.tag = Some(value.clone()),
             "cursor" => query.after = Some(parse_cursor(value)?),
             "limit" => query.limit = parse_limit(value)?,
             _ => return Err(bad("unknown query parameter")),

@@ -71,6 +71,7 @@ pub struct SignalEvent {
         (status = 401, description = "Missing, unknown or revoked key", body = ErrorBody),
         (status = 403, description = "The key's role may not submit signals", body = ErrorBody),
         (status = 413, description = "Body larger than `limits.max_body_bytes`", body = ErrorBody),
+        (status = 429, description = "Over `rate_limits.signal_per_minute` (off by default)", body = ErrorBody),
         (status = 503, description = "The store failed; nothing was written", body = ErrorBody),
     ))]
 pub async fn submit(
@@ -79,6 +80,7 @@ pub async fn submit(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let principal = caller.require(Permission::WriteRules)?;
+    super::reports::spend(&app, crate::ratelimit::Scope::Signal, principal.key_id)?;
     let events = parse_batch(&body).map_err(ApiError::batch)?;
     let now = app.clock.now();
 

@@ -106,6 +106,11 @@ pub struct Rule {
     pub name: Option<String>,
     pub description: Option<String>,
     pub source: Source,
+    /// The report dataset (`ABUSE`, `TOR`, ...) of a reported rule.
+    pub dataset: Option<String>,
+    pub tags: Vec<String>,
+    /// Reports merged into this rule.
+    pub reports: u32,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
 }

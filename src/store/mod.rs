@@ -53,6 +53,77 @@ pub enum RuleWrite {
     },
     /// Removes the rule for exactly `(action, target)`; nothing to remove is not an error.
     Remove { action: RuleAction, target: Target },
+    /// A reported address: creates the block rule, or merges into it: the expiry moves to the
+    /// later of the two (a permanent rule stays permanent), tags are merged, the report count
+    /// grows and the dataset becomes this report's.
+    Report {
+        target: Target,
+        dataset: String,
+        tags: Vec<String>,
+        expires_at: UnixMillis,
+    },
+}
+
+/// Which report endpoint a queued report came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReportKind {
+    /// `POST /v1/ip`
+    Report,
+    /// `POST /v1/unban/ip`
+    Unban,
+    /// `POST /v1/false/add/ip`
+    FalseAdd,
+    /// `POST /v1/false/remove/ip`
+    FalseRemove,
+}
+
+impl ReportKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportKind::Report => "report",
+            ReportKind::Unban => "unban",
+            ReportKind::FalseAdd => "false_add",
+            ReportKind::FalseRemove => "false_remove",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "report" => Some(ReportKind::Report),
+            "unban" => Some(ReportKind::Unban),
+            "false_add" => Some(ReportKind::FalseAdd),
+            "false_remove" => Some(ReportKind::FalseRemove),
+            _ => None,
+        }
+    }
+}
+
+/// An accepted report waiting for the worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedReport {
+    /// 0 until stored.
+    pub id: i64,
+    pub tenant: TenantId,
+    pub key_id: i64,
+    pub kind: ReportKind,
+    /// The validated request as JSON (see `reports::ReportPayload`).
+    pub payload: String,
+    pub received_at: UnixMillis,
+}
+
+/// What the worker did with one queued report.
+#[derive(Debug, Clone)]
+pub struct ProcessedReport {
+    pub queue_id: i64,
+    pub tenant: TenantId,
+    pub writes: Vec<RuleWrite>,
+    pub at: UnixMillis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueStats {
+    pub depth: u64,
+    pub oldest: Option<UnixMillis>,
 }
 
 /// One received item of a batch: what to audit, and what to do if it was valid.
@@ -145,6 +216,10 @@ pub struct RuleQuery {
     pub target: Option<Target>,
     pub name: Option<String>,
     pub action: Option<RuleAction>,
+    pub source: Option<Source>,
+    pub dataset: Option<String>,
+    /// Rules carrying this tag.
+    pub tag: Option<String>,
     /// Only rules with a larger id (cursor pagination, ascending ids).
     pub after: Option<RuleId>,
     pub limit: usize,
@@ -231,6 +306,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Digests and owners of every unrevoked key, for the key ring.
     async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>>;
+
+    /// Commits an accepted report (and its audit entry) to the queue; returns its queue id.
+    async fn enqueue_report(&self, report: QueuedReport) -> StoreResult<i64>;
+
+    /// The oldest queued reports, oldest first.
+    async fn queued_reports(&self, limit: usize) -> StoreResult<Vec<QueuedReport>>;
+
+    /// Applies processed reports and removes them from the queue in one transaction. A report
+    /// already gone from the queue is skipped, so applying twice has no effect.
+    async fn process_reports(&self, reports: Vec<ProcessedReport>) -> StoreResult<Vec<Change>>;
+
+    /// Depth and oldest entry of the queue; of one tenant, or of all.
+    async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats>;
 }
 
 pub type SharedStore = Arc<dyn Store>;

@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AuditEntry, BatchItem, Change, ChangeOp, ChangeSink, NewKey, Page, RuleQuery, RuleWrite,
-    Snapshot, Store, StoreError, StoreResult, WriteBatch,
+    AuditEntry, BatchItem, Change, ChangeOp, ChangeSink, NewKey, Page, ProcessedReport, QueueStats,
+    QueuedReport, ReportKind, RuleQuery, RuleWrite, Snapshot, Store, StoreError, StoreResult,
+    WriteBatch,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
@@ -66,7 +67,10 @@ impl Default for SqliteOptions {
 }
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!("schema_v1.sql"))])
+    Migrations::new(vec![
+        M::up(include_str!("schema_v1.sql")),
+        M::up(include_str!("schema_v2.sql")),
+    ])
 }
 
 pub struct SqliteStore {
@@ -182,6 +186,8 @@ enum Op {
         id: i64,
         at: UnixMillis,
     },
+    EnqueueReport(QueuedReport),
+    ProcessReports(Vec<ProcessedReport>),
 }
 
 /// What an op produced; the trait method that sent it knows which variant to expect.
@@ -190,6 +196,7 @@ enum Output {
     Change(Option<Change>),
     Key(ApiKey),
     MaybeKey(Option<ApiKey>),
+    Id(i64),
 }
 
 impl Output {
@@ -197,7 +204,7 @@ impl Output {
         match self {
             Output::Changes(changes) => changes,
             Output::Change(change) => change.as_slice(),
-            Output::Key(_) | Output::MaybeKey(_) => &[],
+            Output::Key(_) | Output::MaybeKey(_) | Output::Id(_) => &[],
         }
     }
 }
@@ -215,6 +222,9 @@ impl Op {
     fn weight(&self) -> usize {
         match self {
             Op::Write(batch) => batch.items.len().max(1),
+            Op::ProcessReports(reports) => {
+                reports.iter().map(|r| r.writes.len()).sum::<usize>().max(1)
+            }
             _ => 1,
         }
     }
@@ -232,6 +242,8 @@ impl Op {
             Op::Purge { now, limit } => purge_expired(conn, *now, *limit).map(Output::Changes),
             Op::CreateKey(key) => create_key(conn, key).map(Output::Key),
             Op::RevokeKey { id, at } => revoke_key(conn, *id, *at).map(Output::MaybeKey),
+            Op::EnqueueReport(report) => enqueue_report(conn, report).map(Output::Id),
+            Op::ProcessReports(reports) => process_reports(conn, reports).map(Output::Changes),
         }
     }
 }
@@ -487,6 +499,99 @@ fn apply_write(
             };
             Ok(Some(log_change(conn, change, &target_text)?))
         }
+        RuleWrite::Report {
+            target,
+            dataset,
+            tags,
+            expires_at,
+        } => {
+            let target_text = target.to_string();
+            let action = RuleAction::Block;
+            let key = params![
+                tenant.0,
+                action.as_str(),
+                target.kind().as_str(),
+                target_text
+            ];
+            let existing: Option<(RuleId, Option<i64>, String, Option<String>)> = conn
+                .prepare_cached(
+                    "SELECT id, expires_at, tags, name FROM rules
+                     WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
+                )?
+                .query_row(key, |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })
+                .optional()?;
+            let (rule_id, new_expiry, name) =
+                match existing {
+                    // Still active: merge into it.
+                    Some((id, old_expiry, old_tags, name))
+                        if old_expiry.is_none_or(|e| e > at.0) =>
+                    {
+                        let expiry = old_expiry.map(|e| e.max(expires_at.0));
+                        let mut merged: Vec<String> = serde_json::from_str(&old_tags)
+                            .map_err(|e| StoreError::Corrupt(format!("tags of rule {id}: {e}")))?;
+                        for tag in tags {
+                            if !merged.contains(tag) {
+                                merged.push(tag.clone());
+                            }
+                        }
+                        conn.prepare_cached(
+                            "UPDATE rules SET expires_at = ?2, dataset = ?3, tags = ?4,
+                                reports = reports + 1, updated_at = ?5
+                         WHERE id = ?1",
+                        )?
+                        .execute(params![
+                            id,
+                            expiry,
+                            dataset,
+                            json_tags(&merged),
+                            at.0
+                        ])?;
+                        (id, expiry.map(UnixMillis), name)
+                    }
+                    // Expired and not purged yet: it starts again as this report.
+                    Some((id, _, _, name)) => {
+                        conn.prepare_cached(
+                        "UPDATE rules SET expires_at = ?2, dataset = ?3, tags = ?4, reports = 1,
+                                source = 'report', created_at = ?5, updated_at = ?5
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id, expires_at.0, dataset, json_tags(tags), at.0])?;
+                        (id, Some(*expires_at), name)
+                    }
+                    None => {
+                        conn.prepare_cached(
+                        "INSERT INTO rules (tenant_id, action, kind, target, expires_at, source,
+                                            dataset, tags, reports, created_at, updated_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, 'report', ?6, ?7, 1, ?8, ?8)",
+                    )?
+                    .execute(params![
+                        tenant.0,
+                        action.as_str(),
+                        target.kind().as_str(),
+                        target_text,
+                        expires_at.0,
+                        dataset,
+                        json_tags(tags),
+                        at.0
+                    ])?;
+                        (conn.last_insert_rowid(), Some(*expires_at), None)
+                    }
+                };
+            let change = Change {
+                seq: 0,
+                tenant,
+                rule_id,
+                op: ChangeOp::Put,
+                action,
+                target: *target,
+                expires_at: new_expiry,
+                name,
+                at,
+            };
+            Ok(Some(log_change(conn, change, &target_text)?))
+        }
     }
 }
 
@@ -629,6 +734,58 @@ fn create_key(conn: &Connection, key: &NewKey) -> StoreResult<ApiKey> {
     })
 }
 
+fn json_tags(tags: &[String]) -> String {
+    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
+}
+
+fn enqueue_report(conn: &Connection, report: &QueuedReport) -> StoreResult<i64> {
+    conn.prepare_cached(
+        "INSERT INTO report_queue (tenant_id, key_id, kind, payload, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        report.tenant.0,
+        report.key_id,
+        report.kind.as_str(),
+        report.payload,
+        report.received_at.0
+    ])?;
+    let id = conn.last_insert_rowid();
+    let event = format!(
+        r#"{{"op":"{}","queue_id":{id},"request":{}}}"#,
+        report.kind.as_str(),
+        report.payload
+    );
+    conn.prepare_cached(
+        "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL)",
+    )?
+    .execute(params![
+        report.tenant.0,
+        report.key_id,
+        format!("report-{id}"),
+        report.received_at.0,
+        event
+    ])?;
+    Ok(id)
+}
+
+fn process_reports(conn: &Connection, reports: &[ProcessedReport]) -> StoreResult<Vec<Change>> {
+    let mut changes = Vec::new();
+    for report in reports {
+        let removed = conn
+            .prepare_cached("DELETE FROM report_queue WHERE id = ?1")?
+            .execute([report.queue_id])?;
+        if removed == 0 {
+            continue;
+        }
+        for write in &report.writes {
+            changes.extend(apply_write(conn, report.tenant, write, report.at)?);
+        }
+    }
+    Ok(changes)
+}
+
 const KEY_COLUMNS: &str = "k.id, k.name, k.role, t.name, k.tenant_id, k.created_at, k.revoked_at";
 
 fn key_from_row(row: &Row<'_>) -> rusqlite::Result<KeyRow> {
@@ -683,7 +840,8 @@ fn parse_target(kind: &str, text: &str) -> StoreResult<Target> {
         .ok_or_else(|| StoreError::Corrupt(format!("rule target {kind}:{text}")))
 }
 
-const RULE_COLUMNS: &str = "id, tenant_id, action, kind, target, expires_at, name, description, source, created_at, updated_at";
+const RULE_COLUMNS: &str = "id, tenant_id, action, kind, target, expires_at, name, description, source, \
+     created_at, updated_at, dataset, tags, reports";
 
 fn rule_from_row(row: &Row<'_>) -> StoreResult<Rule> {
     let action: String = row.get(2)?;
@@ -702,6 +860,10 @@ fn rule_from_row(row: &Row<'_>) -> StoreResult<Rule> {
             .ok_or_else(|| StoreError::Corrupt(format!("rule source {source:?}")))?,
         created_at: UnixMillis(row.get(9)?),
         updated_at: UnixMillis(row.get(10)?),
+        dataset: row.get(11)?,
+        tags: serde_json::from_str(&row.get::<_, String>(12)?)
+            .map_err(|e| StoreError::Corrupt(format!("rule tags: {e}")))?,
+        reports: row.get::<_, i64>(13)? as u32,
     })
 }
 
@@ -815,6 +977,19 @@ impl Store for SqliteStore {
             }
             if let Some(action) = query.action {
                 filter("action", action.as_str().to_owned().into());
+            }
+            if let Some(source) = query.source {
+                filter("source", source.as_str().to_owned().into());
+            }
+            if let Some(dataset) = &query.dataset {
+                filter("dataset", dataset.clone().into());
+            }
+            if let Some(tag) = &query.tag {
+                args.push(tag.clone().into());
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM json_each(rules.tags) WHERE value = ?{})",
+                    args.len()
+                ));
             }
             args.push((query.limit as i64 + 1).into());
             sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
@@ -933,6 +1108,71 @@ impl Store for SqliteStore {
             Output::MaybeKey(key) => Ok(key),
             _ => Err(unexpected()),
         }
+    }
+
+    async fn enqueue_report(&self, report: QueuedReport) -> StoreResult<i64> {
+        match self.submit(Op::EnqueueReport(report)).await? {
+            Output::Id(id) => Ok(id),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn queued_reports(&self, limit: usize) -> StoreResult<Vec<QueuedReport>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, tenant_id, key_id, kind, payload, received_at FROM report_queue
+                 ORDER BY id LIMIT ?1",
+            )?;
+            let rows = stmt
+                .query_map([limit as i64], |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, i64>(5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, tenant, key_id, kind, payload, received_at)| {
+                    Ok(QueuedReport {
+                        id,
+                        tenant: TenantId(tenant),
+                        key_id,
+                        kind: ReportKind::parse(&kind)
+                            .ok_or_else(|| StoreError::Corrupt(format!("report kind {kind:?}")))?,
+                        payload,
+                        received_at: UnixMillis(received_at),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn process_reports(&self, reports: Vec<ProcessedReport>) -> StoreResult<Vec<Change>> {
+        match self.submit(Op::ProcessReports(reports)).await? {
+            Output::Changes(changes) => Ok(changes),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats> {
+        self.read(move |conn| {
+            let (depth, oldest): (i64, Option<i64>) = conn.query_row(
+                "SELECT COUNT(*), MIN(received_at) FROM report_queue
+                 WHERE ?1 IS NULL OR tenant_id = ?1",
+                [tenant.map(|t| t.0)],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?;
+            Ok(QueueStats {
+                depth: depth as u64,
+                oldest: oldest.map(UnixMillis),
+            })
+        })
+        .await
     }
 
     async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>> {
