@@ -211,3 +211,90 @@ async fn keys_made_on_the_command_line_apply_to_a_running_server() {
         "a revoked key kept working"
     );
 }
+
+/// Reports answered 202 are applied after a crash, exactly once: those the worker had not
+/// reached, and one left in the queue by a process that died right after committing it.
+#[tokio::test]
+async fn accepted_reports_survive_kill_9_and_apply_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, key) = start(dir.path(), true);
+    let key = key.unwrap();
+    let http = reqwest::Client::new();
+    let addresses = [
+        "8.8.8.8",
+        "8.8.4.4",
+        "1.1.1.1",
+        "9.9.9.9",
+        "2606:4700::1111",
+    ];
+    for (i, ip) in addresses.iter().enumerate() {
+        // Five reports: within one key's 6-per-minute limit.
+        let body = json!({"addresses": [ip], "tags": [format!("n{i}")]}).to_string();
+        let response = http
+            .post(format!("{}/v1/ip", server.base))
+            .bearer_auth(&key)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    server.kill_9();
+
+    // A queued report as a process dying between commit and processing leaves it.
+    {
+        use palisade::store::{NoSink, QueuedReport, ReportKind, Store};
+        let store = palisade::store::sqlite::SqliteStore::open(
+            dir.path(),
+            Default::default(),
+            std::sync::Arc::new(NoSink),
+        )
+        .unwrap();
+        let tenant = store.keys().await.unwrap()[0].tenant_id;
+        store
+            .enqueue_report(QueuedReport {
+                id: 0,
+                tenant,
+                key_id: 1,
+                kind: ReportKind::Report,
+                payload: r#"{"addresses":["4.4.4.4"],"ttl":3600,"dataset":"ABUSE"}"#.into(),
+                received_at: palisade::rules::UnixMillis(4_000_000_000_000),
+            })
+            .await
+            .unwrap();
+    }
+
+    let (server, _) = start(dir.path(), false);
+    let mut drained = false;
+    for _ in 0..200 {
+        let response = http
+            .get(format!("{}/v1/reports/queue", server.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        if answer(response).await.1["depth"] == 0 {
+            drained = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(drained, "the queue was not processed after restart");
+    for ip in addresses.iter().chain(["4.4.4.4"].iter()) {
+        let response = http
+            .get(format!("{}/v1/rules?target={ip}", server.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let (_, rules) = answer(response).await;
+        assert_eq!(rules["rules"][0]["reports"], 1, "{ip}: {rules}");
+        let response = http
+            .get(format!("{}/v1/check?ip={ip}", server.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer(response).await.1["blocked"], true, "{ip}");
+    }
+}

@@ -6,6 +6,7 @@ mod decisions;
 mod durability;
 mod helpers;
 mod proxies;
+mod reports;
 mod rules;
 mod seed;
 mod validation;
