@@ -253,8 +253,12 @@ async fn recompile_on_geo_change(
     }
 }
 
-/// Reports taken from the queue per transaction.
+/// Reports read from the queue at a time.
 const REPORT_BATCH: usize = 256;
+
+/// Addresses applied per transaction: one report may carry 10,000, and the single writer must
+/// not be held long by a backlog.
+const REPORT_ADDRESSES_PER_COMMIT: usize = 10_000;
 
 /// Turns queued reports into rule changes. Each report leaves the queue in the transaction that
 /// applies it, so a crash at any point means it is applied after restart, and never twice.
@@ -272,8 +276,15 @@ async fn process_reports(store: SharedStore, wake: Arc<Notify>, clock: Arc<dyn C
                 }
             };
             let now = clock.now();
-            let processed = queued
+            let mut addresses = 0;
+            let processed: Vec<ProcessedReport> = queued
                 .iter()
+                .take_while(|q| {
+                    // Always at least one report, however large.
+                    let first = addresses == 0;
+                    addresses += q.payload.matches(',').count() + 1;
+                    first || addresses <= REPORT_ADDRESSES_PER_COMMIT
+                })
                 .map(|q| {
                     let writes = match serde_json::from_str::<ReportPayload>(&q.payload) {
                         Ok(payload) => reports::writes(q.kind, &payload, q.received_at),

@@ -1,13 +1,20 @@
 //! Time source. Everything that compares against "now" takes it from a [`Clock`], so tests can
 //! put the clock at an exact instant instead of sleeping.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::rules::UnixMillis;
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> UnixMillis;
+
+    /// A time that never goes backwards, for measuring intervals (rate limits). The wall clock
+    /// can be stepped back by NTP; this cannot. By default the same as [`Clock::now`].
+    fn monotonic(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.now().0).unwrap_or(0))
+    }
 }
 
 /// The wall clock.
@@ -20,6 +27,11 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         UnixMillis(since_epoch.as_millis() as i64)
+    }
+
+    fn monotonic(&self) -> Duration {
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed()
     }
 }
 

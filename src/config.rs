@@ -62,7 +62,8 @@ pub struct RateLimitConfig {
     pub reports_per_minute: u32,
     /// Requests per minute per key on `POST /v1/signal`; 0 (the default) turns it off.
     pub signal_per_minute: u32,
-    /// Per-key limits (key id -> requests per minute), replacing the defaults above for that key.
+    /// Per-key limits (key id -> requests per minute, at least 1), replacing the defaults above
+    /// for that key in each scope that is on.
     pub per_key: std::collections::BTreeMap<String, u32>,
 }
 
@@ -82,9 +83,16 @@ impl RateLimitConfig {
         self.per_key
             .iter()
             .map(|(id, limit)| {
-                id.parse::<i64>()
-                    .map(|id| (id, *limit))
-                    .map_err(|_| format!("rate_limits.per_key: {id:?} is not a key id"))
+                let id = id
+                    .parse::<i64>()
+                    .map_err(|_| format!("rate_limits.per_key: {id:?} is not a key id"))?;
+                if *limit == 0 {
+                    // Revoke the key to shut it out; 0 would read as "unlimited" elsewhere.
+                    return Err(format!(
+                        "rate_limits.per_key: key {id}: the limit must be at least 1"
+                    ));
+                }
+                Ok((id, *limit))
             })
             .collect()
     }

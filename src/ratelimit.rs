@@ -13,7 +13,6 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
 use crate::clock::Clock;
-use crate::rules::UnixMillis;
 
 /// What a limit applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,7 +30,7 @@ impl GovernorClock for ServerClock {
     type Instant = Duration;
 
     fn now(&self) -> Duration {
-        Duration::from_millis(u64::try_from(self.0.now().0).unwrap_or(0))
+        self.0.monotonic()
     }
 }
 
@@ -43,7 +42,7 @@ struct KeyLimit {
     limiter: Limiter,
     per_minute: u32,
     last_remaining: u32,
-    last_at: UnixMillis,
+    last_at: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +62,7 @@ pub enum Verdict {
 pub struct RateLimits {
     /// Per-minute limit of each scope; 0 turns the scope off.
     defaults: HashMap<Scope, u32>,
-    /// Per-key overrides, by key id; they apply to every limited scope.
+    /// Per-key overrides, by key id; they apply to every scope whose limit is on.
     per_key: HashMap<i64, u32>,
     clock: Arc<dyn Clock>,
     keys: Mutex<HashMap<(Scope, i64), KeyLimit>>,
@@ -101,7 +100,7 @@ impl RateLimits {
         let Some(per_minute) = self.limit(scope, key_id) else {
             return Verdict::Unlimited;
         };
-        let now = self.clock.now();
+        let now = self.clock.monotonic();
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         let key = keys.entry((scope, key_id)).or_insert_with(|| {
             let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
@@ -122,9 +121,8 @@ impl RateLimits {
                 }
             }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(Duration::from_millis(now.0.max(0) as u64));
-                key.last_remaining = 0;
-                key.last_at = now;
+                // A refused request spends nothing: the last snapshot still tells the budget.
+                let wait = not_until.wait_time_from(now);
                 Verdict::Limited {
                     retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
                 }
@@ -140,7 +138,11 @@ impl RateLimits {
         let Some(key) = keys.get(&(scope, key_id)) else {
             return Some((per_minute, per_minute));
         };
-        let elapsed = (self.clock.now().0 - key.last_at.0).max(0) as u64;
+        let elapsed = self
+            .clock
+            .monotonic()
+            .saturating_sub(key.last_at)
+            .as_millis() as u64;
         let period_ms = 60_000 / u64::from(key.per_minute.max(1));
         let refilled = elapsed / period_ms.max(1);
         let remaining = (u64::from(key.last_remaining) + refilled).min(u64::from(key.per_minute));
@@ -152,6 +154,7 @@ impl RateLimits {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::rules::UnixMillis;
 
     #[test]
     fn six_per_minute_then_one_every_ten_seconds() {

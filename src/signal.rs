@@ -221,8 +221,8 @@ enum Action {
 }
 
 impl SignalPolicy {
-    /// Validates one event received at `now`. Fields are checked in a fixed order (shape, `type`,
-    /// `action`, target, `expiration`, `description`, `name`) and the first problem is reported,
+    /// Validates one event received at `now`. Fields are checked in a fixed order (shape, unknown
+    /// fields, `type`, `action`, target, `expiration`, `description`, `name`) and the first problem is reported,
     /// so the same event always gets the same answer.
     pub fn validate(&self, raw: &RawValue, now: UnixMillis) -> Result<Command, EntryError> {
         let value: Value = serde_json::from_str(raw.get())

@@ -28,17 +28,20 @@ impl Caller {
     }
 }
 
-/// The key of a request: `Authorization: Bearer <key>` (scheme in any case), or `X-Api-Key`
-/// for proxies whose forward-auth settings can add a header but not an `Authorization` one.
+/// The key of a request: `X-Api-Key`, else `Authorization: Bearer <key>` (scheme in any case).
+///
+/// `X-Api-Key` wins because reverse proxies pass the visitor's own headers on to forward-auth:
+/// the proxy sets `X-Api-Key`, and a blocked visitor's `Authorization` header (with some other
+/// valid key, or a site's Basic credentials) must not decide whose rules apply.
 pub fn presented_key(parts: &Parts) -> Option<&str> {
-    if let Some(value) = parts.headers.get(AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        let token = token.trim();
-        return (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token);
+    if let Some(value) = parts.headers.get("x-api-key") {
+        let token = value.to_str().ok()?.trim();
+        return (!token.is_empty()).then_some(token);
     }
-    let token = parts.headers.get("x-api-key")?.to_str().ok()?.trim();
-    (!token.is_empty()).then_some(token)
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -43,7 +43,8 @@ impl RuleRef {
     }
 }
 
-/// The networks of ASN and country targets, from the geo data in force.
+/// The networks of ASN and country targets, from the geo data in force (IP targets are their
+/// own network and are not asked about).
 pub trait Networks: Send + Sync + 'static {
     fn networks(&self, target: &Target) -> Vec<IpNet>;
 }
@@ -51,7 +52,7 @@ pub trait Networks: Send + Sync + 'static {
 impl Networks for GeoData {
     fn networks(&self, target: &Target) -> Vec<IpNet> {
         match target {
-            Target::Ip(net) => vec![*net],
+            Target::Ip(_) => Vec::new(),
             Target::Asn(asn) => self.asn_networks(*asn).to_vec(),
             Target::Country(code) => self.country_networks(*code).to_vec(),
         }
@@ -190,6 +191,9 @@ impl Index {
                 None => return (Verdict::default(), Vec::new()),
             },
         };
+        // IP ranges (deepest first), then the ASN's rule, then the country's.
+        let mut rules = rules;
+        rules.sort_by_key(|r| r.target.kind());
         (Verdict::of(span, now), rules)
     }
 
@@ -245,6 +249,11 @@ impl Index {
         self.writer().recording = Some(Vec::new());
     }
 
+    /// Stops recording when a rebuild is abandoned (its snapshot could not be read).
+    pub fn abandon_rebuild(&self) {
+        self.writer().recording = None;
+    }
+
     fn apply_locked(&self, state: &mut WriterState, changes: &[Change]) {
         let fresh: Vec<&Change> = changes.iter().filter(|c| c.seq > state.seq).collect();
         let Some(last) = fresh.last() else {
@@ -254,10 +263,14 @@ impl Index {
         if let Some(recording) = &mut state.recording {
             recording.extend(fresh.iter().map(|c| (*c).clone()));
         }
-        // Within one call only the last change of each rule matters.
-        let mut latest: HashMap<(TenantId, RuleId), &Change> = HashMap::new();
+        // Within one call only the last change of each rule matters. The target is part of the
+        // key as well, so that even a reused id could not hide the removal of another target.
+        let mut latest: HashMap<(TenantId, RuleId, RuleAction, Target), &Change> = HashMap::new();
         for change in &fresh {
-            latest.insert((change.tenant, change.rule_id), change);
+            latest.insert(
+                (change.tenant, change.rule_id, change.action, change.target),
+                change,
+            );
         }
         let mut by_tenant: HashMap<TenantId, Vec<&Change>> = HashMap::new();
         for change in latest.into_values() {
@@ -267,14 +280,14 @@ impl Index {
         let generation = self.current.load();
         let mut new_tenants = None;
         for (tenant, changes) in by_tenant {
-            let index = match generation.tenant(tenant) {
+            // A tenant's first rule makes its tables; they are published below, after filling.
+            let created = match generation.tenant(tenant) {
                 Some(_) => None,
                 None => Some(Arc::new(TenantIndex::default())),
             };
-            let target_index = match (&index, generation.tenant(tenant)) {
-                (Some(new), _) => new.as_ref(),
-                (None, Some(existing)) => existing,
-                (None, None) => continue,
+            let Some(target_index) = created.as_deref().or_else(|| generation.tenant(tenant))
+            else {
+                continue;
             };
             let (mut add4, mut add6, mut del4, mut del6) = (vec![], vec![], vec![], vec![]);
             for change in changes {
@@ -301,7 +314,7 @@ impl Index {
             }
             target_index.v4.update(add4, del4);
             target_index.v6.update(add6, del6);
-            if let Some(new) = index {
+            if let Some(new) = created {
                 let tenants = new_tenants.get_or_insert_with(|| generation.tenants.clone());
                 if let Ok(slot) = usize::try_from(tenant.0) {
                     if tenants.len() <= slot {

@@ -1,5 +1,5 @@
 //! Persistence. Everything durable goes through the [`Store`] trait; the embedded default is
-//! [`sqlite::SqliteStore`], and a shared PostgreSQL store fills the same trait.
+//! [`sqlite::SqliteStore`]; a shared PostgreSQL store can fill the same trait.
 //!
 //! Every rule change is written with a sequence number that only grows (the change log), and is
 //! handed, in that order and after it is committed, to the [`ChangeSink`] the store was opened

@@ -19,9 +19,11 @@ CREATE TABLE api_keys (
     revoked_at INTEGER
 );
 
--- The current, mutable state: one row per (tenant, action, target).
+-- The current, mutable state: one row per (tenant, action, target). AUTOINCREMENT: an id is
+-- never given to a second rule, so a client holding an old id cannot delete a new rule, and a
+-- change log entry names one rule for good.
 CREATE TABLE rules (
-    id          INTEGER PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     tenant_id   INTEGER NOT NULL,
     action      TEXT NOT NULL CHECK (action = 'block' OR action = 'allow'),
     kind        TEXT NOT NULL CHECK (kind = 'ip' OR kind = 'asn' OR kind = 'country'),

@@ -267,7 +267,17 @@ struct Committed {
 fn publish(sink: Arc<dyn ChangeSink>, committed: std::sync::mpsc::Receiver<Committed>) {
     for group in committed {
         if !group.changes.is_empty() {
-            sink.apply(&group.changes);
+            let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                sink.apply(&group.changes)
+            }));
+            if applied.is_err() {
+                // The changes are committed but the index may now miss some: answering would
+                // acknowledge writes that look-ups do not see. A restart rebuilds the index.
+                tracing::error!(
+                    "applying committed changes failed; stopping so a restart rebuilds the index"
+                );
+                std::process::abort();
+            }
         }
         for (reply, answer) in group.answers {
             // The requester may have gone away (client disconnected); the write stands.
@@ -333,8 +343,12 @@ impl Writer {
             .filter_map(|(_, answer)| answer.as_ref().ok())
             .flat_map(|output| output.changes().iter().cloned())
             .collect();
-        // Only fails when the publisher is gone, i.e. the process is shutting down.
-        let _ = self.publish.send(Committed { changes, answers });
+        if self.publish.send(Committed { changes, answers }).is_err() {
+            // Committed but never to be acknowledged or indexed: stop rather than carry on
+            // answering "nothing was written" for writes that were.
+            tracing::error!("the change publisher is gone; stopping");
+            std::process::abort();
+        }
     }
 
     /// Runs ops in one transaction and commits it.
@@ -400,25 +414,32 @@ fn apply_write(
                 target.kind().as_str(),
                 target_text
             ];
-            let existing: Option<(RuleId, Option<String>)> = conn
+            let existing: Option<(RuleId, Option<String>, Option<i64>)> = conn
                 .prepare_cached(
-                    "SELECT id, name FROM rules
+                    "SELECT id, name, expires_at FROM rules
                      WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
                 )?
-                .query_row(key, |row| Ok((row.get(0)?, row.get(1)?)))
+                .query_row(key, |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
                 .optional()?;
-            let kept_name = existing.as_ref().and_then(|(_, name)| name.clone());
+            let kept_name = existing
+                .as_ref()
+                .filter(|(_, _, expiry)| expiry.is_none_or(|e| e > at.0))
+                .and_then(|(_, name, _)| name.clone());
             let rule_id = match existing {
-                Some((id, _)) => {
-                    // A rule that had expired but was not purged yet starts a new life: its
-                    // created_at moves to now, as if it had been purged and made again.
+                Some((id, _, _)) => {
+                    // A rule that had expired but was not purged yet starts a new life, as if it
+                    // had been purged and made again: nothing of the old one is kept. (SQLite
+                    // evaluates every CASE against the row as it was before this UPDATE.)
                     conn.prepare_cached(
                         "UPDATE rules SET
-                            created_at = CASE WHEN expires_at IS NOT NULL AND expires_at <= ?2
-                                              THEN ?2 ELSE created_at END,
+                            created_at = CASE WHEN expires_at <= ?2 THEN ?2 ELSE created_at END,
+                            name = CASE WHEN expires_at <= ?2 THEN ?4 ELSE COALESCE(?4, name) END,
+                            description = CASE WHEN expires_at <= ?2 THEN ?5
+                                               ELSE COALESCE(?5, description) END,
+                            dataset = CASE WHEN expires_at <= ?2 THEN NULL ELSE dataset END,
+                            tags = CASE WHEN expires_at <= ?2 THEN '[]' ELSE tags END,
+                            reports = CASE WHEN expires_at <= ?2 THEN 0 ELSE reports END,
                             expires_at = ?3,
-                            name = COALESCE(?4, name),
-                            description = COALESCE(?5, description),
                             source = ?6,
                             updated_at = ?2
                          WHERE id = ?1",

@@ -406,3 +406,57 @@ async fn geo_reload_recompiles_asn_rules() {
         false
     );
 }
+
+/// A rule id is never reused: unblocking one address and blocking another in the same batch
+/// leaves the first one unblocked for look-ups.
+#[tokio::test]
+async fn unblock_and_block_in_one_batch() {
+    let app = spawn_app().await;
+    app.signal(&app.admin, &json!([block_ip("198.51.100.1")]))
+        .await;
+    let (status, _) = app
+        .signal(&app.admin, &json!([{"type": "access_rules", "action": "unblock", "ip": "198.51.100.1"}, block_ip("203.0.113.9")]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        check(&app, &app.admin, "198.51.100.1").await["blocked"],
+        false
+    );
+    assert_eq!(
+        check(&app, &app.admin, "203.0.113.9").await["blocked"],
+        true
+    );
+    let (_, rules) = app.get("/v1/rules", &app.admin).await;
+    assert_eq!(rules["rules"][0]["id"], 2);
+}
+
+/// Proxies pass the visitor's own headers to forward-auth; the proxy's X-Api-Key decides whose
+/// rules apply, never a visitor's Authorization header.
+#[tokio::test]
+async fn a_visitors_authorization_header_cannot_choose_the_tenant() {
+    let (app, _geo) = spawn_with_geo().await;
+    let elsewhere = app.key(Role::Reader, "elsewhere").await;
+    app.signal(&app.admin, &json!([block_ip("203.0.113.66")]))
+        .await;
+    let visitor_bearer = format!("Bearer {elsewhere}");
+    let (status, _) = forward(
+        &app,
+        &[
+            ("X-Api-Key", &app.admin),
+            ("Authorization", &visitor_bearer),
+            ("X-Forwarded-For", "203.0.113.66"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = forward(
+        &app,
+        &[
+            ("X-Api-Key", &app.admin),
+            ("Authorization", "Basic dXNlcjpwYXNz"),
+            ("X-Forwarded-For", "198.51.100.1"),
+        ],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
