@@ -29,11 +29,13 @@ async fn checked(app: &TestApp, ip: &str) -> Value {
 }
 
 /// The worker runs in the background; wait (with a generous deadline) until it has emptied
-/// the queue.
+/// the queue and the index has caught up with the store's change log.
 async fn processed(app: &TestApp) {
     for _ in 0..400 {
         let (_, queue) = app.get("/v1/reports/queue", &app.admin).await;
-        if queue["depth"] == 0 {
+        let seq = app.state.index.seq();
+        let behind = app.state.store.changes_since(seq, 1).await.unwrap();
+        if queue["depth"] == 0 && behind.is_empty() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
