@@ -289,12 +289,21 @@ async fn accepted_reports_survive_kill_9_and_apply_once() {
             .unwrap();
         let (_, rules) = answer(response).await;
         assert_eq!(rules["rules"][0]["reports"], 1, "{ip}: {rules}");
-        let response = http
-            .get(format!("{}/v1/check?ip={ip}", server.base))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(answer(response).await.1["blocked"], true, "{ip}");
+        // The index follows the commit by a moment; the queue row is gone at the commit.
+        let mut blocked = false;
+        for _ in 0..200 {
+            let response = http
+                .get(format!("{}/v1/check?ip={ip}", server.base))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            if answer(response).await.1["blocked"] == true {
+                blocked = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(blocked, "{ip} is not enforced");
     }
 }
