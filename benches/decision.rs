@@ -93,17 +93,6 @@ fn rules(geo: &Geo, rng: &mut StdRng) -> (Vec<Rule>, Vec<IpAddr>) {
     (rules, hits)
 }
 
-fn rss_bytes() -> usize {
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<usize>().ok())
-        })
-        .map_or(0, |pages| pages * 4096)
-}
-
 fn bench(c: &mut Criterion) {
     let asn = Path::new(GEO_DIR).join("asn.mmdb");
     let country = Path::new(GEO_DIR).join("country.mmdb");
@@ -121,22 +110,18 @@ fn bench(c: &mut Criterion) {
     let (rules, hits) = rules(&geo, &mut rng);
     let rule_count = rules.len();
 
-    let before = rss_bytes();
     let started = Instant::now();
     let index = Index::new(geo.current().clone());
     index.rebuild(Snapshot { seq: 1, rules }, None);
     let build = started.elapsed();
-    let after = rss_bytes();
     let stats = index.stats();
     eprintln!(
         "index: {rule_count} rules -> {} stored prefixes (ASN and country rules expanded), built in {:.2} s; \
-         tables {:.1} MB = {:.0} B/prefix; process RSS grew {:.1} MB = {:.0} B/prefix",
+         tables {:.1} MB = {:.0} B/prefix",
         stats.prefixes,
         build.as_secs_f64(),
         stats.table_bytes as f64 / 1e6,
         stats.table_bytes as f64 / stats.prefixes as f64,
-        (after.saturating_sub(before)) as f64 / 1e6,
-        (after.saturating_sub(before)) as f64 / stats.prefixes as f64,
     );
 
     let random: Vec<IpAddr> = (0..1 << 20)

@@ -149,6 +149,10 @@ struct Node {
     /// Expiries over the prefix and all its ancestors.
     chain: Span,
     parent: u32,
+    /// This prefix's rules are `rules[rules_from..rules_from + rule_count]`: kept in the node,
+    /// which a look-up has just read, rather than in an array of its own.
+    rules_from: u32,
+    rule_count: u32,
     len: u8,
 }
 
@@ -160,10 +164,8 @@ type Starts<A> = smallvec::SmallVec<[A; 12]>;
 pub struct Bucket<A> {
     starts: Starts<A>,
     nodes: Box<[Node]>,
-    /// The rules of all prefixes, grouped by prefix (cold: only listings read it); prefix `n`
-    /// owns `rules[rule_starts[n]..rule_starts[n + 1]]`.
+    /// The rules of all prefixes, grouped by prefix (cold: only listings read it).
     rules: Box<[Arc<RuleRef>]>,
-    rule_starts: Box<[u32]>,
 }
 
 impl<A: Addr> Bucket<A> {
@@ -175,12 +177,11 @@ impl<A: Addr> Bucket<A> {
         let mut starts = Starts::new();
         let mut nodes: Vec<Node> = Vec::new();
         let mut rules: Vec<Arc<RuleRef>> = Vec::with_capacity(entries.len());
-        let mut rule_starts: Vec<u32> = Vec::new();
         let mut stack: Vec<u32> = Vec::new();
         let mut i = 0;
         while i < entries.len() {
             let (start, len) = (entries[i].start, entries[i].len);
-            rule_starts.push(rules.len() as u32);
+            let rules_from = rules.len() as u32;
             let mut own = Span::EMPTY;
             while i < entries.len() && entries[i].start == start && entries[i].len == len {
                 own = own.widen(Span::of(&entries[i].rule));
@@ -207,6 +208,8 @@ impl<A: Addr> Bucket<A> {
             nodes.push(Node {
                 chain: own.widen(inherited),
                 parent,
+                rules_from,
+                rule_count: rules.len() as u32 - rules_from,
                 len,
             });
             stack.push(index);
@@ -214,17 +217,14 @@ impl<A: Addr> Bucket<A> {
         Some(Self {
             starts,
             nodes: nodes.into(),
-            rule_starts: {
-                rule_starts.push(rules.len() as u32);
-                rule_starts.into()
-            },
             rules: rules.into(),
         })
     }
 
     fn rules_of(&self, node: usize) -> &[Arc<RuleRef>] {
-        let (from, to) = (self.rule_starts[node], self.rule_starts[node + 1]);
-        &self.rules[from as usize..to as usize]
+        let node = &self.nodes[node];
+        let from = node.rules_from as usize;
+        &self.rules[from..from + node.rule_count as usize]
     }
 
     /// The deepest prefix containing `addr`.
@@ -282,7 +282,7 @@ impl<A: Addr> Bucket<A> {
             0
         };
         spilled
-            + self.nodes.len() * (size_of::<Node>() + size_of::<u32>())
+            + self.nodes.len() * size_of::<Node>()
             + self.rules.len() * size_of::<Arc<RuleRef>>()
     }
 }
