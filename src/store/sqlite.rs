@@ -755,6 +755,14 @@ fn create_key(conn: &Connection, key: &NewKey) -> StoreResult<ApiKey> {
     })
 }
 
+/// Most rules have no tags; reading back a million of them should not parse a million `[]`.
+fn parse_tags(text: &str) -> StoreResult<Vec<String>> {
+    if text == "[]" {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("rule tags: {e}")))
+}
+
 fn json_tags(tags: &[String]) -> String {
     serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
 }
@@ -882,8 +890,7 @@ fn rule_from_row(row: &Row<'_>) -> StoreResult<Rule> {
         created_at: UnixMillis(row.get(9)?),
         updated_at: UnixMillis(row.get(10)?),
         dataset: row.get(11)?,
-        tags: serde_json::from_str(&row.get::<_, String>(12)?)
-            .map_err(|e| StoreError::Corrupt(format!("rule tags: {e}")))?,
+        tags: parse_tags(row.get_ref(12)?.as_str().map_err(rusqlite::Error::from)?)?,
         reports: row.get::<_, i64>(13)? as u32,
     })
 }
