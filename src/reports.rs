@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::rules::{RuleAction, Source, Target, UnixMillis, normalize_ip};
-use crate::signal::MAX_EXPIRATION_SECONDS;
+use crate::signal::{BatchProblem, MAX_EXPIRATION_SECONDS};
 use crate::store::{ReportKind, RuleWrite};
 
 /// Most addresses one request may carry.
@@ -115,11 +115,7 @@ impl ReportPolicy {
         let value: Value = serde_json::from_slice(body).map_err(|e| {
             vec![invalid(
                 "body",
-                format!(
-                    "is not valid JSON (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
+                BatchProblem::not_json(&e).to_string(),
                 Value::Null,
                 None,
             )]

@@ -119,6 +119,16 @@ pub enum BatchProblem {
     TooMany(usize),
 }
 
+impl BatchProblem {
+    /// The one wording of "this body is not JSON", used by every endpoint that reads JSON.
+    pub fn not_json(error: &serde_json::Error) -> Self {
+        BatchProblem::NotJson {
+            line: error.line(),
+            column: error.column(),
+        }
+    }
+}
+
 /// Splits a body into its events, each kept as the exact text received (for the audit log).
 pub fn parse_batch(body: &[u8]) -> Result<Vec<&RawValue>, BatchProblem> {
     let text =
@@ -130,10 +140,7 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<&RawValue>, BatchProblem> {
         // Tell "valid JSON of the wrong shape" from "not JSON" only on this failure path.
         Err(_) => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
             Ok(_) => Err(BatchProblem::NotAnArray),
-            Err(e) => Err(BatchProblem::NotJson {
-                line: e.line(),
-                column: e.column(),
-            }),
+            Err(e) => Err(BatchProblem::not_json(&e)),
         },
     }
 }

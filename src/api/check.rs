@@ -20,6 +20,7 @@ use crate::geo::Geo;
 use crate::index::{Index, RuleRef};
 use crate::keys::Permission;
 use crate::rules::{Asn, CountryCode, Kind, RuleAction, TenantId, UnixMillis, normalize_ip};
+use crate::signal::BatchProblem;
 
 /// Most addresses one `POST /v1/check` may ask about.
 pub const MAX_CHECK_BATCH: usize = 10_000;
@@ -220,15 +221,7 @@ fn parse_check_batch(body: &[u8]) -> Result<Vec<IpAddr>, ApiError> {
         )
     };
     let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid(
-            "body",
-            format!(
-                "is not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            ),
-            Value::Null,
-        )
+        ApiError::invalid("body", BatchProblem::not_json(&e).to_string(), Value::Null)
     })?;
     let Value::Object(object) = value else {
         return Err(shape());

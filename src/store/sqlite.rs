@@ -405,28 +405,14 @@ fn apply_write(
             description,
             source,
         } => {
-            // Look up, then update or insert: `INSERT .. ON CONFLICT .. RETURNING` would make
-            // SQLite build a temporary table for every row.
             let target_text = target.to_string();
-            let key = params![
-                tenant.0,
-                action.as_str(),
-                target.kind().as_str(),
-                target_text
-            ];
-            let existing: Option<(RuleId, Option<String>, Option<i64>)> = conn
-                .prepare_cached(
-                    "SELECT id, name, expires_at FROM rules
-                     WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
-                )?
-                .query_row(key, |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .optional()?;
+            let existing = existing_rule(conn, tenant, *action, target, &target_text)?;
             let kept_name = existing
                 .as_ref()
-                .filter(|(_, _, expiry)| expiry.is_none_or(|e| e > at.0))
-                .and_then(|(_, name, _)| name.clone());
+                .filter(|e| e.expires_at.is_none_or(|t| t > at.0))
+                .and_then(|e| e.name.clone());
             let rule_id = match existing {
-                Some((id, _, _)) => {
+                Some(Existing { id, .. }) => {
                     // A rule that had expired but was not purged yet starts a new life, as if it
                     // had been purged and made again: nothing of the old one is kept. (SQLite
                     // evaluates every CASE against the row as it was before this UPDATE.)
@@ -489,20 +475,14 @@ fn apply_write(
         }
         RuleWrite::Remove { action, target } => {
             let target_text = target.to_string();
-            let key = params![
-                tenant.0,
-                action.as_str(),
-                target.kind().as_str(),
-                target_text
-            ];
-            let removed: Option<(RuleId, Option<i64>, Option<String>)> = conn
-                .prepare_cached(
-                    "SELECT id, expires_at, name FROM rules
-                     WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
-                )?
-                .query_row(key, |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-                .optional()?;
-            let Some((rule_id, expires_at, name)) = removed else {
+            let removed = existing_rule(conn, tenant, *action, target, &target_text)?;
+            let Some(Existing {
+                id: rule_id,
+                expires_at,
+                name,
+                ..
+            }) = removed
+            else {
                 return Ok(None);
             };
             conn.prepare_cached("DELETE FROM rules WHERE id = ?1")?
@@ -528,30 +508,18 @@ fn apply_write(
         } => {
             let target_text = target.to_string();
             let action = RuleAction::Block;
-            let key = params![
-                tenant.0,
-                action.as_str(),
-                target.kind().as_str(),
-                target_text
-            ];
-            let existing: Option<(RuleId, Option<i64>, String, Option<String>)> = conn
-                .prepare_cached(
-                    "SELECT id, expires_at, tags, name FROM rules
-                     WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
-                )?
-                .query_row(key, |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-                })
-                .optional()?;
+            let existing = existing_rule(conn, tenant, action, target, &target_text)?;
             let (rule_id, new_expiry, name) =
                 match existing {
                     // Still active: merge into it.
-                    Some((id, old_expiry, old_tags, name))
-                        if old_expiry.is_none_or(|e| e > at.0) =>
-                    {
+                    Some(Existing {
+                        id,
+                        expires_at: old_expiry,
+                        tags: old_tags,
+                        name,
+                    }) if old_expiry.is_none_or(|e| e > at.0) => {
                         let expiry = old_expiry.map(|e| e.max(expires_at.0));
-                        let mut merged: Vec<String> = serde_json::from_str(&old_tags)
-                            .map_err(|e| StoreError::Corrupt(format!("tags of rule {id}: {e}")))?;
+                        let mut merged = parse_tags(&old_tags)?;
                         for tag in tags {
                             if !merged.contains(tag) {
                                 merged.push(tag.clone());
@@ -571,15 +539,17 @@ fn apply_write(
                         ])?;
                         (id, expiry.map(UnixMillis), name)
                     }
-                    // Expired and not purged yet: it starts again as this report.
-                    Some((id, _, _, name)) => {
+                    // Expired and not purged yet: it starts again as this report, as if it had been
+                    // purged and made again.
+                    Some(Existing { id, .. }) => {
                         conn.prepare_cached(
                         "UPDATE rules SET expires_at = ?2, dataset = ?3, tags = ?4, reports = 1,
-                                source = 'report', created_at = ?5, updated_at = ?5
+                                name = NULL, description = NULL, source = 'report',
+                                created_at = ?5, updated_at = ?5
                          WHERE id = ?1",
                     )?
                     .execute(params![id, expires_at.0, dataset, json_tags(tags), at.0])?;
-                        (id, Some(*expires_at), name)
+                        (id, Some(*expires_at), None)
                     }
                     None => {
                         conn.prepare_cached(
@@ -614,6 +584,49 @@ fn apply_write(
             Ok(Some(log_change(conn, change, &target_text)?))
         }
     }
+}
+
+/// What a write needs to know of the rule it may replace.
+struct Existing {
+    id: RuleId,
+    name: Option<String>,
+    expires_at: Option<i64>,
+    /// JSON array.
+    tags: String,
+}
+
+/// The stored rule for `(tenant, action, target)`, expired or not. Writes look up first and
+/// then update or insert: `INSERT .. ON CONFLICT .. RETURNING` would make SQLite build a
+/// temporary table for every row.
+fn existing_rule(
+    conn: &Connection,
+    tenant: TenantId,
+    action: RuleAction,
+    target: &Target,
+    target_text: &str,
+) -> StoreResult<Option<Existing>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT id, name, expires_at, tags FROM rules
+             WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
+        )?
+        .query_row(
+            params![
+                tenant.0,
+                action.as_str(),
+                target.kind().as_str(),
+                target_text
+            ],
+            |row| {
+                Ok(Existing {
+                    id: row.get(0)?,
+                    name: row.get(1)?,
+                    expires_at: row.get(2)?,
+                    tags: row.get(3)?,
+                })
+            },
+        )
+        .optional()?)
 }
 
 /// Appends to the change log; the row id is the change's sequence number.

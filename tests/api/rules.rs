@@ -226,3 +226,25 @@ async fn docs_and_health() {
         (StatusCode::METHOD_NOT_ALLOWED, json!(405))
     );
 }
+
+#[tokio::test]
+async fn an_expired_rule_blocked_again_keeps_nothing_of_its_old_life() {
+    let start = UnixMillis(1_900_000_000_000);
+    let app = spawn_app_at(start).await;
+    let mut event = block_ip("8.8.8.8");
+    event["expiration"] = json!(10);
+    event["name"] = json!("old");
+    event["description"] = json!("first life");
+    app.signal(&app.admin, &json!([event])).await;
+    app.clock.as_ref().unwrap().advance_ms(10_000);
+    // Not purged yet: the row is still there, expired.
+    app.signal(&app.admin, &json!([block_ip("8.8.8.8")])).await;
+    let (_, body) = app.get("/v1/rules?target=8.8.8.8", &app.admin).await;
+    let rule = &body["rules"][0];
+    assert_eq!(
+        (rule["name"].clone(), rule["description"].clone()),
+        (json!(null), json!(null))
+    );
+    assert_eq!(rule["created_at"], "2030-03-17T17:46:50Z");
+    assert_eq!(rule["expires_at"], json!(null));
+}
