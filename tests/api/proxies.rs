@@ -51,13 +51,24 @@ async fn palisade_behind_proxy() -> TestApp {
 
 /// Visits the proxy from `from` until it answers (it may still be starting).
 async fn visit(port: u16, from: &str) -> StatusCode {
+    visit_path(port, from, "/").await
+}
+
+async fn visit_path(port: u16, from: &str, path: &str) -> StatusCode {
     let client = reqwest::Client::builder()
         .local_address(from.parse::<IpAddr>().unwrap())
         .build()
         .unwrap();
-    for _ in 0..100 {
-        if let Ok(response) = client.get(format!("http://127.0.0.1:{port}/")).send().await {
-            return response.status();
+    for _ in 0..200 {
+        if let Ok(response) = client
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .await
+        {
+            // Traefik answers 404 until it has read its routes.
+            if response.status() != StatusCode::NOT_FOUND {
+                return response.status();
+            }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -174,4 +185,79 @@ http://127.0.0.1:{port} {{
     );
     assert_eq!(visit(port, "127.0.0.3").await, StatusCode::OK);
     assert_eq!(visit(port, "127.0.0.2").await, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn traefik_forward_auth_snippet() {
+    if Command::new("traefik").arg("version").output().is_err() {
+        eprintln!("skipped: traefik is not installed");
+        return;
+    }
+    let app = palisade_behind_proxy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let palisade = app.base.trim_start_matches("http://");
+    // The middlewares are the README's snippet; the router and service stand in for an
+    // application (Palisade's own /healthz).
+    let dynamic = format!(
+        r#"http:
+  middlewares:
+    palisade-key:
+      headers:
+        customRequestHeaders:
+          X-Api-Key: "{key}"
+    palisade:
+      forwardAuth:
+        address: "http://{palisade}/v1/forward-auth"
+        trustForwardHeader: false
+    palisade-strip-key:
+      headers:
+        customRequestHeaders:
+          X-Api-Key: ""
+  routers:
+    app:
+      rule: "PathPrefix(`/`)"
+      entryPoints: ["web"]
+      middlewares: ["palisade-key", "palisade", "palisade-strip-key"]
+      service: app
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: "http://{palisade}"
+"#,
+        key = app.admin,
+    );
+    let dynamic_path = dir.path().join("dynamic.yml");
+    std::fs::write(&dynamic_path, dynamic).unwrap();
+    let static_config = format!(
+        r#"entryPoints:
+  web:
+    address: "127.0.0.1:{port}"
+providers:
+  file:
+    filename: "{dynamic}"
+log:
+  level: ERROR
+"#,
+        dynamic = dynamic_path.display(),
+    );
+    let static_path = dir.path().join("traefik.yml");
+    std::fs::write(&static_path, static_config).unwrap();
+    let _traefik = Proxy(
+        Command::new("traefik")
+            .arg(format!("--configFile={}", static_path.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(
+        visit_path(port, "127.0.0.3", "/healthz").await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        visit_path(port, "127.0.0.2", "/healthz").await,
+        StatusCode::FORBIDDEN
+    );
 }
