@@ -276,15 +276,9 @@ async fn process_reports(store: SharedStore, wake: Arc<Notify>, clock: Arc<dyn C
                 }
             };
             let now = clock.now();
-            let mut addresses = 0;
+            let mut writes_so_far = 0;
             let processed: Vec<ProcessedReport> = queued
                 .iter()
-                .take_while(|q| {
-                    // Always at least one report, however large.
-                    let first = addresses == 0;
-                    addresses += q.payload.matches(',').count() + 1;
-                    first || addresses <= REPORT_ADDRESSES_PER_COMMIT
-                })
                 .map(|q| {
                     let writes = match serde_json::from_str::<ReportPayload>(&q.payload) {
                         Ok(payload) => reports::writes(q.kind, &payload, q.received_at),
@@ -301,6 +295,12 @@ async fn process_reports(store: SharedStore, wake: Arc<Notify>, clock: Arc<dyn C
                         writes,
                         at: now,
                     }
+                })
+                // One write per address; always at least one report, however large.
+                .take_while(|report| {
+                    let first = writes_so_far == 0;
+                    writes_so_far += report.writes.len().max(1);
+                    first || writes_so_far <= REPORT_ADDRESSES_PER_COMMIT
                 })
                 .collect();
             if let Err(e) = store.process_reports(processed).await {
