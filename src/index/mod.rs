@@ -278,15 +278,9 @@ impl Index {
         }
 
         let generation = self.current.load();
-        let mut new_tenants = None;
+        let mut tenants = generation.tenants.clone();
         for (tenant, changes) in by_tenant {
-            // A tenant's first rule makes its tables; they are published below, after filling.
-            let created = match generation.tenant(tenant) {
-                Some(_) => None,
-                None => Some(Arc::new(TenantIndex::default())),
-            };
-            let Some(target_index) = created.as_deref().or_else(|| generation.tenant(tenant))
-            else {
+            let Ok(slot) = usize::try_from(tenant.0) else {
                 continue;
             };
             let (mut add4, mut add6, mut del4, mut del6) = (vec![], vec![], vec![], vec![]);
@@ -312,24 +306,22 @@ impl Index {
                     push_entries(&rule_ref, &*generation.networks, &mut add4, &mut add6);
                 }
             }
-            target_index.v4.update(add4, del4);
-            target_index.v6.update(add6, del6);
-            if let Some(new) = created {
-                let tenants = new_tenants.get_or_insert_with(|| generation.tenants.clone());
-                if let Ok(slot) = usize::try_from(tenant.0) {
-                    if tenants.len() <= slot {
-                        tenants.resize_with(slot + 1, || None);
-                    }
-                    tenants[slot] = Some(new);
-                }
+            if tenants.len() <= slot {
+                tenants.resize_with(slot + 1, || None);
             }
-        }
-        if let Some(tenants) = new_tenants {
-            self.current.store(Arc::new(Generation {
-                tenants,
-                networks: generation.networks.clone(),
+            let current = tenants[slot].as_deref();
+            let empty = TenantIndex::default();
+            let current = current.unwrap_or(&empty);
+            tenants[slot] = Some(Arc::new(TenantIndex {
+                v4: current.v4.updated(add4, del4),
+                v6: current.v6.updated(add6, del6),
             }));
         }
+        // Every change of this call becomes visible at once.
+        self.current.store(Arc::new(Generation {
+            tenants,
+            networks: generation.networks.clone(),
+        }));
         state.seq = last_seq;
     }
 

@@ -1,27 +1,26 @@
 //! A prefix table for one address family, built for "is any active rule covering this address?"
 //!
-//! The address space is cut into 65,536 buckets by the top 16 bits (a two-level array indexed by
-//! the first and second byte). Each bucket is an immutable, sorted list of the distinct prefixes
-//! that touch it, with for each prefix its parent (the prefixes form a laminar family: two are
-//! nested or disjoint) and the latest expiry of any block and any allow rule on the prefix *or
-//! any of its ancestors*. A decision is then: a binary search for the last prefix starting at or
-//! before the address, a short walk up the parents to the deepest prefix containing it, and two
-//! comparisons with "now".
+//! The address space is cut into 65,536 buckets by the top 16 bits, grouped in 256 chunks by
+//! the first byte. Each bucket is kept twice:
 //!
-//! Writers replace a whole bucket (copy, change, publish with one atomic pointer swap), so
-//! readers never wait and always see a bucket either before or after a write. Next to each
-//! bucket pointer sits a 256-bit mask of which third-byte blocks (a /24 in IPv4) the bucket
-//! touches: most addresses are under no rule at all and are answered from the mask alone, which
-//! stays in cache, without touching the bucket.
+//! - for decisions, as disjoint intervals, each with the latest expiry of any block and any
+//!   allow rule covering it, in one allocation (see [`intervals`]): a decision is a binary search
+//!   over a few hundred bytes and two comparisons with "now". Next to the pointer sits a 256-bit
+//!   mask of the third-byte blocks (a /24 in IPv4) the bucket touches: most addresses are under
+//!   no rule at all and are answered from the mask alone;
+//! - for listings and changes, as the sorted list of the distinct prefixes touching it, each
+//!   with its parent (the prefixes form a laminar family: two are nested or disjoint) and its
+//!   rules.
+//!
+//! A table is an immutable value: a change builds a new one sharing every untouched chunk, and
+//! the index publishes it with one atomic pointer swap, so readers never wait and see all of a
+//! change or none of it.
 //!
 //! Prefixes shorter than /16 are stored in every bucket they cover.
 
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-
-use arc_swap::ArcSwapOption;
+use std::sync::Arc;
 
 use super::RuleRef;
 use crate::rules::RuleAction;
@@ -36,6 +35,17 @@ pub trait Addr: Copy + Ord + Eq + Hash + Debug + Send + Sync + 'static {
 
     /// The last address of the prefix of length `len` starting at `self`.
     fn broadcast(self, len: u8) -> Self;
+
+    /// The address after this one, if any.
+    fn next(self) -> Option<Self>;
+
+    /// An address's position inside its bucket (the bits below the top 16).
+    type Key: bytemuck::Pod + Ord;
+
+    fn key(self) -> Self::Key;
+
+    /// The first address of a bucket.
+    fn bucket_start(key: u16) -> Self;
 }
 
 impl Addr for u32 {
@@ -58,6 +68,20 @@ impl Addr for u32 {
             self | !(u32::MAX << (32 - len))
         }
     }
+
+    fn next(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+
+    type Key = u16;
+
+    fn key(self) -> u16 {
+        self as u16
+    }
+
+    fn bucket_start(key: u16) -> Self {
+        u32::from(key) << 16
+    }
 }
 
 impl Addr for u128 {
@@ -79,6 +103,22 @@ impl Addr for u128 {
         } else {
             self | !(u128::MAX << (128 - len))
         }
+    }
+
+    fn next(self) -> Option<Self> {
+        self.checked_add(1)
+    }
+
+    /// The low 112 bits, high word first so that the array's order is the address order (a
+    /// `u128` would need an alignment the word array does not give).
+    type Key = [u64; 2];
+
+    fn key(self) -> [u64; 2] {
+        [(self >> 64) as u64 & 0xffff_ffff_ffff, self as u64]
+    }
+
+    fn bucket_start(key: u16) -> Self {
+        u128::from(key) << 112
     }
 }
 
@@ -104,7 +144,7 @@ impl<A: Addr> Entry<A> {
 
 /// Latest expiry, in Unix milliseconds, of any rule of each action; `NONE` when there is none
 /// and `FOREVER` for permanent rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Span {
     pub block_until: i64,
     pub allow_until: i64,
@@ -156,13 +196,9 @@ struct Node {
     len: u8,
 }
 
-/// Starts kept inside the bucket's own allocation when they fit, so that the hop from the slot
-/// to the bucket also brings in the array the binary search reads.
-type Starts<A> = smallvec::SmallVec<[A; 12]>;
-
 /// The distinct prefixes touching one bucket, sorted by (start, length).
 pub struct Bucket<A> {
-    starts: Starts<A>,
+    starts: Box<[A]>,
     nodes: Box<[Node]>,
     /// The rules of all prefixes, grouped by prefix (cold: only listings read it).
     rules: Box<[Arc<RuleRef>]>,
@@ -174,7 +210,7 @@ impl<A: Addr> Bucket<A> {
             return None;
         }
         entries.sort_by_key(|e| (e.start, e.len, e.rule.id));
-        let mut starts = Starts::new();
+        let mut starts: Vec<A> = Vec::new();
         let mut nodes: Vec<Node> = Vec::new();
         let mut rules: Vec<Arc<RuleRef>> = Vec::with_capacity(entries.len());
         let mut stack: Vec<u32> = Vec::new();
@@ -215,7 +251,7 @@ impl<A: Addr> Bucket<A> {
             stack.push(index);
         }
         Some(Self {
-            starts,
+            starts: starts.into(),
             nodes: nodes.into(),
             rules: rules.into(),
         })
@@ -276,150 +312,150 @@ impl<A: Addr> Bucket<A> {
 
     /// Heap bytes of this bucket beyond its own struct, for the memory report.
     fn heap_bytes(&self) -> usize {
-        let spilled = if self.starts.spilled() {
-            self.starts.len() * size_of::<A>()
-        } else {
-            0
-        };
-        spilled
+        self.starts.len() * size_of::<A>()
             + self.nodes.len() * size_of::<Node>()
             + self.rules.len() * size_of::<Arc<RuleRef>>()
     }
 }
 
-struct Slot<A> {
-    mask: [AtomicU64; 4],
-    bucket: ArcSwapOption<Bucket<A>>,
+/// What a decision reads of one bucket: which third-byte blocks it touches and its intervals.
+#[derive(Clone, Default)]
+struct Hot {
+    mask: [u64; 4],
+    intervals: Option<Arc<[u64]>>,
 }
 
-impl<A> Default for Slot<A> {
+/// 256 buckets: those sharing the first byte.
+#[derive(Clone)]
+struct Chunk<A> {
+    /// Masks and interval tables side by side, so the line a decision reads for the mask also
+    /// holds the pointer it follows next.
+    hot: [Hot; 256],
+    /// The prefixes and rules, for listing and for the next rewrite.
+    cold: [Option<Arc<Bucket<A>>>; 256],
+}
+
+impl<A> Default for Chunk<A> {
     fn default() -> Self {
         Self {
-            mask: Default::default(),
-            bucket: ArcSwapOption::empty(),
+            hot: std::array::from_fn(|_| Hot::default()),
+            cold: std::array::from_fn(|_| None),
         }
     }
 }
 
-struct Chunk<A> {
-    slots: Box<[Slot<A>]>,
-}
-
-/// One family's prefix table.
+/// One family's prefix table: an immutable value. A change makes a new table that shares every
+/// chunk it does not touch with the old one, so publishing a change is one pointer swap above
+/// (the index's generation) and readers never wait.
+#[derive(Clone)]
 pub struct Table<A> {
-    chunks: Box<[OnceLock<Chunk<A>>]>,
+    chunks: Box<[Option<Arc<Chunk<A>>>]>,
 }
 
 impl<A: Addr> Default for Table<A> {
     fn default() -> Self {
         Self {
-            chunks: (0..256).map(|_| OnceLock::new()).collect(),
+            chunks: (0..256).map(|_| None).collect(),
         }
     }
 }
 
-/// What a look-up found: the expiries that decide, and the chain of prefixes for listing.
-pub struct Found<A> {
-    bucket: arc_swap::Guard<Option<Arc<Bucket<A>>>>,
+/// What a look-up found: the deepest prefix containing the address, in its bucket.
+pub struct Found<'a, A> {
+    bucket: &'a Bucket<A>,
     node: usize,
 }
 
-impl<A: Addr> Found<A> {
+impl<A: Addr> Found<'_, A> {
     pub fn span(&self) -> Span {
-        match self.bucket.as_ref() {
-            Some(b) => b.nodes[self.node].chain,
-            None => Span::EMPTY,
-        }
+        self.bucket.nodes[self.node].chain
     }
 
     /// Every rule on the prefixes containing the address, deepest first.
     pub fn rules(&self, mut keep: impl FnMut(&RuleRef) -> bool) -> Vec<Arc<RuleRef>> {
         let mut out = Vec::new();
-        if let Some(bucket) = self.bucket.as_ref() {
-            let mut n = self.node as u32;
-            while n != NO_PARENT {
-                out.extend(
-                    bucket
-                        .rules_of(n as usize)
-                        .iter()
-                        .filter(|r| keep(r))
-                        .cloned(),
-                );
-                n = bucket.nodes[n as usize].parent;
-            }
+        let mut n = self.node as u32;
+        while n != NO_PARENT {
+            out.extend(
+                self.bucket
+                    .rules_of(n as usize)
+                    .iter()
+                    .filter(|r| keep(r))
+                    .cloned(),
+            );
+            n = self.bucket.nodes[n as usize].parent;
         }
         out
     }
 }
 
-impl<A: Addr> Table<A> {
-    fn slot(&self, key: u16) -> Option<&Slot<A>> {
-        let chunk = self.chunks[usize::from(key >> 8)].get()?;
-        Some(&chunk.slots[usize::from(key & 0xff)])
-    }
+fn touches(mask: &[u64; 4], addr: impl Addr) -> bool {
+    let b = addr.byte(2);
+    mask[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+}
 
-    fn slot_or_insert(&self, key: u16) -> &Slot<A> {
-        let chunk = self.chunks[usize::from(key >> 8)].get_or_init(|| Chunk {
-            slots: (0..256).map(|_| Slot::default()).collect(),
-        });
-        &chunk.slots[usize::from(key & 0xff)]
+impl<A: Addr> Table<A> {
+    fn chunk(&self, key: u16) -> Option<&Chunk<A>> {
+        self.chunks[usize::from(key >> 8)].as_deref()
     }
 
     /// Expiries deciding `addr`: the hot path.
     pub fn span(&self, addr: A) -> Span {
-        let Some(slot) = self.slot(bucket_key(addr)) else {
+        let key = bucket_key(addr);
+        let Some(chunk) = self.chunk(key) else {
             return Span::EMPTY;
         };
-        let b = addr.byte(2);
-        if slot.mask[usize::from(b >> 6)].load(Ordering::Acquire) & (1 << (b & 63)) == 0 {
+        let hot = &chunk.hot[usize::from(key & 0xff)];
+        if !touches(&hot.mask, addr) {
             return Span::EMPTY;
         }
-        let bucket = slot.bucket.load();
-        match bucket.as_ref().and_then(|bucket| bucket.deepest(addr)) {
-            Some(node) => bucket.as_ref().map_or(Span::EMPTY, |b| b.nodes[node].chain),
+        match &hot.intervals {
+            Some(intervals) => intervals::span::<A>(intervals, addr.key()),
             None => Span::EMPTY,
         }
     }
 
-    /// The deepest prefix containing `addr`, kept alive for listing its rules.
-    pub fn find(&self, addr: A) -> Option<Found<A>> {
-        let slot = self.slot(bucket_key(addr))?;
-        let b = addr.byte(2);
-        if slot.mask[usize::from(b >> 6)].load(Ordering::Acquire) & (1 << (b & 63)) == 0 {
+    /// The deepest prefix containing `addr`, for listing its rules.
+    pub fn find(&self, addr: A) -> Option<Found<'_, A>> {
+        let key = bucket_key(addr);
+        let chunk = self.chunk(key)?;
+        if !touches(&chunk.hot[usize::from(key & 0xff)].mask, addr) {
             return None;
         }
-        let bucket = slot.bucket.load();
-        let node = bucket.as_ref()?.deepest(addr)?;
+        let bucket = chunk.cold[usize::from(key & 0xff)].as_deref()?;
+        let node = bucket.deepest(addr)?;
         Some(Found { bucket, node })
     }
 
-    /// Replaces the given buckets. `edit` receives the bucket's current entries and returns the
-    /// new ones. Only the writer (one at a time) calls this.
-    pub fn rewrite(
+    /// A table with the given buckets replaced. `edit` receives the bucket's current entries
+    /// and returns the new ones.
+    fn rewritten(
         &self,
         keys: impl IntoIterator<Item = u16>,
         mut edit: impl FnMut(u16, Vec<Entry<A>>) -> Vec<Entry<A>>,
-    ) {
+    ) -> Self {
+        let mut table = self.clone();
         for key in keys {
-            let slot = self.slot_or_insert(key);
-            let current: Vec<Entry<A>> = slot
-                .bucket
-                .load()
+            // Copies a shared chunk on its first change only: afterwards this table owns it.
+            let chunk = Arc::make_mut(
+                table.chunks[usize::from(key >> 8)].get_or_insert_with(Default::default),
+            );
+            let slot = usize::from(key & 0xff);
+            let current: Vec<Entry<A>> = chunk.cold[slot]
                 .as_ref()
                 .map(|b| b.entries().collect())
                 .unwrap_or_default();
-            let bucket = Bucket::build(edit(key, current)).map(Arc::new);
-            let mask = bucket.as_ref().map_or([0; 4], |b| b.mask());
-            // Widen the mask before publishing the bucket and narrow it after, so a reader
-            // never skips a bucket that has an entry for its address.
-            for (word, bits) in slot.mask.iter().zip(mask) {
-                word.fetch_or(bits, Ordering::AcqRel);
-            }
-            slot.bucket.store(bucket);
-            for (word, bits) in slot.mask.iter().zip(mask) {
-                word.fetch_and(bits, Ordering::AcqRel);
-            }
+            let bucket = Bucket::build(edit(key, current));
+            chunk.hot[slot] = match &bucket {
+                Some(b) => Hot {
+                    mask: b.mask(),
+                    intervals: Some(intervals::build(b, key)),
+                },
+                None => Hot::default(),
+            };
+            chunk.cold[slot] = bucket.map(Arc::new);
         }
+        table
     }
 
     /// Builds a table from scratch (start-up, or after the geo data changed).
@@ -430,15 +466,16 @@ impl<A: Addr> Table<A> {
                 by_bucket.entry(key).or_default().push(entry.clone());
             }
         }
-        let table = Self::default();
-        table.rewrite(by_bucket.keys().copied().collect::<Vec<_>>(), |key, _| {
+        Self::default().rewritten(by_bucket.keys().copied().collect::<Vec<_>>(), |key, _| {
             by_bucket.remove(&key).unwrap_or_default()
-        });
-        table
+        })
     }
 
-    /// Adds and removes entries; `remove` names rules by id.
-    pub fn update(&self, add: Vec<Entry<A>>, remove: Vec<(A, u8, i64)>) {
+    /// A table with entries added and removed; `remove` names rules by id.
+    pub fn updated(&self, add: Vec<Entry<A>>, remove: Vec<(A, u8, i64)>) -> Self {
+        if add.is_empty() && remove.is_empty() {
+            return self.clone();
+        }
         let mut adds: std::collections::BTreeMap<u16, Vec<Entry<A>>> = Default::default();
         let mut removes: std::collections::BTreeMap<u16, Vec<i64>> = Default::default();
         for (start, len, id) in remove {
@@ -456,7 +493,7 @@ impl<A: Addr> Table<A> {
         for ids in removes.values_mut() {
             ids.sort_unstable();
         }
-        self.rewrite(keys, |key, mut entries| {
+        self.rewritten(keys, |key, mut entries| {
             if let Some(ids) = removes.get(&key) {
                 entries.retain(|e| ids.binary_search(&e.rule.id).is_err());
             }
@@ -464,23 +501,119 @@ impl<A: Addr> Table<A> {
                 entries.extend(new);
             }
             entries
-        });
+        })
     }
 
     /// Number of distinct prefixes summed over buckets, and heap bytes of the table.
     pub fn stats(&self) -> (usize, usize) {
         let mut prefixes = 0;
-        let mut bytes = 0;
-        for chunk in self.chunks.iter().filter_map(OnceLock::get) {
-            bytes += chunk.slots.len() * size_of::<Slot<A>>();
-            for slot in chunk.slots.iter() {
-                if let Some(bucket) = slot.bucket.load().as_ref() {
+        let mut bytes = self.chunks.len() * size_of::<Option<Arc<Chunk<A>>>>();
+        for chunk in self.chunks.iter().flatten() {
+            bytes += size_of::<Chunk<A>>();
+            for (hot, cold) in chunk.hot.iter().zip(&chunk.cold) {
+                if let Some(intervals) = &hot.intervals {
+                    bytes += intervals.len() * size_of::<u64>() + 2 * size_of::<usize>();
+                }
+                if let Some(bucket) = cold {
                     prefixes += bucket.len();
                     bytes += bucket.heap_bytes() + size_of::<Bucket<A>>();
                 }
             }
         }
         (prefixes, bytes)
+    }
+}
+
+/// A bucket's decisions as disjoint intervals, in one allocation of 64-bit words so that a
+/// decision reads one short run of memory:
+///
+/// - word 0: the number of intervals `n` (low half) and of distinct spans `m` (high half);
+/// - the first address of each interval, as its position inside the bucket ([`Addr::Key`]),
+///   ascending, the first one 0;
+/// - for each interval the number of its span (`u32`);
+/// - the `m` distinct spans, two words each.
+///
+/// Spans repeat (a rule set loaded together shares its expiry; gaps between prefixes share
+/// "nothing"), so numbering them keeps the table small.
+mod intervals {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::{Addr, Bucket, Span};
+
+    fn words_for<T>(count: usize) -> usize {
+        (count * size_of::<T>()).div_ceil(size_of::<u64>())
+    }
+
+    pub fn build<A: Addr>(bucket: &Bucket<A>, bucket_key: u16) -> Arc<[u64]> {
+        let low = A::bucket_start(bucket_key);
+        let high = low.broadcast(16);
+        let mut starts = vec![low];
+        for (start, node) in bucket.starts.iter().zip(bucket.nodes.iter()) {
+            starts.push((*start).max(low));
+            let end = start.broadcast(node.len);
+            if end < high {
+                starts.extend(end.next());
+            }
+        }
+        starts.sort_unstable();
+        starts.dedup();
+
+        let mut keys: Vec<A::Key> = Vec::with_capacity(starts.len());
+        let mut numbers: Vec<u32> = Vec::with_capacity(starts.len());
+        let mut spans: Vec<Span> = Vec::new();
+        let mut numbered: HashMap<Span, u32> = HashMap::new();
+        for start in starts {
+            let span = bucket
+                .deepest(start)
+                .map_or(Span::EMPTY, |node| bucket.nodes[node].chain);
+            let number = *numbered.entry(span).or_insert_with(|| {
+                spans.push(span);
+                spans.len() as u32 - 1
+            });
+            // Neighbours with the same span are one interval.
+            if numbers.last() != Some(&number) {
+                keys.push(start.key());
+                numbers.push(number);
+            }
+        }
+
+        let (n, m) = (keys.len(), spans.len());
+        let mut words = vec![0u64; 1 + words_for::<A::Key>(n) + words_for::<u32>(n) + 2 * m];
+        words[0] = n as u64 | (m as u64) << 32;
+        let mut at = 1;
+        let key_words = words_for::<A::Key>(n);
+        bytemuck::cast_slice_mut::<u64, A::Key>(&mut words[at..at + key_words])[..n]
+            .copy_from_slice(&keys);
+        at += key_words;
+        let number_words = words_for::<u32>(n);
+        bytemuck::cast_slice_mut::<u64, u32>(&mut words[at..at + number_words])[..n]
+            .copy_from_slice(&numbers);
+        at += number_words;
+        for span in spans {
+            words[at] = span.block_until as u64;
+            words[at + 1] = span.allow_until as u64;
+            at += 2;
+        }
+        words.into()
+    }
+
+    /// The span of the interval holding `key`.
+    #[inline]
+    pub fn span<A: Addr>(words: &[u64], key: A::Key) -> Span {
+        let n = words[0] as u32 as usize;
+        let key_words = words_for::<A::Key>(n);
+        let keys = &bytemuck::cast_slice::<u64, A::Key>(&words[1..1 + key_words])[..n];
+        // The first key is 0, so at least one interval starts at or before `key`.
+        let interval = keys.partition_point(|k| *k <= key).saturating_sub(1);
+        let numbers_at = 1 + key_words;
+        let numbers =
+            bytemuck::cast_slice::<u64, u32>(&words[numbers_at..numbers_at + words_for::<u32>(n)]);
+        let span_at = numbers_at + words_for::<u32>(n) + 2 * numbers[interval] as usize;
+        Span {
+            block_until: words[span_at] as i64,
+            allow_until: words[span_at + 1] as i64,
+        }
     }
 }
 

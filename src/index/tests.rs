@@ -352,8 +352,16 @@ proptest! {
                 live[r] = None;
             }
         }
+        // Random addresses, and the first and last address of each prefix and their
+        // neighbours, where intervals begin and end.
+        let edges = rules.iter().flat_map(|(addr, len, _, _)| {
+            let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(spread(*addr)), *len).unwrap().trunc();
+            let (first, last) = (u32::from(net.network()), u32::from(net.broadcast()));
+            [first.wrapping_sub(1), first, last, last.wrapping_add(1)]
+        });
+        let probes: Vec<u32> = probes.iter().map(|p| spread(*p) ^ (p & 0x3ff) << 4).chain(edges).collect();
         for p in probes {
-            let ip = IpAddr::from(std::net::Ipv4Addr::from(spread(p) ^ (p & 0x3ff) << 4));
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(p));
             let active: Vec<(usize, RuleAction)> = live.iter().enumerate()
                 .filter_map(|(i, r)| r.as_ref().map(|r| (i, r)))
                 .filter(|(_, (net, _, exp))| net.contains(&ip) && exp.is_none_or(|e| e > NOW.0))
@@ -368,6 +376,37 @@ proptest! {
             got.sort();
             let want: Vec<i64> = active.iter().map(|(i, _)| *i as i64 + 1).collect();
             prop_assert_eq!(got, want);
+        }
+    }
+
+    /// The same for IPv6, with prefixes inside and across one /16 bucket.
+    #[test]
+    fn ipv6_matches_brute_force(
+        rules in proptest::collection::vec((0u128..4096, 8u8..=128, any::<bool>()), 1..40),
+        probes in proptest::collection::vec(0u128..4096, 30),
+    ) {
+        let spread = |x: u128| (0x2001u128 << 112) | (x << 100) | (x & 0xff);
+        let mut f = Fixture::new();
+        let mut nets = Vec::new();
+        for (i, (addr, len, allow)) in rules.iter().enumerate() {
+            let net = ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(spread(*addr)), *len).unwrap().trunc();
+            let action = if *allow { RuleAction::Allow } else { RuleAction::Block };
+            f.change(T1, i as i64 + 1, ChangeOp::Put, action, &net.to_string(), None);
+            nets.push((net, action));
+        }
+        let edges = nets.iter().flat_map(|(net, _)| {
+            let (first, last) = (u128::from(net.network()), u128::from(net.broadcast()));
+            [first.wrapping_sub(1), first, last, last.wrapping_add(1)]
+        });
+        let probes: Vec<u128> = probes.iter().map(|p| spread(*p) ^ (p << 40)).chain(edges).collect();
+        for p in probes {
+            let ip = IpAddr::from(std::net::Ipv6Addr::from(p));
+            let covering: Vec<&(ipnet::Ipv6Net, RuleAction)> =
+                nets.iter().filter(|(net, _)| net.contains(&std::net::Ipv6Addr::from(p))).collect();
+            let allowed = covering.iter().any(|(_, a)| *a == RuleAction::Allow);
+            let blocked = !allowed && !covering.is_empty();
+            prop_assert_eq!(f.index.decide(T1, ip, NOW), Verdict { blocked, allowed });
+            prop_assert_eq!(f.index.lookup(T1, ip, NOW).1.len(), covering.len());
         }
     }
 }
