@@ -42,7 +42,7 @@ fn rule(id: i64, target: Target) -> Rule {
 }
 
 /// The rule set of the benchmark, and addresses inside its IPv4 rules (hits).
-fn rules(geo: &Geo, rng: &mut StdRng) -> (Vec<Rule>, Vec<IpAddr>) {
+fn rule_set(geo: &Geo, rng: &mut StdRng) -> (Vec<Rule>, Vec<IpAddr>) {
     let mut rules = Vec::with_capacity(1_160_050);
     let mut hits = Vec::new();
     let mut id = 0;
@@ -107,7 +107,7 @@ fn bench(c: &mut Criterion) {
     })
     .unwrap();
     let mut rng = StdRng::seed_from_u64(7);
-    let (rules, hits) = rules(&geo, &mut rng);
+    let (rules, hits) = rule_set(&geo, &mut rng);
     let rule_count = rules.len();
 
     let started = Instant::now();
@@ -115,13 +115,24 @@ fn bench(c: &mut Criterion) {
     index.rebuild(Snapshot { seq: 1, rules }, None);
     let build = started.elapsed();
     let stats = index.stats();
+    let t = stats.tables;
+    let per_prefix = |bytes: usize| bytes as f64 / stats.prefixes as f64;
     eprintln!(
-        "index: {rule_count} rules -> {} stored prefixes (ASN and country rules expanded), built in {:.2} s; \
-         tables {:.1} MB = {:.0} B/prefix",
+        "index: {rule_count} rules -> {} stored prefixes (ASN and country rules expanded), built in {:.2} s\n\
+         tables {:.1} MB = {:.0} B/prefix (chunks {:.0}, decision and listing intervals {:.0}, \
+         rule lists {:.0}, entries {:.0}); rule records {:.1} MB = {:.0} B/prefix; \
+         together {:.0} B/prefix",
         stats.prefixes,
         build.as_secs_f64(),
         stats.table_bytes as f64 / 1e6,
-        stats.table_bytes as f64 / stats.prefixes as f64,
+        per_prefix(stats.table_bytes),
+        per_prefix(t.hot),
+        per_prefix(t.intervals),
+        per_prefix(t.listings),
+        per_prefix(t.entries),
+        stats.rule_bytes as f64 / 1e6,
+        per_prefix(stats.rule_bytes),
+        per_prefix(stats.table_bytes + stats.rule_bytes),
     );
 
     let random: Vec<IpAddr> = (0..1 << 20)
@@ -158,6 +169,54 @@ fn bench(c: &mut Criterion) {
             black_box(answer(&index, &geo, TENANT, random[i], NOW))
         })
     });
+    // The two halves of the full answer, apart.
+    let mut i = 0usize;
+    group.bench_function("matches_random_ipv4", |b| {
+        b.iter(|| {
+            i = (i + 1) & (random.len() - 1);
+            black_box(index.lookup(TENANT, random[i], NOW))
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("geo_random_ipv4", |b| {
+        b.iter(|| {
+            i = (i + 1) & (random.len() - 1);
+            black_box(geo.lookup(random[i]))
+        })
+    });
+    // The same rules, each with its own expiry (signals arriving over a day): neighbouring
+    // prefixes no longer share their expiries, so the decision intervals do not merge.
+    let spread_rules: Vec<Rule> = {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (mut rules, _) = rule_set(&geo, &mut rng);
+        for rule in &mut rules {
+            rule.expires_at = Some(UnixMillis(NOW.0 + rng.random_range(1..86_400_000)));
+        }
+        rules
+    };
+    let spread = Index::new(geo.current().clone());
+    spread.rebuild(
+        Snapshot {
+            seq: 1,
+            rules: spread_rules,
+        },
+        None,
+    );
+    let mut i = 0usize;
+    group.bench_function("decide_random_ipv4_own_expiries", |b| {
+        b.iter(|| {
+            i = (i + 1) & (random.len() - 1);
+            black_box(spread.decide(TENANT, random[i], NOW))
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("full_answer_random_ipv4_own_expiries", |b| {
+        b.iter(|| {
+            i = (i + 1) & (random.len() - 1);
+            black_box(answer(&spread, &geo, TENANT, random[i], NOW))
+        })
+    });
+    drop(spread);
     let mut i = 0usize;
     group.bench_function("full_answer_blocked_ipv4", |b| {
         b.iter(|| {

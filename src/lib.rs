@@ -22,6 +22,11 @@
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`config`], [`clock`]: configuration layering and the time source (controllable in tests).
 
+/// jemalloc rather than the system allocator, configured (`.cargo/config.toml`) to ask for
+/// transparent huge pages: random reads over the index then rarely miss the TLB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 pub mod api;
 pub mod app;
 pub mod clock;

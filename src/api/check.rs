@@ -104,8 +104,10 @@ pub fn answer(
     now: UnixMillis,
 ) -> CheckAnswer {
     let ip = normalize_ip(ip);
-    let (verdict, rules) = index.lookup(tenant, ip, now);
+    // Geo first: its reads are independent of the index's, so the processor overlaps the
+    // index's first misses to memory with the geo look-up's last ones.
     let geo = geo.lookup(ip);
+    let (verdict, rules) = index.lookup(tenant, ip, now);
     CheckAnswer {
         ip,
         blocked: verdict.blocked,

@@ -25,7 +25,7 @@ use crate::geo::GeoData;
 use crate::rules::{RuleAction, RuleId, Target, TenantId, UnixMillis, normalize_ip};
 use crate::store::{Change, ChangeOp, ChangeSink, Snapshot};
 pub use table::Span;
-use table::{Entry, Table};
+use table::{Entry, Table, TableStats};
 
 /// What the index keeps of a rule: enough to decide and to list a match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,21 +180,16 @@ impl Index {
         };
         // A rule reaches an address through one of its networks at most: the networks of an
         // ASN or a country do not overlap, so no rule is listed twice.
-        let active = |r: &RuleRef| r.is_active_at(now);
-        let (span, rules) = match normalize_ip(ip) {
-            IpAddr::V4(v4) => match index.v4.find(u32::from(v4)) {
-                Some(found) => (found.span(), found.rules(active)),
-                None => return (Verdict::default(), Vec::new()),
-            },
-            IpAddr::V6(v6) => match index.v6.find(u128::from(v6)) {
-                Some(found) => (found.span(), found.rules(active)),
-                None => return (Verdict::default(), Vec::new()),
-            },
+        let rules = match normalize_ip(ip) {
+            IpAddr::V4(v4) => index.v4.matches(u32::from(v4), now),
+            IpAddr::V6(v6) => index.v6.matches(u128::from(v6), now),
         };
-        // IP ranges (deepest first), then the ASN's rule, then the country's.
-        let mut rules = rules;
-        rules.sort_by_key(|r| r.target.kind());
-        (Verdict::of(span, now), rules)
+        let allowed = rules.iter().any(|r| r.action == RuleAction::Allow);
+        let verdict = Verdict {
+            blocked: !allowed && rules.iter().any(|r| r.action == RuleAction::Block),
+            allowed,
+        };
+        (verdict, rules)
     }
 
     /// Replaces all tables with ones built from `snapshot` (and `networks`, when given), then
@@ -328,14 +323,22 @@ impl Index {
     /// Prefixes held and heap bytes used, over all tenants.
     pub fn stats(&self) -> IndexStats {
         let generation = self.current.load();
-        let mut stats = IndexStats::default();
+        let mut tables = TableStats::default();
+        let mut rules = HashMap::new();
         for tenant in generation.tenants.iter().flatten() {
-            let (p4, b4) = tenant.v4.stats();
-            let (p6, b6) = tenant.v6.stats();
-            stats.prefixes += p4 + p6;
-            stats.table_bytes += b4 + b6;
+            tables += tenant.v4.stats(&mut rules);
+            tables += tenant.v6.stats(&mut rules);
         }
-        stats
+        let rule_bytes = rules
+            .values()
+            .map(|name_bytes| size_of::<RuleRef>() + 2 * size_of::<usize>() + name_bytes)
+            .sum();
+        IndexStats {
+            prefixes: tables.prefixes,
+            table_bytes: tables.hot + tables.intervals + tables.listings + tables.entries,
+            rule_bytes,
+            tables,
+        }
     }
 }
 
@@ -344,6 +347,9 @@ pub struct IndexStats {
     /// Distinct prefixes, counted once per bucket they are stored in.
     pub prefixes: usize,
     pub table_bytes: usize,
+    /// The rule records the tables point to (one per rule, whatever its number of prefixes).
+    pub rule_bytes: usize,
+    pub tables: TableStats,
 }
 
 impl ChangeSink for Index {

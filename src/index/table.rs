@@ -23,7 +23,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::RuleRef;
-use crate::rules::RuleAction;
+use crate::rules::{RuleAction, UnixMillis};
 
 /// An address as an unsigned integer, most significant bit first.
 pub trait Addr: Copy + Ord + Eq + Hash + Debug + Send + Sync + 'static {
@@ -181,47 +181,47 @@ impl Span {
     }
 }
 
+impl Span {
+    /// Whether any rule behind this span is still active at `now` (in Unix milliseconds).
+    pub fn active_at(self, now: i64) -> bool {
+        self.block_until > now || self.allow_until > now
+    }
+}
+
 const NO_PARENT: u32 = u32::MAX;
 
-/// What a look-up needs of one prefix once the search has found it.
-#[derive(Clone, Copy)]
+/// One distinct prefix of a bucket while it is compiled.
 struct Node {
     /// Expiries over the prefix and all its ancestors.
     chain: Span,
     parent: u32,
-    /// This prefix's rules are `rules[rules_from..rules_from + rule_count]`: kept in the node,
-    /// which a look-up has just read, rather than in an array of its own.
-    rules_from: u32,
-    rule_count: u32,
+    /// This prefix's rules are `entries[rules_from..rules_to]`.
+    rules_from: usize,
+    rules_to: usize,
     len: u8,
 }
 
-/// The distinct prefixes touching one bucket, sorted by (start, length).
-pub struct Bucket<A> {
-    starts: Box<[A]>,
-    nodes: Box<[Node]>,
-    /// The rules of all prefixes, grouped by prefix (cold: only listings read it).
-    rules: Box<[Arc<RuleRef>]>,
+/// A bucket's distinct prefixes, sorted by (start, length), with their ancestry: the form the
+/// look-up structures are compiled from.
+struct Prefixes<'a, A> {
+    entries: &'a [Entry<A>],
+    starts: Vec<A>,
+    nodes: Vec<Node>,
 }
 
-impl<A: Addr> Bucket<A> {
-    fn build(mut entries: Vec<Entry<A>>) -> Option<Self> {
-        if entries.is_empty() {
-            return None;
-        }
-        entries.sort_by_key(|e| (e.start, e.len, e.rule.id));
+impl<'a, A: Addr> Prefixes<'a, A> {
+    /// `entries` sorted by (start, length).
+    fn of(entries: &'a [Entry<A>]) -> Self {
         let mut starts: Vec<A> = Vec::new();
         let mut nodes: Vec<Node> = Vec::new();
-        let mut rules: Vec<Arc<RuleRef>> = Vec::with_capacity(entries.len());
         let mut stack: Vec<u32> = Vec::new();
         let mut i = 0;
         while i < entries.len() {
             let (start, len) = (entries[i].start, entries[i].len);
-            let rules_from = rules.len() as u32;
+            let rules_from = i;
             let mut own = Span::EMPTY;
             while i < entries.len() && entries[i].start == start && entries[i].len == len {
                 own = own.widen(Span::of(&entries[i].rule));
-                rules.push(entries[i].rule.clone());
                 i += 1;
             }
             // Sorted by start then length, every ancestor comes before its descendants; the
@@ -239,28 +239,21 @@ impl<A: Addr> Bucket<A> {
             } else {
                 nodes[parent as usize].chain
             };
-            let index = starts.len() as u32;
+            stack.push(starts.len() as u32);
             starts.push(start);
             nodes.push(Node {
                 chain: own.widen(inherited),
                 parent,
                 rules_from,
-                rule_count: rules.len() as u32 - rules_from,
+                rules_to: i,
                 len,
             });
-            stack.push(index);
         }
-        Some(Self {
-            starts: starts.into(),
-            nodes: nodes.into(),
-            rules: rules.into(),
-        })
-    }
-
-    fn rules_of(&self, node: usize) -> &[Arc<RuleRef>] {
-        let node = &self.nodes[node];
-        let from = node.rules_from as usize;
-        &self.rules[from..from + node.rule_count as usize]
+        Self {
+            entries,
+            starts,
+            nodes,
+        }
     }
 
     /// The deepest prefix containing `addr`.
@@ -280,24 +273,15 @@ impl<A: Addr> Bucket<A> {
         }
     }
 
-    fn entries(&self) -> impl Iterator<Item = Entry<A>> + '_ {
-        (0..self.starts.len()).flat_map(move |n| {
-            self.rules_of(n).iter().map(move |rule| Entry {
-                start: self.starts[n],
-                len: self.nodes[n].len,
-                rule: rule.clone(),
-            })
-        })
-    }
-
     /// Third-byte blocks of this bucket that some prefix touches.
     fn mask(&self) -> [u64; 4] {
         let mut mask = [0u64; 4];
-        for (start, node) in self.starts.iter().zip(self.nodes.iter()) {
-            let (first, last) = if node.len <= 16 {
+        for (start, node) in self.starts.iter().zip(&self.nodes) {
+            let len = node.len;
+            let (first, last) = if len <= 16 {
                 (0u8, 255u8)
             } else {
-                (start.byte(2), start.broadcast(node.len).byte(2))
+                (start.byte(2), start.broadcast(len).byte(2))
             };
             for b in first..=last {
                 mask[usize::from(b >> 6)] |= 1 << (b & 63);
@@ -306,33 +290,54 @@ impl<A: Addr> Bucket<A> {
         mask
     }
 
-    pub fn len(&self) -> usize {
-        self.starts.len()
-    }
-
-    /// Heap bytes of this bucket beyond its own struct, for the memory report.
-    fn heap_bytes(&self) -> usize {
-        self.starts.len() * size_of::<A>()
-            + self.nodes.len() * size_of::<Node>()
-            + self.rules.len() * size_of::<Arc<RuleRef>>()
+    /// For each prefix, the rules of it and its ancestors as a listing shows them (IP ranges
+    /// deepest first, then ASN, then country), each list ended by `None`; and where each
+    /// prefix's list begins. Position 0 is an empty list, for addresses under no prefix.
+    fn listings(&self) -> (Vec<Option<Arc<RuleRef>>>, Vec<u32>) {
+        let mut lists: Vec<Option<Arc<RuleRef>>> = vec![None];
+        let mut at = Vec::with_capacity(self.nodes.len());
+        let mut chain: Vec<Arc<RuleRef>> = Vec::new();
+        for node in &self.nodes {
+            chain.clear();
+            let mut n = node;
+            loop {
+                chain.extend(
+                    self.entries[n.rules_from..n.rules_to]
+                        .iter()
+                        .map(|e| e.rule.clone()),
+                );
+                if n.parent == NO_PARENT {
+                    break;
+                }
+                n = &self.nodes[n.parent as usize];
+            }
+            chain.sort_by_key(|r| r.target.kind());
+            at.push(lists.len() as u32);
+            lists.extend(chain.drain(..).map(Some));
+            lists.push(None);
+        }
+        (lists, at)
     }
 }
 
-/// What a decision reads of one bucket: which third-byte blocks it touches and its intervals.
+/// What a look-up reads of one bucket before its intervals: which third-byte blocks it touches
+/// and where its intervals are (the first cache line, all a decision needs), and the rule lists
+/// a listing reads next (the line beside it, which the processor fetches along).
 #[derive(Clone, Default)]
+#[repr(align(128))]
 struct Hot {
     mask: [u64; 4],
     intervals: Option<Arc<[u64]>>,
+    counts: intervals::Counts,
+    listings: Option<Arc<[Option<Arc<RuleRef>>]>>,
 }
 
 /// 256 buckets: those sharing the first byte.
 #[derive(Clone)]
 struct Chunk<A> {
-    /// Masks and interval tables side by side, so the line a decision reads for the mask also
-    /// holds the pointer it follows next.
     hot: [Hot; 256],
-    /// The prefixes and rules, for listing and for the next rewrite.
-    cold: [Option<Arc<Bucket<A>>>; 256],
+    /// Each bucket's entries sorted by (start, length, rule), for the next change.
+    cold: [Option<Arc<[Entry<A>]>>; 256],
 }
 
 impl<A> Default for Chunk<A> {
@@ -360,71 +365,52 @@ impl<A: Addr> Default for Table<A> {
     }
 }
 
-/// What a look-up found: the deepest prefix containing the address, in its bucket.
-pub struct Found<'a, A> {
-    bucket: &'a Bucket<A>,
-    node: usize,
-}
-
-impl<A: Addr> Found<'_, A> {
-    pub fn span(&self) -> Span {
-        self.bucket.nodes[self.node].chain
-    }
-
-    /// Every rule on the prefixes containing the address, deepest first.
-    pub fn rules(&self, mut keep: impl FnMut(&RuleRef) -> bool) -> Vec<Arc<RuleRef>> {
-        let mut out = Vec::new();
-        let mut n = self.node as u32;
-        while n != NO_PARENT {
-            out.extend(
-                self.bucket
-                    .rules_of(n as usize)
-                    .iter()
-                    .filter(|r| keep(r))
-                    .cloned(),
-            );
-            n = self.bucket.nodes[n as usize].parent;
-        }
-        out
-    }
-}
-
 fn touches(mask: &[u64; 4], addr: impl Addr) -> bool {
     let b = addr.byte(2);
     mask[usize::from(b >> 6)] & (1 << (b & 63)) != 0
 }
 
 impl<A: Addr> Table<A> {
-    fn chunk(&self, key: u16) -> Option<&Chunk<A>> {
-        self.chunks[usize::from(key >> 8)].as_deref()
+    /// The bucket's decision data, unless the mask already says no prefix is near `addr`.
+    #[inline]
+    fn hot(&self, addr: A) -> Option<&Hot> {
+        let key = bucket_key(addr);
+        let chunk = self.chunks[usize::from(key >> 8)].as_deref()?;
+        let hot = &chunk.hot[usize::from(key & 0xff)];
+        touches(&hot.mask, addr).then_some(hot)
     }
 
     /// Expiries deciding `addr`: the hot path.
     pub fn span(&self, addr: A) -> Span {
-        let key = bucket_key(addr);
-        let Some(chunk) = self.chunk(key) else {
+        let Some(hot) = self.hot(addr) else {
             return Span::EMPTY;
         };
-        let hot = &chunk.hot[usize::from(key & 0xff)];
-        if !touches(&hot.mask, addr) {
-            return Span::EMPTY;
-        }
-        match &hot.intervals {
-            Some(intervals) => intervals::span::<A>(intervals, addr.key()),
+        match hot.intervals.as_deref() {
+            Some(intervals) => intervals::span::<A>(intervals, hot.counts, addr.key()),
             None => Span::EMPTY,
         }
     }
 
-    /// The deepest prefix containing `addr`, for listing its rules.
-    pub fn find(&self, addr: A) -> Option<Found<'_, A>> {
-        let key = bucket_key(addr);
-        let chunk = self.chunk(key)?;
-        if !touches(&chunk.hot[usize::from(key & 0xff)].mask, addr) {
-            return None;
-        }
-        let bucket = chunk.cold[usize::from(key & 0xff)].as_deref()?;
-        let node = bucket.deepest(addr)?;
-        Some(Found { bucket, node })
+    /// The active rules covering `addr`, as a listing shows them. The decision follows from
+    /// them, so a listing does not search the decision intervals as well.
+    pub fn matches(&self, addr: A, now: UnixMillis) -> Vec<Arc<RuleRef>> {
+        let Some(hot) = self.hot(addr) else {
+            return Vec::new();
+        };
+        let (Some(intervals), Some(listings)) = (&hot.intervals, &hot.listings) else {
+            return Vec::new();
+        };
+        // Start bringing in the rule lists while the intervals are searched.
+        std::hint::black_box(listings.first().is_some_and(Option::is_some));
+        let from = intervals::listing::<A>(intervals, hot.counts, addr.key());
+        listings
+            .get(from..)
+            .unwrap_or_default()
+            .iter()
+            .map_while(Option::as_ref)
+            .filter(|rule| rule.is_active_at(now))
+            .cloned()
+            .collect()
     }
 
     /// A table with the given buckets replaced. `edit` receives the bucket's current entries
@@ -441,19 +427,27 @@ impl<A: Addr> Table<A> {
                 table.chunks[usize::from(key >> 8)].get_or_insert_with(Default::default),
             );
             let slot = usize::from(key & 0xff);
-            let current: Vec<Entry<A>> = chunk.cold[slot]
-                .as_ref()
-                .map(|b| b.entries().collect())
+            let current = chunk.cold[slot]
+                .as_deref()
+                .map(<[Entry<A>]>::to_vec)
                 .unwrap_or_default();
-            let bucket = Bucket::build(edit(key, current));
-            chunk.hot[slot] = match &bucket {
-                Some(b) => Hot {
-                    mask: b.mask(),
-                    intervals: Some(intervals::build(b, key)),
-                },
-                None => Hot::default(),
+            let mut entries = edit(key, current);
+            entries.sort_by_key(|e| (e.start, e.len, e.rule.id));
+            if entries.is_empty() {
+                chunk.hot[slot] = Hot::default();
+                chunk.cold[slot] = None;
+                continue;
+            }
+            let prefixes = Prefixes::of(&entries);
+            let (listings, listing_at) = prefixes.listings();
+            let (words, counts) = intervals::build(&prefixes, &listing_at, key);
+            chunk.hot[slot] = Hot {
+                mask: prefixes.mask(),
+                intervals: Some(words),
+                counts,
+                listings: Some(listings.into()),
             };
-            chunk.cold[slot] = bucket.map(Arc::new);
+            chunk.cold[slot] = Some(entries.into());
         }
         table
     }
@@ -504,52 +498,143 @@ impl<A: Addr> Table<A> {
         })
     }
 
-    /// Number of distinct prefixes summed over buckets, and heap bytes of the table.
-    pub fn stats(&self) -> (usize, usize) {
-        let mut prefixes = 0;
-        let mut bytes = self.chunks.len() * size_of::<Option<Arc<Chunk<A>>>>();
+    /// Sizes, for the memory report. `rules` collects the rule records the table points to
+    /// (they are shared between buckets and tables, so the caller counts each once).
+    pub fn stats(
+        &self,
+        rules: &mut std::collections::HashMap<*const RuleRef, usize>,
+    ) -> TableStats {
+        let mut stats = TableStats {
+            hot: self.chunks.len() * size_of::<Option<Arc<Chunk<A>>>>(),
+            ..TableStats::default()
+        };
+        // Reference counts in front of every shared allocation.
+        let counts = 2 * size_of::<usize>();
         for chunk in self.chunks.iter().flatten() {
-            bytes += size_of::<Chunk<A>>();
+            stats.hot += size_of::<Chunk<A>>() + counts;
             for (hot, cold) in chunk.hot.iter().zip(&chunk.cold) {
                 if let Some(intervals) = &hot.intervals {
-                    bytes += intervals.len() * size_of::<u64>() + 2 * size_of::<usize>();
+                    stats.intervals += size_of_val::<[u64]>(intervals) + counts;
                 }
-                if let Some(bucket) = cold {
-                    prefixes += bucket.len();
-                    bytes += bucket.heap_bytes() + size_of::<Bucket<A>>();
+                if let Some(listings) = &hot.listings {
+                    stats.listings += size_of_val::<[Option<Arc<RuleRef>>]>(listings) + counts;
+                }
+                if let Some(entries) = cold {
+                    stats.entries += size_of_val::<[Entry<A>]>(entries) + counts;
+                    stats.prefixes += 1 + entries
+                        .windows(2)
+                        .filter(|w| (w[0].start, w[0].len) != (w[1].start, w[1].len))
+                        .count();
+                    for entry in entries.iter() {
+                        // A name is its own allocation, with its reference counts.
+                        let name = entry.rule.name.as_ref().map_or(0, |n| n.len() + 16);
+                        rules.insert(Arc::as_ptr(&entry.rule), name);
+                    }
                 }
             }
         }
-        (prefixes, bytes)
+        stats
     }
 }
 
-/// A bucket's decisions as disjoint intervals, in one allocation of 64-bit words so that a
-/// decision reads one short run of memory:
+/// Heap bytes of a table by part, and its distinct prefixes (counted once per bucket).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableStats {
+    pub prefixes: usize,
+    /// Chunks: masks and pointers.
+    pub hot: usize,
+    pub intervals: usize,
+    pub listings: usize,
+    /// Entries kept for the next change.
+    pub entries: usize,
+}
+
+impl std::ops::AddAssign for TableStats {
+    fn add_assign(&mut self, other: Self) {
+        self.prefixes += other.prefixes;
+        self.hot += other.hot;
+        self.intervals += other.intervals;
+        self.listings += other.listings;
+        self.entries += other.entries;
+    }
+}
+
+/// A bucket as disjoint intervals, in one allocation of 64-bit words so that a decision reads
+/// one short run of memory. Two sets of intervals, one after the other:
 ///
-/// - word 0: the number of intervals `n` (low half) and of distinct spans `m` (high half);
-/// - the first address of each interval, as its position inside the bucket ([`Addr::Key`]),
-///   ascending, the first one 0;
-/// - for each interval the number of its span (`u32`);
-/// - the `m` distinct spans, two words each.
+/// - for decisions, the coarsest: neighbours with the same expiries are merged, so a bucket
+///   whose rules were loaded together (one expiry) is a handful of intervals: the first
+///   addresses of the intervals, as positions inside the bucket ([`Addr::Key`]), ascending, the
+///   first one 0; the number of each one's span (`u32`); the distinct spans, two words each;
+/// - for listings, one interval per distinct set of covering prefixes: first addresses, then
+///   where each one's rule list begins in the bucket's listings (`u32`). Only listings read it.
 ///
-/// Spans repeat (a rule set loaded together shares its expiry; gaps between prefixes share
-/// "nothing"), so numbering them keeps the table small.
+/// The section sizes ([`Counts`]) live beside the pointer, so no read waits for a header.
 mod intervals {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    use super::{Addr, Bucket, Span};
+    use super::{Addr, Prefixes, Span};
 
     fn words_for<T>(count: usize) -> usize {
         (count * size_of::<T>()).div_ceil(size_of::<u64>())
     }
 
-    pub fn build<A: Addr>(bucket: &Bucket<A>, bucket_key: u16) -> Arc<[u64]> {
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct Counts {
+        decided: u32,
+        spans: u32,
+        listed: u32,
+    }
+
+    /// Where each section begins, in words.
+    struct Layout {
+        n: usize,
+        listed: usize,
+        keys: usize,
+        numbers: usize,
+        spans: usize,
+        listed_keys: usize,
+        listings: usize,
+        end: usize,
+    }
+
+    impl Layout {
+        #[inline]
+        fn of<A: Addr>(counts: Counts) -> Self {
+            let (n, m, listed) = (
+                counts.decided as usize,
+                counts.spans as usize,
+                counts.listed as usize,
+            );
+            let keys = 0;
+            let numbers = keys + words_for::<A::Key>(n);
+            let spans = numbers + words_for::<u32>(n);
+            let listed_keys = spans + 2 * m;
+            let listings = listed_keys + words_for::<A::Key>(listed);
+            Self {
+                n,
+                listed,
+                keys,
+                numbers,
+                spans,
+                listed_keys,
+                listings,
+                end: listings + words_for::<u32>(listed),
+            }
+        }
+    }
+
+    /// `listing_at[node]`: where the list of each prefix begins.
+    pub fn build<A: Addr>(
+        prefixes: &Prefixes<'_, A>,
+        listing_at: &[u32],
+        bucket_key: u16,
+    ) -> (Arc<[u64]>, Counts) {
         let low = A::bucket_start(bucket_key);
         let high = low.broadcast(16);
         let mut starts = vec![low];
-        for (start, node) in bucket.starts.iter().zip(bucket.nodes.iter()) {
+        for (start, node) in prefixes.starts.iter().zip(&prefixes.nodes) {
             starts.push((*start).max(low));
             let end = start.broadcast(node.len);
             if end < high {
@@ -559,61 +644,85 @@ mod intervals {
         starts.sort_unstable();
         starts.dedup();
 
-        let mut keys: Vec<A::Key> = Vec::with_capacity(starts.len());
-        let mut numbers: Vec<u32> = Vec::with_capacity(starts.len());
+        let mut keys: Vec<A::Key> = Vec::new();
+        let mut numbers: Vec<u32> = Vec::new();
         let mut spans: Vec<Span> = Vec::new();
         let mut numbered: HashMap<Span, u32> = HashMap::new();
+        let mut listed_keys: Vec<A::Key> = Vec::with_capacity(starts.len());
+        let mut listings: Vec<u32> = Vec::with_capacity(starts.len());
         for start in starts {
-            let span = bucket
-                .deepest(start)
-                .map_or(Span::EMPTY, |node| bucket.nodes[node].chain);
+            let deepest = prefixes.deepest(start);
+            let span = deepest.map_or(Span::EMPTY, |node| prefixes.nodes[node].chain);
             let number = *numbered.entry(span).or_insert_with(|| {
                 spans.push(span);
                 spans.len() as u32 - 1
             });
-            // Neighbours with the same span are one interval.
             if numbers.last() != Some(&number) {
                 keys.push(start.key());
                 numbers.push(number);
             }
+            let listing = deepest.map_or(0, |node| listing_at[node]);
+            if listings.last() != Some(&listing) {
+                listed_keys.push(start.key());
+                listings.push(listing);
+            }
         }
 
-        let (n, m) = (keys.len(), spans.len());
-        let mut words = vec![0u64; 1 + words_for::<A::Key>(n) + words_for::<u32>(n) + 2 * m];
-        words[0] = n as u64 | (m as u64) << 32;
-        let mut at = 1;
-        let key_words = words_for::<A::Key>(n);
-        bytemuck::cast_slice_mut::<u64, A::Key>(&mut words[at..at + key_words])[..n]
-            .copy_from_slice(&keys);
-        at += key_words;
-        let number_words = words_for::<u32>(n);
-        bytemuck::cast_slice_mut::<u64, u32>(&mut words[at..at + number_words])[..n]
-            .copy_from_slice(&numbers);
-        at += number_words;
-        for span in spans {
-            words[at] = span.block_until as u64;
-            words[at + 1] = span.allow_until as u64;
-            at += 2;
+        // Counts stay far below u32::MAX: a bucket holds at most a few million prefixes.
+        let counts = Counts {
+            decided: keys.len() as u32,
+            spans: spans.len() as u32,
+            listed: listed_keys.len() as u32,
+        };
+        let layout = Layout::of::<A>(counts);
+        let mut words = vec![0u64; layout.end];
+        fill(&mut words[layout.keys..layout.numbers], &keys);
+        fill(&mut words[layout.numbers..layout.spans], &numbers);
+        for (i, span) in spans.iter().enumerate() {
+            words[layout.spans + 2 * i] = span.block_until as u64;
+            words[layout.spans + 2 * i + 1] = span.allow_until as u64;
         }
-        words.into()
+        fill(
+            &mut words[layout.listed_keys..layout.listings],
+            &listed_keys,
+        );
+        fill(&mut words[layout.listings..layout.end], &listings);
+        (words.into(), counts)
     }
 
-    /// The span of the interval holding `key`.
+    fn fill<T: bytemuck::Pod>(words: &mut [u64], values: &[T]) {
+        bytemuck::cast_slice_mut::<u64, T>(words)[..values.len()].copy_from_slice(values);
+    }
+
+    /// The interval of `keys` holding `key` (the first key is 0).
     #[inline]
-    pub fn span<A: Addr>(words: &[u64], key: A::Key) -> Span {
-        let n = words[0] as u32 as usize;
-        let key_words = words_for::<A::Key>(n);
-        let keys = &bytemuck::cast_slice::<u64, A::Key>(&words[1..1 + key_words])[..n];
-        // The first key is 0, so at least one interval starts at or before `key`.
-        let interval = keys.partition_point(|k| *k <= key).saturating_sub(1);
-        let numbers_at = 1 + key_words;
-        let numbers =
-            bytemuck::cast_slice::<u64, u32>(&words[numbers_at..numbers_at + words_for::<u32>(n)]);
-        let span_at = numbers_at + words_for::<u32>(n) + 2 * numbers[interval] as usize;
+    fn holding<K: Ord + bytemuck::Pod>(words: &[u64], count: usize, key: K) -> usize {
+        let keys = &bytemuck::cast_slice::<u64, K>(words)[..count];
+        keys.partition_point(|k| *k <= key).saturating_sub(1)
+    }
+
+    /// The expiries deciding the address at `key`.
+    #[inline]
+    pub fn span<A: Addr>(words: &[u64], counts: Counts, key: A::Key) -> Span {
+        let layout = Layout::of::<A>(counts);
+        let interval = holding(&words[layout.keys..layout.numbers], layout.n, key);
+        let numbers = bytemuck::cast_slice::<u64, u32>(&words[layout.numbers..layout.spans]);
+        let at = layout.spans + 2 * numbers[interval] as usize;
         Span {
-            block_until: words[span_at] as i64,
-            allow_until: words[span_at + 1] as i64,
+            block_until: words[at] as i64,
+            allow_until: words[at + 1] as i64,
         }
+    }
+
+    /// Where the rule list of the address at `key` begins in the bucket's listings.
+    pub fn listing<A: Addr>(words: &[u64], counts: Counts, key: A::Key) -> usize {
+        let layout = Layout::of::<A>(counts);
+        let interval = holding(
+            &words[layout.listed_keys..layout.listings],
+            layout.listed,
+            key,
+        );
+        bytemuck::cast_slice::<u64, u32>(&words[layout.listings..layout.end])[interval] as usize
     }
 }
 
