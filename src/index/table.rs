@@ -1,16 +1,18 @@
 //! A prefix table for one address family, built for "is any active rule covering this address?"
 //!
 //! The address space is cut into 65,536 buckets by the top 16 bits, grouped in chunks of
-//! consecutive buckets. Each bucket is kept twice:
+//! consecutive buckets. Each bucket is kept three ways:
 //!
 //! - for decisions, as disjoint intervals, each with the latest expiry of any block and any
-//!   allow rule covering it, in one allocation (see [`intervals`]): a decision is a binary search
-//!   over a few hundred bytes and two comparisons with "now". Next to the pointer sits a 256-bit
-//!   mask of the third-byte blocks (a /24 in IPv4) the bucket touches: most addresses are under
-//!   no rule at all and are answered from the mask alone;
-//! - for listings and changes, as the sorted list of the distinct prefixes touching it, each
-//!   with its parent (the prefixes form a laminar family: two are nested or disjoint) and its
-//!   rules.
+//!   allow rule covering it, in one small allocation (see [`intervals`]): a decision is a binary
+//!   search over a few dozen bytes and two comparisons with "now". Next to the pointer sits a
+//!   256-bit mask of the third-byte blocks (a /24 in IPv4) the bucket touches: most addresses
+//!   are under no rule at all and are answered from the mask alone;
+//! - for listings, as finer intervals, each pointing at the rule list of the deepest prefix
+//!   covering it: that prefix's rules and its ancestors' (the prefixes form a laminar family:
+//!   two are nested or disjoint), compiled in the order a listing shows them;
+//! - for changes, as its entries (prefix and rule) sorted, from which the other two are
+//!   compiled again when the bucket changes.
 //!
 //! A table is an immutable value: a change builds a new one sharing every untouched chunk, and
 //! the index publishes it with one atomic pointer swap, so readers never wait and see all of a
@@ -321,14 +323,16 @@ impl<'a, A: Addr> Prefixes<'a, A> {
 }
 
 /// What a look-up reads of one bucket before its intervals: which third-byte blocks it touches
-/// and where its intervals are (the first cache line, all a decision needs), and the rule lists
-/// a listing reads next (the line beside it, which the processor fetches along).
+/// and where its decision intervals are (the first cache line, all a decision needs), and where
+/// its listing intervals and rule lists are (the line beside it, which the processor fetches
+/// along).
 #[derive(Clone, Default)]
 #[repr(align(128))]
 struct Hot {
     mask: [u64; 4],
     intervals: Option<Arc<[u64]>>,
     counts: intervals::Counts,
+    listed: Option<Arc<[u64]>>,
     listings: Option<Arc<[Option<Arc<RuleRef>>]>>,
 }
 
@@ -402,12 +406,12 @@ impl<A: Addr> Table<A> {
         let Some(hot) = self.hot(addr) else {
             return Vec::new();
         };
-        let (Some(intervals), Some(listings)) = (&hot.intervals, &hot.listings) else {
+        let (Some(listed), Some(listings)) = (&hot.listed, &hot.listings) else {
             return Vec::new();
         };
         // Start bringing in the rule lists while the intervals are searched.
         std::hint::black_box(listings.first().is_some_and(Option::is_some));
-        let from = intervals::listing::<A>(intervals, hot.counts, addr.key());
+        let from = intervals::listing::<A>(listed, hot.counts, addr.key());
         listings
             .get(from..)
             .unwrap_or_default()
@@ -445,11 +449,12 @@ impl<A: Addr> Table<A> {
             }
             let prefixes = Prefixes::of(&entries);
             let (listings, listing_at) = prefixes.listings();
-            let (words, counts) = intervals::build(&prefixes, &listing_at, key);
+            let (decided, listed, counts) = intervals::build(&prefixes, &listing_at, key);
             chunk.hot[slot] = Hot {
                 mask: prefixes.mask(),
-                intervals: Some(words),
+                intervals: Some(decided),
                 counts,
+                listed: Some(listed),
                 listings: Some(listings.into()),
             };
             chunk.cold[slot] = Some(entries.into());
@@ -518,8 +523,8 @@ impl<A: Addr> Table<A> {
         for chunk in self.chunks.iter().flatten() {
             stats.hot += size_of::<Chunk<A>>() + counts;
             for (hot, cold) in chunk.hot.iter().zip(&chunk.cold) {
-                if let Some(intervals) = &hot.intervals {
-                    stats.intervals += size_of_val::<[u64]>(intervals) + counts;
+                for words in [&hot.intervals, &hot.listed].into_iter().flatten() {
+                    stats.intervals += size_of_val::<[u64]>(words) + counts;
                 }
                 if let Some(listings) = &hot.listings {
                     stats.listings += size_of_val::<[Option<Arc<RuleRef>>]>(listings) + counts;
@@ -564,17 +569,18 @@ impl std::ops::AddAssign for TableStats {
     }
 }
 
-/// A bucket as disjoint intervals, in one allocation of 64-bit words so that a decision reads
-/// one short run of memory. Two sets of intervals, one after the other:
+/// A bucket as disjoint intervals, in two allocations of 64-bit words, each read as one short
+/// run of memory:
 ///
-/// - for decisions, the coarsest: neighbours with the same expiries are merged, so a bucket
-///   whose rules were loaded together (one expiry) is a handful of intervals: the first
+/// - for decisions, the coarsest intervals: neighbours with the same expiries are merged, so a
+///   bucket whose rules were loaded together (one expiry) is a handful of intervals. The first
 ///   addresses of the intervals, as positions inside the bucket ([`Addr::Key`]), ascending, the
-///   first one 0; the number of each one's span (`u32`); the distinct spans, two words each;
+///   first one 0; the number of each one's span (`u32`); the distinct spans, two words each.
+///   Kept apart from the rest so that the decision data of all buckets is small and dense;
 /// - for listings, one interval per distinct set of covering prefixes: first addresses, then
-///   where each one's rule list begins in the bucket's listings (`u32`). Only listings read it.
+///   where each one's rule list begins in the bucket's listings (`u32`).
 ///
-/// The section sizes ([`Counts`]) live beside the pointer, so no read waits for a header.
+/// The section sizes ([`Counts`]) live beside the pointers, so no read waits for a header.
 mod intervals {
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -599,6 +605,7 @@ mod intervals {
         keys: usize,
         numbers: usize,
         spans: usize,
+        decided_end: usize,
         listed_keys: usize,
         listings: usize,
         end: usize,
@@ -615,7 +622,8 @@ mod intervals {
             let keys = 0;
             let numbers = keys + words_for::<A::Key>(n);
             let spans = numbers + words_for::<u32>(n);
-            let listed_keys = spans + 2 * m;
+            let decided_end = spans + 2 * m;
+            let listed_keys = 0;
             let listings = listed_keys + words_for::<A::Key>(listed);
             Self {
                 n,
@@ -623,6 +631,7 @@ mod intervals {
                 keys,
                 numbers,
                 spans,
+                decided_end,
                 listed_keys,
                 listings,
                 end: listings + words_for::<u32>(listed),
@@ -635,7 +644,7 @@ mod intervals {
         prefixes: &Prefixes<'_, A>,
         listing_at: &[u32],
         bucket_key: u16,
-    ) -> (Arc<[u64]>, Counts) {
+    ) -> (Arc<[u64]>, Arc<[u64]>, Counts) {
         let low = A::bucket_start(bucket_key);
         let high = low.broadcast(16);
         let mut starts = vec![low];
@@ -680,7 +689,8 @@ mod intervals {
             listed: listed_keys.len() as u32,
         };
         let layout = Layout::of::<A>(counts);
-        let mut words = vec![0u64; layout.end];
+        let mut words = vec![0u64; layout.decided_end];
+        let mut listed = vec![0u64; layout.end];
         fill(&mut words[layout.keys..layout.numbers], &keys);
         fill(&mut words[layout.numbers..layout.spans], &numbers);
         for (i, span) in spans.iter().enumerate() {
@@ -688,11 +698,11 @@ mod intervals {
             words[layout.spans + 2 * i + 1] = span.allow_until as u64;
         }
         fill(
-            &mut words[layout.listed_keys..layout.listings],
+            &mut listed[layout.listed_keys..layout.listings],
             &listed_keys,
         );
-        fill(&mut words[layout.listings..layout.end], &listings);
-        (words.into(), counts)
+        fill(&mut listed[layout.listings..layout.end], &listings);
+        (words.into(), listed.into(), counts)
     }
 
     fn fill<T: bytemuck::Pod>(words: &mut [u64], values: &[T]) {
