@@ -109,6 +109,7 @@ impl Application {
             geo: geo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
             keys: keys.clone(),
+            key_reload: Default::default(),
             report_policy: ReportPolicy {
                 datasets: config.reports.datasets.clone(),
                 allow_private: config.reports.allow_private,

@@ -52,6 +52,9 @@ pub struct Shared {
     pub trusted_proxies: Vec<IpNet>,
     /// Swapped whole when keys change; handlers never wait on it.
     pub keys: Arc<ArcSwap<KeyRing>>,
+    /// Held across a reload's read and swap, so that a slower reload that read the keys
+    /// earlier never replaces the ring a later one built (a new key would vanish again).
+    pub key_reload: tokio::sync::Mutex<()>,
     pub policy: SignalPolicy,
     pub report_policy: ReportPolicy,
     pub limits: Arc<RateLimits>,
@@ -64,6 +67,7 @@ pub struct Shared {
 impl Shared {
     /// Re-reads the live keys and swaps the key ring in one step.
     pub async fn reload_keys(&self) -> StoreResult<()> {
+        let _one_at_a_time = self.key_reload.lock().await;
         let live = self.store.live_keys().await?;
         self.keys.store(Arc::new(KeyRing::new(live)));
         Ok(())

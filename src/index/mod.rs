@@ -304,13 +304,17 @@ impl Index {
             if tenants.len() <= slot {
                 tenants.resize_with(slot + 1, || None);
             }
-            let current = tenants[slot].as_deref();
-            let empty = TenantIndex::default();
-            let current = current.unwrap_or(&empty);
-            tenants[slot] = Some(Arc::new(TenantIndex {
-                v4: current.v4.updated(add4, del4),
-                v6: current.v6.updated(add6, del6),
-            }));
+            let updated = match tenants[slot].as_deref() {
+                Some(current) => TenantIndex {
+                    v4: current.v4.updated(add4, del4),
+                    v6: current.v6.updated(add6, del6),
+                },
+                None => TenantIndex {
+                    v4: Table::build(add4),
+                    v6: Table::build(add6),
+                },
+            };
+            tenants[slot] = Some(Arc::new(updated));
         }
         // Every change of this call becomes visible at once.
         self.current.store(Arc::new(Generation {

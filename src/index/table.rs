@@ -183,13 +183,6 @@ impl Span {
     }
 }
 
-impl Span {
-    /// Whether any rule behind this span is still active at `now` (in Unix milliseconds).
-    pub fn active_at(self, now: i64) -> bool {
-        self.block_until > now || self.allow_until > now
-    }
-}
-
 const NO_PARENT: u32 = u32::MAX;
 
 /// One distinct prefix of a bucket while it is compiled.
@@ -295,7 +288,7 @@ impl<'a, A: Addr> Prefixes<'a, A> {
     /// For each prefix, the rules of it and its ancestors as a listing shows them (IP ranges
     /// deepest first, then ASN, then country), each list ended by `None`; and where each
     /// prefix's list begins. Position 0 is an empty list, for addresses under no prefix.
-    fn listings(&self) -> (Vec<Option<Arc<RuleRef>>>, Vec<u32>) {
+    fn rule_lists(&self) -> (Vec<Option<Arc<RuleRef>>>, Vec<u32>) {
         let mut lists: Vec<Option<Arc<RuleRef>>> = vec![None];
         let mut at = Vec::with_capacity(self.nodes.len());
         let mut chain: Vec<Arc<RuleRef>> = Vec::new();
@@ -326,14 +319,26 @@ impl<'a, A: Addr> Prefixes<'a, A> {
 /// and where its decision intervals are (the first cache line, all a decision needs), and where
 /// its listing intervals and rule lists are (the line beside it, which the processor fetches
 /// along).
+///
+/// `repr(C)` keeps the fields in this order, so the first line holds all a decision reads.
 #[derive(Clone, Default)]
-#[repr(align(128))]
+#[repr(C, align(128))]
 struct Hot {
     mask: [u64; 4],
-    intervals: Option<Arc<[u64]>>,
+    decision: Option<Arc<[u64]>>,
     counts: intervals::Counts,
-    listed: Option<Arc<[u64]>>,
-    listings: Option<Arc<[Option<Arc<RuleRef>>]>>,
+    /// Present exactly when `decision` is.
+    listing: Option<Listing>,
+}
+
+// The decision's part of `Hot` must stay within its first cache line.
+const _: () = assert!(std::mem::offset_of!(Hot, counts) + size_of::<intervals::Counts>() <= 64);
+
+#[derive(Clone)]
+struct Listing {
+    intervals: Arc<[u64]>,
+    /// Each prefix's rules and its ancestors', one list after the other, each ended by `None`.
+    rule_lists: Arc<[Option<Arc<RuleRef>>]>,
 }
 
 /// Buckets per chunk: the unit a change copies. Small enough that a batch of scattered
@@ -394,8 +399,8 @@ impl<A: Addr> Table<A> {
         let Some(hot) = self.hot(addr) else {
             return Span::EMPTY;
         };
-        match hot.intervals.as_deref() {
-            Some(intervals) => intervals::span::<A>(intervals, hot.counts, addr.key()),
+        match hot.decision.as_deref() {
+            Some(decision) => intervals::span::<A>(decision, hot.counts, addr.key()),
             None => Span::EMPTY,
         }
     }
@@ -406,13 +411,14 @@ impl<A: Addr> Table<A> {
         let Some(hot) = self.hot(addr) else {
             return Vec::new();
         };
-        let (Some(listed), Some(listings)) = (&hot.listed, &hot.listings) else {
+        let Some(listing) = &hot.listing else {
             return Vec::new();
         };
         // Start bringing in the rule lists while the intervals are searched.
-        std::hint::black_box(listings.first().is_some_and(Option::is_some));
-        let from = intervals::listing::<A>(listed, hot.counts, addr.key());
-        listings
+        std::hint::black_box(listing.rule_lists.first().is_some_and(Option::is_some));
+        let from = intervals::listing::<A>(&listing.intervals, hot.counts, addr.key());
+        listing
+            .rule_lists
             .get(from..)
             .unwrap_or_default()
             .iter()
@@ -448,14 +454,16 @@ impl<A: Addr> Table<A> {
                 continue;
             }
             let prefixes = Prefixes::of(&entries);
-            let (listings, listing_at) = prefixes.listings();
-            let (decided, listed, counts) = intervals::build(&prefixes, &listing_at, key);
+            let (rule_lists, list_at) = prefixes.rule_lists();
+            let (decision, listed, counts) = intervals::build(&prefixes, &list_at, key);
             chunk.hot[slot] = Hot {
                 mask: prefixes.mask(),
-                intervals: Some(decided),
+                decision: Some(decision),
                 counts,
-                listed: Some(listed),
-                listings: Some(listings.into()),
+                listing: Some(Listing {
+                    intervals: listed,
+                    rule_lists: rule_lists.into(),
+                }),
             };
             chunk.cold[slot] = Some(entries.into());
         }
@@ -523,11 +531,13 @@ impl<A: Addr> Table<A> {
         for chunk in self.chunks.iter().flatten() {
             stats.hot += size_of::<Chunk<A>>() + counts;
             for (hot, cold) in chunk.hot.iter().zip(&chunk.cold) {
-                for words in [&hot.intervals, &hot.listed].into_iter().flatten() {
-                    stats.intervals += size_of_val::<[u64]>(words) + counts;
+                if let Some(decision) = &hot.decision {
+                    stats.intervals += size_of_val::<[u64]>(decision) + counts;
                 }
-                if let Some(listings) = &hot.listings {
-                    stats.listings += size_of_val::<[Option<Arc<RuleRef>>]>(listings) + counts;
+                if let Some(listing) = &hot.listing {
+                    stats.intervals += size_of_val::<[u64]>(&listing.intervals) + counts;
+                    stats.listings +=
+                        size_of_val::<[Option<Arc<RuleRef>>]>(&listing.rule_lists) + counts;
                 }
                 if let Some(entries) = cold {
                     stats.entries += size_of_val::<[Entry<A>]>(entries) + counts;
@@ -639,10 +649,10 @@ mod intervals {
         }
     }
 
-    /// `listing_at[node]`: where the list of each prefix begins.
+    /// `list_at[node]`: where the list of each prefix begins.
     pub fn build<A: Addr>(
         prefixes: &Prefixes<'_, A>,
-        listing_at: &[u32],
+        list_at: &[u32],
         bucket_key: u16,
     ) -> (Arc<[u64]>, Arc<[u64]>, Counts) {
         let low = A::bucket_start(bucket_key);
@@ -675,7 +685,7 @@ mod intervals {
                 keys.push(start.key());
                 numbers.push(number);
             }
-            let listing = deepest.map_or(0, |node| listing_at[node]);
+            let listing = deepest.map_or(0, |node| list_at[node]);
             if listings.last() != Some(&listing) {
                 listed_keys.push(start.key());
                 listings.push(listing);
