@@ -70,7 +70,7 @@ fn parse_row(
     if want.asn {
         let asn = parse_asn(value).ok_or_else(|| CsvProblem::BadAsn(quote(value)))?;
         if asn != 0 {
-            source.push_asn(family, row(start, end, rank, asn));
+            source.push_asn(family, Row::new(start, end, rank, asn));
         }
     } else if want.country {
         let code = <[u8; 2]>::try_from(value)
@@ -79,19 +79,10 @@ fn parse_row(
             .ok_or_else(|| CsvProblem::BadCountry(quote(value)))?;
         let country = source.countries.intern(code);
         if country != 0 {
-            source.push_country(family, row(start, end, rank, country));
+            source.push_country(family, Row::new(start, end, rank, country));
         }
     }
     Ok(())
-}
-
-fn row<V>(start: u128, end: u128, rank: u32, value: V) -> Row<V> {
-    Row {
-        start,
-        end,
-        rank,
-        value,
-    }
 }
 
 fn parse_ip(field: &[u8]) -> Result<IpAddr, CsvProblem> {

@@ -74,24 +74,15 @@ pub(crate) fn read(path: &Path, bytes: Vec<u8>, want: Want) -> Result<Source, Ge
             rank,
             |family, start, end, rank| {
                 if asn != 0 {
-                    source.push_asn(family, row(start, end, rank, asn));
+                    source.push_asn(family, Row::new(start, end, rank, asn));
                 }
                 if country != 0 {
-                    source.push_country(family, row(start, end, rank, country));
+                    source.push_country(family, Row::new(start, end, rank, country));
                 }
             },
         );
     }
     Ok(source)
-}
-
-fn row<V>(start: u128, end: u128, rank: u32, value: V) -> Row<V> {
-    Row {
-        start,
-        end,
-        rank,
-        value,
-    }
 }
 
 /// Where a network of the tree belongs: IPv4 networks (also those the tree keeps in an IPv4

@@ -51,6 +51,17 @@ pub(crate) struct Row<V> {
     pub value: V,
 }
 
+impl<V> Row<V> {
+    pub(crate) fn new(start: u128, end: u128, rank: u32, value: V) -> Self {
+        Row {
+            start,
+            end,
+            rank,
+            value,
+        }
+    }
+}
+
 /// A disjoint range in the output of [`overlay`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Seg<V> {
