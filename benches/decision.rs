@@ -109,6 +109,17 @@ fn bench(c: &mut Criterion) {
     let mut rng = StdRng::seed_from_u64(7);
     let (rules, hits) = rule_set(&geo, &mut rng);
     let rule_count = rules.len();
+    let networks: usize = {
+        let data = geo.current();
+        rules
+            .iter()
+            .map(|rule| match rule.target {
+                Target::Ip(_) => 1,
+                Target::Asn(asn) => data.asn_networks(asn).len(),
+                Target::Country(code) => data.country_networks(code).len(),
+            })
+            .sum()
+    };
 
     let started = Instant::now();
     let index = Index::new(geo.current().clone());
@@ -118,9 +129,10 @@ fn bench(c: &mut Criterion) {
     let t = stats.tables;
     let per_prefix = |bytes: usize| bytes as f64 / stats.prefixes as f64;
     eprintln!(
-        "index: {rule_count} rules -> {} stored prefixes (ASN and country rules expanded), built in {:.2} s\n\
-         tables {:.1} MB = {:.0} B/prefix (chunks {:.0}, decision and listing intervals {:.0}, \
-         rule lists {:.0}, entries {:.0}); rule records {:.1} MB = {:.0} B/prefix; \
+        "index: {rule_count} rules -> {networks} prefixes (ASN and country rules expanded), \
+         {} stored (a prefix shorter than /16 once per /16), built in {:.2} s\n\
+         tables {:.1} MB = {:.0} B/prefix (chunks {:.0}, decision intervals {:.0}, \
+         prefixes {:.0}, rule lists {:.0}); rule records {:.1} MB = {:.0} B/prefix; \
          together {:.0} B/prefix",
         stats.prefixes,
         build.as_secs_f64(),
@@ -128,8 +140,8 @@ fn bench(c: &mut Criterion) {
         per_prefix(stats.table_bytes),
         per_prefix(t.hot),
         per_prefix(t.intervals),
-        per_prefix(t.listings),
-        per_prefix(t.entries),
+        per_prefix(t.nodes),
+        per_prefix(t.rule_lists),
         stats.rule_bytes as f64 / 1e6,
         per_prefix(stats.rule_bytes),
         per_prefix(stats.table_bytes + stats.rule_bytes),

@@ -339,7 +339,7 @@ impl Index {
             .sum();
         IndexStats {
             prefixes: tables.prefixes,
-            table_bytes: tables.hot + tables.intervals + tables.listings + tables.entries,
+            table_bytes: tables.hot + tables.intervals + tables.nodes + tables.rule_lists,
             rule_bytes,
             tables,
         }

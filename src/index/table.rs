@@ -1,18 +1,19 @@
 //! A prefix table for one address family, built for "is any active rule covering this address?"
 //!
 //! The address space is cut into 65,536 buckets by the top 16 bits, grouped in chunks of
-//! consecutive buckets. Each bucket is kept three ways:
+//! consecutive buckets. Each bucket is kept two ways:
 //!
 //! - for decisions, as disjoint intervals, each with the latest expiry of any block and any
 //!   allow rule covering it, in one small allocation (see [`intervals`]): a decision is a binary
 //!   search over a few dozen bytes and two comparisons with "now". Next to the pointer sits a
 //!   256-bit mask of the third-byte blocks (a /24 in IPv4) the bucket touches: most addresses
 //!   are under no rule at all and are answered from the mask alone;
-//! - for listings, as finer intervals, each pointing at the rule list of the deepest prefix
-//!   covering it: that prefix's rules and its ancestors' (the prefixes form a laminar family:
-//!   two are nested or disjoint), compiled in the order a listing shows them;
-//! - for changes, as its entries (prefix and rule) sorted, from which the other two are
-//!   compiled again when the bucket changes.
+//! - for listings and changes, as its distinct prefixes (see [`nodes`]): sorted first addresses,
+//!   lengths and parent links in one allocation, and each prefix's own rules, one run after the
+//!   other, in another. The prefixes form a laminar family (two are nested or disjoint), so the
+//!   prefixes covering an address are the deepest one and its ancestors. Both allocations are
+//!   small and are fetched together, so walking them costs about one read from memory. A change
+//!   reads a bucket's entries back from them and compiles the bucket again.
 //!
 //! A table is an immutable value: a change builds a new one sharing every untouched chunk, and
 //! the index publishes it with one atomic pointer swap, so readers never wait and see all of a
@@ -48,6 +49,9 @@ pub trait Addr: Copy + Ord + Eq + Hash + Debug + Send + Sync + 'static {
 
     /// The first address of a bucket.
     fn bucket_start(key: u16) -> Self;
+
+    /// The address at `key` inside bucket `bucket`.
+    fn from_parts(bucket: u16, key: Self::Key) -> Self;
 }
 
 impl Addr for u32 {
@@ -83,6 +87,10 @@ impl Addr for u32 {
 
     fn bucket_start(key: u16) -> Self {
         u32::from(key) << 16
+    }
+
+    fn from_parts(bucket: u16, key: u16) -> Self {
+        Self::bucket_start(bucket) | u32::from(key)
     }
 }
 
@@ -121,6 +129,10 @@ impl Addr for u128 {
 
     fn bucket_start(key: u16) -> Self {
         u128::from(key) << 112
+    }
+
+    fn from_parts(bucket: u16, key: [u64; 2]) -> Self {
+        Self::bucket_start(bucket) | (u128::from(key[0]) << 64) | u128::from(key[1])
     }
 }
 
@@ -190,9 +202,8 @@ struct Node {
     /// Expiries over the prefix and all its ancestors.
     chain: Span,
     parent: u32,
-    /// This prefix's rules are `entries[rules_from..rules_to]`.
+    /// This prefix's rules begin at `entries[rules_from]` and end where the next prefix's do.
     rules_from: usize,
-    rules_to: usize,
     len: u8,
 }
 
@@ -240,7 +251,6 @@ impl<'a, A: Addr> Prefixes<'a, A> {
                 chain: own.widen(inherited),
                 parent,
                 rules_from,
-                rules_to: i,
                 len,
             });
         }
@@ -284,41 +294,11 @@ impl<'a, A: Addr> Prefixes<'a, A> {
         }
         mask
     }
-
-    /// For each prefix, the rules of it and its ancestors as a listing shows them (IP ranges
-    /// deepest first, then ASN, then country), each list ended by `None`; and where each
-    /// prefix's list begins. Position 0 is an empty list, for addresses under no prefix.
-    fn rule_lists(&self) -> (Vec<Option<Arc<RuleRef>>>, Vec<u32>) {
-        let mut lists: Vec<Option<Arc<RuleRef>>> = vec![None];
-        let mut at = Vec::with_capacity(self.nodes.len());
-        let mut chain: Vec<Arc<RuleRef>> = Vec::new();
-        for node in &self.nodes {
-            chain.clear();
-            let mut n = node;
-            loop {
-                chain.extend(
-                    self.entries[n.rules_from..n.rules_to]
-                        .iter()
-                        .map(|e| e.rule.clone()),
-                );
-                if n.parent == NO_PARENT {
-                    break;
-                }
-                n = &self.nodes[n.parent as usize];
-            }
-            chain.sort_by_key(|r| r.target.kind());
-            at.push(lists.len() as u32);
-            lists.extend(chain.drain(..).map(Some));
-            lists.push(None);
-        }
-        (lists, at)
-    }
 }
 
-/// What a look-up reads of one bucket before its intervals: which third-byte blocks it touches
-/// and where its decision intervals are (the first cache line, all a decision needs), and where
-/// its listing intervals and rule lists are (the line beside it, which the processor fetches
-/// along).
+/// What a look-up reads of one bucket first: which third-byte blocks it touches and where its
+/// decision intervals are (the first cache line, all a decision needs), and where its prefixes
+/// are (the line beside it, which the processor fetches along).
 ///
 /// `repr(C)` keeps the fields in this order, so the first line holds all a decision reads.
 #[derive(Clone, Default)]
@@ -327,6 +307,8 @@ struct Hot {
     mask: [u64; 4],
     decision: Option<Arc<[u64]>>,
     counts: intervals::Counts,
+    /// How many distinct prefixes `listing` holds.
+    prefixes: u32,
     /// Present exactly when `decision` is.
     listing: Option<Listing>,
 }
@@ -334,11 +316,14 @@ struct Hot {
 // The decision's part of `Hot` must stay within its first cache line.
 const _: () = assert!(std::mem::offset_of!(Hot, counts) + size_of::<intervals::Counts>() <= 64);
 
+/// A bucket's distinct prefixes and their rules.
 #[derive(Clone)]
 struct Listing {
-    intervals: Arc<[u64]>,
-    /// Each prefix's rules and its ancestors', one list after the other, each ended by `None`.
-    rule_lists: Arc<[Option<Arc<RuleRef>>]>,
+    /// Sorted first addresses, lengths, parents and where each prefix's rules begin: see
+    /// [`nodes`].
+    nodes: Arc<[u64]>,
+    /// Each prefix's own rules, sorted by id, one run after the other in prefix order.
+    rules: Arc<[Arc<RuleRef>]>,
 }
 
 /// Buckets per chunk: the unit a change copies. Small enough that a batch of scattered
@@ -348,17 +333,14 @@ const CHUNK: usize = 64;
 
 /// [`CHUNK`] consecutive buckets.
 #[derive(Clone)]
-struct Chunk<A> {
+struct Chunk {
     hot: [Hot; CHUNK],
-    /// Each bucket's entries sorted by (start, length, rule), for the next change.
-    cold: [Option<Arc<[Entry<A>]>>; CHUNK],
 }
 
-impl<A> Default for Chunk<A> {
+impl Default for Chunk {
     fn default() -> Self {
         Self {
             hot: std::array::from_fn(|_| Hot::default()),
-            cold: std::array::from_fn(|_| None),
         }
     }
 }
@@ -366,15 +348,25 @@ impl<A> Default for Chunk<A> {
 /// One family's prefix table: an immutable value. A change makes a new table that shares every
 /// chunk it does not touch with the old one, so publishing a change is one pointer swap above
 /// (the index's generation) and readers never wait.
-#[derive(Clone)]
 pub struct Table<A> {
-    chunks: Box<[Option<Arc<Chunk<A>>>]>,
+    chunks: Box<[Option<Arc<Chunk>>]>,
+    family: std::marker::PhantomData<A>,
+}
+
+impl<A> Clone for Table<A> {
+    fn clone(&self) -> Self {
+        Self {
+            chunks: self.chunks.clone(),
+            family: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<A: Addr> Default for Table<A> {
     fn default() -> Self {
         Self {
             chunks: (0..(1 << 16) / CHUNK).map(|_| None).collect(),
+            family: std::marker::PhantomData,
         }
     }
 }
@@ -384,8 +376,26 @@ fn touches(mask: &[u64; 4], addr: impl Addr) -> bool {
     mask[usize::from(b >> 6)] & (1 << (b & 63)) != 0
 }
 
+/// Reads one value from each cache line of the first `limit` bytes of `items`, so that the
+/// processor loads those lines in parallel instead of one after another as a search reaches
+/// them. `word` turns an item into a value the compiler cannot skip reading.
+#[inline]
+fn touch<T>(items: &[T], limit: usize, word: impl Fn(&T) -> usize) {
+    let step = (64 / size_of::<T>().max(1)).max(1);
+    let count = items.len().min(limit / size_of::<T>().max(1));
+    let mut sum = 0usize;
+    for item in items[..count].iter().step_by(step) {
+        sum = sum.wrapping_add(word(item));
+    }
+    std::hint::black_box(sum);
+}
+
+/// How much of a bucket's prefixes a listing fetches at once: all of a typical bucket (a few
+/// dozen prefixes), and the first part of a crowded one.
+const PREFETCH_BYTES: usize = 512;
+
 impl<A: Addr> Table<A> {
-    /// The bucket's decision data, unless the mask already says no prefix is near `addr`.
+    /// The bucket's data, unless the mask already says no prefix is near `addr`.
     #[inline]
     fn hot(&self, addr: A) -> Option<&Hot> {
         let key = bucket_key(addr);
@@ -405,8 +415,9 @@ impl<A: Addr> Table<A> {
         }
     }
 
-    /// The active rules covering `addr`, as a listing shows them. The decision follows from
-    /// them, so a listing does not search the decision intervals as well.
+    /// The active rules covering `addr`, as a listing shows them: IP ranges deepest first, then
+    /// ASN, then country. The decision follows from them, so a listing does not search the
+    /// decision intervals as well.
     pub fn matches(&self, addr: A, now: UnixMillis) -> Vec<Arc<RuleRef>> {
         let Some(hot) = self.hot(addr) else {
             return Vec::new();
@@ -414,18 +425,51 @@ impl<A: Addr> Table<A> {
         let Some(listing) = &hot.listing else {
             return Vec::new();
         };
-        // Start bringing in the rule lists while the intervals are searched.
-        std::hint::black_box(listing.rule_lists.first().is_some_and(Option::is_some));
-        let from = intervals::listing::<A>(&listing.intervals, hot.counts, addr.key());
-        listing
-            .rule_lists
-            .get(from..)
-            .unwrap_or_default()
-            .iter()
-            .map_while(Option::as_ref)
-            .filter(|rule| rule.is_active_at(now))
-            .cloned()
-            .collect()
+        // Both allocations at once: the search below then waits for memory about once.
+        touch(&listing.nodes, PREFETCH_BYTES, |word| *word as usize);
+        touch(&listing.rules, PREFETCH_BYTES, |rule| {
+            Arc::as_ptr(rule) as usize
+        });
+        let nodes = nodes::View::<A>::of(&listing.nodes, hot.prefixes);
+        let mut found = Vec::new();
+        let mut node = nodes.deepest(addr);
+        while let Some(n) = node {
+            found.extend(
+                listing.rules[nodes.rules(n)]
+                    .iter()
+                    .filter(|rule| rule.is_active_at(now))
+                    .cloned(),
+            );
+            node = nodes.parent(n);
+        }
+        // Stable: IP ranges keep their deepest-first order.
+        found.sort_by_key(|rule| rule.target.kind());
+        found
+    }
+
+    /// The entries of a bucket, sorted by (start, length, rule id), read back from its prefixes.
+    fn entries(&self, key: u16) -> Vec<Entry<A>> {
+        let Some(listing) = self.chunks[usize::from(key) / CHUNK]
+            .as_deref()
+            .and_then(|chunk| {
+                let hot = &chunk.hot[usize::from(key) % CHUNK];
+                Some((hot.listing.as_ref()?, hot.prefixes))
+            })
+        else {
+            return Vec::new();
+        };
+        let (listing, count) = listing;
+        let nodes = nodes::View::<A>::of(&listing.nodes, count);
+        let mut entries = Vec::with_capacity(listing.rules.len());
+        for n in 0..count as usize {
+            let (start, len) = nodes.prefix(key, n);
+            entries.extend(listing.rules[nodes.rules(n)].iter().map(|rule| Entry {
+                start,
+                len,
+                rule: rule.clone(),
+            }));
+        }
+        entries
     }
 
     /// A table with the given buckets replaced. `edit` receives the bucket's current entries
@@ -437,35 +481,29 @@ impl<A: Addr> Table<A> {
     ) -> Self {
         let mut table = self.clone();
         for key in keys {
+            let mut entries = edit(key, self.entries(key));
+            entries.sort_by_key(|e| (e.start, e.len, e.rule.id));
             // Copies a shared chunk on its first change only: afterwards this table owns it.
             let chunk = Arc::make_mut(
                 table.chunks[usize::from(key) / CHUNK].get_or_insert_with(Default::default),
             );
             let slot = usize::from(key) % CHUNK;
-            let current = chunk.cold[slot]
-                .as_deref()
-                .map(<[Entry<A>]>::to_vec)
-                .unwrap_or_default();
-            let mut entries = edit(key, current);
-            entries.sort_by_key(|e| (e.start, e.len, e.rule.id));
             if entries.is_empty() {
                 chunk.hot[slot] = Hot::default();
-                chunk.cold[slot] = None;
                 continue;
             }
             let prefixes = Prefixes::of(&entries);
-            let (rule_lists, list_at) = prefixes.rule_lists();
-            let (decision, listed, counts) = intervals::build(&prefixes, &list_at, key);
+            let (decision, counts) = intervals::build(&prefixes, key);
             chunk.hot[slot] = Hot {
                 mask: prefixes.mask(),
                 decision: Some(decision),
                 counts,
+                prefixes: prefixes.nodes.len() as u32,
                 listing: Some(Listing {
-                    intervals: listed,
-                    rule_lists: rule_lists.into(),
+                    nodes: nodes::build(&prefixes, key),
+                    rules: entries.into_iter().map(|e| e.rule).collect(),
                 }),
             };
-            chunk.cold[slot] = Some(entries.into());
         }
         table
     }
@@ -523,32 +561,25 @@ impl<A: Addr> Table<A> {
         rules: &mut std::collections::HashMap<*const RuleRef, usize>,
     ) -> TableStats {
         let mut stats = TableStats {
-            hot: self.chunks.len() * size_of::<Option<Arc<Chunk<A>>>>(),
+            hot: self.chunks.len() * size_of::<Option<Arc<Chunk>>>(),
             ..TableStats::default()
         };
         // Reference counts in front of every shared allocation.
         let counts = 2 * size_of::<usize>();
         for chunk in self.chunks.iter().flatten() {
-            stats.hot += size_of::<Chunk<A>>() + counts;
-            for (hot, cold) in chunk.hot.iter().zip(&chunk.cold) {
+            stats.hot += size_of::<Chunk>() + counts;
+            for hot in &chunk.hot {
                 if let Some(decision) = &hot.decision {
                     stats.intervals += size_of_val::<[u64]>(decision) + counts;
                 }
                 if let Some(listing) = &hot.listing {
-                    stats.intervals += size_of_val::<[u64]>(&listing.intervals) + counts;
-                    stats.listings +=
-                        size_of_val::<[Option<Arc<RuleRef>>]>(&listing.rule_lists) + counts;
-                }
-                if let Some(entries) = cold {
-                    stats.entries += size_of_val::<[Entry<A>]>(entries) + counts;
-                    stats.prefixes += 1 + entries
-                        .windows(2)
-                        .filter(|w| (w[0].start, w[0].len) != (w[1].start, w[1].len))
-                        .count();
-                    for entry in entries.iter() {
+                    stats.prefixes += hot.prefixes as usize;
+                    stats.nodes += size_of_val::<[u64]>(&listing.nodes) + counts;
+                    stats.rule_lists += size_of_val::<[Arc<RuleRef>]>(&listing.rules) + counts;
+                    for rule in listing.rules.iter() {
                         // A name is its own allocation, with its reference counts.
-                        let name = entry.rule.name.as_ref().map_or(0, |n| n.len() + 16);
-                        rules.insert(Arc::as_ptr(&entry.rule), name);
+                        let name = rule.name.as_ref().map_or(0, |n| n.len() + 16);
+                        rules.insert(Arc::as_ptr(rule), name);
                     }
                 }
             }
@@ -563,10 +594,12 @@ pub struct TableStats {
     pub prefixes: usize,
     /// Chunks: masks and pointers.
     pub hot: usize,
+    /// Decision intervals.
     pub intervals: usize,
-    pub listings: usize,
-    /// Entries kept for the next change.
-    pub entries: usize,
+    /// Prefixes: first addresses, lengths, parents, where their rules begin.
+    pub nodes: usize,
+    /// Each prefix's rules (pointers to the shared rule records).
+    pub rule_lists: usize,
 }
 
 impl std::ops::AddAssign for TableStats {
@@ -574,87 +607,65 @@ impl std::ops::AddAssign for TableStats {
         self.prefixes += other.prefixes;
         self.hot += other.hot;
         self.intervals += other.intervals;
-        self.listings += other.listings;
-        self.entries += other.entries;
+        self.nodes += other.nodes;
+        self.rule_lists += other.rule_lists;
     }
 }
 
-/// A bucket as disjoint intervals, in two allocations of 64-bit words, each read as one short
-/// run of memory:
+fn words_for<T>(count: usize) -> usize {
+    (count * size_of::<T>()).div_ceil(size_of::<u64>())
+}
+
+fn fill<T: bytemuck::Pod>(words: &mut [u64], values: &[T]) {
+    bytemuck::cast_slice_mut::<u64, T>(words)[..values.len()].copy_from_slice(values);
+}
+
+/// The coarsest disjoint intervals of a bucket for decisions, in one allocation of 64-bit words
+/// read as one short run of memory: neighbours with the same expiries are merged, so a bucket
+/// whose rules were loaded together (one expiry) is a handful of intervals. The first addresses
+/// of the intervals, as positions inside the bucket ([`Addr::Key`]), ascending, the first one
+/// 0; the number of each one's span (`u32`); the distinct spans, two words each.
 ///
-/// - for decisions, the coarsest intervals: neighbours with the same expiries are merged, so a
-///   bucket whose rules were loaded together (one expiry) is a handful of intervals. The first
-///   addresses of the intervals, as positions inside the bucket ([`Addr::Key`]), ascending, the
-///   first one 0; the number of each one's span (`u32`); the distinct spans, two words each.
-///   Kept apart from the rest so that the decision data of all buckets is small and dense;
-/// - for listings, one interval per distinct set of covering prefixes: first addresses, then
-///   where each one's rule list begins in the bucket's listings (`u32`).
-///
-/// The section sizes ([`Counts`]) live beside the pointers, so no read waits for a header.
+/// The section sizes ([`Counts`]) live beside the pointer, so no read waits for a header.
 mod intervals {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    use super::{Addr, Prefixes, Span};
-
-    fn words_for<T>(count: usize) -> usize {
-        (count * size_of::<T>()).div_ceil(size_of::<u64>())
-    }
+    use super::{Addr, Prefixes, Span, fill, words_for};
 
     #[derive(Debug, Clone, Copy, Default)]
     pub struct Counts {
         decided: u32,
         spans: u32,
-        listed: u32,
     }
 
     /// Where each section begins, in words.
     struct Layout {
         n: usize,
-        listed: usize,
         keys: usize,
         numbers: usize,
         spans: usize,
-        decided_end: usize,
-        listed_keys: usize,
-        listings: usize,
         end: usize,
     }
 
     impl Layout {
         #[inline]
         fn of<A: Addr>(counts: Counts) -> Self {
-            let (n, m, listed) = (
-                counts.decided as usize,
-                counts.spans as usize,
-                counts.listed as usize,
-            );
+            let (n, m) = (counts.decided as usize, counts.spans as usize);
             let keys = 0;
             let numbers = keys + words_for::<A::Key>(n);
             let spans = numbers + words_for::<u32>(n);
-            let decided_end = spans + 2 * m;
-            let listed_keys = 0;
-            let listings = listed_keys + words_for::<A::Key>(listed);
             Self {
                 n,
-                listed,
                 keys,
                 numbers,
                 spans,
-                decided_end,
-                listed_keys,
-                listings,
-                end: listings + words_for::<u32>(listed),
+                end: spans + 2 * m,
             }
         }
     }
 
-    /// `list_at[node]`: where the list of each prefix begins.
-    pub fn build<A: Addr>(
-        prefixes: &Prefixes<'_, A>,
-        list_at: &[u32],
-        bucket_key: u16,
-    ) -> (Arc<[u64]>, Arc<[u64]>, Counts) {
+    pub fn build<A: Addr>(prefixes: &Prefixes<'_, A>, bucket_key: u16) -> (Arc<[u64]>, Counts) {
         let low = A::bucket_start(bucket_key);
         let high = low.broadcast(16);
         let mut starts = vec![low];
@@ -672,11 +683,10 @@ mod intervals {
         let mut numbers: Vec<u32> = Vec::new();
         let mut spans: Vec<Span> = Vec::new();
         let mut numbered: HashMap<Span, u32> = HashMap::new();
-        let mut listed_keys: Vec<A::Key> = Vec::with_capacity(starts.len());
-        let mut listings: Vec<u32> = Vec::with_capacity(starts.len());
         for start in starts {
-            let deepest = prefixes.deepest(start);
-            let span = deepest.map_or(Span::EMPTY, |node| prefixes.nodes[node].chain);
+            let span = prefixes
+                .deepest(start)
+                .map_or(Span::EMPTY, |node| prefixes.nodes[node].chain);
             let number = *numbered.entry(span).or_insert_with(|| {
                 spans.push(span);
                 spans.len() as u32 - 1
@@ -685,52 +695,32 @@ mod intervals {
                 keys.push(start.key());
                 numbers.push(number);
             }
-            let listing = deepest.map_or(0, |node| list_at[node]);
-            if listings.last() != Some(&listing) {
-                listed_keys.push(start.key());
-                listings.push(listing);
-            }
         }
 
         // Counts stay far below u32::MAX: a bucket holds at most a few million prefixes.
         let counts = Counts {
             decided: keys.len() as u32,
             spans: spans.len() as u32,
-            listed: listed_keys.len() as u32,
         };
         let layout = Layout::of::<A>(counts);
-        let mut words = vec![0u64; layout.decided_end];
-        let mut listed = vec![0u64; layout.end];
+        let mut words = vec![0u64; layout.end];
         fill(&mut words[layout.keys..layout.numbers], &keys);
         fill(&mut words[layout.numbers..layout.spans], &numbers);
         for (i, span) in spans.iter().enumerate() {
             words[layout.spans + 2 * i] = span.block_until as u64;
             words[layout.spans + 2 * i + 1] = span.allow_until as u64;
         }
-        fill(
-            &mut listed[layout.listed_keys..layout.listings],
-            &listed_keys,
-        );
-        fill(&mut listed[layout.listings..layout.end], &listings);
-        (words.into(), listed.into(), counts)
-    }
-
-    fn fill<T: bytemuck::Pod>(words: &mut [u64], values: &[T]) {
-        bytemuck::cast_slice_mut::<u64, T>(words)[..values.len()].copy_from_slice(values);
-    }
-
-    /// The interval of `keys` holding `key` (the first key is 0).
-    #[inline]
-    fn holding<K: Ord + bytemuck::Pod>(words: &[u64], count: usize, key: K) -> usize {
-        let keys = &bytemuck::cast_slice::<u64, K>(words)[..count];
-        keys.partition_point(|k| *k <= key).saturating_sub(1)
+        (words.into(), counts)
     }
 
     /// The expiries deciding the address at `key`.
     #[inline]
     pub fn span<A: Addr>(words: &[u64], counts: Counts, key: A::Key) -> Span {
         let layout = Layout::of::<A>(counts);
-        let interval = holding(&words[layout.keys..layout.numbers], layout.n, key);
+        let keys =
+            &bytemuck::cast_slice::<u64, A::Key>(&words[layout.keys..layout.numbers])[..layout.n];
+        // The first key is 0, so some interval holds every key.
+        let interval = keys.partition_point(|k| *k <= key).saturating_sub(1);
         let numbers = bytemuck::cast_slice::<u64, u32>(&words[layout.numbers..layout.spans]);
         let at = layout.spans + 2 * numbers[interval] as usize;
         Span {
@@ -738,16 +728,132 @@ mod intervals {
             allow_until: words[at + 1] as i64,
         }
     }
+}
 
-    /// Where the rule list of the address at `key` begins in the bucket's listings.
-    pub fn listing<A: Addr>(words: &[u64], counts: Counts, key: A::Key) -> usize {
-        let layout = Layout::of::<A>(counts);
-        let interval = holding(
-            &words[layout.listed_keys..layout.listings],
-            layout.listed,
-            key,
-        );
-        bytemuck::cast_slice::<u64, u32>(&words[layout.listings..layout.end])[interval] as usize
+/// A bucket's distinct prefixes, sorted by (first address, length), in one allocation of 64-bit
+/// words: their first addresses as positions inside the bucket ([`Addr::Key`]; 0 for prefixes
+/// that cover the whole bucket); their lengths (`u8`); their parents, the nearest enclosing
+/// prefix (`u32`); and where each one's own rules begin in the bucket's rule list (`u32`, one
+/// more than there are prefixes, so the last one is where the list ends).
+mod nodes {
+    use std::marker::PhantomData;
+    use std::ops::Range;
+    use std::sync::Arc;
+
+    use super::{Addr, NO_PARENT, Prefixes, fill, words_for};
+
+    struct Layout {
+        keys: usize,
+        lens: usize,
+        parents: usize,
+        rules_at: usize,
+        end: usize,
+    }
+
+    impl Layout {
+        #[inline]
+        fn of<A: Addr>(count: usize) -> Self {
+            let keys = 0;
+            let lens = keys + words_for::<A::Key>(count);
+            let parents = lens + words_for::<u8>(count);
+            let rules_at = parents + words_for::<u32>(count);
+            Self {
+                keys,
+                lens,
+                parents,
+                rules_at,
+                end: rules_at + words_for::<u32>(count + 1),
+            }
+        }
+    }
+
+    pub fn build<A: Addr>(prefixes: &Prefixes<'_, A>, bucket_key: u16) -> Arc<[u64]> {
+        let low = A::bucket_start(bucket_key);
+        let keys: Vec<A::Key> = prefixes
+            .starts
+            .iter()
+            .map(|s| (*s).max(low).key())
+            .collect();
+        let lens: Vec<u8> = prefixes.nodes.iter().map(|n| n.len).collect();
+        let parents: Vec<u32> = prefixes.nodes.iter().map(|n| n.parent).collect();
+        let rules_at: Vec<u32> = prefixes
+            .nodes
+            .iter()
+            .map(|n| n.rules_from as u32)
+            .chain([prefixes.entries.len() as u32])
+            .collect();
+        let layout = Layout::of::<A>(keys.len());
+        let mut words = vec![0u64; layout.end];
+        fill(&mut words[layout.keys..layout.lens], &keys);
+        fill(&mut words[layout.lens..layout.parents], &lens);
+        fill(&mut words[layout.parents..layout.rules_at], &parents);
+        fill(&mut words[layout.rules_at..layout.end], &rules_at);
+        words.into()
+    }
+
+    /// The sections of one bucket's prefixes.
+    pub struct View<'a, A: Addr> {
+        keys: &'a [A::Key],
+        lens: &'a [u8],
+        parents: &'a [u32],
+        rules_at: &'a [u32],
+        family: PhantomData<A>,
+    }
+
+    impl<'a, A: Addr> View<'a, A> {
+        #[inline]
+        pub fn of(words: &'a [u64], count: u32) -> Self {
+            let count = count as usize;
+            let layout = Layout::of::<A>(count);
+            let section = |from: usize, to: usize| &words[from..to];
+            Self {
+                keys: &bytemuck::cast_slice(section(layout.keys, layout.lens))[..count],
+                lens: &bytemuck::cast_slice(section(layout.lens, layout.parents))[..count],
+                parents: &bytemuck::cast_slice(section(layout.parents, layout.rules_at))[..count],
+                rules_at: &bytemuck::cast_slice(section(layout.rules_at, layout.end))[..=count],
+                family: PhantomData,
+            }
+        }
+
+        /// The deepest prefix containing `addr` (which lies in this bucket).
+        #[inline]
+        pub fn deepest(&self, addr: A) -> Option<usize> {
+            let key = addr.key();
+            // The deepest containing prefix, if any, is the last one starting at or before
+            // `addr`, or one of its ancestors.
+            let mut n = self.keys.partition_point(|k| *k <= key).checked_sub(1)?;
+            loop {
+                // A prefix of 16 bits or fewer covers the whole bucket; its key is 0, as
+                // `addr.network(len).key()` is.
+                if addr.network(self.lens[n]).key() == self.keys[n] {
+                    return Some(n);
+                }
+                n = self.parent(n)?;
+            }
+        }
+
+        #[inline]
+        pub fn parent(&self, n: usize) -> Option<usize> {
+            let parent = self.parents[n];
+            (parent != NO_PARENT).then_some(parent as usize)
+        }
+
+        /// Where prefix `n`'s own rules are in the bucket's rule list.
+        #[inline]
+        pub fn rules(&self, n: usize) -> Range<usize> {
+            self.rules_at[n] as usize..self.rules_at[n + 1] as usize
+        }
+
+        /// Prefix `n` of bucket `bucket` as (first address, length).
+        pub fn prefix(&self, bucket: u16, n: usize) -> (A, u8) {
+            let len = self.lens[n];
+            let start = if len < 16 {
+                A::bucket_start(bucket).network(len)
+            } else {
+                A::from_parts(bucket, self.keys[n])
+            };
+            (start, len)
+        }
     }
 }
 
