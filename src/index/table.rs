@@ -4,13 +4,14 @@
 //! consecutive buckets. Each bucket is kept two ways:
 //!
 //! - for decisions, as disjoint intervals, each with the latest expiry of any block and any
-//!   allow rule covering it, in one small allocation (see [`intervals`]): a decision is a binary
-//!   search over a few dozen bytes and two comparisons with "now". Next to the pointer sits a
-//!   256-bit mask of the third-byte blocks (a /24 in IPv4) the bucket touches: most addresses
-//!   are under no rule at all and are answered from the mask alone;
+//!   allow rule covering it (see [`intervals`]): a decision is a binary search over a few dozen
+//!   bytes and two comparisons with "now". Before that, two 256-bit masks of the bucket's
+//!   third-byte blocks (a /24 in IPv4) answer most addresses from the bucket's first record
+//!   alone: the blocks no prefix touches, and the blocks wholly inside one interval of block
+//!   rules with the bucket's most common expiry (a country or an ASN blocked for good, say);
 //! - for listings and changes, as its distinct prefixes (see [`nodes`]): sorted first addresses,
-//!   lengths and parent links in one allocation, and each prefix's own rules, one run after the
-//!   other, in another. The prefixes form a laminar family (two are nested or disjoint), so the
+//!   lengths and parent links (after the decision intervals, in the same allocation), and each
+//!   prefix's own rules, one run after the other, in another. The prefixes form a laminar family (two are nested or disjoint), so the
 //!   prefixes covering an address are the deepest one and its ancestors. Both allocations are
 //!   small and are fetched together, so walking them costs about one read from memory. A change
 //!   reads a bucket's entries back from them and compiles the bucket again.
@@ -52,6 +53,9 @@ pub trait Addr: Copy + Ord + Eq + Hash + Debug + Send + Sync + 'static {
 
     /// The address at `key` inside bucket `bucket`.
     fn from_parts(bucket: u16, key: Self::Key) -> Self;
+
+    /// The first address of third-byte block `block` of bucket `bucket` (a /24 in IPv4).
+    fn block_start(bucket: u16, block: u8) -> Self;
 }
 
 impl Addr for u32 {
@@ -91,6 +95,10 @@ impl Addr for u32 {
 
     fn from_parts(bucket: u16, key: u16) -> Self {
         Self::bucket_start(bucket) | u32::from(key)
+    }
+
+    fn block_start(bucket: u16, block: u8) -> Self {
+        Self::bucket_start(bucket) | (u32::from(block) << 8)
     }
 }
 
@@ -133,6 +141,10 @@ impl Addr for u128 {
 
     fn from_parts(bucket: u16, key: [u64; 2]) -> Self {
         Self::bucket_start(bucket) | (u128::from(key[0]) << 64) | u128::from(key[1])
+    }
+
+    fn block_start(bucket: u16, block: u8) -> Self {
+        Self::bucket_start(bucket) | (u128::from(block) << 104)
     }
 }
 
@@ -296,34 +308,38 @@ impl<'a, A: Addr> Prefixes<'a, A> {
     }
 }
 
-/// What a look-up reads of one bucket first: which third-byte blocks it touches and where its
-/// decision intervals are (the first cache line, all a decision needs), and where its prefixes
-/// are (the line beside it, which the processor fetches along).
+/// What a look-up reads of one bucket first, in one aligned pair of cache lines fetched
+/// together: which third-byte blocks (a /24 in IPv4) the bucket's prefixes touch, which of them
+/// lie wholly inside one decision interval of block rules ending at `common_until` (decided
+/// from this record alone), and where the rest is.
 ///
-/// `repr(C)` keeps the fields in this order, so the first line holds all a decision reads.
+/// `repr(C)` keeps the fields in this order.
 #[derive(Clone, Default)]
 #[repr(C, align(128))]
 struct Hot {
-    mask: [u64; 4],
-    decision: Option<Arc<[u64]>>,
+    touched: [u64; 4],
+    uniform: [u64; 4],
+    common_until: i64,
     counts: intervals::Counts,
-    /// How many distinct prefixes `listing` holds.
+    /// How many distinct prefixes `words` holds.
     prefixes: u32,
-    /// Present exactly when `decision` is.
-    listing: Option<Listing>,
+    /// The decision intervals (see [`intervals`]), then the prefixes (see [`nodes`]). `None`
+    /// for an empty bucket.
+    words: Option<Arc<[u64]>>,
+    /// Each prefix's own rules, sorted by id, one run after the other in prefix order.
+    rules: Option<Arc<[Arc<RuleRef>]>>,
 }
 
-// The decision's part of `Hot` must stay within its first cache line.
-const _: () = assert!(std::mem::offset_of!(Hot, counts) + size_of::<intervals::Counts>() <= 64);
+// One pair of cache lines: everything a decision reads arrives in one wait for memory.
+const _: () = assert!(size_of::<Hot>() == 128);
 
-/// A bucket's distinct prefixes and their rules.
-#[derive(Clone)]
-struct Listing {
-    /// Sorted first addresses, lengths, parents and where each prefix's rules begin: see
-    /// [`nodes`].
-    nodes: Arc<[u64]>,
-    /// Each prefix's own rules, sorted by id, one run after the other in prefix order.
-    rules: Arc<[Arc<RuleRef>]>,
+impl Hot {
+    /// The bucket's prefixes and their rules.
+    fn listing<A: Addr>(&self) -> Option<(nodes::View<'_, A>, &[Arc<RuleRef>])> {
+        let (words, rules) = (self.words.as_deref()?, self.rules.as_deref()?);
+        let prefixes = words.get(intervals::end::<A>(self.counts)..)?;
+        Some((nodes::View::of(prefixes, self.prefixes), rules))
+    }
 }
 
 /// Buckets per chunk: the unit a change copies. Small enough that a batch of scattered
@@ -401,7 +417,7 @@ impl<A: Addr> Table<A> {
         let key = bucket_key(addr);
         let chunk = self.chunks[usize::from(key) / CHUNK].as_deref()?;
         let hot = &chunk.hot[usize::from(key) % CHUNK];
-        touches(&hot.mask, addr).then_some(hot)
+        touches(&hot.touched, addr).then_some(hot)
     }
 
     /// Expiries deciding `addr`: the hot path.
@@ -409,8 +425,14 @@ impl<A: Addr> Table<A> {
         let Some(hot) = self.hot(addr) else {
             return Span::EMPTY;
         };
-        match hot.decision.as_deref() {
-            Some(decision) => intervals::span::<A>(decision, hot.counts, addr.key()),
+        if touches(&hot.uniform, addr) {
+            return Span {
+                block_until: hot.common_until,
+                allow_until: NONE,
+            };
+        }
+        match hot.words.as_deref() {
+            Some(words) => intervals::span::<A>(words, hot.counts, addr.key()),
             None => Span::EMPTY,
         }
     }
@@ -422,20 +444,17 @@ impl<A: Addr> Table<A> {
         let Some(hot) = self.hot(addr) else {
             return Vec::new();
         };
-        let Some(listing) = &hot.listing else {
+        let Some((nodes, rules)) = hot.listing::<A>() else {
             return Vec::new();
         };
         // Both allocations at once: the search below then waits for memory about once.
-        touch(&listing.nodes, PREFETCH_BYTES, |word| *word as usize);
-        touch(&listing.rules, PREFETCH_BYTES, |rule| {
-            Arc::as_ptr(rule) as usize
-        });
-        let nodes = nodes::View::<A>::of(&listing.nodes, hot.prefixes);
+        touch(nodes.words(), PREFETCH_BYTES, |word| *word as usize);
+        touch(rules, PREFETCH_BYTES, |rule| Arc::as_ptr(rule) as usize);
         let mut found = Vec::new();
         let mut node = nodes.deepest(addr);
         while let Some(n) = node {
             found.extend(
-                listing.rules[nodes.rules(n)]
+                rules[nodes.rules(n)]
                     .iter()
                     .filter(|rule| rule.is_active_at(now))
                     .cloned(),
@@ -449,21 +468,16 @@ impl<A: Addr> Table<A> {
 
     /// The entries of a bucket, sorted by (start, length, rule id), read back from its prefixes.
     fn entries(&self, key: u16) -> Vec<Entry<A>> {
-        let Some(listing) = self.chunks[usize::from(key) / CHUNK]
+        let Some((nodes, rules)) = self.chunks[usize::from(key) / CHUNK]
             .as_deref()
-            .and_then(|chunk| {
-                let hot = &chunk.hot[usize::from(key) % CHUNK];
-                Some((hot.listing.as_ref()?, hot.prefixes))
-            })
+            .and_then(|chunk| chunk.hot[usize::from(key) % CHUNK].listing::<A>())
         else {
             return Vec::new();
         };
-        let (listing, count) = listing;
-        let nodes = nodes::View::<A>::of(&listing.nodes, count);
-        let mut entries = Vec::with_capacity(listing.rules.len());
-        for n in 0..count as usize {
+        let mut entries = Vec::with_capacity(rules.len());
+        for n in 0..nodes.len() {
             let (start, len) = nodes.prefix(key, n);
-            entries.extend(listing.rules[nodes.rules(n)].iter().map(|rule| Entry {
+            entries.extend(rules[nodes.rules(n)].iter().map(|rule| Entry {
                 start,
                 len,
                 rule: rule.clone(),
@@ -493,16 +507,18 @@ impl<A: Addr> Table<A> {
                 continue;
             }
             let prefixes = Prefixes::of(&entries);
-            let (decision, counts) = intervals::build(&prefixes, key);
+            let touched = prefixes.mask();
+            let decision = intervals::build(&prefixes, key, &touched);
+            let mut words = decision.words;
+            words.extend(nodes::build(&prefixes, key));
             chunk.hot[slot] = Hot {
-                mask: prefixes.mask(),
-                decision: Some(decision),
-                counts,
+                touched,
+                uniform: decision.uniform,
+                common_until: decision.common_until,
+                counts: decision.counts,
                 prefixes: prefixes.nodes.len() as u32,
-                listing: Some(Listing {
-                    nodes: nodes::build(&prefixes, key),
-                    rules: entries.into_iter().map(|e| e.rule).collect(),
-                }),
+                words: Some(words.into()),
+                rules: Some(entries.into_iter().map(|e| e.rule).collect()),
             };
         }
         table
@@ -569,14 +585,13 @@ impl<A: Addr> Table<A> {
         for chunk in self.chunks.iter().flatten() {
             stats.hot += size_of::<Chunk>() + counts;
             for hot in &chunk.hot {
-                if let Some(decision) = &hot.decision {
-                    stats.intervals += size_of_val::<[u64]>(decision) + counts;
-                }
-                if let Some(listing) = &hot.listing {
+                if let (Some(words), Some(list)) = (&hot.words, &hot.rules) {
+                    let decision = intervals::end::<A>(hot.counts);
+                    stats.intervals += decision * size_of::<u64>() + counts;
+                    stats.nodes += (words.len() - decision) * size_of::<u64>();
                     stats.prefixes += hot.prefixes as usize;
-                    stats.nodes += size_of_val::<[u64]>(&listing.nodes) + counts;
-                    stats.rule_lists += size_of_val::<[Arc<RuleRef>]>(&listing.rules) + counts;
-                    for rule in listing.rules.iter() {
+                    stats.rule_lists += size_of_val::<[Arc<RuleRef>]>(list) + counts;
+                    for rule in list.iter() {
                         // A name is its own allocation, with its reference counts.
                         let name = rule.name.as_ref().map_or(0, |n| n.len() + 16);
                         rules.insert(Arc::as_ptr(rule), name);
@@ -629,9 +644,8 @@ fn fill<T: bytemuck::Pod>(words: &mut [u64], values: &[T]) {
 /// The section sizes ([`Counts`]) live beside the pointer, so no read waits for a header.
 mod intervals {
     use std::collections::HashMap;
-    use std::sync::Arc;
 
-    use super::{Addr, Prefixes, Span, fill, words_for};
+    use super::{Addr, NONE, Prefixes, Span, fill, words_for};
 
     #[derive(Debug, Clone, Copy, Default)]
     pub struct Counts {
@@ -665,7 +679,26 @@ mod intervals {
         }
     }
 
-    pub fn build<A: Addr>(prefixes: &Prefixes<'_, A>, bucket_key: u16) -> (Arc<[u64]>, Counts) {
+    /// Where the decision intervals end, in words.
+    #[inline]
+    pub fn end<A: Addr>(counts: Counts) -> usize {
+        Layout::of::<A>(counts).end
+    }
+
+    pub struct Decision {
+        pub words: Vec<u64>,
+        pub counts: Counts,
+        /// The `touched` blocks that lie wholly inside one interval of block rules only, all
+        /// ending at `common_until`, the most frequent such expiry.
+        pub uniform: [u64; 4],
+        pub common_until: i64,
+    }
+
+    pub fn build<A: Addr>(
+        prefixes: &Prefixes<'_, A>,
+        bucket_key: u16,
+        touched: &[u64; 4],
+    ) -> Decision {
         let low = A::bucket_start(bucket_key);
         let high = low.broadcast(16);
         let mut starts = vec![low];
@@ -710,7 +743,45 @@ mod intervals {
             words[layout.spans + 2 * i] = span.block_until as u64;
             words[layout.spans + 2 * i + 1] = span.allow_until as u64;
         }
-        (words.into(), counts)
+
+        // Blocks in address order, intervals followed along with them.
+        let mut whole: Vec<(u8, i64)> = Vec::new();
+        let mut interval = 0;
+        for block in (0..=255u8).filter(|b| touched[usize::from(b >> 6)] & (1 << (b & 63)) != 0) {
+            let first = A::block_start(bucket_key, block);
+            let (first_key, last_key) = (first.key(), first.broadcast(24).key());
+            while keys.get(interval + 1).is_some_and(|k| *k <= first_key) {
+                interval += 1;
+            }
+            if keys.get(interval + 1).is_some_and(|k| *k <= last_key) {
+                continue;
+            }
+            let span = spans[numbers[interval] as usize];
+            if span.allow_until == NONE && span.block_until != NONE {
+                whole.push((block, span.block_until));
+            }
+        }
+        let mut frequency: HashMap<i64, usize> = HashMap::new();
+        for (_, until) in &whole {
+            *frequency.entry(*until).or_default() += 1;
+        }
+        // Ties go to the later expiry, so the choice does not depend on hash order.
+        let common_until = frequency
+            .into_iter()
+            .max_by_key(|(until, count)| (*count, *until))
+            .map_or(NONE, |(until, _)| until);
+        let mut uniform = [0u64; 4];
+        for (block, until) in whole {
+            if until == common_until {
+                uniform[usize::from(block >> 6)] |= 1 << (block & 63);
+            }
+        }
+        Decision {
+            words,
+            counts,
+            uniform,
+            common_until,
+        }
     }
 
     /// The expiries deciding the address at `key`.
@@ -738,7 +809,6 @@ mod intervals {
 mod nodes {
     use std::marker::PhantomData;
     use std::ops::Range;
-    use std::sync::Arc;
 
     use super::{Addr, NO_PARENT, Prefixes, fill, words_for};
 
@@ -767,7 +837,7 @@ mod nodes {
         }
     }
 
-    pub fn build<A: Addr>(prefixes: &Prefixes<'_, A>, bucket_key: u16) -> Arc<[u64]> {
+    pub fn build<A: Addr>(prefixes: &Prefixes<'_, A>, bucket_key: u16) -> Vec<u64> {
         let low = A::bucket_start(bucket_key);
         let keys: Vec<A::Key> = prefixes
             .starts
@@ -788,11 +858,12 @@ mod nodes {
         fill(&mut words[layout.lens..layout.parents], &lens);
         fill(&mut words[layout.parents..layout.rules_at], &parents);
         fill(&mut words[layout.rules_at..layout.end], &rules_at);
-        words.into()
+        words
     }
 
     /// The sections of one bucket's prefixes.
     pub struct View<'a, A: Addr> {
+        words: &'a [u64],
         keys: &'a [A::Key],
         lens: &'a [u8],
         parents: &'a [u32],
@@ -807,12 +878,21 @@ mod nodes {
             let layout = Layout::of::<A>(count);
             let section = |from: usize, to: usize| &words[from..to];
             Self {
+                words,
                 keys: &bytemuck::cast_slice(section(layout.keys, layout.lens))[..count],
                 lens: &bytemuck::cast_slice(section(layout.lens, layout.parents))[..count],
                 parents: &bytemuck::cast_slice(section(layout.parents, layout.rules_at))[..count],
                 rules_at: &bytemuck::cast_slice(section(layout.rules_at, layout.end))[..=count],
                 family: PhantomData,
             }
+        }
+
+        pub fn words(&self) -> &'a [u64] {
+            self.words
+        }
+
+        pub fn len(&self) -> usize {
+            self.keys.len()
         }
 
         /// The deepest prefix containing `addr` (which lies in this bucket).

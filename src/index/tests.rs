@@ -158,6 +158,69 @@ fn expiry_counts_to_the_instant() {
     assert!(f.index.lookup(T1, ip, UnixMillis(NOW.0 + 10)).1.is_empty());
 }
 
+/// Whole /24 blocks under the bucket's most common expiry are decided from the bucket's masks;
+/// blocks with another expiry, an allow rule or a partial cover go through the intervals.
+#[test]
+fn whole_blocks_and_their_exceptions() {
+    let mut f = Fixture::new();
+    let until = |ms: i64| Some(NOW.0 + ms);
+    f.change(
+        T1,
+        1,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "10.1.0.0/22",
+        until(100),
+    );
+    f.change(
+        T1,
+        2,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "10.1.4.0/24",
+        until(5),
+    );
+    f.change(T1, 3, ChangeOp::Put, RuleAction::Allow, "10.1.2.0/24", None);
+    f.change(
+        T1,
+        4,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "10.1.5.128/25",
+        until(100),
+    );
+    f.change(
+        T1,
+        5,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "10.1.3.9",
+        until(200),
+    );
+    let at = |ms: i64| UnixMillis(NOW.0 + ms);
+    let blocked = |f: &Fixture, ip: &str, ms: i64| f.index.decide(T1, ip.parse().unwrap(), at(ms));
+    for (ip, ms, want) in [
+        ("10.1.0.1", 99, (true, false)),
+        ("10.1.1.255", 100, (false, false)),
+        ("10.1.2.7", 99, (false, true)),
+        ("10.1.3.8", 150, (false, false)),
+        ("10.1.3.9", 150, (true, false)),
+        ("10.1.4.200", 4, (true, false)),
+        ("10.1.4.200", 5, (false, false)),
+        ("10.1.5.127", 0, (false, false)),
+        ("10.1.5.128", 99, (true, false)),
+        ("10.1.6.0", 0, (false, false)),
+    ] {
+        let verdict = blocked(&f, ip, ms);
+        assert_eq!((verdict.blocked, verdict.allowed), want, "{ip} at +{ms} ms");
+        assert_eq!(
+            f.index.lookup(T1, ip.parse().unwrap(), at(ms)).0,
+            verdict,
+            "{ip}"
+        );
+    }
+}
+
 #[test]
 fn allow_beats_block_and_says_so() {
     let mut f = Fixture::new();
