@@ -748,13 +748,17 @@ mod intervals {
         let mut whole: Vec<(u8, i64)> = Vec::new();
         let mut interval = 0;
         for block in (0..=255u8).filter(|b| touched[usize::from(b >> 6)] & (1 << (b & 63)) != 0) {
-            let first = A::block_start(bucket_key, block);
-            let (first_key, last_key) = (first.key(), first.broadcast(24).key());
-            while keys.get(interval + 1).is_some_and(|k| *k <= first_key) {
-                interval += 1;
-            }
-            if keys.get(interval + 1).is_some_and(|k| *k <= last_key) {
-                continue;
+            // One interval (a bucket under one prefix, often a short one stored in many
+            // buckets) holds every block: no addresses to work out.
+            if keys.len() > 1 {
+                let first = A::block_start(bucket_key, block);
+                let (first_key, last_key) = (first.key(), first.broadcast(24).key());
+                while keys.get(interval + 1).is_some_and(|k| *k <= first_key) {
+                    interval += 1;
+                }
+                if keys.get(interval + 1).is_some_and(|k| *k <= last_key) {
+                    continue;
+                }
             }
             let span = spans[numbers[interval] as usize];
             if span.allow_until == NONE && span.block_until != NONE {
