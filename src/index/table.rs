@@ -11,8 +11,9 @@
 //!   rules with the bucket's most common expiry (a country or an ASN blocked for good, say);
 //! - for listings and changes, as its distinct prefixes (see [`nodes`]): sorted first addresses,
 //!   lengths and parent links (after the decision intervals, in the same allocation), and each
-//!   prefix's own rules, one run after the other, in another. The prefixes form a laminar family (two are nested or disjoint), so the
-//!   prefixes covering an address are the deepest one and its ancestors. Both allocations are
+//!   prefix's own rules, one run after the other, in another. The prefixes form a laminar
+//!   family (two are nested or disjoint), so the prefixes covering an address are the deepest
+//!   one and its ancestors. Both allocations are
 //!   small and are fetched together, so walking them costs about one read from memory. A change
 //!   reads a bucket's entries back from them and compiles the bucket again.
 //!
@@ -310,8 +311,8 @@ impl<'a, A: Addr> Prefixes<'a, A> {
 
 /// What a look-up reads of one bucket first, in one aligned pair of cache lines fetched
 /// together: which third-byte blocks (a /24 in IPv4) the bucket's prefixes touch, which of them
-/// lie wholly inside one decision interval of block rules ending at `common_until` (decided
-/// from this record alone), and where the rest is.
+/// lie wholly inside one decision interval covered by block rules only, whose latest expiry is
+/// `common_until` (decided from this record alone), and where the rest is.
 ///
 /// `repr(C)` keeps the fields in this order.
 #[derive(Clone, Default)]
@@ -330,7 +331,8 @@ struct Hot {
     rules: Option<Arc<[Arc<RuleRef>]>>,
 }
 
-// One pair of cache lines: everything a decision reads arrives in one wait for memory.
+// One pair of cache lines, read in one wait for memory: enough to decide an address under no
+// rule or in a `uniform` block; any other decision also reads the decision intervals.
 const _: () = assert!(size_of::<Hot>() == 128);
 
 impl Hot {
@@ -688,8 +690,8 @@ mod intervals {
     pub struct Decision {
         pub words: Vec<u64>,
         pub counts: Counts,
-        /// The `touched` blocks that lie wholly inside one interval of block rules only, all
-        /// ending at `common_until`, the most frequent such expiry.
+        /// The `touched` blocks that lie wholly inside one interval covered by block rules only,
+        /// whose latest expiry is `common_until`, the most frequent such expiry.
         pub uniform: [u64; 4],
         pub common_until: i64,
     }
