@@ -198,7 +198,8 @@ async fn check(ip: IpAddr, tenant: &str, config: &Config) -> anyhow::Result<()> 
         .map(|k| k.tenant_id)
         .with_context(|| format!("no tenant named {tenant:?}"))?;
     rebuild_index(&store, &index, &SystemClock, None).await?;
-    let answer = answer(&index, &geo, tenant_id, ip, SystemClock.now());
+    let view = index.view(tenant_id);
+    let answer = answer(&view, &geo, ip, SystemClock.now());
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }

@@ -2,7 +2,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
@@ -17,9 +16,9 @@ use super::auth::Caller;
 use super::error::{ApiError, Detail, ErrorBody};
 use super::{AppState, Params, RawBody};
 use crate::geo::Geo;
-use crate::index::{Index, RuleRef};
+use crate::index::{RuleRef, View};
 use crate::keys::Permission;
-use crate::rules::{Asn, CountryCode, Kind, RuleAction, TenantId, UnixMillis, normalize_ip};
+use crate::rules::{Asn, CountryCode, Kind, RuleAction, UnixMillis, normalize_ip};
 use crate::signal::BatchProblem;
 
 /// Most addresses one `POST /v1/check` may ask about.
@@ -43,10 +42,10 @@ pub struct MatchView {
 }
 
 /// A matching rule, rendered only when the answer is serialised.
-#[derive(Debug, Clone)]
-pub struct Match(pub Arc<RuleRef>);
+#[derive(Debug, Clone, Copy)]
+pub struct Match<'a>(pub &'a RuleRef);
 
-impl Serialize for Match {
+impl Serialize for Match<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let rule = &self.0;
@@ -62,9 +61,9 @@ impl Serialize for Match {
 }
 
 /// The decision for one address. Computing it is a table look-up and a geo look-up; the text
-/// of the JSON is only made when it is sent.
+/// of the JSON is only made when it is sent, from the rules the index's [`View`] lends.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CheckAnswer {
+pub struct CheckAnswer<'a> {
     /// The address as decided about (IPv4-mapped IPv6 shown as IPv4).
     #[schema(value_type = String, example = "192.0.2.7")]
     pub ip: IpAddr,
@@ -82,7 +81,7 @@ pub struct CheckAnswer {
     /// Every active rule covering the address (its range, its ASN, its country), most specific
     /// range first.
     #[schema(value_type = Vec<MatchView>)]
-    pub matches: Vec<Match>,
+    pub matches: Vec<Match<'a>>,
 }
 
 fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
@@ -96,18 +95,12 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
 }
 
 /// The full answer for one address: decision, geo data and matching rules.
-pub fn answer(
-    index: &Index,
-    geo: &Geo,
-    tenant: TenantId,
-    ip: IpAddr,
-    now: UnixMillis,
-) -> CheckAnswer {
+pub fn answer<'a>(view: &'a View, geo: &Geo, ip: IpAddr, now: UnixMillis) -> CheckAnswer<'a> {
     let ip = normalize_ip(ip);
     // Geo first: its reads are independent of the index's, so the processor overlaps the
     // index's first misses to memory with the geo look-up's last ones.
     let geo = geo.lookup(ip);
-    let (verdict, rules) = index.lookup(tenant, ip, now);
+    let (verdict, rules) = view.lookup(ip, now);
     CheckAnswer {
         ip,
         blocked: verdict.blocked,
@@ -142,7 +135,7 @@ pub async fn check_one(
     State(app): State<AppState>,
     caller: Caller,
     Params(params): Params,
-) -> Result<Json<CheckAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let principal = caller.require(Permission::ReadRules)?;
     let mut ip = None;
     for (key, value) in &params {
@@ -166,13 +159,8 @@ pub async fn check_one(
         }
     }
     let ip = ip.ok_or_else(|| ApiError::invalid("ip", "is required", Value::Null))?;
-    Ok(Json(answer(
-        &app.index,
-        &app.geo,
-        principal.tenant_id,
-        ip,
-        app.clock.now(),
-    )))
+    let view = app.index.view(principal.tenant_id);
+    Ok(Json(answer(&view, &app.geo, ip, app.clock.now())).into_response())
 }
 
 /// Body of `POST /v1/check`.
@@ -185,9 +173,9 @@ pub struct CheckBatch {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CheckResults {
+pub struct CheckResults<'a> {
     /// One answer per address, in the order asked.
-    pub results: Vec<CheckAnswer>,
+    pub results: Vec<CheckAnswer<'a>>,
 }
 
 /// Decisions for many addresses at once.
@@ -203,15 +191,17 @@ pub async fn check_many(
     State(app): State<AppState>,
     caller: Caller,
     RawBody(body): RawBody,
-) -> Result<Json<CheckResults>, ApiError> {
+) -> Result<Response, ApiError> {
     let principal = caller.require(Permission::ReadRules)?;
     let ips = parse_check_batch(&body)?;
     let now = app.clock.now();
+    // One view for the whole batch: every answer sees the same rules.
+    let view = app.index.view(principal.tenant_id);
     let results = ips
         .into_iter()
-        .map(|ip| answer(&app.index, &app.geo, principal.tenant_id, ip, now))
+        .map(|ip| answer(&view, &app.geo, ip, now))
         .collect();
-    Ok(Json(CheckResults { results }))
+    Ok(Json(CheckResults { results }).into_response())
 }
 
 fn parse_check_batch(body: &[u8]) -> Result<Vec<IpAddr>, ApiError> {

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use ipnet::IpNet;
 
 use crate::geo::GeoData;
@@ -118,6 +118,34 @@ impl Generation {
     }
 }
 
+/// One tenant's tables at one instant. Holding it keeps that generation alive, so hold it
+/// only while answering: a rebuild frees the old generation when the last view goes.
+pub struct View {
+    generation: Guard<Arc<Generation>>,
+    tenant: TenantId,
+}
+
+impl View {
+    /// The verdict and every active rule covering the address, deepest prefix first.
+    pub fn lookup(&self, ip: IpAddr, now: UnixMillis) -> (Verdict, Vec<&RuleRef>) {
+        let Some(index) = self.generation.tenant(self.tenant) else {
+            return (Verdict::default(), Vec::new());
+        };
+        // A rule reaches an address through one of its networks at most: the networks of an
+        // ASN or a country do not overlap, so no rule is listed twice.
+        let rules = match normalize_ip(ip) {
+            IpAddr::V4(v4) => index.v4.matches(u32::from(v4), now),
+            IpAddr::V6(v6) => index.v6.matches(u128::from(v6), now),
+        };
+        let allowed = rules.iter().any(|r| r.action == RuleAction::Allow);
+        let verdict = Verdict {
+            blocked: !allowed && rules.iter().any(|r| r.action == RuleAction::Block),
+            allowed,
+        };
+        (verdict, rules)
+    }
+}
+
 struct WriterState {
     /// Last change applied.
     seq: u64,
@@ -167,29 +195,13 @@ impl Index {
         Verdict::of(span, now)
     }
 
-    /// The verdict and every active rule covering the address, deepest prefix first.
-    pub fn lookup(
-        &self,
-        tenant: TenantId,
-        ip: IpAddr,
-        now: UnixMillis,
-    ) -> (Verdict, Vec<Arc<RuleRef>>) {
-        let generation = self.current.load();
-        let Some(index) = generation.tenant(tenant) else {
-            return (Verdict::default(), Vec::new());
-        };
-        // A rule reaches an address through one of its networks at most: the networks of an
-        // ASN or a country do not overlap, so no rule is listed twice.
-        let rules = match normalize_ip(ip) {
-            IpAddr::V4(v4) => index.v4.matches(u32::from(v4), now),
-            IpAddr::V6(v6) => index.v6.matches(u128::from(v6), now),
-        };
-        let allowed = rules.iter().any(|r| r.action == RuleAction::Allow);
-        let verdict = Verdict {
-            blocked: !allowed && rules.iter().any(|r| r.action == RuleAction::Block),
-            allowed,
-        };
-        (verdict, rules)
+    /// The tables of `tenant` as they stand now, for listings that borrow the rule records
+    /// instead of counting references to them (an atomic write to each record's cache line).
+    pub fn view(&self, tenant: TenantId) -> View {
+        View {
+            generation: self.current.load(),
+            tenant,
+        }
     }
 
     /// Replaces all tables with ones built from `snapshot` (and `networks`, when given), then

@@ -442,7 +442,7 @@ impl<A: Addr> Table<A> {
     /// The active rules covering `addr`, as a listing shows them: IP ranges deepest first, then
     /// ASN, then country. The decision follows from them, so a listing does not search the
     /// decision intervals as well.
-    pub fn matches(&self, addr: A, now: UnixMillis) -> Vec<Arc<RuleRef>> {
+    pub fn matches(&self, addr: A, now: UnixMillis) -> Vec<&RuleRef> {
         let Some(hot) = self.hot(addr) else {
             return Vec::new();
         };
@@ -458,8 +458,8 @@ impl<A: Addr> Table<A> {
             found.extend(
                 rules[nodes.rules(n)]
                     .iter()
-                    .filter(|rule| rule.is_active_at(now))
-                    .cloned(),
+                    .map(|rule| &**rule)
+                    .filter(|rule| rule.is_active_at(now)),
             );
             node = nodes.parent(n);
         }

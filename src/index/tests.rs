@@ -62,7 +62,8 @@ impl Fixture {
 
     fn matched(&self, ip: &str) -> Vec<RuleId> {
         self.index
-            .lookup(T1, ip.parse().unwrap(), NOW)
+            .view(T1)
+            .lookup(ip.parse().unwrap(), NOW)
             .1
             .iter()
             .map(|r| r.id)
@@ -153,9 +154,18 @@ fn expiry_counts_to_the_instant() {
         f.index.decide(T1, ip, UnixMillis(NOW.0 + 9)).blocked,
         "the /24 still covers it"
     );
-    assert_eq!(f.index.lookup(T1, ip, UnixMillis(NOW.0 + 1)).1.len(), 1);
+    assert_eq!(
+        f.index.view(T1).lookup(ip, UnixMillis(NOW.0 + 1)).1.len(),
+        1
+    );
     assert!(!f.index.decide(T1, ip, UnixMillis(NOW.0 + 10)).blocked);
-    assert!(f.index.lookup(T1, ip, UnixMillis(NOW.0 + 10)).1.is_empty());
+    assert!(
+        f.index
+            .view(T1)
+            .lookup(ip, UnixMillis(NOW.0 + 10))
+            .1
+            .is_empty()
+    );
 }
 
 /// Whole /24 blocks under the bucket's most common expiry are decided from the bucket's masks;
@@ -214,7 +224,7 @@ fn whole_blocks_and_their_exceptions() {
         let verdict = blocked(&f, ip, ms);
         assert_eq!((verdict.blocked, verdict.allowed), want, "{ip} at +{ms} ms");
         assert_eq!(
-            f.index.lookup(T1, ip.parse().unwrap(), at(ms)).0,
+            f.index.view(T1).lookup(ip.parse().unwrap(), at(ms)).0,
             verdict,
             "{ip}"
         );
@@ -233,7 +243,8 @@ fn allow_beats_block_and_says_so() {
         "198.51.100.7",
         None,
     );
-    let (verdict, rules) = f.index.lookup(T1, "198.51.100.7".parse().unwrap(), NOW);
+    let view = f.index.view(T1);
+    let (verdict, rules) = view.lookup("198.51.100.7".parse().unwrap(), NOW);
     assert_eq!(
         verdict,
         Verdict {
@@ -432,7 +443,8 @@ proptest! {
                 .collect();
             let allowed = active.iter().any(|(_, a)| *a == RuleAction::Allow);
             let blocked = !allowed && active.iter().any(|(_, a)| *a == RuleAction::Block);
-            let (verdict, rules) = f.index.lookup(T1, ip, NOW);
+            let view = f.index.view(T1);
+            let (verdict, rules) = view.lookup(ip, NOW);
             prop_assert_eq!(verdict, Verdict { blocked, allowed });
             prop_assert_eq!(f.index.decide(T1, ip, NOW), verdict);
             let mut got: Vec<i64> = rules.iter().map(|r| r.id).collect();
@@ -469,7 +481,7 @@ proptest! {
             let allowed = covering.iter().any(|(_, a)| *a == RuleAction::Allow);
             let blocked = !allowed && !covering.is_empty();
             prop_assert_eq!(f.index.decide(T1, ip, NOW), Verdict { blocked, allowed });
-            prop_assert_eq!(f.index.lookup(T1, ip, NOW).1.len(), covering.len());
+            prop_assert_eq!(f.index.view(T1).lookup(ip, NOW).1.len(), covering.len());
         }
     }
 }
