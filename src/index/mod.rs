@@ -239,16 +239,20 @@ impl Index {
 
         let mut state = self.writer();
         let missed = state.recording.take().unwrap_or_default();
-        self.current
-            .store(Arc::new(Generation { tenants, networks }));
-        let applied = state.seq;
-        state.seq = snapshot.seq;
-        let replay: Vec<Change> = missed
-            .into_iter()
-            .filter(|c| c.seq > snapshot.seq)
-            .collect();
-        self.apply_locked(&mut state, &replay);
-        state.seq = state.seq.max(applied);
+        let built = Generation { tenants, networks };
+        // The changes committed while the snapshot was being built go onto the new tables
+        // before they are published: published alone, they would hide acknowledged writes from
+        // look-ups until the replay landed.
+        let replay: Vec<&Change> = missed.iter().filter(|c| c.seq > snapshot.seq).collect();
+        let next = if replay.is_empty() {
+            built
+        } else {
+            patched(&built, &replay)
+        };
+        self.current.store(Arc::new(next));
+        // Every recorded change was applied to the old tables first, so `seq` already covers
+        // them; a snapshot can only be newer than it.
+        state.seq = state.seq.max(snapshot.seq);
     }
 
     /// Starts recording applied changes for a rebuild about to read its snapshot.
@@ -270,69 +274,9 @@ impl Index {
         if let Some(recording) = &mut state.recording {
             recording.extend(fresh.iter().map(|c| (*c).clone()));
         }
-        // Within one call only the last change of each rule matters. The target is part of the
-        // key as well, so that even a reused id could not hide the removal of another target.
-        let mut latest: HashMap<(TenantId, RuleId, RuleAction, Target), &Change> = HashMap::new();
-        for change in &fresh {
-            latest.insert(
-                (change.tenant, change.rule_id, change.action, change.target),
-                change,
-            );
-        }
-        let mut by_tenant: HashMap<TenantId, Vec<&Change>> = HashMap::new();
-        for change in latest.into_values() {
-            by_tenant.entry(change.tenant).or_default().push(change);
-        }
-
-        let generation = self.current.load();
-        let mut tenants = generation.tenants.clone();
-        for (tenant, changes) in by_tenant {
-            let Ok(slot) = usize::try_from(tenant.0) else {
-                continue;
-            };
-            let (mut add4, mut add6, mut del4, mut del6) = (vec![], vec![], vec![], vec![]);
-            for change in changes {
-                for net in networks_of(&change.target, &*generation.networks) {
-                    match net {
-                        IpNet::V4(n) => {
-                            del4.push((u32::from(n.network()), n.prefix_len(), change.rule_id))
-                        }
-                        IpNet::V6(n) => {
-                            del6.push((u128::from(n.network()), n.prefix_len(), change.rule_id))
-                        }
-                    }
-                }
-                if change.op == ChangeOp::Put {
-                    let rule_ref = Arc::new(RuleRef {
-                        id: change.rule_id,
-                        action: change.action,
-                        target: change.target,
-                        expires_at: change.expires_at,
-                        name: change.name.as_deref().map(Arc::from),
-                    });
-                    push_entries(&rule_ref, &*generation.networks, &mut add4, &mut add6);
-                }
-            }
-            if tenants.len() <= slot {
-                tenants.resize_with(slot + 1, || None);
-            }
-            let updated = match tenants[slot].as_deref() {
-                Some(current) => TenantIndex {
-                    v4: current.v4.updated(add4, del4),
-                    v6: current.v6.updated(add6, del6),
-                },
-                None => TenantIndex {
-                    v4: Table::build(add4),
-                    v6: Table::build(add6),
-                },
-            };
-            tenants[slot] = Some(Arc::new(updated));
-        }
         // Every change of this call becomes visible at once.
-        self.current.store(Arc::new(Generation {
-            tenants,
-            networks: generation.networks.clone(),
-        }));
+        let next = patched(&self.current.load(), &fresh);
+        self.current.store(Arc::new(next));
         state.seq = last_seq;
     }
 
@@ -372,6 +316,71 @@ impl ChangeSink for Index {
     fn apply(&self, changes: &[Change]) {
         let mut state = self.writer();
         self.apply_locked(&mut state, changes);
+    }
+}
+
+/// `base` with `changes` applied, in order of their sequence numbers.
+fn patched(base: &Generation, changes: &[&Change]) -> Generation {
+    // Within one call only the last change of each rule matters. The target is part of the
+    // key as well, so that even a reused id could not hide the removal of another target.
+    let mut latest: HashMap<(TenantId, RuleId, RuleAction, Target), &Change> = HashMap::new();
+    for change in changes {
+        latest.insert(
+            (change.tenant, change.rule_id, change.action, change.target),
+            change,
+        );
+    }
+    let mut by_tenant: HashMap<TenantId, Vec<&Change>> = HashMap::new();
+    for change in latest.into_values() {
+        by_tenant.entry(change.tenant).or_default().push(change);
+    }
+
+    let mut tenants = base.tenants.clone();
+    for (tenant, changes) in by_tenant {
+        let Ok(slot) = usize::try_from(tenant.0) else {
+            continue;
+        };
+        let (mut add4, mut add6, mut del4, mut del6) = (vec![], vec![], vec![], vec![]);
+        for change in changes {
+            for net in networks_of(&change.target, &*base.networks) {
+                match net {
+                    IpNet::V4(n) => {
+                        del4.push((u32::from(n.network()), n.prefix_len(), change.rule_id))
+                    }
+                    IpNet::V6(n) => {
+                        del6.push((u128::from(n.network()), n.prefix_len(), change.rule_id))
+                    }
+                }
+            }
+            if change.op == ChangeOp::Put {
+                let rule_ref = Arc::new(RuleRef {
+                    id: change.rule_id,
+                    action: change.action,
+                    target: change.target,
+                    expires_at: change.expires_at,
+                    name: change.name.as_deref().map(Arc::from),
+                });
+                push_entries(&rule_ref, &*base.networks, &mut add4, &mut add6);
+            }
+        }
+        if tenants.len() <= slot {
+            tenants.resize_with(slot + 1, || None);
+        }
+        let updated = match tenants[slot].as_deref() {
+            Some(current) => TenantIndex {
+                v4: current.v4.updated(add4, del4),
+                v6: current.v6.updated(add6, del6),
+            },
+            None => TenantIndex {
+                v4: Table::build(add4),
+                v6: Table::build(add6),
+            },
+        };
+        tenants[slot] = Some(Arc::new(updated));
+    }
+    Generation {
+        tenants,
+        networks: base.networks.clone(),
     }
 }
 

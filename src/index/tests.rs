@@ -400,6 +400,61 @@ fn rebuild_replays_what_happened_meanwhile() {
     assert!(f.blocked("2001:db8:64::5"));
 }
 
+#[test]
+fn rebuild_never_shows_its_snapshot_without_the_changes_it_replays() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    // A reader that sees the epoch odd before and after a look-up ran it while rule 1 was in
+    // force: the write had been applied, and its removal had not begun.
+    let index = Index::new(Arc::new(NoNetworks));
+    let epoch = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let ip: IpAddr = "192.0.2.1".parse().unwrap();
+    let change = |seq, op| Change {
+        seq,
+        tenant: T1,
+        rule_id: 1,
+        op,
+        action: RuleAction::Block,
+        target: Target::parse_any("192.0.2.1").unwrap(),
+        expires_at: None,
+        name: None,
+        at: NOW,
+    };
+    let unseen = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut unseen = 0u64;
+            while !done.load(SeqCst) {
+                let before = epoch.load(SeqCst);
+                let blocked = index.decide(T1, ip, NOW).blocked;
+                if before == epoch.load(SeqCst) && before % 2 == 1 && !blocked {
+                    unseen += 1;
+                }
+            }
+            unseen
+        });
+        let mut seq = 0;
+        for _ in 0..300 {
+            index.begin_rebuild();
+            // The snapshot is read here, before the write.
+            let snapshot = Snapshot {
+                seq,
+                rules: Vec::new(),
+            };
+            seq += 1;
+            index.apply(&[change(seq, ChangeOp::Put)]);
+            epoch.fetch_add(1, SeqCst);
+            index.rebuild(snapshot, None);
+            assert!(index.decide(T1, ip, NOW).blocked);
+            epoch.fetch_add(1, SeqCst);
+            seq += 1;
+            index.apply(&[change(seq, ChangeOp::Delete)]);
+        }
+        done.store(true, SeqCst);
+        reader.join().unwrap()
+    });
+    assert_eq!(unseen, 0, "look-ups missed an applied write during a rebuild");
+}
+
 proptest! {
     /// Against a brute-force scan: random nested and disjoint IPv4 prefixes, random expiries
     /// and actions, random removals.
