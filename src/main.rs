@@ -199,7 +199,7 @@ async fn check(ip: IpAddr, tenant: &str, config: &Config) -> anyhow::Result<()> 
         .with_context(|| format!("no tenant named {tenant:?}"))?;
     rebuild_index(&store, &index, &SystemClock, None).await?;
     let view = index.view(tenant_id);
-    let answer = answer(&view, &geo, ip, SystemClock.now());
+    let answer = answer(&view, ip, SystemClock.now());
     println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }

@@ -15,7 +15,6 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::error::{ApiError, Detail, ErrorBody};
 use super::{AppState, Params, RawBody};
-use crate::geo::Geo;
 use crate::index::{RuleRef, View};
 use crate::keys::Permission;
 use crate::rules::{Asn, CountryCode, Kind, RuleAction, UnixMillis, normalize_ip};
@@ -95,11 +94,11 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
 }
 
 /// The full answer for one address: decision, geo data and matching rules.
-pub fn answer<'a>(view: &'a View, geo: &Geo, ip: IpAddr, now: UnixMillis) -> CheckAnswer<'a> {
+pub fn answer(view: &View, ip: IpAddr, now: UnixMillis) -> CheckAnswer<'_> {
     let ip = normalize_ip(ip);
     // Geo first: its reads are independent of the index's, so the processor overlaps the
     // index's first misses to memory with the geo look-up's last ones.
-    let geo = geo.lookup(ip);
+    let geo = view.locate(ip);
     let (verdict, rules) = view.lookup(ip, now);
     CheckAnswer {
         ip,
@@ -160,7 +159,7 @@ pub async fn check_one(
     }
     let ip = ip.ok_or_else(|| ApiError::invalid("ip", "is required", Value::Null))?;
     let view = app.index.view(principal.tenant_id);
-    Ok(Json(answer(&view, &app.geo, ip, app.clock.now())).into_response())
+    Ok(Json(answer(&view, ip, app.clock.now())).into_response())
 }
 
 /// Body of `POST /v1/check`.
@@ -197,10 +196,7 @@ pub async fn check_many(
     let now = app.clock.now();
     // One view for the whole batch: every answer sees the same rules.
     let view = app.index.view(principal.tenant_id);
-    let results = ips
-        .into_iter()
-        .map(|ip| answer(&view, &app.geo, ip, now))
-        .collect();
+    let results = ips.into_iter().map(|ip| answer(&view, ip, now)).collect();
     Ok(Json(CheckResults { results }).into_response())
 }
 

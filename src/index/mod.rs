@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::{ArcSwap, Guard};
 use ipnet::IpNet;
 
-use crate::geo::GeoData;
+use crate::geo::{GeoData, GeoRecord};
 use crate::rules::{RuleAction, RuleId, Target, TenantId, UnixMillis, normalize_ip};
 use crate::store::{Change, ChangeOp, ChangeSink, Snapshot};
 pub use table::Span;
@@ -47,6 +47,13 @@ impl RuleRef {
 /// own network and are not asked about).
 pub trait Networks: Send + Sync + 'static {
     fn networks(&self, target: &Target) -> Vec<IpNet>;
+
+    /// The ASN and country of an address by the same data, so that an answer's ASN and country
+    /// are the ones its ASN and country rules were compiled with, also while a rebuild for new
+    /// geo data runs.
+    fn locate(&self, _ip: IpAddr) -> GeoRecord {
+        GeoRecord::default()
+    }
 }
 
 impl Networks for GeoData {
@@ -56,6 +63,10 @@ impl Networks for GeoData {
             Target::Asn(asn) => self.asn_networks(*asn).to_vec(),
             Target::Country(code) => self.country_networks(*code).to_vec(),
         }
+    }
+
+    fn locate(&self, ip: IpAddr) -> GeoRecord {
+        self.lookup(ip)
     }
 }
 
@@ -126,6 +137,11 @@ pub struct View {
 }
 
 impl View {
+    /// The ASN and country of `ip` by the geo data these tables were compiled with.
+    pub fn locate(&self, ip: IpAddr) -> GeoRecord {
+        self.generation.networks.locate(ip)
+    }
+
     /// The verdict and every active rule covering the address, deepest prefix first.
     pub fn lookup(&self, ip: IpAddr, now: UnixMillis) -> (Verdict, Vec<&RuleRef>) {
         let Some(index) = self.generation.tenant(self.tenant) else {

@@ -5,7 +5,8 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 
 use super::*;
-use crate::rules::{Rule, Source};
+use crate::geo::GeoRecord;
+use crate::rules::{Asn, CountryCode, Rule, Source};
 
 const T1: TenantId = TenantId(1);
 const T2: TenantId = TenantId(2);
@@ -342,6 +343,51 @@ impl Networks for FixedNetworks {
         };
         nets.iter().map(|n| n.parse().unwrap()).collect()
     }
+
+    fn locate(&self, ip: IpAddr) -> GeoRecord {
+        let inside = |net: &str| net.parse::<IpNet>().unwrap().contains(&ip);
+        GeoRecord {
+            asn: inside("192.0.2.0/24").then(|| Asn::new(64500)).flatten(),
+            country: inside("203.0.113.0/24")
+                .then(|| CountryCode::parse("FR"))
+                .flatten(),
+        }
+    }
+}
+
+#[test]
+fn answers_locate_addresses_by_the_geo_data_their_rules_were_compiled_with() {
+    let mut f = Fixture::new();
+    f.change(T1, 1, ChangeOp::Put, RuleAction::Block, "AS64500", None);
+    let ip: IpAddr = "192.0.2.9".parse().unwrap();
+    assert_eq!(f.index.view(T1).locate(ip), GeoRecord::default());
+    assert!(!f.blocked("192.0.2.9"));
+
+    // New geo data: the ASN and the rule's networks change together, at the swap.
+    f.index.begin_rebuild();
+    let snapshot = Snapshot {
+        seq: f.seq,
+        rules: vec![Rule {
+            id: 1,
+            tenant: T1,
+            action: RuleAction::Block,
+            target: Target::parse_any("AS64500").unwrap(),
+            expires_at: None,
+            name: None,
+            description: None,
+            source: Source::Signal,
+            dataset: None,
+            tags: Vec::new(),
+            reports: 0,
+            created_at: NOW,
+            updated_at: NOW,
+        }],
+    };
+    f.index.rebuild(snapshot, Some(Arc::new(FixedNetworks)));
+    let located = f.index.view(T1).locate(ip);
+    assert_eq!(located.asn, Asn::new(64500));
+    assert_eq!(located.country, None);
+    assert!(f.blocked("192.0.2.9"));
 }
 
 #[test]
@@ -452,7 +498,10 @@ fn rebuild_never_shows_its_snapshot_without_the_changes_it_replays() {
         done.store(true, SeqCst);
         reader.join().unwrap()
     });
-    assert_eq!(unseen, 0, "look-ups missed an applied write during a rebuild");
+    assert_eq!(
+        unseen, 0,
+        "look-ups missed an applied write during a rebuild"
+    );
 }
 
 proptest! {
