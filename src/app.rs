@@ -244,15 +244,27 @@ async fn recompile_on_geo_change(
 ) {
     let mut versions = geo.subscribe();
     while versions.changed().await.is_ok() {
-        let data: Arc<dyn Networks> = geo.current().clone();
-        match rebuild_index(&store, &index, &*clock, Some(data)).await {
-            Ok(()) => tracing::info!("decision index rebuilt for the new geo data"),
-            Err(e) => {
-                tracing::error!(error = %e, "could not rebuild the index for the new geo data")
+        // Until a rebuild succeeds, ASN and country rules match the old networks: keep trying.
+        loop {
+            let data: Arc<dyn Networks> = geo.current().clone();
+            match rebuild_index(&store, &index, &*clock, Some(data)).await {
+                Ok(()) => {
+                    tracing::info!("decision index rebuilt for the new geo data");
+                    break;
+                }
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "could not rebuild the index for the new geo data; retrying in {} s",
+                    GEO_REBUILD_RETRY.as_secs()
+                ),
             }
+            tokio::time::sleep(GEO_REBUILD_RETRY).await;
         }
     }
 }
+
+/// Wait between attempts to rebuild the index for new geo data.
+const GEO_REBUILD_RETRY: Duration = Duration::from_secs(5);
 
 /// Reports read from the queue at a time.
 const REPORT_BATCH: usize = 256;
