@@ -139,6 +139,13 @@ pub async fn check_one(
     let mut ip = None;
     for (key, value) in &params {
         match key.as_str() {
+            "ip" if ip.is_some() => {
+                return Err(ApiError::invalid(
+                    "ip",
+                    "given more than once",
+                    Value::from(value.as_str()),
+                ));
+            }
             "ip" => {
                 ip = Some(parse_client_ip(value).ok_or_else(|| {
                     ApiError::invalid(

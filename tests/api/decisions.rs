@@ -243,6 +243,13 @@ async fn batch_check_answers_in_order() {
         let (status, _) = app.get(&format!("/v1/check{query}"), &app.admin).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
     }
+    // Which of two addresses an answer is about must not be a guess.
+    let (status, body) = app
+        .get("/v1/check?ip=192.0.2.1&ip=192.0.2.2", &app.admin)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["details"][0]["field"], "ip");
+    assert_eq!(body["details"][0]["message"], "given more than once");
 }
 
 #[tokio::test]
@@ -394,7 +401,14 @@ async fn geo_reload_recompiles_asn_rules() {
     // The index rebuild runs in the background after the swap.
     let mut moved = false;
     for _ in 0..200 {
-        if check(&app, &app.admin, "203.0.113.9").await["blocked"] == true {
+        let answer = check(&app, &app.admin, "203.0.113.9").await;
+        // Never the new ASN beside rules still matched by the old networks, or the reverse.
+        assert_eq!(
+            answer["asn"] == "AS64501",
+            answer["blocked"] == true,
+            "{answer}"
+        );
+        if answer["blocked"] == true {
             moved = true;
             break;
         }
