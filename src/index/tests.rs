@@ -330,6 +330,25 @@ fn removals_refreshes_and_tenants() {
     assert_eq!(f.index.seq(), seq);
 }
 
+/// A permanent block rule of tenant 1, as a store snapshot holds it.
+fn block_rule(id: RuleId, target: &str) -> Rule {
+    Rule {
+        id,
+        tenant: T1,
+        action: RuleAction::Block,
+        target: Target::parse_any(target).unwrap(),
+        expires_at: None,
+        name: None,
+        description: None,
+        source: Source::Signal,
+        dataset: None,
+        tags: Vec::new(),
+        reports: 0,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
 struct FixedNetworks;
 
 impl Networks for FixedNetworks {
@@ -367,21 +386,7 @@ fn answers_locate_addresses_by_the_geo_data_their_rules_were_compiled_with() {
     f.index.begin_rebuild();
     let snapshot = Snapshot {
         seq: f.seq,
-        rules: vec![Rule {
-            id: 1,
-            tenant: T1,
-            action: RuleAction::Block,
-            target: Target::parse_any("AS64500").unwrap(),
-            expires_at: None,
-            name: None,
-            description: None,
-            source: Source::Signal,
-            dataset: None,
-            tags: Vec::new(),
-            reports: 0,
-            created_at: NOW,
-            updated_at: NOW,
-        }],
+        rules: vec![block_rule(1, "AS64500")],
     };
     f.index.rebuild(snapshot, Some(Arc::new(FixedNetworks)));
     let located = f.index.view(T1).locate(ip);
@@ -411,24 +416,9 @@ fn rebuild_replays_what_happened_meanwhile() {
     f.block(1, "192.0.2.1");
     f.index.begin_rebuild();
     // The snapshot is read here: it has rule 1 only, at seq 1.
-    let rule = |id, target: &str| Rule {
-        id,
-        tenant: T1,
-        action: RuleAction::Block,
-        target: Target::parse_any(target).unwrap(),
-        expires_at: None,
-        name: None,
-        description: None,
-        source: Source::Signal,
-        dataset: None,
-        tags: Vec::new(),
-        reports: 0,
-        created_at: NOW,
-        updated_at: NOW,
-    };
     let snapshot = Snapshot {
         seq: 1,
-        rules: vec![rule(1, "192.0.2.1")],
+        rules: vec![block_rule(1, "192.0.2.1")],
     };
     // Meanwhile: a new rule, and the old one removed.
     f.block(2, "AS64500");
