@@ -260,12 +260,7 @@ impl Index {
         // before they are published: published alone, they would hide acknowledged writes from
         // look-ups until the replay landed.
         let replay: Vec<&Change> = missed.iter().filter(|c| c.seq > snapshot.seq).collect();
-        let next = if replay.is_empty() {
-            built
-        } else {
-            patched(&built, &replay)
-        };
-        self.current.store(Arc::new(next));
+        self.current.store(Arc::new(patched(&built, &replay)));
         // Every recorded change was applied to the old tables first, so `seq` already covers
         // them; a snapshot can only be newer than it.
         state.seq = state.seq.max(snapshot.seq);
@@ -337,7 +332,7 @@ impl ChangeSink for Index {
 
 /// `base` with `changes` applied, in order of their sequence numbers.
 fn patched(base: &Generation, changes: &[&Change]) -> Generation {
-    // Within one call only the last change of each rule matters. The target is part of the
+    // Of several changes to one rule only the last matters. The target is part of the
     // key as well, so that even a reused id could not hide the removal of another target.
     let mut latest: HashMap<(TenantId, RuleId, RuleAction, Target), &Change> = HashMap::new();
     for change in changes {
