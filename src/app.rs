@@ -19,6 +19,7 @@ use crate::index::{Index, Networks};
 use crate::keys::{self, DEFAULT_TENANT, KeyRing, Role, TenantName};
 use crate::ratelimit::RateLimits;
 use crate::reports::{self, ReportPayload, ReportPolicy};
+use crate::server::{self, ConnectionLimits};
 use crate::signal::{AsnCatalog, SignalPolicy};
 use crate::store::sqlite::{SqliteOptions, SqliteStore};
 use crate::store::{NewKey, ProcessedReport, SharedStore, Store};
@@ -33,6 +34,7 @@ const PURGE_BATCH: usize = 10_000;
 
 pub struct Application {
     listener: TcpListener,
+    connection_limits: ConnectionLimits,
     state: AppState,
     tasks: BackgroundTasks,
     /// Set when this start created the first admin key; shown to the operator once.
@@ -120,6 +122,7 @@ impl Application {
             report_worker: report_worker.clone(),
             clock: clock.clone(),
             max_body_bytes: config.limits.max_body_bytes,
+            body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
         }));
 
         let tasks = BackgroundTasks(vec![
@@ -141,6 +144,7 @@ impl Application {
         ]);
         Ok(Self {
             listener,
+            connection_limits: config.server.connection_limits(),
             state,
             tasks,
             bootstrap_key,
@@ -161,23 +165,20 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    /// Serves until `shutdown` completes, then lets requests in flight finish within the
+    /// configured deadline.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let Self {
             listener,
+            connection_limits,
             state,
             tasks: _running_until_return,
             ..
         } = self;
-        axum::serve(
-            listener,
-            api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await
+        server::serve(listener, api::router(state), connection_limits, shutdown).await
     }
 }
 

@@ -23,6 +23,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where the SQLite database lives.
     pub data_dir: PathBuf,
+    pub server: ServerConfig,
     pub store: StoreConfig,
     pub guard: GuardConfig,
     pub limits: LimitsConfig,
@@ -123,6 +124,50 @@ impl Default for GeoConfig {
     }
 }
 
+/// Connections and their timeouts. The defaults suit a reverse proxy in front: its pooled
+/// connections may idle longer than nginx's (60 s) upstream keep-alive before being closed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Open connections at most; more clients wait in the kernel's accept queue until one
+    /// closes. The process raises its open-files limit to the hard limit at start-up.
+    pub max_connections: usize,
+    /// Seconds a client has to send a whole request head, from its first byte (or from
+    /// connecting).
+    pub header_read_timeout_secs: u64,
+    /// Seconds a keep-alive connection may wait for its next request, and a request in flight
+    /// may go without moving a byte, before the connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to send a whole request body; slower bodies get 408.
+    pub body_read_timeout_secs: u64,
+    /// Seconds requests in flight get to finish after SIGTERM before they are cut off.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 75,
+            body_read_timeout_secs: 30,
+            shutdown_timeout_secs: 20,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn connection_limits(&self) -> crate::server::ConnectionLimits {
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
+        crate::server::ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: secs(self.header_read_timeout_secs),
+            idle_timeout: secs(self.idle_timeout_secs),
+            shutdown_timeout: secs(self.shutdown_timeout_secs),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
@@ -163,6 +208,7 @@ impl Default for Config {
         Self {
             listen: DEFAULT_LISTEN.parse().expect("static address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            server: ServerConfig::default(),
             store: StoreConfig::default(),
             guard: GuardConfig::default(),
             limits: LimitsConfig::default(),

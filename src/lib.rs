@@ -20,6 +20,8 @@
 //! - [`store`]: persistence behind the [`store::Store`] trait. Every rule change gets a
 //!   monotonically increasing sequence number, so anything downstream can follow "changes since N".
 //! - [`app`]: wiring: configuration in, a bound server out.
+//! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
+//!   stall, shutdown within a deadline.
 //! - [`config`], [`clock`]: configuration layering and the time source (controllable in tests).
 
 /// jemalloc rather than the system allocator, configured (`.cargo/config.toml`) to ask for
@@ -37,5 +39,6 @@ pub mod keys;
 pub mod ratelimit;
 pub mod reports;
 pub mod rules;
+pub mod server;
 pub mod signal;
 pub mod store;

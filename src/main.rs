@@ -137,6 +137,16 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    if let Some(open_files) = palisade::server::raise_open_files_limit() {
+        let wanted = config.server.max_connections as u64 + 256;
+        if open_files < wanted {
+            tracing::warn!(
+                open_files,
+                max_connections = config.server.max_connections,
+                "the open-files limit is below server.max_connections plus what the store needs; raise the hard limit (LimitNOFILE=) or lower max_connections"
+            );
+        }
+    }
     let data_dir = config.data_dir.clone();
     let app = Application::build(config).await?;
     if let Some(key) = &app.bootstrap_key {

@@ -29,6 +29,8 @@ pub enum ApiError {
     Validation(Vec<Detail>),
     #[error("Request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("Request body not received within {0} s")]
+    BodyTimeout(u64),
     #[error("Invalid request body")]
     Unprocessable(Vec<Detail>),
     #[error("Rate limit exceeded; retry in {0} s")]
@@ -92,6 +94,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +110,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Validation(_) => "ValidationError",
             ApiError::PayloadTooLarge(_) => "PayloadTooLarge",
+            ApiError::BodyTimeout(_) => "RequestTimeout",
             ApiError::Unprocessable(_) => "UnprocessableEntity",
             ApiError::RateLimited(_) => "TooManyRequests",
             ApiError::Store(_) => "ServiceUnavailable",
@@ -151,6 +155,13 @@ impl IntoResponse for ApiError {
             code: status.as_u16(),
         };
         let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: the connection cannot be reused.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

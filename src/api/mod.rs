@@ -62,6 +62,8 @@ pub struct Shared {
     pub report_worker: Arc<Notify>,
     pub clock: Arc<dyn Clock>,
     pub max_body_bytes: usize,
+    /// A request body must arrive whole within this; a slower one is a 408.
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Shared {
@@ -132,8 +134,9 @@ impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
-        Bytes::from_request(req, app)
+        tokio::time::timeout(app.body_read_timeout, Bytes::from_request(req, app))
             .await
+            .map_err(|_| ApiError::BodyTimeout(app.body_read_timeout.as_secs()))?
             .map(RawBody)
             .map_err(|rejection| match rejection {
                 BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {

@@ -1,78 +1,11 @@
 //! The real binary, killed with SIGKILL right after acknowledging writes, then restarted.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{answer, block_ip};
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// SIGKILL: no shutdown code runs.
-    fn kill_9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-/// Starts `palisade serve` on port 0 and reads its address from the log. On a new data
-/// directory it also reads the admin key the first start prints.
-fn start(data_dir: &Path, new: bool) -> (Server, Option<String>) {
-    let child = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = Server {
-        child,
-        base: String::new(),
-    };
-    let stderr = BufReader::new(server.child.stderr.take().unwrap());
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if let Some(at) = line.find("address=") {
-            let addr = line[at + "address=".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap();
-            server.base = format!("http://{addr}");
-            break;
-        }
-    }
-    assert!(
-        !server.base.is_empty(),
-        "the server exited before listening"
-    );
-    let mut key = None;
-    if new {
-        let stdout = BufReader::new(server.child.stdout.take().unwrap());
-        for line in stdout.lines() {
-            let line = line.unwrap();
-            if line.trim().starts_with("pal_") {
-                key = Some(line.trim().to_owned());
-                break;
-            }
-        }
-    }
-    (server, key)
-}
+use crate::helpers::{answer, block_ip, start};
 
 #[tokio::test]
 async fn acknowledged_writes_survive_kill_9() {

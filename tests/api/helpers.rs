@@ -1,5 +1,8 @@
 //! A real server on a real socket (port 0) with a real SQLite file in a temporary directory.
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use palisade::api::AppState;
@@ -162,4 +165,95 @@ pub async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
 
 pub fn block_ip(ip: &str) -> Value {
     serde_json::json!({"type": "access_rules", "action": "block", "ip": ip})
+}
+
+/// The real binary, running `palisade serve`.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    /// Everything the server has logged so far (stderr is read to the end in the background,
+    /// so the server never writes into a closed pipe).
+    pub logs: Arc<std::sync::Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// Starts `palisade serve` on port 0 and reads its address from the log. On a new data
+/// directory it also reads the admin key the first start prints.
+pub fn start(data_dir: &Path, new: bool) -> (Server, Option<String>) {
+    start_with(data_dir, new, |_| {})
+}
+
+/// As [`start`], with the command adjusted first (configuration variables, limits).
+pub fn start_with(
+    data_dir: &Path,
+    new: bool,
+    configure: impl FnOnce(&mut Command),
+) -> (Server, Option<String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    configure(&mut command);
+    let child = command.spawn().unwrap();
+    let mut server = Server {
+        child,
+        base: String::new(),
+        logs: Default::default(),
+    };
+    let mut stderr = BufReader::new(server.child.stderr.take().unwrap()).lines();
+    for line in stderr.by_ref() {
+        let line = line.unwrap();
+        server.logs.lock().unwrap().push_str(&line);
+        server.logs.lock().unwrap().push('\n');
+        if let Some(at) = line.find("address=") {
+            let addr = line[at + "address=".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap();
+            server.base = format!("http://{addr}");
+            break;
+        }
+    }
+    assert!(
+        !server.base.is_empty(),
+        "the server exited before listening:\n{}",
+        server.logs.lock().unwrap()
+    );
+    let logs = server.logs.clone();
+    std::thread::spawn(move || {
+        for line in stderr.map_while(Result::ok) {
+            let mut logs = logs.lock().unwrap();
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+    });
+    let mut key = None;
+    if new {
+        let stdout = BufReader::new(server.child.stdout.take().unwrap());
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if line.trim().starts_with("pal_") {
+                key = Some(line.trim().to_owned());
+                break;
+            }
+        }
+    }
+    (server, key)
 }

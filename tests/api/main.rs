@@ -5,6 +5,7 @@ mod access;
 mod decisions;
 mod durability;
 mod helpers;
+mod hostile;
 mod proxies;
 mod reports;
 mod rules;
