@@ -125,7 +125,8 @@ impl Default for GeoConfig {
 }
 
 /// Connections and their timeouts. The defaults suit a reverse proxy in front: its pooled
-/// connections may idle longer than nginx's (60 s) upstream keep-alive before being closed.
+/// connections may idle longer than nginx's (60 s) and Traefik's (90 s) pooled upstream
+/// connections do before being closed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
@@ -149,7 +150,7 @@ impl Default for ServerConfig {
         Self {
             max_connections: 10_000,
             header_read_timeout_secs: 10,
-            idle_timeout_secs: 75,
+            idle_timeout_secs: 120,
             body_read_timeout_secs: 30,
             shutdown_timeout_secs: 20,
         }
