@@ -94,7 +94,7 @@ impl Application {
         } else {
             None
         };
-        let limits = Arc::new(RateLimits::new(
+        let rate_limits = Arc::new(RateLimits::new(
             config.rate_limits.reports_per_minute,
             config.rate_limits.signal_per_minute,
             config
@@ -118,10 +118,13 @@ impl Application {
                 protected: guard.protected.clone(),
             },
             policy: SignalPolicy { guard, asn_catalog },
-            limits,
+            rate_limits,
             report_worker: report_worker.clone(),
             clock: clock.clone(),
-            max_body_bytes: config.limits.max_body_bytes,
+            bodies_in_flight: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.bodies_in_flight_bytes,
+            )),
+            body_limits: config.limits.clone(),
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
         }));
 

@@ -196,12 +196,25 @@ pub struct GuardConfig {
     pub protect_listen_address: bool,
 }
 
+/// Sizes of what clients may send and be sent. Each body limit fits the largest request its
+/// route's contract allows, written plainly; larger bodies get 413 before they are read whole.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest request body accepted; larger bodies get 413. The default fits any valid batch of
-    /// 1000 events.
-    pub max_body_bytes: usize,
+    /// `POST /v1/signal`: 1000 events with 1024-character descriptions and 255-character names.
+    #[serde(alias = "max_body_bytes")]
+    pub signal_body_bytes: usize,
+    /// `POST /v1/check`: 10,000 addresses.
+    pub check_body_bytes: usize,
+    /// The report endpoints: 10,000 addresses and 32 tags.
+    pub report_body_bytes: usize,
+    /// Request bodies held in memory at once, over all requests; a request whose body does
+    /// not fit waits up to a second for room, then gets 503 with `Retry-After: 1`.
+    pub bodies_in_flight_bytes: usize,
+    /// Rules one `/v1/check` answer lists for one address; the decision itself is never cut.
+    pub matches_per_address: usize,
+    /// Rules one `POST /v1/check` answer lists over all its addresses.
+    pub matches_per_batch: usize,
 }
 
 impl Default for Config {
@@ -246,7 +259,12 @@ impl Default for GuardConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            max_body_bytes: 8 * 1024 * 1024,
+            signal_body_bytes: 8 * 1024 * 1024,
+            check_body_bytes: 1024 * 1024,
+            report_body_bytes: 1024 * 1024,
+            bodies_in_flight_bytes: 256 * 1024 * 1024,
+            matches_per_address: 32,
+            matches_per_batch: 10_000,
         }
     }
 }

@@ -9,6 +9,8 @@
 //!
 //! - [`api`]: HTTP handlers. They parse the request, call the domain and answer; nothing else.
 //!   Every error becomes HTTP in one place, [`api::error`].
+//! - [`json`]: reading request JSON strictly: a key given twice is refused, long lists are
+//!   counted past their limit without being kept.
 //! - [`signal`]: validation of `POST /v1/signal` events into commands, and the table of error texts.
 //! - [`reports`]: the abuse-report API's validation and what a queued report does to the rules.
 //! - [`ratelimit`]: per-key request limits.
@@ -35,6 +37,7 @@ pub mod clock;
 pub mod config;
 pub mod geo;
 pub mod index;
+pub mod json;
 pub mod keys;
 pub mod ratelimit;
 pub mod reports;

@@ -6,7 +6,10 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+use crate::json::{BoundedList, Members, NotAnObject, value_of};
 
 use crate::rules::{RuleAction, Source, Target, UnixMillis, normalize_ip};
 use crate::signal::{BatchProblem, MAX_EXPIRATION_SECONDS};
@@ -112,33 +115,49 @@ pub fn is_non_public(ip: IpAddr) -> bool {
 impl ReportPolicy {
     /// Validates a request body of the given endpoint, collecting every problem.
     pub fn validate(&self, kind: ReportKind, body: &[u8]) -> Result<ReportPayload, Vec<Invalid>> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            vec![invalid(
+        let not_json =
+            |problem: BatchProblem| vec![invalid("body", problem.to_string(), Value::Null, None)];
+        let text = std::str::from_utf8(body)
+            .map_err(|_| not_json(BatchProblem::NotJson { line: 1, column: 0 }))?;
+        let members = Members::parse(text).map_err(|e| match e {
+            NotAnObject::Syntax(e) => not_json(BatchProblem::not_json(&e)),
+            NotAnObject::Other => vec![invalid(
                 "body",
-                BatchProblem::not_json(&e).to_string(),
-                Value::Null,
+                "must be a JSON object",
+                serde_json::from_str(text).unwrap_or(Value::Null),
                 None,
-            )]
+            )],
         })?;
-        let Value::Object(object) = value else {
-            return Err(vec![invalid("body", "must be a JSON object", value, None)]);
-        };
         let allowed: &[&str] = match kind {
             ReportKind::Report => &["addresses", "ttl", "type", "tags"],
             _ => &["addresses"],
         };
         let mut problems = Vec::new();
-        for (key, value) in &object {
-            if !allowed.contains(&key.as_str()) {
+        let mut seen: Vec<&str> = Vec::new();
+        for (key, value) in members.iter() {
+            if !allowed.contains(&key) {
                 problems.push(invalid(
                     key,
                     format!("unknown field (allowed: {})", allowed.join(", ")),
-                    value.clone(),
+                    value_of(value),
                     None,
                 ));
+            } else if seen.contains(&key) {
+                problems.push(invalid(
+                    key,
+                    "is given more than once",
+                    value_of(value),
+                    None,
+                ));
+            } else {
+                seen.push(key);
             }
         }
-        let addresses = self.addresses(kind, &object, &mut problems);
+        let object: Map<String, Value> = ["ttl", "type"]
+            .into_iter()
+            .filter_map(|key| members.get(key).map(|v| (key.to_owned(), value_of(v))))
+            .collect();
+        let addresses = self.addresses(kind, members.get("addresses"), &mut problems);
         let mut payload = ReportPayload {
             addresses,
             ttl: None,
@@ -148,7 +167,7 @@ impl ReportPolicy {
         if kind == ReportKind::Report {
             payload.ttl = Some(ttl(&object, &mut problems));
             payload.dataset = self.dataset(&object, &mut problems);
-            payload.tags = tags(&object, &mut problems);
+            payload.tags = tags(members.get("tags"), &mut problems);
         }
         if problems.is_empty() {
             Ok(payload)
@@ -160,34 +179,32 @@ impl ReportPolicy {
     fn addresses(
         &self,
         kind: ReportKind,
-        object: &Map<String, Value>,
+        raw: Option<&RawValue>,
         problems: &mut Vec<Invalid>,
     ) -> Vec<IpAddr> {
-        let items = match object.get("addresses") {
-            None | Some(Value::Null) => {
-                problems.push(invalid("addresses", "is required", Value::Null, None));
-                return Vec::new();
-            }
-            Some(Value::Array(items)) => items,
-            Some(other) => {
-                problems.push(invalid(
-                    "addresses",
-                    "must be a list of IP addresses",
-                    other.clone(),
-                    None,
-                ));
-                return Vec::new();
-            }
+        let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
+            problems.push(invalid("addresses", "is required", Value::Null, None));
+            return Vec::new();
         };
-        if items.is_empty() || items.len() > MAX_ADDRESSES {
+        let Some(list) = BoundedList::parse(raw, MAX_ADDRESSES) else {
+            problems.push(invalid(
+                "addresses",
+                "must be a list of IP addresses",
+                value_of(raw),
+                None,
+            ));
+            return Vec::new();
+        };
+        if list.total == 0 || list.total > MAX_ADDRESSES {
             problems.push(invalid(
                 "addresses",
                 "must hold 1 to 10000 addresses",
-                Value::from(items.len()),
+                Value::from(list.total),
                 None,
             ));
             return Vec::new();
         }
+        let items: Vec<Value> = list.items.iter().map(|item| value_of(item)).collect();
         let mut out: Vec<IpAddr> = Vec::with_capacity(items.len());
         let mut seen = std::collections::HashSet::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
@@ -290,29 +307,29 @@ fn valid_tag(tag: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-fn tags(object: &Map<String, Value>, problems: &mut Vec<Invalid>) -> Vec<String> {
-    let items = match object.get("tags") {
-        None | Some(Value::Null) => return Vec::new(),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            problems.push(invalid(
-                "tags",
-                "must be a list of strings",
-                other.clone(),
-                None,
-            ));
-            return Vec::new();
-        }
+fn tags(raw: Option<&RawValue>, problems: &mut Vec<Invalid>) -> Vec<String> {
+    let Some(raw) = raw.filter(|raw| raw.get() != "null") else {
+        return Vec::new();
     };
-    if items.len() > MAX_TAGS {
+    let Some(list) = BoundedList::parse(raw, MAX_TAGS) else {
+        problems.push(invalid(
+            "tags",
+            "must be a list of strings",
+            value_of(raw),
+            None,
+        ));
+        return Vec::new();
+    };
+    if list.total > MAX_TAGS {
         problems.push(invalid(
             "tags",
             "must hold at most 32 tags",
-            Value::from(items.len()),
+            Value::from(list.total),
             None,
         ));
         return Vec::new();
     }
+    let items: Vec<Value> = list.items.iter().map(|item| value_of(item)).collect();
     let mut out: Vec<String> = Vec::new();
     for (index, item) in items.iter().enumerate() {
         match item.as_str() {

@@ -10,10 +10,11 @@ use ipnet::IpNet;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::json::{Members, Offending, value_of};
 use crate::rules::{
     Asn, CountryCode, IpTargetError, RuleAction, Source, Target, UnixMillis, parse_ip_target,
 };
-use crate::store::RuleWrite;
+use crate::store::{BatchItem, RuleWrite};
 
 /// Most events one request may carry (the contract's limit).
 pub const MAX_BATCH: usize = 1000;
@@ -45,6 +46,8 @@ pub enum Problem {
         "unknown field (allowed: type, action, ip, asn, country, expiration, description, name)"
     )]
     UnknownField,
+    #[error("is given more than once")]
+    Repeated,
     #[error("is required")]
     Required,
     #[error("must be one of: access_rules")]
@@ -145,6 +148,15 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<&RawValue>, BatchProblem> {
     }
 }
 
+/// A batch after validation: what to write and audit, and which events were refused.
+#[derive(Debug)]
+pub struct ValidatedBatch {
+    /// Every event in order, with its write or the reason it was refused.
+    pub items: Vec<BatchItem>,
+    /// The refused events' positions and reasons.
+    pub refused: Vec<(usize, EntryError)>,
+}
+
 /// Answers whether an ASN exists in the configured ASN data, when there is any.
 pub trait AsnCatalog: Send + Sync {
     fn contains(&self, asn: Asn) -> bool;
@@ -228,21 +240,53 @@ enum Action {
 }
 
 impl SignalPolicy {
-    /// Validates one event received at `now`. Fields are checked in a fixed order (shape, unknown
-    /// fields, `type`, `action`, target, `expiration`, `description`, `name`) and the first problem is reported,
-    /// so the same event always gets the same answer.
-    pub fn validate(&self, raw: &RawValue, now: UnixMillis) -> Result<Command, EntryError> {
-        let value: Value = serde_json::from_str(raw.get())
-            .map_err(|_| EntryError::new("entry", Problem::NotAnObject, Value::Null))?;
-        let Value::Object(event) = value else {
-            return Err(EntryError::new("entry", Problem::NotAnObject, value));
-        };
-        if let Some((key, value)) = event
-            .iter()
-            .find(|(key, _)| !EVENT_FIELDS.contains(&key.as_str()))
-        {
-            return Err(EntryError::new(key, Problem::UnknownField, value.clone()));
+    /// Splits a body into events and validates each alone; only a body that is not a batch at
+    /// all fails as a whole.
+    pub fn validate_batch(
+        &self,
+        body: &[u8],
+        now: UnixMillis,
+    ) -> Result<ValidatedBatch, BatchProblem> {
+        let events = parse_batch(body)?;
+        let mut items = Vec::with_capacity(events.len());
+        let mut refused = Vec::new();
+        for (index, raw) in events.iter().enumerate() {
+            let write = match self.validate(raw, now) {
+                Ok(command) => Ok(command.into_write()),
+                Err(error) => {
+                    let text = error.field_message();
+                    refused.push((index, error));
+                    Err(text)
+                }
+            };
+            items.push(BatchItem {
+                event: raw.get().to_owned(),
+                write,
+            });
         }
+        Ok(ValidatedBatch { items, refused })
+    }
+
+    /// Validates one event received at `now`. Fields are checked in a fixed order (shape, the
+    /// first unknown or repeated field, `type`, `action`, target, `expiration`, `description`,
+    /// `name`) and the first problem is reported, so the same event always gets the same
+    /// answer.
+    pub fn validate(&self, raw: &RawValue, now: UnixMillis) -> Result<Command, EntryError> {
+        let members = Members::parse(raw.get())
+            .map_err(|_| EntryError::new("entry", Problem::NotAnObject, value_of(raw)))?;
+        match members.first_offending(&EVENT_FIELDS) {
+            Some(Offending::Unknown(key, value)) => {
+                return Err(EntryError::new(key, Problem::UnknownField, value_of(value)));
+            }
+            Some(Offending::Repeated(key, value)) => {
+                return Err(EntryError::new(key, Problem::Repeated, value_of(value)));
+            }
+            None => {}
+        }
+        let event: Map<String, Value> = members
+            .iter()
+            .map(|(key, value)| (key.to_owned(), value_of(value)))
+            .collect();
 
         match event.get("type") {
             None | Some(Value::Null) => {

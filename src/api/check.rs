@@ -14,8 +14,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::{ApiError, Detail, ErrorBody};
-use super::{AppState, Params, RawBody};
+use super::{AppState, CheckRoute, Params, RawBody, off_worker};
 use crate::index::{RuleRef, View};
+use crate::json::{BoundedList, Members, NotAnObject, Offending, value_of};
 use crate::keys::Permission;
 use crate::rules::{Asn, CountryCode, Kind, RuleAction, UnixMillis, normalize_ip};
 use crate::signal::BatchProblem;
@@ -78,9 +79,13 @@ pub struct CheckAnswer<'a> {
     #[serde(serialize_with = "display_opt")]
     pub country: Option<CountryCode>,
     /// Every active rule covering the address (its range, its ASN, its country), most specific
-    /// range first.
+    /// range first; at most `limits.matches_per_address` of them.
     #[schema(value_type = Vec<MatchView>)]
     pub matches: Vec<Match<'a>>,
+    /// Present and `true` when `matches` was cut short by the answer's size limits. The
+    /// decision (`blocked`, `allowed`) always accounts for every rule.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub matches_truncated: bool,
 }
 
 fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
@@ -93,13 +98,25 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
     }
 }
 
-/// The full answer for one address: decision, geo data and matching rules.
+/// The full answer for one address: decision, geo data and every matching rule.
 pub fn answer(view: &View, ip: IpAddr, now: UnixMillis) -> CheckAnswer<'_> {
+    answer_bounded(view, ip, now, usize::MAX)
+}
+
+/// As [`answer`], listing at most `max_matches` of the matching rules.
+pub fn answer_bounded(
+    view: &View,
+    ip: IpAddr,
+    now: UnixMillis,
+    max_matches: usize,
+) -> CheckAnswer<'_> {
     let ip = normalize_ip(ip);
     // Geo first: its reads are independent of the index's, so the processor overlaps the
     // index's first misses to memory with the geo look-up's last ones.
     let geo = view.locate(ip);
-    let (verdict, rules) = view.lookup(ip, now);
+    let (verdict, mut rules) = view.lookup(ip, now);
+    let matches_truncated = rules.len() > max_matches;
+    rules.truncate(max_matches);
     CheckAnswer {
         ip,
         blocked: verdict.blocked,
@@ -107,6 +124,7 @@ pub fn answer(view: &View, ip: IpAddr, now: UnixMillis) -> CheckAnswer<'_> {
         asn: geo.asn,
         country: geo.country,
         matches: rules.into_iter().map(Match).collect(),
+        matches_truncated,
     }
 }
 
@@ -142,7 +160,7 @@ pub async fn check_one(
             "ip" if ip.is_some() => {
                 return Err(ApiError::invalid(
                     "ip",
-                    "given more than once",
+                    "is given more than once",
                     Value::from(value.as_str()),
                 ));
             }
@@ -166,7 +184,8 @@ pub async fn check_one(
     }
     let ip = ip.ok_or_else(|| ApiError::invalid("ip", "is required", Value::Null))?;
     let view = app.index.view(principal.tenant_id);
-    Ok(Json(answer(&view, ip, app.clock.now())).into_response())
+    let max_matches = app.body_limits.matches_per_address;
+    Ok(Json(answer_bounded(&view, ip, app.clock.now(), max_matches)).into_response())
 }
 
 /// Body of `POST /v1/check`.
@@ -196,61 +215,106 @@ pub struct CheckResults<'a> {
 pub async fn check_many(
     State(app): State<AppState>,
     caller: Caller,
-    RawBody(body): RawBody,
+    body: RawBody<CheckRoute>,
 ) -> Result<Response, ApiError> {
     let principal = caller.require(Permission::ReadRules)?;
-    let ips = parse_check_batch(&body)?;
     let now = app.clock.now();
-    // One view for the whole batch: every answer sees the same rules.
-    let view = app.index.view(principal.tenant_id);
-    let results = ips.into_iter().map(|ip| answer(&view, ip, now)).collect();
-    Ok(Json(CheckResults { results }).into_response())
+    let bytes = body.bytes().clone();
+    let index = app.index.clone();
+    let limits = (
+        app.body_limits.matches_per_address,
+        app.body_limits.matches_per_batch,
+    );
+    let tenant = principal.tenant_id;
+    let json = off_worker(bytes.len(), move || {
+        let ips = parse_check_batch(&bytes)?;
+        // One view for the whole batch: every answer sees the same rules.
+        let view = index.view(tenant);
+        let (per_address, mut budget) = limits;
+        let results = ips
+            .into_iter()
+            .map(|ip| {
+                let answer = answer_bounded(&view, ip, now, per_address.min(budget));
+                budget -= answer.matches.len();
+                answer
+            })
+            .collect();
+        serde_json::to_vec(&CheckResults { results })
+            .map_err(|e| ApiError::Internal(format!("encoding answers: {e}")))
+    })
+    .await??;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response())
 }
 
 fn parse_check_batch(body: &[u8]) -> Result<Vec<IpAddr>, ApiError> {
-    let shape = || {
+    let text = std::str::from_utf8(body).map_err(|_| {
         ApiError::invalid(
+            "body",
+            BatchProblem::NotJson { line: 1, column: 0 }.to_string(),
+            Value::Null,
+        )
+    })?;
+    let members = Members::parse(text).map_err(|e| match e {
+        NotAnObject::Syntax(e) => {
+            ApiError::invalid("body", BatchProblem::not_json(&e).to_string(), Value::Null)
+        }
+        NotAnObject::Other => ApiError::invalid(
             "body",
             "must be a JSON object {\"ips\": [\"192.0.2.7\", ...]}",
             Value::Null,
-        )
-    };
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid("body", BatchProblem::not_json(&e).to_string(), Value::Null)
+        ),
     })?;
-    let Value::Object(object) = value else {
-        return Err(shape());
-    };
-    if let Some(key) = object.keys().find(|k| k.as_str() != "ips") {
-        return Err(ApiError::invalid(
-            key,
-            "unknown field (allowed: ips)",
-            object[key].clone(),
-        ));
+    match members.first_offending(&["ips"]) {
+        Some(Offending::Unknown(key, value)) => {
+            return Err(ApiError::invalid(
+                key,
+                "unknown field (allowed: ips)",
+                value_of(value),
+            ));
+        }
+        Some(Offending::Repeated(key, value)) => {
+            return Err(ApiError::invalid(
+                key,
+                "is given more than once",
+                value_of(value),
+            ));
+        }
+        None => {}
     }
-    let Some(Value::Array(items)) = object.get("ips") else {
+    let raw = members.get("ips");
+    let Some(list) = raw.and_then(|raw| BoundedList::parse(raw, MAX_CHECK_BATCH)) else {
         return Err(ApiError::invalid(
             "ips",
             "must be a list of addresses",
-            object.get("ips").cloned().unwrap_or(Value::Null),
+            raw.map(value_of).unwrap_or(Value::Null),
         ));
     };
-    if items.is_empty() || items.len() > MAX_CHECK_BATCH {
+    if list.total == 0 || list.total > MAX_CHECK_BATCH {
         return Err(ApiError::invalid(
             "ips",
             "must hold 1 to 10000 addresses",
-            Value::from(items.len()),
+            Value::from(list.total),
         ));
     }
-    let mut ips = Vec::with_capacity(items.len());
+    let mut ips = Vec::with_capacity(list.items.len());
     let mut bad = Vec::new();
-    for (index, item) in items.iter().enumerate() {
-        match item.as_str().and_then(parse_client_ip) {
+    for (index, item) in list.items.iter().enumerate() {
+        let parsed = serde_json::from_str::<std::borrow::Cow<str>>(item.get())
+            .ok()
+            .and_then(|text| parse_client_ip(&text));
+        match parsed {
             Some(ip) => ips.push(ip),
             None => bad.push(Detail {
                 field: "ips".into(),
                 message: "must be an IPv4 or IPv6 address".into(),
-                value: item.clone(),
+                value: value_of(item),
                 index: Some(index),
             }),
         }

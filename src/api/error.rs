@@ -37,6 +37,10 @@ pub enum ApiError {
     RateLimited(u64),
     #[error("The store is unavailable; nothing was written")]
     Store(#[from] StoreError),
+    #[error("The server is busy; retry shortly")]
+    Busy,
+    #[error("Internal error")]
+    Internal(String),
 }
 
 /// One problem of a 400 answer.
@@ -97,7 +101,8 @@ impl ApiError {
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(_) | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -113,7 +118,8 @@ impl ApiError {
             ApiError::BodyTimeout(_) => "RequestTimeout",
             ApiError::Unprocessable(_) => "UnprocessableEntity",
             ApiError::RateLimited(_) => "TooManyRequests",
-            ApiError::Store(_) => "ServiceUnavailable",
+            ApiError::Store(_) | ApiError::Busy => "ServiceUnavailable",
+            ApiError::Internal(_) => "InternalError",
         }
     }
 }
@@ -134,14 +140,17 @@ pub struct ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let ApiError::Store(e) = &self {
+        match &self {
             // The cause stays in the log; the client learns only that nothing was written.
-            tracing::error!(error = %e, "store failure");
+            ApiError::Store(e) => tracing::error!(error = %e, "store failure"),
+            ApiError::Internal(e) => tracing::error!(error = %e, "internal error"),
+            _ => {}
         }
         let message = self.to_string();
         let error = self.kind();
         let retry_after = match &self {
             ApiError::RateLimited(secs) => Some(*secs),
+            ApiError::Busy => Some(1),
             _ => None,
         };
         let details = match self {

@@ -22,17 +22,21 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::extract::{FromRequest, Request};
 use axum::routing::get;
 use axum::{Json, Router};
+use http_body_util::BodyExt;
+use http_body_util::LengthLimitError;
 use serde::Serialize;
 use serde_json::Value;
+use std::marker::PhantomData;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use utoipa::ToSchema;
 
 use ipnet::IpNet;
 
 use crate::clock::Clock;
+use crate::config::LimitsConfig;
 use crate::geo::Geo;
 use crate::index::Index;
 use crate::keys::KeyRing;
@@ -57,11 +61,13 @@ pub struct Shared {
     pub key_reload: tokio::sync::Mutex<()>,
     pub policy: SignalPolicy,
     pub report_policy: ReportPolicy,
-    pub limits: Arc<RateLimits>,
+    pub rate_limits: Arc<RateLimits>,
     /// Woken when a report is queued, so the worker does not wait for its next poll.
     pub report_worker: Arc<Notify>,
     pub clock: Arc<dyn Clock>,
-    pub max_body_bytes: usize,
+    pub body_limits: LimitsConfig,
+    /// Bytes of request bodies held now, bounded by `body_limits.bodies_in_flight_bytes`.
+    pub bodies_in_flight: Arc<Semaphore>,
     /// A request body must arrive whole within this; a slower one is a 408.
     pub body_read_timeout: std::time::Duration,
 }
@@ -88,7 +94,6 @@ impl Deref for AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.max_body_bytes;
     Router::new()
         .route("/v1/signal", axum::routing::post(signal::submit))
         .route("/v1/rules", get(rules::list))
@@ -109,7 +114,6 @@ pub fn router(state: AppState) -> Router {
         .merge(docs::router())
         .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state)
 }
 
@@ -126,25 +130,120 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// A request body read whole, whatever its `Content-Type` (curl's `-d` sends
-/// `application/x-www-form-urlencoded`, and the contract's examples must still work).
-pub struct RawBody(pub Bytes);
+/// The size limit a route reads its body under.
+pub trait BodyRoute {
+    fn limit(limits: &LimitsConfig) -> usize;
+}
 
-impl FromRequest<AppState> for RawBody {
+/// `POST /v1/signal`.
+pub struct SignalRoute;
+/// `POST /v1/check`.
+pub struct CheckRoute;
+/// The report endpoints.
+pub struct ReportRoute;
+
+impl BodyRoute for SignalRoute {
+    fn limit(limits: &LimitsConfig) -> usize {
+        limits.signal_body_bytes
+    }
+}
+
+impl BodyRoute for CheckRoute {
+    fn limit(limits: &LimitsConfig) -> usize {
+        limits.check_body_bytes
+    }
+}
+
+impl BodyRoute for ReportRoute {
+    fn limit(limits: &LimitsConfig) -> usize {
+        limits.report_body_bytes
+    }
+}
+
+/// A request body read whole, whatever its `Content-Type` (curl's `-d` sends
+/// `application/x-www-form-urlencoded`, and the contract's examples must still work), under
+/// its route's size limit and the body timeout. It holds its share of the memory budget for
+/// bodies until the request is done with it.
+pub struct RawBody<R> {
+    bytes: Bytes,
+    _budget: OwnedSemaphorePermit,
+    _route: PhantomData<R>,
+}
+
+impl<R> RawBody<R> {
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl<R: BodyRoute + Send> FromRequest<AppState> for RawBody<R> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, app: &AppState) -> Result<Self, ApiError> {
-        tokio::time::timeout(app.body_read_timeout, Bytes::from_request(req, app))
-            .await
-            .map_err(|_| ApiError::BodyTimeout(app.body_read_timeout.as_secs()))?
-            .map(RawBody)
-            .map_err(|rejection| match rejection {
-                BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
-                    ApiError::PayloadTooLarge(app.max_body_bytes)
-                }
-                other => ApiError::invalid("body", other.body_text(), Value::Null),
-            })
+        let limit = R::limit(&app.body_limits);
+        let announced = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if announced.is_some_and(|n| n > limit) {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        // A chunked body may be as large as the limit, so it reserves that much.
+        let reserve = announced
+            .unwrap_or(limit)
+            .min(app.body_limits.bodies_in_flight_bytes);
+        let reserve = u32::try_from(reserve.max(1)).unwrap_or(u32::MAX);
+        let budget = tokio::time::timeout(
+            BODY_BUDGET_WAIT,
+            app.bodies_in_flight.clone().acquire_many_owned(reserve),
+        )
+        .await
+        .map_err(|_| ApiError::Busy)?
+        .map_err(|_| ApiError::Busy)?;
+        let read = http_body_util::Limited::new(req.into_body(), limit).collect();
+        let bytes = match tokio::time::timeout(app.body_read_timeout, read).await {
+            Err(_) => return Err(ApiError::BodyTimeout(app.body_read_timeout.as_secs())),
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            Ok(Err(e)) => {
+                return Err(ApiError::invalid(
+                    "body",
+                    format!("could not be read: {e}"),
+                    Value::Null,
+                ));
+            }
+        };
+        Ok(RawBody {
+            bytes,
+            _budget: budget,
+            _route: PhantomData,
+        })
     }
+}
+
+/// How long a body waits for room in the memory budget before the request gets 503: a server
+/// that full sheds load rather than queue it.
+pub const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Bodies from this size up are parsed, and their answers made, on the blocking pool.
+pub const LARGE_BODY: usize = 64 * 1024;
+
+/// Runs a request's CPU work (parsing, validating, answering) on the blocking pool when its
+/// input is large, so that one big body never holds an async worker that forward-auth and
+/// `/healthz` are waiting on.
+pub async fn off_worker<T: Send + 'static>(
+    input_bytes: usize,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    if input_bytes < LARGE_BODY {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::Internal(format!("request work failed: {e}")))
 }
 
 /// A fresh id tying a request's audit entries together.

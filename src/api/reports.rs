@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{ApiError, Detail, ErrorBody};
-use super::{AppState, RawBody};
+use super::{AppState, RawBody, ReportRoute, off_worker};
 use crate::keys::{Permission, Role};
 use crate::ratelimit::{Scope, Verdict};
 use crate::reports::Invalid;
@@ -18,7 +18,7 @@ use crate::store::{QueuedReport, ReportKind};
 
 /// Spends one request of the key's budget in `scope`; over the limit is a 429.
 pub fn spend(app: &AppState, scope: Scope, key_id: i64) -> Result<(), ApiError> {
-    match app.limits.check(scope, key_id) {
+    match app.rate_limits.check(scope, key_id) {
         Verdict::Limited { retry_after_secs } => Err(ApiError::RateLimited(retry_after_secs)),
         Verdict::Allowed { .. } | Verdict::Unlimited => Ok(()),
     }
@@ -42,19 +42,20 @@ async fn accept(
     app: AppState,
     caller: Caller,
     kind: ReportKind,
-    body: &[u8],
+    body: RawBody<ReportRoute>,
 ) -> Result<StatusCode, ApiError> {
     let principal = caller.require(Permission::WriteRules)?;
     spend(&app, Scope::Reports, principal.key_id)?;
-    let payload = app
-        .report_policy
-        .validate(kind, body)
-        .map_err(unprocessable)?;
-    let payload = serde_json::to_string(&payload).map_err(|e| {
-        ApiError::Store(crate::store::StoreError::Task(format!(
-            "encoding a report: {e}"
-        )))
-    })?;
+    let policy = app.report_policy.clone();
+    let bytes = body.bytes().clone();
+    let payload = off_worker(bytes.len(), move || {
+        policy
+            .validate(kind, &bytes)
+            .map(|payload| serde_json::to_string(&payload))
+    })
+    .await?
+    .map_err(unprocessable)?
+    .map_err(|e| ApiError::Internal(format!("encoding a report: {e}")))?;
     app.store
         .enqueue_report(QueuedReport {
             id: 0,
@@ -109,9 +110,9 @@ pub struct AddressesBody {
 pub async fn report(
     State(app): State<AppState>,
     caller: Caller,
-    RawBody(body): RawBody,
+    body: RawBody<ReportRoute>,
 ) -> Result<StatusCode, ApiError> {
-    accept(app, caller, ReportKind::Report, &body).await
+    accept(app, caller, ReportKind::Report, body).await
 }
 
 /// End the bans of these addresses now.
@@ -122,9 +123,9 @@ pub async fn report(
 pub async fn unban(
     State(app): State<AppState>,
     caller: Caller,
-    RawBody(body): RawBody,
+    body: RawBody<ReportRoute>,
 ) -> Result<StatusCode, ApiError> {
-    accept(app, caller, ReportKind::Unban, &body).await
+    accept(app, caller, ReportKind::Unban, body).await
 }
 
 /// Put addresses on the tenant's allowlist (false positives): never reported as blocked.
@@ -135,9 +136,9 @@ pub async fn unban(
 pub async fn false_add(
     State(app): State<AppState>,
     caller: Caller,
-    RawBody(body): RawBody,
+    body: RawBody<ReportRoute>,
 ) -> Result<StatusCode, ApiError> {
-    accept(app, caller, ReportKind::FalseAdd, &body).await
+    accept(app, caller, ReportKind::FalseAdd, body).await
 }
 
 /// Take addresses off the tenant's allowlist.
@@ -148,9 +149,9 @@ pub async fn false_add(
 pub async fn false_remove(
     State(app): State<AppState>,
     caller: Caller,
-    RawBody(body): RawBody,
+    body: RawBody<ReportRoute>,
 ) -> Result<StatusCode, ApiError> {
-    accept(app, caller, ReportKind::FalseRemove, &body).await
+    accept(app, caller, ReportKind::FalseRemove, body).await
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -181,12 +182,13 @@ pub async fn test_token(State(app): State<AppState>, caller: Caller) -> Json<Tok
         key_id: principal.key_id,
         key_name: principal.key_name.clone(),
         role: principal.role,
-        rate_limit: app.limits.remaining(Scope::Reports, principal.key_id).map(
-            |(per_minute, remaining)| Budget {
+        rate_limit: app
+            .rate_limits
+            .remaining(Scope::Reports, principal.key_id)
+            .map(|(per_minute, remaining)| Budget {
                 per_minute,
                 remaining,
-            },
-        ),
+            }),
     })
 }
 

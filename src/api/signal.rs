@@ -9,10 +9,9 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{ApiError, Detail, ErrorBody};
-use super::{AppState, RawBody, request_id};
+use super::{AppState, RawBody, SignalRoute, off_worker, request_id};
 use crate::keys::Permission;
-use crate::signal::parse_batch;
-use crate::store::{BatchItem, WriteBatch};
+use crate::store::WriteBatch;
 
 /// The answer to a batch that had at least one valid event.
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,37 +69,26 @@ pub struct SignalEvent {
         (status = 400, description = "Every event refused, or the body is not a batch", body = ErrorBody),
         (status = 401, description = "Missing, unknown or revoked key", body = ErrorBody),
         (status = 403, description = "The key's role may not submit signals", body = ErrorBody),
-        (status = 413, description = "Body larger than `limits.max_body_bytes`", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within `server.body_read_timeout_secs`", body = ErrorBody),
+        (status = 413, description = "Body larger than `limits.signal_body_bytes`", body = ErrorBody),
         (status = 429, description = "Over `rate_limits.signal_per_minute` (off by default)", body = ErrorBody),
         (status = 503, description = "The store failed; nothing was written", body = ErrorBody),
     ))]
 pub async fn submit(
     State(app): State<AppState>,
     caller: Caller,
-    RawBody(body): RawBody,
+    body: RawBody<SignalRoute>,
 ) -> Result<Response, ApiError> {
     let principal = caller.require(Permission::WriteRules)?;
     super::reports::spend(&app, crate::ratelimit::Scope::Signal, principal.key_id)?;
-    let events = parse_batch(&body).map_err(ApiError::batch)?;
     let now = app.clock.now();
-
-    let mut items = Vec::with_capacity(events.len());
-    let mut refused = Vec::new();
-    for (index, raw) in events.iter().enumerate() {
-        let write = match app.policy.validate(raw, now) {
-            Ok(command) => Ok(command.into_write()),
-            Err(error) => {
-                let text = error.field_message();
-                refused.push((index, error));
-                Err(text)
-            }
-        };
-        items.push(BatchItem {
-            event: raw.get().to_owned(),
-            write,
-        });
-    }
-    let total = items.len();
+    let policy = app.policy.clone();
+    let bytes = body.bytes().clone();
+    let batch = off_worker(bytes.len(), move || policy.validate_batch(&bytes, now))
+        .await?
+        .map_err(ApiError::batch)?;
+    let total = batch.items.len();
+    let refused = batch.refused;
 
     // Written even when every event was refused: the audit log records what was received.
     app.store
@@ -109,7 +97,7 @@ pub async fn submit(
             key_id: principal.key_id,
             request_id: request_id(),
             at: now,
-            items,
+            items: batch.items,
         })
         .await?;
 

@@ -249,7 +249,7 @@ async fn batch_check_answers_in_order() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["details"][0]["field"], "ip");
-    assert_eq!(body["details"][0]["message"], "given more than once");
+    assert_eq!(body["details"][0]["message"], "is given more than once");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod decisions;
 mod durability;
 mod helpers;
 mod hostile;
+mod limits;
 mod proxies;
 mod reports;
 mod rules;

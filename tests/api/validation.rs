@@ -312,7 +312,7 @@ async fn body_without_json_content_type_is_read_as_json() {
 
 #[tokio::test]
 async fn oversized_body_is_413_and_writes_nothing() {
-    let app = spawn_with(|c| c.limits.max_body_bytes = 1024, None).await;
+    let app = spawn_with(|c| c.limits.signal_body_bytes = 1024, None).await;
     let big = json!([ev(
         json!({"ip": "192.0.2.1", "description": "x".repeat(2000)})
     )]);
