@@ -110,6 +110,13 @@ impl Application {
             index: index.clone(),
             geo: geo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
+            client_ip_header: axum::http::HeaderName::try_from(config.client_ip_header.as_str())
+                .with_context(|| {
+                    format!(
+                        "client_ip_header {:?} is not a header name",
+                        config.client_ip_header
+                    )
+                })?,
             keys: keys.clone(),
             key_reload: Default::default(),
             report_policy: ReportPolicy {

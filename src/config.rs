@@ -31,6 +31,12 @@ pub struct Config {
     /// Peers whose `X-Forwarded-For` / `X-Real-IP` are believed (forward-auth). Empty by
     /// default: the TCP peer is the client. Env `PALISADE_TRUSTED_PROXIES`, comma-separated.
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header forward-auth reads the client address from when the peer is a trusted
+    /// proxy: `X-Forwarded-For` (its rightmost address that is not a trusted proxy),
+    /// `X-Real-IP`, or any header the proxy sets to the bare client address. Other forwarding
+    /// headers are ignored, so a visitor cannot slip one past a proxy that does not set it.
+    /// Env `PALISADE_CLIENT_IP_HEADER`.
+    pub client_ip_header: String,
     pub reports: ReportsConfig,
     pub rate_limits: RateLimitConfig,
 }
@@ -228,6 +234,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             geo: GeoConfig::default(),
             trusted_proxies: Vec::new(),
+            client_ip_header: "X-Forwarded-For".into(),
             reports: ReportsConfig::default(),
             rate_limits: RateLimitConfig::default(),
         }
@@ -293,6 +300,7 @@ impl Config {
         for (var, key) in [
             ("PALISADE_GEO_ASN", "geo.asn"),
             ("PALISADE_GEO_COUNTRY", "geo.country"),
+            ("PALISADE_CLIENT_IP_HEADER", "client_ip_header"),
         ] {
             if let Ok(path) = std::env::var(var) {
                 figment = figment.merge(Serialized::default(key, path));

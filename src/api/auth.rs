@@ -8,6 +8,8 @@ use axum::http::request::Parts;
 
 use super::AppState;
 use super::error::ApiError;
+use serde_json::Value;
+
 use crate::keys::{Permission, Principal};
 
 /// The authenticated key behind a request.
@@ -28,31 +30,62 @@ impl Caller {
     }
 }
 
-/// The key of a request: `X-Api-Key`, else `Authorization: Bearer <key>` (scheme in any case).
-///
-/// `X-Api-Key` wins because reverse proxies pass the visitor's own headers on to forward-auth:
-/// the proxy sets `X-Api-Key`, and a blocked visitor's `Authorization` header (with some other
-/// valid key, or a site's Basic credentials) must not decide whose rules apply.
-pub fn presented_key(parts: &Parts) -> Option<&str> {
-    if let Some(value) = parts.headers.get("x-api-key") {
-        let token = value.to_str().ok()?.trim();
-        return (!token.is_empty()).then_some(token);
-    }
+/// The key in `X-Api-Key`, if any.
+fn api_key_header(parts: &Parts) -> Option<&str> {
+    let token = parts.headers.get("x-api-key")?.to_str().ok()?.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// The key in `Authorization: Bearer <key>` (scheme in any case), if any. Other schemes (a
+/// site's Basic credentials) carry no key of ours.
+fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
+/// The key of an API request: `X-Api-Key` or `Authorization: Bearer`. Two different keys are
+/// refused: whichever was picked, the other sender would be surprised by what it could do.
+pub fn presented_key(parts: &Parts) -> Result<Option<&str>, ApiError> {
+    match (api_key_header(parts), bearer(parts)) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::invalid(
+            "Authorization",
+            "carries a different key than X-Api-Key; send one key",
+            Value::Null,
+        )),
+        (Some(key), _) | (None, Some(key)) => Ok(Some(key)),
+        (None, None) => Ok(None),
+    }
+}
+
+fn authenticate(app: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
+    let token = token.ok_or(ApiError::Unauthorized)?;
+    app.keys
+        .load()
+        .authenticate(token)
+        .map(Caller)
+        .ok_or(ApiError::Unauthorized)
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let token = presented_key(parts).ok_or(ApiError::Unauthorized)?;
-        app.keys
-            .load()
-            .authenticate(token)
-            .map(Caller)
-            .ok_or(ApiError::Unauthorized)
+        authenticate(app, presented_key(parts)?)
+    }
+}
+
+/// The caller of forward-auth: the proxy. Proxies pass the visitor's own headers on, so an
+/// `Authorization` header there is the visitor's (a site's Basic credentials, or some other
+/// service's token); when the proxy sends `X-Api-Key`, that alone decides whose rules apply.
+pub struct ProxyCaller(pub Caller);
+
+impl FromRequestParts<AppState> for ProxyCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let token = api_key_header(parts).or_else(|| bearer(parts));
+        authenticate(app, token).map(ProxyCaller)
     }
 }

@@ -5,14 +5,14 @@ use std::str::FromStr;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::Caller;
+use super::auth::{Caller, ProxyCaller};
 use super::error::{ApiError, Detail, ErrorBody};
 use super::{AppState, CheckRoute, Params, RawBody, off_worker};
 use crate::index::{RuleRef, View};
@@ -326,45 +326,62 @@ fn parse_check_batch(body: &[u8]) -> Result<Vec<IpAddr>, ApiError> {
     }
 }
 
-/// The address a request is really from. Forwarding headers are believed only when the TCP
-/// peer is a trusted proxy; then `X-Forwarded-For` is read from the right, skipping trusted
-/// proxies, because only the entries added by our own proxies are trustworthy and a client can
-/// put anything on the left. `X-Real-IP` is used when there is no `X-Forwarded-For`.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Result<IpAddr, ApiError> {
+/// The address a request is really from. The TCP peer, unless it is a trusted proxy: then
+/// the one configured `header`, which such a proxy must send (deciding about the proxy's own
+/// address instead would let every visitor through). `X-Forwarded-For` is read from the right,
+/// skipping trusted proxies, because only the entries added by our own proxies are
+/// trustworthy and a client can put anything on the left; any other header must hold exactly
+/// one address.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    header: &HeaderName,
+) -> Result<IpAddr, ApiError> {
     let peer = normalize_ip(peer);
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Ok(peer);
     }
-    let bad = |name: &str, value: &str| {
-        ApiError::invalid(name, "must hold IP addresses", Value::from(value))
-    };
-    let forwarded: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+    let name = header.as_str();
+    let bad = |value: &str| ApiError::invalid(name, "must hold IP addresses", Value::from(value));
+    let values: Vec<&str> = headers
+        .get_all(header)
         .iter()
-        .map(|v| v.to_str().map_err(|_| bad("X-Forwarded-For", "(not text)")))
+        .map(|v| v.to_str().map_err(|_| bad("(not text)")))
         .collect::<Result<_, _>>()?;
-    if !forwarded.is_empty() {
-        let hops: Vec<&str> = forwarded.iter().flat_map(|v| v.split(',')).collect();
-        let mut leftmost = peer;
-        for hop in hops.iter().rev() {
-            let ip =
-                normalize_ip(parse_forwarded_hop(hop).ok_or_else(|| bad("X-Forwarded-For", hop))?);
-            if !is_trusted(&ip) {
-                return Ok(ip);
-            }
-            leftmost = ip;
+    if values.is_empty() {
+        return Err(ApiError::invalid(
+            name,
+            "is required from a trusted proxy (the header set by client_ip_header)",
+            Value::Null,
+        ));
+    }
+    if header != X_FORWARDED_FOR {
+        return match values.as_slice() {
+            [one] => parse_client_ip(one)
+                .map(normalize_ip)
+                .ok_or_else(|| bad(one)),
+            _ => Err(ApiError::invalid(
+                name,
+                "is given more than once",
+                Value::from(values.join(", ")),
+            )),
+        };
+    }
+    let hops: Vec<&str> = values.iter().flat_map(|v| v.split(',')).collect();
+    let mut leftmost = peer;
+    for hop in hops.iter().rev() {
+        let ip = normalize_ip(parse_forwarded_hop(hop).ok_or_else(|| bad(hop))?);
+        if !is_trusted(&ip) {
+            return Ok(ip);
         }
-        return Ok(leftmost);
+        leftmost = ip;
     }
-    if let Some(real) = headers.get("x-real-ip") {
-        let text = real.to_str().map_err(|_| bad("X-Real-IP", "(not text)"))?;
-        return parse_client_ip(text)
-            .map(normalize_ip)
-            .ok_or_else(|| bad("X-Real-IP", text));
-    }
-    Ok(peer)
+    Ok(leftmost)
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// One `X-Forwarded-For` entry: an address, possibly with a port (`192.0.2.1:443`,
 /// `[2001:db8::1]:443`).
@@ -389,11 +406,16 @@ fn parse_forwarded_hop(hop: &str) -> Option<IpAddr> {
 pub async fn forward_auth(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    caller: Caller,
+    ProxyCaller(caller): ProxyCaller,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let principal = caller.require(Permission::ReadRules)?;
-    let ip = client_ip(peer.ip(), &headers, &app.trusted_proxies)?;
+    let ip = client_ip(
+        peer.ip(),
+        &headers,
+        &app.trusted_proxies,
+        &app.client_ip_header,
+    )?;
     let verdict = app.index.decide(principal.tenant_id, ip, app.clock.now());
     if verdict.blocked {
         return Err(ApiError::Blocked(ip));
@@ -426,27 +448,47 @@ mod tests {
         let peer: IpAddr = "10.0.0.2".parse().unwrap();
         let outsider: IpAddr = "203.0.113.9".parse().unwrap();
         let xff = headers(&[("x-forwarded-for", "1.1.1.1, 198.51.100.4, 10.0.0.3")]);
+        let client =
+            |peer, h: &HeaderMap, trusted: &[IpNet]| client_ip(peer, h, trusted, &X_FORWARDED_FOR);
         // The rightmost untrusted hop; the spoofable left part is ignored.
         assert_eq!(
-            client_ip(peer, &xff, &trusted).unwrap(),
+            client(peer, &xff, &trusted).unwrap(),
             "198.51.100.4".parse::<IpAddr>().unwrap()
         );
-        assert_eq!(client_ip(outsider, &xff, &trusted).unwrap(), outsider);
-        assert_eq!(client_ip(peer, &xff, &[]).unwrap(), peer);
-        let real = headers(&[("x-real-ip", "::ffff:192.0.2.5")]);
-        assert_eq!(
-            client_ip(peer, &real, &trusted).unwrap(),
-            "192.0.2.5".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(client(outsider, &xff, &trusted).unwrap(), outsider);
+        assert_eq!(client(peer, &xff, &[]).unwrap(), peer);
         let two = headers(&[
             ("x-forwarded-for", "192.0.2.1"),
             ("x-forwarded-for", "[2001:db8::1]:443"),
         ]);
         assert_eq!(
-            client_ip(peer, &two, &trusted).unwrap(),
+            client(peer, &two, &trusted).unwrap(),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
-        assert!(client_ip(peer, &headers(&[("x-forwarded-for", "nonsense")]), &trusted).is_err());
-        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted).unwrap(), peer);
+        assert!(client(peer, &headers(&[("x-forwarded-for", "nonsense")]), &trusted).is_err());
+        // A trusted proxy that sends no client address gets an error, not its own address.
+        assert!(client(peer, &HeaderMap::new(), &trusted).is_err());
+    }
+
+    #[test]
+    fn only_the_configured_header_counts() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let real_ip = HeaderName::from_static("x-real-ip");
+        // The proxy sets X-Real-IP and passes the visitor's own X-Forwarded-For along.
+        let spoofed = headers(&[
+            ("x-real-ip", "::ffff:192.0.2.5"),
+            ("x-forwarded-for", "198.51.100.77"),
+        ]);
+        assert_eq!(
+            client_ip(peer, &spoofed, &trusted, &real_ip).unwrap(),
+            "192.0.2.5".parse::<IpAddr>().unwrap()
+        );
+        let only_xff = headers(&[("x-forwarded-for", "198.51.100.77")]);
+        assert!(client_ip(peer, &only_xff, &trusted, &real_ip).is_err());
+        let twice = headers(&[("x-real-ip", "192.0.2.5"), ("x-real-ip", "192.0.2.6")]);
+        assert!(client_ip(peer, &twice, &trusted, &real_ip).is_err());
+        let list = headers(&[("x-real-ip", "192.0.2.5, 192.0.2.6")]);
+        assert!(client_ip(peer, &list, &trusted, &real_ip).is_err());
     }
 }

@@ -52,8 +52,10 @@ pub struct Shared {
     pub store: SharedStore,
     pub index: Arc<Index>,
     pub geo: Arc<Geo>,
-    /// Peers whose forwarding headers forward-auth believes.
+    /// Peers whose forwarding header forward-auth believes.
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header such a peer gives the client address in.
+    pub client_ip_header: axum::http::HeaderName,
     /// Swapped whole when keys change; handlers never wait on it.
     pub keys: Arc<ArcSwap<KeyRing>>,
     /// Held across a reload's read and swap, so that a slower reload that read the keys

@@ -323,12 +323,14 @@ async fn forward_auth_decides_on_the_forwarded_client() {
     )
     .await;
     assert_eq!(blocked.0, StatusCode::FORBIDDEN);
+    // X-Real-IP is not the configured header: a trusted proxy that sends no X-Forwarded-For
+    // gets an error rather than a decision about its own address.
     let (status, _) = forward(
         &app,
         &[("X-Api-Key", &app.admin), ("X-Real-IP", "203.0.113.66")],
     )
     .await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, _) = forward(&app, &[("X-Forwarded-For", "203.0.113.66")]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = forward(
@@ -473,4 +475,71 @@ async fn a_visitors_authorization_header_cannot_choose_the_tenant() {
     )
     .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+/// A proxy that sets X-Real-IP and passes the visitor's X-Forwarded-For along: only the
+/// configured header is read, so the visitor cannot name another address.
+#[tokio::test]
+async fn forward_auth_reads_only_the_configured_header() {
+    let app = spawn_with(
+        |c| {
+            c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+            c.client_ip_header = "X-Real-IP".into();
+        },
+        None,
+    )
+    .await;
+    app.signal(&app.admin, &json!([block_ip("203.0.113.66")]))
+        .await;
+    let blocked = forward(
+        &app,
+        &[
+            ("X-Api-Key", &app.admin),
+            ("X-Real-IP", "203.0.113.66"),
+            ("X-Forwarded-For", "198.51.100.1"),
+        ],
+    )
+    .await;
+    assert_eq!(blocked.0, StatusCode::FORBIDDEN);
+    let allowed = forward(
+        &app,
+        &[
+            ("X-Api-Key", &app.admin),
+            ("X-Real-IP", "198.51.100.1"),
+            ("X-Forwarded-For", "203.0.113.66"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        allowed,
+        (StatusCode::NO_CONTENT, Some("198.51.100.1".into()))
+    );
+}
+
+/// Two different keys in one API request are refused; which one was meant is not guessed.
+#[tokio::test]
+async fn two_different_keys_are_refused() {
+    let app = spawn_app().await;
+    let reader = app.key(Role::Reader, "default").await;
+    let response = app
+        .http
+        .get(app.url("/v1/check?ip=192.0.2.1"))
+        .header("X-Api-Key", &reader)
+        .bearer_auth(&app.admin)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = answer(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["details"][0]["field"], "Authorization");
+    // The same key in both headers is one key.
+    let response = app
+        .http
+        .get(app.url("/v1/check?ip=192.0.2.1"))
+        .header("X-Api-Key", &reader)
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
