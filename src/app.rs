@@ -119,6 +119,8 @@ impl Application {
                 })?,
             keys: keys.clone(),
             key_reload: Default::default(),
+            unknown_keys: crate::keys::UnknownKeys::new(api::UNKNOWN_KEYS_REMEMBERED),
+            key_lookups: tokio::sync::Semaphore::new(api::KEY_LOOKUPS),
             report_policy: ReportPolicy {
                 datasets: config.reports.datasets.clone(),
                 allow_private: config.reports.allow_private,

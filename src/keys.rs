@@ -123,6 +123,49 @@ pub fn generate() -> (String, KeyDigest) {
     (token, digest)
 }
 
+/// Whether `token` has the shape of a key this server makes, so that text that could never be
+/// a key is refused without asking the store.
+pub fn well_formed(token: &str) -> bool {
+    token.strip_prefix(KEY_PREFIX).is_some_and(|rest| {
+        rest.len() == 43
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// Digests recently looked up in the store and not found there, so that a client repeating a
+/// wrong key costs a hash look-up, not a query. Bounded: when full it starts over.
+pub struct UnknownKeys {
+    seen: std::sync::Mutex<std::collections::HashSet<KeyDigest>>,
+    capacity: usize,
+}
+
+impl UnknownKeys {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            seen: Default::default(),
+            capacity,
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<KeyDigest>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn contains(&self, digest: &KeyDigest) -> bool {
+        self.seen().contains(digest)
+    }
+
+    pub fn insert(&self, digest: KeyDigest) {
+        let mut seen = self.seen();
+        if seen.len() >= self.capacity {
+            seen.clear();
+        }
+        seen.insert(digest);
+    }
+}
+
 /// A key as listed (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKey {
@@ -174,11 +217,14 @@ impl KeyRing {
     }
 
     pub fn authenticate(&self, token: &str) -> Option<Arc<Principal>> {
-        let presented = digest(token);
+        self.authenticate_digest(&digest(token))
+    }
+
+    pub fn authenticate_digest(&self, presented: &KeyDigest) -> Option<Arc<Principal>> {
         let mut prefix = [0u8; 16];
         prefix.copy_from_slice(&presented[..16]);
         let (stored, principal) = self.by_prefix.get(&prefix)?;
-        bool::from(stored.ct_eq(&presented)).then(|| principal.clone())
+        bool::from(stored.ct_eq(presented)).then(|| principal.clone())
     }
 }
 
@@ -205,6 +251,26 @@ mod tests {
         assert_eq!(ring.authenticate(&token).unwrap().key_id, 1);
         assert!(ring.authenticate(&format!("{token}x")).is_none());
         assert!(ring.authenticate("").is_none());
+    }
+
+    #[test]
+    fn only_well_formed_keys_are_looked_up() {
+        let (token, _) = generate();
+        assert!(well_formed(&token));
+        assert!(!well_formed(&token[1..]));
+        assert!(!well_formed(&format!("{token}x")));
+        assert!(!well_formed("pal_"));
+        assert!(!well_formed(&format!("{}/", &token[..token.len() - 1])));
+    }
+
+    #[test]
+    fn unknown_keys_stay_bounded() {
+        let unknown = UnknownKeys::new(2);
+        unknown.insert([1; 32]);
+        unknown.insert([2; 32]);
+        assert!(unknown.contains(&[1; 32]));
+        unknown.insert([3; 32]);
+        assert!(unknown.contains(&[3; 32]) && !unknown.contains(&[1; 32]));
     }
 
     #[test]

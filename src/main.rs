@@ -40,7 +40,8 @@ enum Command {
         #[command(flatten)]
         location: Location,
     },
-    /// Manage API keys (works while the server runs; changes apply within a second).
+    /// Manage API keys (works while the server runs: a new key works at once, a revoked one
+    /// stops within a second).
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Decide about an address from the data directory, as `GET /v1/check` would.

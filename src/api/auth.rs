@@ -59,20 +59,16 @@ pub fn presented_key(parts: &Parts) -> Result<Option<&str>, ApiError> {
     }
 }
 
-fn authenticate(app: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
+async fn authenticate(app: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
     let token = token.ok_or(ApiError::Unauthorized)?;
-    app.keys
-        .load()
-        .authenticate(token)
-        .map(Caller)
-        .ok_or(ApiError::Unauthorized)
+    app.authenticate(token).await.map(Caller)
 }
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        authenticate(app, presented_key(parts)?)
+        authenticate(app, presented_key(parts)?).await
     }
 }
 
@@ -86,6 +82,6 @@ impl FromRequestParts<AppState> for ProxyCaller {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let token = api_key_header(parts).or_else(|| bearer(parts));
-        authenticate(app, token).map(ProxyCaller)
+        authenticate(app, token).await.map(ProxyCaller)
     }
 }

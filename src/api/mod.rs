@@ -39,7 +39,7 @@ use crate::clock::Clock;
 use crate::config::LimitsConfig;
 use crate::geo::Geo;
 use crate::index::Index;
-use crate::keys::KeyRing;
+use crate::keys::{self, KeyRing, Principal, UnknownKeys};
 use crate::ratelimit::RateLimits;
 use crate::reports::ReportPolicy;
 use crate::signal::SignalPolicy;
@@ -61,6 +61,10 @@ pub struct Shared {
     /// Held across a reload's read and swap, so that a slower reload that read the keys
     /// earlier never replaces the ring a later one built (a new key would vanish again).
     pub key_reload: tokio::sync::Mutex<()>,
+    /// Wrong keys already looked up in the store.
+    pub unknown_keys: UnknownKeys,
+    /// Turns for store look-ups of keys missing from the ring.
+    pub key_lookups: Semaphore,
     pub policy: SignalPolicy,
     pub report_policy: ReportPolicy,
     pub rate_limits: Arc<RateLimits>,
@@ -75,6 +79,38 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The owner of a presented key. A key missing from the ring is looked up in the store, so
+    /// that a key made by another process (`palisade keys create`) works on the very next
+    /// request; wrong keys are remembered, so repeating one costs no query, and at most
+    /// [`KEY_LOOKUPS`] queries for unknown keys run at once.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Principal>, ApiError> {
+        let digest = keys::digest(token);
+        if let Some(principal) = self.keys.load().authenticate_digest(&digest) {
+            return Ok(principal);
+        }
+        if !keys::well_formed(token) || self.unknown_keys.contains(&digest) {
+            return Err(ApiError::Unauthorized);
+        }
+        let _turn = self
+            .key_lookups
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unauthorized)?;
+        // Another request with the same new key may have loaded it meanwhile.
+        if let Some(principal) = self.keys.load().authenticate_digest(&digest) {
+            return Ok(principal);
+        }
+        if self.store.live_key(digest).await?.is_none() {
+            self.unknown_keys.insert(digest);
+            return Err(ApiError::Unauthorized);
+        }
+        self.reload_keys().await?;
+        self.keys
+            .load()
+            .authenticate_digest(&digest)
+            .ok_or(ApiError::Unauthorized)
+    }
+
     /// Re-reads the live keys and swaps the key ring in one step.
     pub async fn reload_keys(&self) -> StoreResult<()> {
         let _one_at_a_time = self.key_reload.lock().await;
@@ -131,6 +167,13 @@ pub struct Health {
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
+
+/// Store look-ups of unknown keys that may run at once; a flood of made-up keys queues here
+/// instead of taking every read connection.
+pub const KEY_LOOKUPS: usize = 2;
+
+/// Wrong keys remembered before the memory of them starts over.
+pub const UNKNOWN_KEYS_REMEMBERED: usize = 65_536;
 
 /// The size limit a route reads its body under.
 pub trait BodyRoute {

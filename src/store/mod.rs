@@ -307,6 +307,10 @@ pub trait Store: Send + Sync + 'static {
     /// Digests and owners of every unrevoked key, for the key ring.
     async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>>;
 
+    /// The owner of one unrevoked key, by digest: a key made a moment ago by another process
+    /// is found here before the key ring is next reloaded.
+    async fn live_key(&self, digest: KeyDigest) -> StoreResult<Option<Principal>>;
+
     /// Commits an accepted report (and its audit entry) to the queue; returns its queue id.
     async fn enqueue_report(&self, report: QueuedReport) -> StoreResult<i64>;
 

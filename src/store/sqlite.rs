@@ -1218,42 +1218,63 @@ impl Store for SqliteStore {
 
     async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT k.key_hash, k.id, k.name, k.role, t.name, k.tenant_id
-                 FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-                 WHERE k.revoked_at IS NULL",
-            )?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {LIVE_KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+                 WHERE k.revoked_at IS NULL"
+            ))?;
             let rows = stmt
-                .query_map([], |row| {
-                    Ok((
-                        row.get::<_, Vec<u8>>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, String>(4)?,
-                        row.get::<_, i64>(5)?,
-                    ))
-                })?
+                .query_map([], live_key_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(hash, key_id, key_name, role, tenant, tenant_id)| {
-                    let digest: KeyDigest = hash
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt(format!("key {key_id} hash length")))?;
-                    let key = to_api_key((key_id, key_name, role, tenant, tenant_id, 0, None))?;
-                    Ok((
-                        digest,
-                        Principal {
-                            key_id,
-                            key_name: key.name,
-                            role: key.role,
-                            tenant: key.tenant,
-                            tenant_id: key.tenant_id,
-                        },
-                    ))
-                })
-                .collect()
+            rows.into_iter().map(to_live_key).collect()
         })
         .await
     }
+
+    async fn live_key(&self, digest: KeyDigest) -> StoreResult<Option<Principal>> {
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(&format!(
+                    "SELECT {LIVE_KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+                     WHERE k.key_hash = ?1 AND k.revoked_at IS NULL"
+                ))?
+                .query_row([&digest[..]], live_key_from_row)
+                .optional()?;
+            row.map(|row| to_live_key(row).map(|(_, principal)| principal))
+                .transpose()
+        })
+        .await
+    }
+}
+
+const LIVE_KEY_COLUMNS: &str = "k.key_hash, k.id, k.name, k.role, t.name, k.tenant_id";
+
+type LiveKeyRow = (Vec<u8>, i64, String, String, String, i64);
+
+fn live_key_from_row(row: &Row<'_>) -> rusqlite::Result<LiveKeyRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+fn to_live_key(row: LiveKeyRow) -> StoreResult<(KeyDigest, Principal)> {
+    let (hash, key_id, key_name, role, tenant, tenant_id) = row;
+    let digest: KeyDigest = hash
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("key {key_id} hash length")))?;
+    let key = to_api_key((key_id, key_name, role, tenant, tenant_id, 0, None))?;
+    Ok((
+        digest,
+        Principal {
+            key_id,
+            key_name: key.name,
+            role: key.role,
+            tenant: key.tenant,
+            tenant_id: key.tenant_id,
+        },
+    ))
 }

@@ -119,3 +119,34 @@ async fn revoked_keys_are_refused() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.targets(&app.admin).await, ["192.0.2.1/32"]);
 }
+
+/// A key made by another process (here: straight into the store, as `palisade keys create`
+/// does) works on the very next request, without waiting for the periodic re-read.
+#[tokio::test]
+async fn a_new_key_works_on_the_next_request() {
+    let app = spawn_app().await;
+    let (secret, _) = palisade::app::create_key(
+        &*app.state.store,
+        "fresh",
+        Role::Reader,
+        "default",
+        &SystemClock,
+    )
+    .await
+    .unwrap();
+    let (status, body) = app.get("/v1/rules", &secret).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Made-up keys of the right shape are asked about once, then remembered as wrong.
+    let (made_up, _) = palisade::keys::generate();
+    for _ in 0..3 {
+        assert_eq!(
+            app.get("/v1/rules", &made_up).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert!(
+        app.state
+            .unknown_keys
+            .contains(&palisade::keys::digest(&made_up))
+    );
+}
