@@ -15,14 +15,16 @@ use crate::api::{self, AppState, Shared};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::geo::Geo;
+use crate::health::Readiness;
 use crate::index::{Index, Networks};
 use crate::keys::{self, DEFAULT_TENANT, KeyRing, Role, TenantName};
 use crate::ratelimit::RateLimits;
 use crate::reports::{self, ReportPayload, ReportPolicy};
+use crate::rules::UnixMillis;
 use crate::server::{self, ConnectionLimits};
 use crate::signal::{AsnCatalog, SignalPolicy};
-use crate::store::sqlite::{SqliteOptions, SqliteStore};
-use crate::store::{NewKey, ProcessedReport, SharedStore, Store};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{NewKey, ProcessedReport, SharedStore, Store, StoreResult};
 use tokio::sync::Notify;
 
 /// How often the server re-reads the keys table, so that keys made or revoked from the command
@@ -55,15 +57,8 @@ impl Application {
         }
         let index = Arc::new(Index::new(geo.current().clone()));
         let store: SharedStore = Arc::new(
-            SqliteStore::open(
-                &config.data_dir,
-                SqliteOptions {
-                    synchronous: config.store.synchronous,
-                    cache_mib: config.store.cache_mib,
-                },
-                index.clone(),
-            )
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+            SqliteStore::open(&config.data_dir, config.sqlite_options(), index.clone())
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         );
         rebuild_index(&store, &index, &*clock, None).await?;
         let stats = index.stats();
@@ -72,6 +67,8 @@ impl Application {
             seq = index.seq(),
             "decision index built"
         );
+        let readiness = Arc::new(Readiness::new());
+        readiness.index_loaded();
 
         let bootstrap_key = if store.keys().await?.is_empty() {
             let (secret, _) = create_key(&*store, "admin", Role::Admin, DEFAULT_TENANT, &*clock)
@@ -84,6 +81,7 @@ impl Application {
         let keys = Arc::new(ArcSwap::from_pointee(KeyRing::new(
             store.live_keys().await?,
         )));
+        readiness.store_probed(store.probe(clock.now()).await.map_err(|e| e.to_string()));
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -130,6 +128,8 @@ impl Application {
             rate_limits,
             report_worker: report_worker.clone(),
             clock: clock.clone(),
+            readiness: readiness.clone(),
+            audit_page_bytes: config.audit.page_bytes,
             bodies_in_flight: Arc::new(tokio::sync::Semaphore::new(
                 config.limits.bodies_in_flight_bytes,
             )),
@@ -148,9 +148,20 @@ impl Application {
                 index,
                 clock.clone(),
             )),
+            tokio::spawn(probe_store(
+                store.clone(),
+                readiness,
+                clock.clone(),
+                Duration::from_secs(config.store.probe_interval_secs.max(1)),
+            )),
+            tokio::spawn(keep_history(
+                store.clone(),
+                clock.clone(),
+                Retention::from_config(&config),
+            )),
             tokio::spawn(purge_expired(
                 store,
-                clock,
+                PurgeClock::new(clock),
                 Duration::from_secs(config.store.purge_interval_secs.max(1)),
             )),
         ]);
@@ -368,13 +379,146 @@ async fn refresh_keys(state: AppState) {
     }
 }
 
-async fn purge_expired(store: SharedStore, clock: Arc<dyn Clock>, every: Duration) {
+async fn probe_store(
+    store: SharedStore,
+    readiness: Arc<Readiness>,
+    clock: Arc<dyn Clock>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let outcome = store.probe(clock.now()).await.map_err(|e| e.to_string());
+        readiness.store_probed(outcome);
+    }
+}
+
+/// How long the audit log and the change log are kept; `None`: for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub audit: Option<Duration>,
+    pub changes: Option<Duration>,
+}
+
+impl Retention {
+    pub fn from_config(config: &Config) -> Self {
+        let days = |d: u32| (d > 0).then(|| Duration::from_secs(u64::from(d) * 86_400));
+        Self {
+            audit: days(config.audit.retention_days),
+            changes: days(config.store.change_log_retention_days),
+        }
+    }
+}
+
+/// How often old audit and change-log entries are deleted.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Entries deleted per transaction, so that retention never holds the writer for long.
+const RETENTION_BATCH: usize = 10_000;
+
+async fn keep_history(store: SharedStore, clock: Arc<dyn Clock>, retention: Retention) {
+    let mut tick = tokio::time::interval(RETENTION_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = apply_retention(&*store, clock.now(), retention).await {
+            tracing::warn!(error = %e, "deleting old audit and change-log entries failed");
+        }
+    }
+}
+
+/// Deletes the audit and change-log entries older than `retention` allows, in batches.
+/// Returns how many of each went.
+pub async fn apply_retention(
+    store: &dyn Store,
+    now: UnixMillis,
+    retention: Retention,
+) -> StoreResult<(usize, usize)> {
+    let before = |keep: Duration| UnixMillis(now.0 - keep.as_millis() as i64);
+    let mut deleted = (0, 0);
+    if let Some(keep) = retention.audit {
+        loop {
+            let n = store.purge_audit(before(keep), RETENTION_BATCH).await?;
+            deleted.0 += n;
+            if n < RETENTION_BATCH {
+                break;
+            }
+        }
+    }
+    if let Some(keep) = retention.changes {
+        loop {
+            let n = store.purge_changes(before(keep), RETENTION_BATCH).await?;
+            deleted.1 += n;
+            if n < RETENTION_BATCH {
+                break;
+            }
+        }
+    }
+    if deleted != (0, 0) {
+        tracing::info!(
+            audit = deleted.0,
+            changes = deleted.1,
+            "deleted entries past their retention"
+        );
+    }
+    Ok(deleted)
+}
+
+/// The instant up to which expired rules may be purged. Expired rules stop matching by the
+/// wall clock whatever this says, but purging deletes them for good, so a wall clock stepped
+/// forward (a bad NTP source, an operator's typo) must not take rules still due to apply once
+/// the clock is put right: the purge goes by the earlier of the wall clock and the time
+/// measured since start, and says when the two disagree.
+pub struct PurgeClock {
+    clock: Arc<dyn Clock>,
+    /// Wall time and steady time at start.
+    anchor: (UnixMillis, Duration),
+    /// Whether the current disagreement has been logged.
+    warned: std::sync::atomic::AtomicBool,
+}
+
+/// How far the wall clock may run ahead of the time measured since start before it is called
+/// a jump.
+const CLOCK_JUMP: Duration = Duration::from_secs(60);
+
+impl PurgeClock {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        let anchor = (clock.now(), clock.monotonic());
+        Self {
+            clock,
+            anchor,
+            warned: Default::default(),
+        }
+    }
+
+    pub fn cutoff(&self) -> UnixMillis {
+        use std::sync::atomic::Ordering;
+        let wall = self.clock.now();
+        let elapsed = self.clock.monotonic().saturating_sub(self.anchor.1);
+        let steady = UnixMillis(self.anchor.0.0 + elapsed.as_millis() as i64);
+        let ahead = wall.0 - steady.0;
+        if ahead > CLOCK_JUMP.as_millis() as i64 {
+            if !self.warned.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    ahead_secs = ahead / 1000,
+                    "the wall clock is ahead of the time measured since start; expired rules are purged by the latter until a restart"
+                );
+            }
+        } else {
+            self.warned.store(false, Ordering::Relaxed);
+        }
+        UnixMillis(wall.0.min(steady.0))
+    }
+}
+
+async fn purge_expired(store: SharedStore, clock: PurgeClock, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         loop {
-            match store.purge_expired(clock.now(), PURGE_BATCH).await {
+            match store.purge_expired(clock.cutoff(), PURGE_BATCH).await {
                 Ok(purged) if purged.len() == PURGE_BATCH => continue,
                 Ok(purged) => {
                     if !purged.is_empty() {
@@ -388,5 +532,27 @@ async fn purge_expired(store: SharedStore, clock: Arc<dyn Clock>, every: Duratio
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn a_wall_clock_stepped_forward_does_not_purge_early() {
+        let clock = Arc::new(ManualClock::new(UnixMillis(1_000_000)));
+        let purge = PurgeClock::new(clock.clone());
+        clock.advance_ms(5_000);
+        assert_eq!(purge.cutoff(), UnixMillis(1_005_000));
+        // A day ahead in one step: purging goes by the time that really passed.
+        clock.step_wall_ms(86_400_000);
+        assert_eq!(purge.cutoff(), UnixMillis(1_005_000));
+        clock.advance_ms(1_000);
+        assert_eq!(purge.cutoff(), UnixMillis(1_006_000));
+        // Stepped back: the wall clock is the earlier of the two.
+        clock.step_wall_ms(-86_400_000 - 10_000);
+        assert_eq!(purge.cutoff(), UnixMillis(996_000));
     }
 }

@@ -37,24 +37,44 @@ impl Clock for SystemClock {
 
 /// A clock that only moves when told to.
 #[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
+pub struct ManualClock {
+    wall: AtomicI64,
+    /// How far the wall clock was stepped away from the steady time.
+    stepped: AtomicI64,
+}
 
 impl ManualClock {
     pub fn new(start: UnixMillis) -> Self {
-        Self(AtomicI64::new(start.0))
+        Self {
+            wall: AtomicI64::new(start.0),
+            stepped: AtomicI64::new(0),
+        }
     }
 
+    /// Puts the wall clock at `at`, as time passing would.
     pub fn set(&self, at: UnixMillis) {
-        self.0.store(at.0, Ordering::SeqCst);
+        self.wall.store(at.0, Ordering::SeqCst);
     }
 
+    /// Lets `ms` pass.
     pub fn advance_ms(&self, ms: i64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.wall.fetch_add(ms, Ordering::SeqCst);
+    }
+
+    /// Steps the wall clock by `ms` without time passing (an NTP step, an operator's typo).
+    pub fn step_wall_ms(&self, ms: i64) {
+        self.wall.fetch_add(ms, Ordering::SeqCst);
+        self.stepped.fetch_add(ms, Ordering::SeqCst);
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> UnixMillis {
-        UnixMillis(self.0.load(Ordering::SeqCst))
+        UnixMillis(self.wall.load(Ordering::SeqCst))
+    }
+
+    fn monotonic(&self) -> Duration {
+        let steady = self.wall.load(Ordering::SeqCst) - self.stepped.load(Ordering::SeqCst);
+        Duration::from_millis(u64::try_from(steady).unwrap_or(0))
     }
 }

@@ -39,6 +39,31 @@ pub struct Config {
     pub client_ip_header: String,
     pub reports: ReportsConfig,
     pub rate_limits: RateLimitConfig,
+    pub audit: AuditConfig,
+}
+
+/// What the audit log keeps, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Events up to this size are kept whole; a larger one keeps its beginning, its size and
+    /// its SHA-256. The default holds any valid signal event.
+    pub max_event_bytes: usize,
+    /// Largest `GET /v1/audit` answer (its events' bytes); a page stops early when full and
+    /// its `next_cursor` continues from there.
+    pub page_bytes: usize,
+    /// Entries older than this many days are deleted; 0 keeps them for good.
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: 8192,
+            page_bytes: 1024 * 1024,
+            retention_days: 90,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,6 +212,14 @@ pub struct StoreConfig {
     /// Page cache of the writing connection, in MiB. Writes to large tables slow down sharply
     /// once their hot index pages no longer fit.
     pub cache_mib: u32,
+    /// Change-log entries older than this many days are deleted; 0 keeps them for good. A
+    /// follower further behind than this (a node down that long) rebuilds from a snapshot.
+    pub change_log_retention_days: u32,
+    /// The node is not ready (`/readyz`) while the data directory's disk has less free space
+    /// than this, in MiB; 0 turns the check off.
+    pub min_free_disk_mib: u64,
+    /// Seconds between the write probes behind `/readyz`.
+    pub probe_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -237,6 +270,7 @@ impl Default for Config {
             client_ip_header: "X-Forwarded-For".into(),
             reports: ReportsConfig::default(),
             rate_limits: RateLimitConfig::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -247,6 +281,9 @@ impl Default for StoreConfig {
             synchronous: Synchronous::Full,
             purge_interval_secs: 60,
             cache_mib: 64,
+            change_log_retention_days: 7,
+            min_free_disk_mib: 64,
+            probe_interval_secs: 5,
         }
     }
 }
@@ -318,6 +355,16 @@ impl Config {
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(Box::new)
+    }
+
+    /// How the embedded store is opened.
+    pub fn sqlite_options(&self) -> crate::store::sqlite::SqliteOptions {
+        crate::store::sqlite::SqliteOptions {
+            synchronous: self.store.synchronous,
+            cache_mib: self.store.cache_mib,
+            audit_event_bytes: self.audit.max_event_bytes,
+            min_free_bytes: self.store.min_free_disk_mib * 1024 * 1024,
+        }
     }
 
     /// The guard rails in force: the configured ones plus, when asked, the listen address.

@@ -24,6 +24,7 @@
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.
+//! - [`health`]: readiness: the index is loaded and the store accepts writes.
 //! - [`config`], [`clock`]: configuration layering and the time source (controllable in tests).
 
 /// jemalloc rather than the system allocator, configured (`.cargo/config.toml`) to ask for
@@ -36,6 +37,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod geo;
+pub mod health;
 pub mod index;
 pub mod json;
 pub mod keys;

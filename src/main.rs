@@ -16,7 +16,7 @@ use palisade::geo::Geo;
 use palisade::index::Index;
 use palisade::keys::{DEFAULT_TENANT, Role};
 use palisade::rules::normalize_ip;
-use palisade::store::sqlite::{SqliteOptions, SqliteStore};
+use palisade::store::sqlite::SqliteStore;
 use palisade::store::{ChangeSink, NoSink, SharedStore, Store};
 
 #[derive(Parser)]
@@ -186,15 +186,8 @@ async fn shutdown_signal() {
 }
 
 fn open_store(config: &Config, sink: Arc<dyn ChangeSink>) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(
-        &config.data_dir,
-        SqliteOptions {
-            synchronous: config.store.synchronous,
-            cache_mib: config.store.cache_mib,
-        },
-        sink,
-    )
-    .with_context(|| format!("opening the store in {}", config.data_dir.display()))
+    SqliteStore::open(&config.data_dir, config.sqlite_options(), sink)
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))
 }
 
 async fn check(ip: IpAddr, tenant: &str, config: &Config) -> anyhow::Result<()> {

@@ -104,7 +104,22 @@ pub async fn list(
             }
         }
     }
-    let page = app.store.audit(principal.tenant_id, before, limit).await?;
+    let mut page = app.store.audit(principal.tenant_id, before, limit).await?;
+    // A page also stops at `audit.page_bytes` of events (always at least one entry), so an
+    // answer's size is bounded whatever the entries hold.
+    let mut bytes = 0;
+    let fits = page
+        .items
+        .iter()
+        .position(|entry| {
+            bytes += entry.event.len();
+            bytes > app.audit_page_bytes
+        })
+        .map_or(page.items.len(), |at| at.max(1));
+    if fits < page.items.len() {
+        page.items.truncate(fits);
+        page.next_cursor = page.items.last().map(|e| e.id);
+    }
     Ok(Json(AuditPage {
         entries: page.items.into_iter().map(AuditView::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),

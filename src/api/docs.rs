@@ -33,6 +33,7 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         super::reports::test_token,
         super::reports::queue,
         super::healthz,
+        super::readyz,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -41,7 +42,7 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         (name = "audit", description = "Everything received"),
         (name = "decisions", description = "Is this client blocked?"),
         (name = "reports", description = "Abuse reports: accepted with 202, applied asynchronously"),
-        (name = "health", description = "Liveness"),
+        (name = "health", description = "Liveness and readiness"),
     )
 )]
 pub struct ApiDoc;

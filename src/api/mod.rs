@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::{FromRequest, Request};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -71,6 +72,9 @@ pub struct Shared {
     /// Woken when a report is queued, so the worker does not wait for its next poll.
     pub report_worker: Arc<Notify>,
     pub clock: Arc<dyn Clock>,
+    pub readiness: Arc<crate::health::Readiness>,
+    /// Largest `GET /v1/audit` answer, in bytes of events.
+    pub audit_page_bytes: usize,
     pub body_limits: LimitsConfig,
     /// Bytes of request bodies held now, bounded by `body_limits.bodies_in_flight_bytes`.
     pub bodies_in_flight: Arc<Semaphore>,
@@ -149,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports/queue", get(reports::queue))
         .route("/test", axum::routing::post(reports::test_token))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .merge(docs::router())
         .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -203,6 +208,41 @@ impl BodyRoute for ReportRoute {
     fn limit(limits: &LimitsConfig) -> usize {
         limits.report_body_bytes
     }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// `ready` or `not ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+    /// What keeps the node from being ready; empty when it is.
+    pub problems: Vec<String>,
+}
+
+/// Readiness: the decision index is loaded and the store accepts writes (probed every
+/// `store.probe_interval_secs`, 5 s by default).
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready for traffic", body = Ready),
+        (status = 503, description = "Not ready, and why", body = Ready),
+    ))]
+pub async fn readyz(State(app): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let problems = app.readiness.problems();
+    let status = if problems.is_empty() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = Ready {
+        status: if problems.is_empty() {
+            "ready"
+        } else {
+            "not ready"
+        },
+        problems,
+    };
+    (status, Json(body)).into_response()
 }
 
 /// A request body read whole, whatever its `Content-Type` (curl's `-d` sends

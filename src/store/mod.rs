@@ -30,6 +30,8 @@ pub enum StoreError {
     },
     #[error("the store's writer has stopped")]
     WriterGone,
+    #[error("only {free} bytes free on the data directory's disk (at least {wanted} wanted)")]
+    DiskFull { free: u64, wanted: u64 },
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
     #[error("a background task failed: {0}")]
@@ -323,6 +325,49 @@ pub trait Store: Send + Sync + 'static {
 
     /// Depth and oldest entry of the queue; of one tenant, or of all.
     async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats>;
+
+    /// Deletes up to `limit` of the oldest audit entries made before `before`; returns how
+    /// many went.
+    async fn purge_audit(&self, before: UnixMillis, limit: usize) -> StoreResult<usize>;
+
+    /// Deletes up to `limit` of the oldest change-log entries made before `before`. Followers
+    /// further behind than that must rebuild from a snapshot.
+    async fn purge_changes(&self, before: UnixMillis, limit: usize) -> StoreResult<usize>;
+
+    /// Commits a tiny write, to learn whether the store accepts writes now.
+    async fn probe(&self, at: UnixMillis) -> StoreResult<()>;
+}
+
+/// The text an audit entry keeps of an event: the event itself when it is at most
+/// `max_bytes`, else a JSON object with its size, its SHA-256 and as much of its beginning as
+/// fits, so that junk cannot grow the audit log without bound but can still be recognised.
+pub fn audit_text(event: &str, max_bytes: usize) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest;
+    if event.len() <= max_bytes {
+        return std::borrow::Cow::Borrowed(event);
+    }
+    // Room for the wrapper and the digest; the head's JSON escaping is counted char by char.
+    let budget = max_bytes.saturating_sub(160);
+    let mut escaped = 0;
+    let head_end = event
+        .char_indices()
+        .find(|(_, c)| {
+            escaped += match c {
+                '"' | '\\' => 2,
+                c if (*c as u32) < 0x20 => 6,
+                c => c.len_utf8(),
+            };
+            escaped > budget
+        })
+        .map_or(event.len(), |(at, _)| at);
+    let digest = sha2::Sha256::digest(event.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    std::borrow::Cow::Owned(
+        serde_json::json!({
+            "truncated": {"bytes": event.len(), "sha256": hex, "head": &event[..head_end]}
+        })
+        .to_string(),
+    )
 }
 
 pub type SharedStore = Arc<dyn Store>;

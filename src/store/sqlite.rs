@@ -55,6 +55,11 @@ pub struct SqliteOptions {
     pub synchronous: Synchronous,
     /// Page cache of the writing connection, in MiB.
     pub cache_mib: u32,
+    /// Audit entries keep events up to this size whole (see [`super::audit_text`]).
+    pub audit_event_bytes: usize,
+    /// Below this much free space on the data directory's file system, probes fail: a nearly
+    /// full disk still takes a probe's tiny write but refuses a batch of signals.
+    pub min_free_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -62,14 +67,45 @@ impl Default for SqliteOptions {
         Self {
             synchronous: Synchronous::default(),
             cache_mib: 64,
+            audit_event_bytes: 8192,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// Creates the data directory (0700) and the database file (0600) before SQLite does, so that
+/// no other local user can read rules or key digests; SQLite gives its WAL and shared-memory
+/// files the database file's mode. Files left readable by others (by an older version) are
+/// tightened. Returns the database's path.
+fn prepare_files(data_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    let path = data_dir.join(DB_FILE);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!(file = %file.display(), "the file was readable by other users; made it 0600");
+        }
+    }
+    Ok(path)
 }
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("schema_v1.sql")),
         M::up(include_str!("schema_v2.sql")),
+        M::up(include_str!("schema_v3.sql")),
     ])
 }
 
@@ -77,6 +113,7 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     readers: Pool<SqliteConnectionManager>,
     path: PathBuf,
+    min_free_bytes: u64,
 }
 
 impl SqliteStore {
@@ -87,11 +124,10 @@ impl SqliteStore {
         options: SqliteOptions,
         sink: Arc<dyn ChangeSink>,
     ) -> StoreResult<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        let path = prepare_files(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.display().to_string(),
             source,
         })?;
-        let path = data_dir.join(DB_FILE);
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -125,6 +161,9 @@ impl SqliteStore {
             .map_err(|e| StoreError::Task(e.to_string()))?;
         let writer = Writer {
             conn,
+            audit: Audit {
+                max_event_bytes: options.audit_event_bytes,
+            },
             publish: publish_tx,
         };
         std::thread::Builder::new()
@@ -135,6 +174,7 @@ impl SqliteStore {
             writer: tx,
             readers,
             path,
+            min_free_bytes: options.min_free_bytes,
         })
     }
 
@@ -181,6 +221,15 @@ enum Op {
         now: UnixMillis,
         limit: usize,
     },
+    PurgeAudit {
+        before: UnixMillis,
+        limit: usize,
+    },
+    PurgeChanges {
+        before: UnixMillis,
+        limit: usize,
+    },
+    Probe(UnixMillis),
     CreateKey(NewKey),
     RevokeKey {
         id: i64,
@@ -197,6 +246,7 @@ enum Output {
     Key(ApiKey),
     MaybeKey(Option<ApiKey>),
     Id(i64),
+    Count(usize),
 }
 
 impl Output {
@@ -204,7 +254,7 @@ impl Output {
         match self {
             Output::Changes(changes) => changes,
             Output::Change(change) => change.as_slice(),
-            Output::Key(_) | Output::MaybeKey(_) | Output::Id(_) => &[],
+            Output::Key(_) | Output::MaybeKey(_) | Output::Id(_) | Output::Count(_) => &[],
         }
     }
 }
@@ -229,20 +279,29 @@ impl Op {
         }
     }
 
-    fn run(&self, conn: &Connection) -> StoreResult<Output> {
+    fn run(&self, conn: &Connection, audit: &Audit) -> StoreResult<Output> {
         match self {
-            Op::Write(batch) => write_batch(conn, batch).map(Output::Changes),
+            Op::Write(batch) => write_batch(conn, audit, batch).map(Output::Changes),
             Op::DeleteRule {
                 tenant,
                 id,
                 key_id,
                 request_id,
                 at,
-            } => delete_rule(conn, *tenant, *id, *key_id, request_id, *at).map(Output::Change),
+            } => {
+                delete_rule(conn, audit, *tenant, *id, *key_id, request_id, *at).map(Output::Change)
+            }
             Op::Purge { now, limit } => purge_expired(conn, *now, *limit).map(Output::Changes),
+            Op::PurgeAudit { before, limit } => {
+                purge_oldest(conn, "audit", "id", *before, *limit).map(Output::Count)
+            }
+            Op::PurgeChanges { before, limit } => {
+                purge_oldest(conn, "rule_changes", "seq", *before, *limit).map(Output::Count)
+            }
+            Op::Probe(at) => probe(conn, *at).map(|()| Output::Count(0)),
             Op::CreateKey(key) => create_key(conn, key).map(Output::Key),
             Op::RevokeKey { id, at } => revoke_key(conn, *id, *at).map(Output::MaybeKey),
-            Op::EnqueueReport(report) => enqueue_report(conn, report).map(Output::Id),
+            Op::EnqueueReport(report) => enqueue_report(conn, audit, report).map(Output::Id),
             Op::ProcessReports(reports) => process_reports(conn, reports).map(Output::Changes),
         }
     }
@@ -250,6 +309,7 @@ impl Op {
 
 struct Writer {
     conn: Connection,
+    audit: Audit,
     /// Committed groups go to the publisher thread, which hands their changes to the sink and
     /// only then answers the requests: the sink's work overlaps the next group's commit.
     publish: std::sync::mpsc::Sender<Committed>,
@@ -356,19 +416,50 @@ impl Writer {
         let tx = self.conn.transaction()?;
         let outputs = ops
             .iter()
-            .map(|op| op.run(&tx))
+            .map(|op| op.run(&tx, &self.audit))
             .collect::<StoreResult<Vec<_>>>()?;
         tx.commit()?;
         Ok(outputs)
     }
 }
 
-fn write_batch(conn: &Connection, batch: &WriteBatch) -> StoreResult<Vec<Change>> {
+/// How audit entries are written.
+struct Audit {
+    max_event_bytes: usize,
+}
+
+/// One audit entry: what a key sent and what became of it.
+struct AuditRow<'a> {
+    tenant: TenantId,
+    key_id: i64,
+    request_id: &'a str,
+    at: UnixMillis,
+    index: Option<usize>,
+    event: &'a str,
+    error: Option<&'a str>,
+}
+
+impl Audit {
+    fn insert(&self, conn: &Connection, row: AuditRow<'_>) -> StoreResult<()> {
+        conn.prepare_cached(
+            "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            row.tenant.0,
+            row.key_id,
+            row.request_id,
+            row.at.0,
+            row.index.map(|i| i as i64),
+            super::audit_text(row.event, self.max_event_bytes),
+            row.error
+        ])?;
+        Ok(())
+    }
+}
+
+fn write_batch(conn: &Connection, audit: &Audit, batch: &WriteBatch) -> StoreResult<Vec<Change>> {
     let mut changes = Vec::new();
-    let mut audit = conn.prepare_cached(
-        "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
     for (index, BatchItem { event, write }) in batch.items.iter().enumerate() {
         let error = match write {
             Ok(write) => {
@@ -377,15 +468,18 @@ fn write_batch(conn: &Connection, batch: &WriteBatch) -> StoreResult<Vec<Change>
             }
             Err(reason) => Some(reason.as_str()),
         };
-        audit.execute(params![
-            batch.tenant.0,
-            batch.key_id,
-            batch.request_id,
-            batch.at.0,
-            index as i64,
-            event,
-            error
-        ])?;
+        audit.insert(
+            conn,
+            AuditRow {
+                tenant: batch.tenant,
+                key_id: batch.key_id,
+                request_id: &batch.request_id,
+                at: batch.at,
+                index: Some(index),
+                event,
+                error,
+            },
+        )?;
     }
     Ok(changes)
 }
@@ -652,6 +746,7 @@ fn log_change(conn: &Connection, mut change: Change, target_text: &str) -> Store
 
 fn delete_rule(
     conn: &Connection,
+    audit: &Audit,
     tenant: TenantId,
     id: RuleId,
     key_id: i64,
@@ -690,11 +785,18 @@ fn delete_rule(
     };
     let change = log_change(conn, change, &target_text)?;
     let event = serde_json::json!({ "op": "delete_rule", "id": id }).to_string();
-    conn.prepare_cached(
-        "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-         VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL)",
-    )?
-    .execute(params![tenant.0, key_id, request_id, at.0, event])?;
+    audit.insert(
+        conn,
+        AuditRow {
+            tenant,
+            key_id,
+            request_id,
+            at,
+            index: None,
+            event: &event,
+            error: None,
+        },
+    )?;
     Ok(Some(change))
 }
 
@@ -733,6 +835,30 @@ fn purge_expired(conn: &Connection, now: UnixMillis, limit: usize) -> StoreResul
         changes.push(log_change(conn, change, &target_text)?);
     }
     Ok(changes)
+}
+
+/// Deletes up to `limit` rows of `table` made before `before`, oldest first (through the
+/// table's index on `at`).
+fn purge_oldest(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    before: UnixMillis,
+    limit: usize,
+) -> StoreResult<usize> {
+    let deleted = conn
+        .prepare_cached(&format!(
+            "DELETE FROM {table} WHERE {key} IN
+                (SELECT {key} FROM {table} WHERE at < ?1 ORDER BY at LIMIT ?2)"
+        ))?
+        .execute(params![before.0, limit as i64])?;
+    Ok(deleted)
+}
+
+fn probe(conn: &Connection, at: UnixMillis) -> StoreResult<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO health (id, at) VALUES (1, ?1)")?
+        .execute([at.0])?;
+    Ok(())
 }
 
 fn tenant_id(conn: &Connection, tenant: &TenantName, at: UnixMillis) -> StoreResult<TenantId> {
@@ -780,7 +906,7 @@ fn json_tags(tags: &[String]) -> String {
     serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
 }
 
-fn enqueue_report(conn: &Connection, report: &QueuedReport) -> StoreResult<i64> {
+fn enqueue_report(conn: &Connection, audit: &Audit, report: &QueuedReport) -> StoreResult<i64> {
     conn.prepare_cached(
         "INSERT INTO report_queue (tenant_id, key_id, kind, payload, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -798,17 +924,18 @@ fn enqueue_report(conn: &Connection, report: &QueuedReport) -> StoreResult<i64> 
         report.kind.as_str(),
         report.payload
     );
-    conn.prepare_cached(
-        "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-         VALUES (?1, ?2, ?3, ?4, NULL, ?5, NULL)",
-    )?
-    .execute(params![
-        report.tenant.0,
-        report.key_id,
-        format!("report-{id}"),
-        report.received_at.0,
-        event
-    ])?;
+    audit.insert(
+        conn,
+        AuditRow {
+            tenant: report.tenant,
+            key_id: report.key_id,
+            request_id: &format!("report-{id}"),
+            at: report.received_at,
+            index: None,
+            event: &event,
+            error: None,
+        },
+    )?;
     Ok(id)
 }
 
@@ -1214,6 +1341,39 @@ impl Store for SqliteStore {
             })
         })
         .await
+    }
+
+    async fn purge_audit(&self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
+        match self.submit(Op::PurgeAudit { before, limit }).await? {
+            Output::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn purge_changes(&self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
+        match self.submit(Op::PurgeChanges { before, limit }).await? {
+            Output::Count(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn probe(&self, at: UnixMillis) -> StoreResult<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let stat = rustix::fs::statvfs(dir).map_err(|e| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source: e.into(),
+        })?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < self.min_free_bytes {
+            return Err(StoreError::DiskFull {
+                free,
+                wanted: self.min_free_bytes,
+            });
+        }
+        match self.submit(Op::Probe(at)).await? {
+            Output::Count(_) => Ok(()),
+            _ => Err(unexpected()),
+        }
     }
 
     async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>> {

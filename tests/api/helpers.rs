@@ -206,11 +206,18 @@ pub fn start_with(
     let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
+        .arg(data_dir);
+    configure(&mut command);
+    start_command(command, new)
+}
+
+/// Runs `command`, which must end up running `palisade serve` (perhaps through a wrapper), and
+/// reads its address and, when `new`, the admin key it prints.
+pub fn start_command(mut command: Command, new: bool) -> (Server, Option<String>) {
+    command
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    configure(&mut command);
     let child = command.spawn().unwrap();
     let mut server = Server {
         child,

@@ -3,8 +3,10 @@
 
 mod access;
 mod decisions;
+mod disk;
 mod durability;
 mod helpers;
+mod history;
 mod hostile;
 mod limits;
 mod proxies;
