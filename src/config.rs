@@ -69,7 +69,8 @@ impl Default for AuditConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReportsConfig {
-    /// Accept reports of private, loopback, link-local, multicast and documentation addresses.
+    /// Accept reports of special-purpose addresses (private, shared, loopback, documentation,
+    /// ..., and IPv6 forms carrying them; see `rules::special_purpose`).
     pub allow_private: bool,
     /// Datasets a report's `type` may name.
     pub datasets: Vec<String>,

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::json::{BoundedList, Members, NotAnObject, value_of};
 
-use crate::rules::{RuleAction, Source, Target, UnixMillis, normalize_ip};
+use crate::rules::{RuleAction, Source, Target, UnixMillis, normalize_ip, special_purpose};
 use crate::signal::{BatchProblem, MAX_EXPIRATION_SECONDS};
 use crate::store::{ReportKind, RuleWrite};
 
@@ -83,31 +83,6 @@ impl Default for ReportPolicy {
             datasets: DEFAULT_DATASETS.iter().map(|d| (*d).to_owned()).collect(),
             allow_private: false,
             protected: Vec::new(),
-        }
-    }
-}
-
-/// Addresses that are not anyone's public address: reporting them blocks nothing real and may
-/// block one's own network.
-pub fn is_non_public(ip: IpAddr) -> bool {
-    match normalize_ip(ip) {
-        IpAddr::V4(v4) => {
-            v4.is_private()
-                || v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-        }
-        IpAddr::V6(v6) => {
-            let documentation: IpNet = "2001:db8::/32".parse().expect("static network");
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || v6.is_unique_local()
-                || v6.is_unicast_link_local()
-                || documentation.contains(&IpAddr::V6(v6))
         }
     }
 }
@@ -222,10 +197,12 @@ impl ReportPolicy {
                 continue;
             };
             if kind == ReportKind::Report {
-                if !self.allow_private && is_non_public(ip) {
+                if !self.allow_private
+                    && let Some(what) = special_purpose(ip)
+                {
                     problems.push(invalid(
                         "addresses",
-                        "must be a public address (private, loopback, link-local, multicast and documentation addresses are refused)",
+                        format!("must be a public address, not {what}"),
                         item.clone(),
                         Some(index),
                     ));
@@ -449,26 +426,5 @@ mod tests {
                 ("tags", Some(1))
             ]
         );
-    }
-
-    #[test]
-    fn non_public_addresses() {
-        for ip in [
-            "10.1.2.3",
-            "127.0.0.1",
-            "169.254.1.1",
-            "224.0.0.1",
-            "192.0.2.1",
-            "fc00::1",
-            "fe80::1",
-            "2001:db8::1",
-            "::1",
-            "ff02::1",
-        ] {
-            assert!(is_non_public(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["8.8.8.8", "2606:4700::1111"] {
-            assert!(!is_non_public(ip.parse().unwrap()), "{ip}");
-        }
     }
 }

@@ -1,6 +1,7 @@
 //! Domain types of an access rule. Each is parsed once, at the edge, and is valid from then on:
 //! a [`Target`] cannot hold a zone id, a host-bit-carrying network, `AS0` or a made-up country.
 
+mod special;
 mod target;
 
 use std::fmt;
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+pub use special::special_purpose;
 pub use target::{Asn, CountryCode, IpTargetError, Kind, Target, normalize_ip, parse_ip_target};
 
 /// Milliseconds since the Unix epoch. Rules expire at an exact instant, so times are kept as

@@ -369,6 +369,37 @@ async fn bad_tokens_roles_and_bodies() {
     assert_eq!(queue["depth"], 0, "nothing refused was queued");
 }
 
+/// Every special-purpose range, in either family, is refused by name.
+#[tokio::test]
+async fn special_purpose_addresses_are_refused() {
+    let app = spawn_with(|c| c.rate_limits.reports_per_minute = 0, None).await;
+    for ip in [
+        "100.64.0.1",
+        "240.0.0.1",
+        "198.18.0.1",
+        "0.1.2.3",
+        "::10.0.0.1",
+        "2002:c0a8:0101::1",
+        "64:ff9b::192.168.1.1",
+    ] {
+        let body = format!(r#"{{"addresses": ["{ip}"]}}"#);
+        let (status, answer) = post(&app, "/v1/ip", &app.admin, &body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{ip}");
+        assert!(
+            answer.contains("must be a public address, not"),
+            "{ip}: {answer}"
+        );
+    }
+    let (status, _) = post(
+        &app,
+        "/v1/ip",
+        &app.admin,
+        r#"{"addresses": ["2002:0808:0808::1"]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
+
 #[tokio::test]
 async fn private_addresses_when_allowed() {
     let app = spawn_with(|c| c.reports.allow_private = true, None).await;
