@@ -264,3 +264,20 @@ pub fn start_command(mut command: Command, new: bool) -> (Server, Option<String>
     }
     (server, key)
 }
+
+/// Panics unless `program` runs: a test that needs an outside program is `#[ignore]`d with the
+/// reason (plain `cargo test` lists it as ignored) and run by `bash .ci/run`, which installs
+/// the programs and runs ignored tests too; there a missing program is a failure, never a pass.
+pub fn require(program: &str, args: &[&str]) {
+    let ran = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        ran,
+        "`{program} {}` failed: this test needs {program} (bash .ci/run installs it)",
+        args.join(" ")
+    );
+}

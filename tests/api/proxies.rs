@@ -1,5 +1,5 @@
-//! The README's reverse-proxy snippets, run against real nginx and Caddy when they are
-//! installed (skipped with a message otherwise). The client addresses 127.0.0.2 and 127.0.0.3
+//! The README's reverse-proxy snippets, run against real nginx, Caddy and Traefik (ignored by a
+//! plain `cargo test`; `bash .ci/run` installs the proxies and runs them). The client addresses 127.0.0.2 and 127.0.0.3
 //! stand for two visitors; the proxy itself is the trusted peer 127.0.0.1.
 
 use std::net::IpAddr;
@@ -28,9 +28,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn installed(program: &str) -> bool {
-    Command::new(program).arg("-v").output().is_ok()
-        || Command::new(program).arg("version").output().is_ok()
+/// Panics unless the proxy runs (nginx answers `-v`, Caddy and Traefik `version`).
+fn require_proxy(program: &str) {
+    let runs = Command::new(program).arg("-v").output().is_ok()
+        || Command::new(program).arg("version").output().is_ok();
+    assert!(runs, "this test needs {program} (bash .ci/run installs it)");
 }
 
 async fn palisade_behind_proxy() -> TestApp {
@@ -76,11 +78,9 @@ async fn visit_path(port: u16, from: &str, path: &str) -> StatusCode {
 }
 
 #[tokio::test]
+#[ignore = "needs nginx; bash .ci/run installs it and runs it"]
 async fn nginx_auth_request_snippet() {
-    if !installed("nginx") {
-        eprintln!("skipped: nginx is not installed");
-        return;
-    }
+    require_proxy("nginx");
     let app = palisade_behind_proxy().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -140,11 +140,9 @@ http {{
 }
 
 #[tokio::test]
+#[ignore = "needs Caddy; bash .ci/run installs it and runs it"]
 async fn caddy_forward_auth_snippet() {
-    if !installed("caddy") {
-        eprintln!("skipped: caddy is not installed");
-        return;
-    }
+    require_proxy("caddy");
     let app = palisade_behind_proxy().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -188,11 +186,9 @@ http://127.0.0.1:{port} {{
 }
 
 #[tokio::test]
+#[ignore = "needs Traefik; bash .ci/run installs it and runs it"]
 async fn traefik_forward_auth_snippet() {
-    if Command::new("traefik").arg("version").output().is_err() {
-        eprintln!("skipped: traefik is not installed");
-        return;
-    }
+    require_proxy("traefik");
     let app = palisade_behind_proxy().await;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{answer, spawn_app};
+use crate::helpers::{answer, require, spawn_app};
 
 const BLOCK_IP: &str = r#"[
 {
@@ -209,15 +209,9 @@ async fn seed_validation_error_and_unauthorized_examples() {
 
 /// The curl lines of the document, run by the real curl (only host and key changed).
 #[tokio::test]
+#[ignore = "needs curl; bash .ci/run runs it"]
 async fn seed_curl_examples_verbatim() {
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: curl is not installed");
-        return;
-    }
+    require("curl", &["--version"]);
     let app = spawn_app().await;
     for body in [CURL_IP, CURL_ASN, CURL_COUNTRY, BATCH] {
         let url = app.url("/v1/signal");
@@ -263,18 +257,11 @@ async fn seed_curl_examples_verbatim() {
     );
 }
 
-/// The Python example, run by Python with `requests`, when both are installed.
+/// The Python example, run by Python with `requests`.
 #[tokio::test]
+#[ignore = "needs python3 with requests; bash .ci/run runs it"]
 async fn seed_python_example_verbatim() {
-    let has_requests = std::process::Command::new("python3")
-        .args(["-c", "import requests"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !has_requests {
-        eprintln!("skipped: python3 with requests is not installed");
-        return;
-    }
+    require("python3", &["-c", "import requests"]);
     let app = spawn_app().await;
     let script = format!(
         r#"import requests

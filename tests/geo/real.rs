@@ -13,16 +13,16 @@ use rand::{Rng, SeedableRng};
 
 use crate::fixtures::write;
 
-fn data_dir() -> Option<PathBuf> {
+fn data_dir() -> PathBuf {
     let dir = std::env::var_os("PALISADE_GEO_DATA")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/work/shared/geo"));
-    if dir.join("asn.mmdb").exists() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: no real geo data in {}", dir.display());
-        None
-    }
+    assert!(
+        dir.join("asn.mmdb").exists(),
+        "no real geo data in {} (set PALISADE_GEO_DATA)",
+        dir.display()
+    );
+    dir
 }
 
 /// Random addresses: IPv4 anywhere, IPv6 in 2000::/3 where the data is.
@@ -41,9 +41,9 @@ fn sample(count: usize, seed: u64) -> Vec<IpAddr> {
 
 /// The loaded tables answer exactly what the MaxMind DB reader answers.
 #[test]
-#[ignore = "needs the real data set"]
+#[ignore = "needs the real data set (/work/shared/geo or PALISADE_GEO_DATA); bash .ci/run runs it"]
 fn mmdb_tables_agree_with_the_reader() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     let data = GeoData::load(Some(&dir.join("asn.mmdb")), Some(&dir.join("country.mmdb"))).unwrap();
     eprintln!("{}", data.stats());
     let asn_reader = Reader::open_readfile(dir.join("asn.mmdb")).unwrap();
@@ -78,9 +78,9 @@ fn mmdb_tables_agree_with_the_reader() {
 
 /// asn.mmdb was converted from the CSV files: both load to the same answers and networks.
 #[test]
-#[ignore = "needs the real data set"]
+#[ignore = "needs the real data set (/work/shared/geo or PALISADE_GEO_DATA); bash .ci/run runs it"]
 fn csv_agrees_with_mmdb() {
-    let Some(dir) = data_dir() else { return };
+    let dir = data_dir();
     // Concatenated gzip members are one valid gzip stream: one file with both families.
     let mut both = std::fs::read(dir.join("asn-ipv4.csv.gz")).unwrap();
     both.extend(std::fs::read(dir.join("asn-ipv6.csv.gz")).unwrap());
