@@ -7,6 +7,11 @@
 //!
 //! `ingest` sends batches of block events for distinct /32 addresses from `--clients` concurrent
 //! connections and counts events acknowledged with 200 (committed before the answer).
+//!
+//! `hostile` holds connections the way an attacker without a key would: `--idle` keep-alive
+//! connections that made one request and then say nothing, and `--half-open` ones that send
+//! part of a request head and stop. Whatever the server closes is opened again at once, so the
+//! pressure stays for `--seconds`; it prints how many it held and how often it reconnected.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -41,6 +46,52 @@ enum Mode {
         #[arg(long, default_value = "spread")]
         pattern: Pattern,
     },
+    /// Hold idle and half-open connections against a server, reopening what it closes.
+    Hostile {
+        /// host:port
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        idle: usize,
+        #[arg(long, default_value_t = 200)]
+        half_open: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
+}
+
+/// Keeps one connection of the given kind open until `deadline`, reopening it whenever the
+/// server closes it; returns how many times it connected.
+async fn hold(addr: std::net::SocketAddr, half_open: bool, deadline: Instant) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connects = 0;
+    while Instant::now() < deadline {
+        let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        connects += 1;
+        let opening: &[u8] = if half_open {
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        } else {
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        };
+        if stream.write_all(opening).await.is_err() {
+            continue;
+        }
+        // Read whatever comes (the one answer, for idle ones) until the server closes.
+        let mut buf = [0u8; 1024];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, async {
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    connects
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -83,6 +134,24 @@ fn batch_body(pattern: Pattern, base: u32, first: u32, count: usize) -> String {
 #[tokio::main]
 async fn main() {
     match Cli::parse().mode {
+        Mode::Hostile {
+            addr,
+            idle,
+            half_open,
+            seconds,
+        } => {
+            let deadline = Instant::now() + Duration::from_secs(seconds);
+            let tasks: Vec<_> = (0..idle + half_open)
+                .map(|i| tokio::spawn(hold(addr, i >= idle, deadline)))
+                .collect();
+            let mut connects = 0;
+            for task in tasks {
+                connects += task.await.expect("connection task");
+            }
+            println!(
+                "hostile: held {idle} idle and {half_open} half-open connections for {seconds} s; {connects} connects in all"
+            );
+        }
         Mode::Ingest {
             url,
             key,
