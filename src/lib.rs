@@ -18,6 +18,8 @@
 //! - [`geo`]: IP address to ASN and country from the operator's data files, the networks of an
 //!   ASN or a country, and reloading when the files change.
 //! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
+//! - [`engine`]: the use cases above the backends; [`engine::merge`] decides what a write does
+//!   to a rule.
 //! - [`index`]: the in-memory decision engine, patched from the store's change log.
 //! - [`store`]: persistence behind the [`store::Store`] trait. Every rule change gets a
 //!   monotonically increasing sequence number, so anything downstream can follow "changes since N".
@@ -36,6 +38,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod engine;
 pub mod geo;
 pub mod health;
 pub mod index;

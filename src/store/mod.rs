@@ -191,6 +191,23 @@ pub struct Change {
     pub at: UnixMillis,
 }
 
+impl Change {
+    /// The change `op` makes to `rule` at `at`, before the change log numbers it.
+    pub fn of(rule: &Rule, op: ChangeOp, at: UnixMillis) -> Self {
+        Change {
+            seq: 0,
+            tenant: rule.tenant,
+            rule_id: rule.id,
+            op,
+            action: rule.action,
+            target: rule.target,
+            expires_at: rule.expires_at,
+            name: rule.name.clone(),
+            at,
+        }
+    }
+}
+
 /// Receives committed changes, in sequence order, before the writes that made them are
 /// acknowledged.
 pub trait ChangeSink: Send + Sync + 'static {

@@ -23,6 +23,7 @@ use super::{
     QueuedReport, ReportKind, RuleQuery, RuleWrite, Snapshot, Store, StoreError, StoreResult,
     WriteBatch,
 };
+use crate::engine::merge::{Merged, NewRule, key_of, merge};
 use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
 
@@ -490,241 +491,97 @@ fn apply_write(
     write: &RuleWrite,
     at: UnixMillis,
 ) -> StoreResult<Option<Change>> {
-    match write {
-        RuleWrite::Put {
-            action,
-            target,
-            expires_at,
-            name,
-            description,
-            source,
-        } => {
-            let target_text = target.to_string();
-            let existing = existing_rule(conn, tenant, *action, target, &target_text)?;
-            let kept_name = existing
-                .as_ref()
-                .filter(|e| e.expires_at.is_none_or(|t| t > at.0))
-                .and_then(|e| e.name.clone());
-            let rule_id = match existing {
-                Some(Existing { id, .. }) => {
-                    // A rule that had expired but was not purged yet starts a new life, as if it
-                    // had been purged and made again: nothing of the old one is kept. (SQLite
-                    // evaluates every CASE against the row as it was before this UPDATE.)
-                    conn.prepare_cached(
-                        "UPDATE rules SET
-                            created_at = CASE WHEN expires_at <= ?2 THEN ?2 ELSE created_at END,
-                            name = CASE WHEN expires_at <= ?2 THEN ?4 ELSE COALESCE(?4, name) END,
-                            description = CASE WHEN expires_at <= ?2 THEN ?5
-                                               ELSE COALESCE(?5, description) END,
-                            dataset = CASE WHEN expires_at <= ?2 THEN NULL ELSE dataset END,
-                            tags = CASE WHEN expires_at <= ?2 THEN '[]' ELSE tags END,
-                            reports = CASE WHEN expires_at <= ?2 THEN 0 ELSE reports END,
-                            expires_at = ?3,
-                            source = ?6,
-                            updated_at = ?2
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![
-                        id,
-                        at.0,
-                        expires_at.map(|t| t.0),
-                        name,
-                        description,
-                        source.as_str()
-                    ])?;
-                    id
-                }
-                None => {
-                    conn.prepare_cached(
-                        "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name,
-                                            description, source, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
-                    )?
-                    .execute(params![
-                        tenant.0,
-                        action.as_str(),
-                        target.kind().as_str(),
-                        target_text,
-                        expires_at.map(|t| t.0),
-                        name,
-                        description,
-                        source.as_str(),
-                        at.0
-                    ])?;
-                    conn.last_insert_rowid()
-                }
-            };
-            let change = Change {
-                seq: 0,
-                tenant,
-                rule_id,
-                op: ChangeOp::Put,
-                action: *action,
-                target: *target,
-                expires_at: *expires_at,
-                name: name.clone().or(kept_name),
-                at,
-            };
-            Ok(Some(log_change(conn, change, &target_text)?))
+    let (action, target) = key_of(write);
+    let stored = stored_rule(conn, tenant, action, &target)?;
+    let change = match merge(stored.as_ref(), write, tenant, at) {
+        Merged::Unchanged => return Ok(None),
+        Merged::Create(new) => {
+            let id = insert_rule(conn, &new)?;
+            Change::of(&new.with_id(id), ChangeOp::Put, at)
         }
-        RuleWrite::Remove { action, target } => {
-            let target_text = target.to_string();
-            let removed = existing_rule(conn, tenant, *action, target, &target_text)?;
-            let Some(Existing {
-                id: rule_id,
-                expires_at,
-                name,
-                ..
-            }) = removed
-            else {
-                return Ok(None);
-            };
+        Merged::Update(rule) => {
+            update_rule(conn, &rule)?;
+            Change::of(&rule, ChangeOp::Put, at)
+        }
+        Merged::Remove(rule) => {
             conn.prepare_cached("DELETE FROM rules WHERE id = ?1")?
-                .execute([rule_id])?;
-            let change = Change {
-                seq: 0,
-                tenant,
-                rule_id,
-                op: ChangeOp::Delete,
-                action: *action,
-                target: *target,
-                expires_at: expires_at.map(UnixMillis),
-                name,
-                at,
-            };
-            Ok(Some(log_change(conn, change, &target_text)?))
+                .execute([rule.id])?;
+            Change::of(&rule, ChangeOp::Delete, at)
         }
-        RuleWrite::Report {
-            target,
-            dataset,
-            tags,
-            expires_at,
-        } => {
-            let target_text = target.to_string();
-            let action = RuleAction::Block;
-            let existing = existing_rule(conn, tenant, action, target, &target_text)?;
-            let (rule_id, new_expiry, name) =
-                match existing {
-                    // Still active: merge into it.
-                    Some(Existing {
-                        id,
-                        expires_at: old_expiry,
-                        tags: old_tags,
-                        name,
-                    }) if old_expiry.is_none_or(|e| e > at.0) => {
-                        let expiry = old_expiry.map(|e| e.max(expires_at.0));
-                        let mut merged = parse_tags(&old_tags)?;
-                        for tag in tags {
-                            if !merged.contains(tag) {
-                                merged.push(tag.clone());
-                            }
-                        }
-                        conn.prepare_cached(
-                            "UPDATE rules SET expires_at = ?2, dataset = ?3, tags = ?4,
-                                reports = reports + 1, updated_at = ?5
-                         WHERE id = ?1",
-                        )?
-                        .execute(params![
-                            id,
-                            expiry,
-                            dataset,
-                            json_tags(&merged),
-                            at.0
-                        ])?;
-                        (id, expiry.map(UnixMillis), name)
-                    }
-                    // Expired and not purged yet: it starts again as this report, as if it had been
-                    // purged and made again.
-                    Some(Existing { id, .. }) => {
-                        conn.prepare_cached(
-                        "UPDATE rules SET expires_at = ?2, dataset = ?3, tags = ?4, reports = 1,
-                                name = NULL, description = NULL, source = 'report',
-                                created_at = ?5, updated_at = ?5
-                         WHERE id = ?1",
-                    )?
-                    .execute(params![id, expires_at.0, dataset, json_tags(tags), at.0])?;
-                        (id, Some(*expires_at), None)
-                    }
-                    None => {
-                        conn.prepare_cached(
-                        "INSERT INTO rules (tenant_id, action, kind, target, expires_at, source,
-                                            dataset, tags, reports, created_at, updated_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, 'report', ?6, ?7, 1, ?8, ?8)",
-                    )?
-                    .execute(params![
-                        tenant.0,
-                        action.as_str(),
-                        target.kind().as_str(),
-                        target_text,
-                        expires_at.0,
-                        dataset,
-                        json_tags(tags),
-                        at.0
-                    ])?;
-                        (conn.last_insert_rowid(), Some(*expires_at), None)
-                    }
-                };
-            let change = Change {
-                seq: 0,
-                tenant,
-                rule_id,
-                op: ChangeOp::Put,
-                action,
-                target: *target,
-                expires_at: new_expiry,
-                name,
-                at,
-            };
-            Ok(Some(log_change(conn, change, &target_text)?))
-        }
-    }
-}
-
-/// What a write needs to know of the rule it may replace.
-struct Existing {
-    id: RuleId,
-    name: Option<String>,
-    expires_at: Option<i64>,
-    /// JSON array.
-    tags: String,
+    };
+    Ok(Some(log_change(conn, change)?))
 }
 
 /// The stored rule for `(tenant, action, target)`, expired or not. Writes look up first and
 /// then update or insert: `INSERT .. ON CONFLICT .. RETURNING` would make SQLite build a
 /// temporary table for every row.
-fn existing_rule(
+fn stored_rule(
     conn: &Connection,
     tenant: TenantId,
     action: RuleAction,
     target: &Target,
-    target_text: &str,
-) -> StoreResult<Option<Existing>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT id, name, expires_at, tags FROM rules
-             WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4",
-        )?
-        .query_row(
-            params![
-                tenant.0,
-                action.as_str(),
-                target.kind().as_str(),
-                target_text
-            ],
-            |row| {
-                Ok(Existing {
-                    id: row.get(0)?,
-                    name: row.get(1)?,
-                    expires_at: row.get(2)?,
-                    tags: row.get(3)?,
-                })
-            },
-        )
-        .optional()?)
+) -> StoreResult<Option<Rule>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RULE_COLUMNS} FROM rules
+         WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4"
+    ))?;
+    let mut rows = stmt.query(params![
+        tenant.0,
+        action.as_str(),
+        target.kind().as_str(),
+        target.to_string()
+    ])?;
+    rows.next()?.map(rule_from_row).transpose()
+}
+
+fn insert_rule(conn: &Connection, rule: &NewRule) -> StoreResult<RuleId> {
+    conn.prepare_cached(
+        "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
+                            source, dataset, tags, reports, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        rule.tenant.0,
+        rule.action.as_str(),
+        rule.target.kind().as_str(),
+        rule.target.to_string(),
+        rule.expires_at.map(|t| t.0),
+        rule.name,
+        rule.description,
+        rule.source.as_str(),
+        rule.dataset,
+        json_tags(&rule.tags),
+        rule.reports,
+        rule.created_at.0,
+        rule.updated_at.0
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Rewrites every mutable field of a stored rule.
+fn update_rule(conn: &Connection, rule: &Rule) -> StoreResult<()> {
+    conn.prepare_cached(
+        "UPDATE rules SET expires_at = ?2, name = ?3, description = ?4, source = ?5,
+                          dataset = ?6, tags = ?7, reports = ?8, created_at = ?9, updated_at = ?10
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        rule.id,
+        rule.expires_at.map(|t| t.0),
+        rule.name,
+        rule.description,
+        rule.source.as_str(),
+        rule.dataset,
+        json_tags(&rule.tags),
+        rule.reports,
+        rule.created_at.0,
+        rule.updated_at.0
+    ])?;
+    Ok(())
 }
 
 /// Appends to the change log; the row id is the change's sequence number.
-fn log_change(conn: &Connection, mut change: Change, target_text: &str) -> StoreResult<Change> {
+fn log_change(conn: &Connection, mut change: Change) -> StoreResult<Change> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at, name, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -735,7 +592,7 @@ fn log_change(conn: &Connection, mut change: Change, target_text: &str) -> Store
         change.op.as_str(),
         change.action.as_str(),
         change.target.kind().as_str(),
-        target_text,
+        change.target.to_string(),
         change.expires_at.map(|t| t.0),
         change.name,
         change.at.0
@@ -783,7 +640,7 @@ fn delete_rule(
         name,
         at,
     };
-    let change = log_change(conn, change, &target_text)?;
+    let change = log_change(conn, change)?;
     let event = serde_json::json!({ "op": "delete_rule", "id": id }).to_string();
     audit.insert(
         conn,
@@ -832,7 +689,7 @@ fn purge_expired(conn: &Connection, now: UnixMillis, limit: usize) -> StoreResul
             name,
             at: now,
         };
-        changes.push(log_change(conn, change, &target_text)?);
+        changes.push(log_change(conn, change)?);
     }
     Ok(changes)
 }
