@@ -1,45 +1,8 @@
 //! The one definition of what a write does to a rule: a pure function of the stored rule (if
 //! any), the write and the instant. Every backend stores what it returns; none decides it.
 
-use crate::rules::{Rule, RuleAction, Source, Target, TenantId, UnixMillis};
+use crate::rules::{NewRule, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
 use crate::store::RuleWrite;
-
-/// A rule about to be stored for the first time: everything but the id the store gives it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewRule {
-    pub tenant: TenantId,
-    pub action: RuleAction,
-    pub target: Target,
-    pub expires_at: Option<UnixMillis>,
-    pub name: Option<String>,
-    pub description: Option<String>,
-    pub source: Source,
-    pub dataset: Option<String>,
-    pub tags: Vec<String>,
-    pub reports: u32,
-    pub created_at: UnixMillis,
-    pub updated_at: UnixMillis,
-}
-
-impl NewRule {
-    pub fn with_id(self, id: crate::rules::RuleId) -> Rule {
-        Rule {
-            id,
-            tenant: self.tenant,
-            action: self.action,
-            target: self.target,
-            expires_at: self.expires_at,
-            name: self.name,
-            description: self.description,
-            source: self.source,
-            dataset: self.dataset,
-            tags: self.tags,
-            reports: self.reports,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        }
-    }
-}
 
 /// What a write does to the stored rule of its `(tenant, action, target)`.
 #[derive(Debug, Clone, PartialEq, Eq)]

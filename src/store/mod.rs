@@ -6,6 +6,7 @@
 //! with. In-memory indexes follow the store only through those changes, so a node that reads the
 //! change log of a shared database sees exactly what the writing node saw.
 
+pub mod backend;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -15,23 +16,26 @@ use async_trait::async_trait;
 use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
 
+/// Why the store failed, whatever the backend: the engine and the API see only this.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database could not be reached or stopped answering (refused or lost connection, a
+    /// pool with no connection to give): worth retrying once it is back.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(String),
     #[error("database migration failed: {0}")]
-    Migration(#[from] rusqlite_migration::Error),
-    #[error("database connection pool: {0}")]
-    Pool(#[from] r2d2::Error),
+    Migration(String),
     #[error("cannot prepare data directory {path}: {source}")]
     DataDir {
         path: String,
         source: std::io::Error,
     },
-    #[error("the store's writer has stopped")]
-    WriterGone,
     #[error("only {free} bytes free on the data directory's disk (at least {wanted} wanted)")]
     DiskFull { free: u64, wanted: u64 },
+    #[error("the store's writer has stopped")]
+    WriterGone,
     #[error("stored data is not readable: {0}")]
     Corrupt(String),
     #[error("a background task failed: {0}")]

@@ -23,11 +23,42 @@ use super::{
     QueuedReport, ReportKind, RuleQuery, RuleWrite, Snapshot, Store, StoreError, StoreResult,
     WriteBatch,
 };
-use crate::engine::merge::{Merged, NewRule, key_of, merge};
+use crate::engine::merge::{Merged, key_of, merge};
 use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
-use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
+use crate::rules::{Kind, NewRule, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
 
 pub const DB_FILE: &str = "palisade.db";
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(ref f, _)
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::CannotOpen
+                        | rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::SystemIoFailure
+                ) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
+            e => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+impl From<rusqlite_migration::Error> for StoreError {
+    fn from(e: rusqlite_migration::Error) -> Self {
+        StoreError::Migration(e.to_string())
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
 
 /// How long a connection waits for another process's lock (the CLI managing keys while the
 /// server runs) before giving up.

@@ -1,0 +1,154 @@
+//! What a storage backend provides: reads, and write transactions made of row operations. The
+//! engine decides every write (what a write does to a rule, what is audited, what the change
+//! log says); a backend stores rows and numbers changes, nothing else, so SQLite and
+//! PostgreSQL cannot disagree about what a write means.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{
+    AuditEntry, Change, NewKey, Page, QueueStats, QueuedReport, RuleQuery, Snapshot, StoreResult,
+};
+use crate::keys::{ApiKey, KeyDigest, Principal, TenantName};
+use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
+
+/// An audit entry to append: what a key sent and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEntry {
+    pub tenant: TenantId,
+    pub key_id: i64,
+    pub request_id: String,
+    pub at: UnixMillis,
+    /// Position in the request's batch; `None` for requests that are not batches.
+    pub index: Option<u32>,
+    /// The event as received (already capped by the engine).
+    pub event: String,
+    /// `None`: applied. `Some(reason)`: refused.
+    pub error: Option<String>,
+}
+
+/// One write transaction. The engine opens it, reads and writes rows through it, and commits
+/// it; dropped without [`Transaction::commit`], it is rolled back. Write transactions of one
+/// database run one at a time, so what a transaction reads stays true until it commits.
+#[async_trait]
+pub trait Transaction: Send {
+    /// The stored rules (expired or not) of `tenant` with these `(action, target)` keys, in
+    /// any order.
+    async fn rules_by_key(
+        &mut self,
+        tenant: TenantId,
+        keys: &[(RuleAction, Target)],
+    ) -> StoreResult<Vec<Rule>>;
+
+    /// One stored rule of `tenant` by id, expired or not.
+    async fn rule_by_id(&mut self, tenant: TenantId, id: RuleId) -> StoreResult<Option<Rule>>;
+
+    /// Up to `limit` rules (of any tenant) expired at `now`.
+    async fn expired_rules(&mut self, now: UnixMillis, limit: usize) -> StoreResult<Vec<Rule>>;
+
+    /// Stores new rules; returns their ids, in order. Ids are never reused.
+    async fn insert_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<RuleId>>;
+
+    /// Rewrites stored rules (found by id) with these fields.
+    async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()>;
+
+    async fn delete_rules(&mut self, ids: &[RuleId]) -> StoreResult<()>;
+
+    /// How many rules `tenant` stores (expired and not yet purged included).
+    async fn rule_count(&mut self, tenant: TenantId) -> StoreResult<u64>;
+
+    /// Moves the count [`Transaction::rule_count`] answers by `delta`.
+    async fn add_rule_count(&mut self, tenant: TenantId, delta: i64) -> StoreResult<()>;
+
+    /// Appends changes to the change log, numbering them (`seq`) in order, each one above every
+    /// number any transaction committed before this one. Readers of the log never meet a
+    /// number below one they have seen that they did not see.
+    async fn append_changes(&mut self, changes: &mut [Change]) -> StoreResult<()>;
+
+    async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()>;
+
+    /// Deletes up to `limit` audit entries made before `before`, oldest first.
+    async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize>;
+
+    /// Deletes up to `limit` change-log entries made before `before`, oldest first.
+    async fn purge_changes(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize>;
+
+    /// The id of the tenant named `name`, created at `at` when it is new.
+    async fn tenant_id(&mut self, name: &TenantName, at: UnixMillis) -> StoreResult<TenantId>;
+
+    async fn insert_key(&mut self, tenant: TenantId, key: &NewKey) -> StoreResult<ApiKey>;
+
+    /// Marks a key revoked at `at` (once); `None` when there is no such key.
+    async fn revoke_key(&mut self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>>;
+
+    /// Queues a report; returns its queue id.
+    async fn enqueue_report(&mut self, report: &QueuedReport) -> StoreResult<i64>;
+
+    /// The oldest queued reports, up to `limit`, that no other open transaction has claimed;
+    /// they stay claimed until this transaction ends.
+    async fn claim_reports(&mut self, limit: usize) -> StoreResult<Vec<QueuedReport>>;
+
+    async fn delete_reports(&mut self, ids: &[i64]) -> StoreResult<()>;
+
+    /// A tiny write that proves the store accepts writes.
+    async fn probe(&mut self, at: UnixMillis) -> StoreResult<()>;
+
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// A storage backend: reads, and write transactions.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Opens a write transaction.
+    async fn begin(&self) -> StoreResult<Box<dyn Transaction>>;
+
+    /// One active rule of the tenant.
+    async fn rule(
+        &self,
+        tenant: TenantId,
+        id: RuleId,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Rule>>;
+
+    async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>>;
+
+    /// Audit entries, newest first; `before` is the cursor.
+    async fn audit(
+        &self,
+        tenant: TenantId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Page<AuditEntry>>;
+
+    /// The change log after `seq`, oldest first.
+    async fn changes_since(&self, seq: u64, limit: usize) -> StoreResult<Vec<Change>>;
+
+    /// All rules active at `now`, and the change they are current up to, read at one instant.
+    async fn snapshot(&self, now: UnixMillis) -> StoreResult<Snapshot>;
+
+    async fn keys(&self) -> StoreResult<Vec<ApiKey>>;
+
+    /// Digests and owners of every unrevoked key.
+    async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>>;
+
+    /// The owner of one unrevoked key, by digest.
+    async fn live_key(&self, digest: KeyDigest) -> StoreResult<Option<Principal>>;
+
+    /// Depth and oldest entry of the report queue; of one tenant, or of all.
+    async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats>;
+
+    /// Whether the backend has room to take writes beyond what a probe's tiny write shows
+    /// (SQLite: free space on the data directory's disk).
+    async fn capacity(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Woken when another process or node may have committed changes, so followers need not
+    /// wait for their next poll; `None` when the backend cannot tell.
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
+}
+
+pub type SharedBackend = Arc<dyn Backend>;
