@@ -2,7 +2,7 @@
 //!
 //! - `ingest/validate_1000`: parsing and validating a 1000-event batch.
 //! - `ingest/commit_1000`: committing one 1000-event batch (new /32 blocks, audit rows, change
-//!   log) through the store's writer thread, on a store that keeps growing.
+//!   log) through the engine's writer to SQLite, on a store that keeps growing.
 //! - `rebuild/1m_rules`: reading 1,000,000 rules back from SQLite and building the index.
 //!
 //! `cargo bench --bench store`
@@ -12,11 +12,15 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use palisade::clock::SystemClock;
+use palisade::config::Config;
+use palisade::engine::{Engine, Feed};
 use palisade::index::{Index, NoNetworks};
 use palisade::rules::{TenantId, UnixMillis};
 use palisade::signal::{SignalPolicy, parse_batch};
-use palisade::store::sqlite::{SqliteOptions, SqliteStore};
-use palisade::store::{BatchItem, NoSink, Store, WriteBatch};
+use palisade::store::backend::SharedBackend;
+use palisade::store::sqlite::{SqliteBackend, SqliteOptions};
+use palisade::store::{BatchItem, WriteBatch};
 
 const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
 
@@ -53,6 +57,18 @@ fn batch(body: &str, policy: &SignalPolicy) -> WriteBatch {
     }
 }
 
+/// An engine writing to a SQLite file in `dir`; nothing follows its feed.
+fn engine(dir: &std::path::Path, options: SqliteOptions) -> (Engine, SharedBackend) {
+    let backend: SharedBackend = Arc::new(SqliteBackend::open(dir, options).unwrap());
+    let feed = Arc::new(Feed::new(
+        backend.clone(),
+        Arc::new(SystemClock),
+        Vec::new(),
+    ));
+    let policy = Config::default().write_policy();
+    (Engine::start(backend.clone(), feed, policy), backend)
+}
+
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let policy = SignalPolicy::default();
@@ -65,7 +81,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), SqliteOptions::default(), Arc::new(NoSink)).unwrap();
+    let (store, _) = runtime.block_on(async { engine(dir.path(), SqliteOptions::default()) });
     let mut next = u32::from(Ipv4Addr::new(11, 0, 0, 0));
     group.sample_size(30);
     group.bench_function("commit_1000", |b| {
@@ -83,15 +99,15 @@ fn bench(c: &mut Criterion) {
 
     // 1,000,000 rules on disk, then read back and indexed as at start-up.
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(
-        dir.path(),
-        SqliteOptions {
-            synchronous: palisade::store::sqlite::Synchronous::Normal,
-            ..SqliteOptions::default()
-        },
-        Arc::new(NoSink),
-    )
-    .unwrap();
+    let (store, backend) = runtime.block_on(async {
+        engine(
+            dir.path(),
+            SqliteOptions {
+                synchronous: palisade::store::sqlite::Synchronous::Normal,
+                ..SqliteOptions::default()
+            },
+        )
+    });
     let mut first = u32::from(Ipv4Addr::new(20, 0, 0, 0));
     runtime.block_on(async {
         for _ in 0..1000 {
@@ -106,7 +122,7 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("1m_rules", |b| {
         b.iter(|| {
-            let snapshot = runtime.block_on(store.snapshot(NOW)).unwrap();
+            let snapshot = runtime.block_on(backend.snapshot(NOW)).unwrap();
             assert_eq!(snapshot.rules.len(), 1_000_000);
             let index = Index::new(Arc::new(NoNetworks));
             index.rebuild(snapshot, None);

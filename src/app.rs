@@ -14,17 +14,19 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState, Shared};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::engine::{ChangeSink, Engine, Feed};
 use crate::geo::Geo;
 use crate::health::Readiness;
 use crate::index::{Index, Networks};
 use crate::keys::{self, DEFAULT_TENANT, KeyRing, Role, TenantName};
 use crate::ratelimit::RateLimits;
-use crate::reports::{self, ReportPayload, ReportPolicy};
+use crate::reports::ReportPolicy;
 use crate::rules::UnixMillis;
 use crate::server::{self, ConnectionLimits};
 use crate::signal::{AsnCatalog, SignalPolicy};
-use crate::store::sqlite::SqliteStore;
-use crate::store::{NewKey, ProcessedReport, SharedStore, Store, StoreResult};
+use crate::store::backend::SharedBackend;
+use crate::store::sqlite::SqliteBackend;
+use crate::store::{NewKey, StoreResult};
 use tokio::sync::Notify;
 
 /// How often the server re-reads the keys table, so that keys made or revoked from the command
@@ -56,22 +58,32 @@ impl Application {
             );
         }
         let index = Arc::new(Index::new(geo.current().clone()));
-        let store: SharedStore = Arc::new(
-            SqliteStore::open(&config.data_dir, config.sqlite_options(), index.clone())
+        let backend: SharedBackend = Arc::new(
+            SqliteBackend::open(&config.data_dir, config.sqlite_options())
                 .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         );
-        rebuild_index(&store, &index, &*clock, None).await?;
+        let feed = Arc::new(Feed::new(
+            backend.clone(),
+            clock.clone(),
+            vec![index.clone() as Arc<dyn ChangeSink>],
+        ));
+        feed.load().await.context("loading the rules")?;
         let stats = index.stats();
         tracing::info!(
             prefixes = stats.prefixes,
-            seq = index.seq(),
+            seq = feed.applied(),
             "decision index built"
         );
         let readiness = Arc::new(Readiness::new());
         readiness.index_loaded();
+        let engine = Arc::new(Engine::start(
+            backend.clone(),
+            feed.clone(),
+            config.write_policy(),
+        ));
 
-        let bootstrap_key = if store.keys().await?.is_empty() {
-            let (secret, _) = create_key(&*store, "admin", Role::Admin, DEFAULT_TENANT, &*clock)
+        let bootstrap_key = if backend.keys().await?.is_empty() {
+            let (secret, _) = create_key(&engine, "admin", Role::Admin, DEFAULT_TENANT, &*clock)
                 .await
                 .context("creating the first admin key")?;
             Some(secret)
@@ -79,9 +91,9 @@ impl Application {
             None
         };
         let keys = Arc::new(ArcSwap::from_pointee(KeyRing::new(
-            store.live_keys().await?,
+            backend.live_keys().await?,
         )));
-        readiness.store_probed(store.probe(clock.now()).await.map_err(|e| e.to_string()));
+        readiness.store_probed(engine.probe(clock.now()).await.map_err(|e| e.to_string()));
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -104,7 +116,7 @@ impl Application {
         let report_worker = Arc::new(Notify::new());
         let guard = config.guard();
         let state = AppState(Arc::new(Shared {
-            store: store.clone(),
+            engine: engine.clone(),
             index: index.clone(),
             geo: geo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -140,27 +152,36 @@ impl Application {
         let tasks = BackgroundTasks(vec![
             tokio::spawn(refresh_keys(state.clone())),
             geo.spawn_watcher(),
-            tokio::spawn(process_reports(store.clone(), report_worker, clock.clone())),
-            tokio::spawn(watch_report_queue(store.clone(), clock.clone())),
+            tokio::spawn(follow(
+                feed.clone(),
+                backend.change_signal(),
+                Duration::from_millis(config.store.follow_interval_ms.max(10)),
+            )),
+            tokio::spawn(process_reports(
+                engine.clone(),
+                report_worker,
+                clock.clone(),
+            )),
+            tokio::spawn(watch_report_queue(backend.clone(), clock.clone())),
             tokio::spawn(recompile_on_geo_change(
                 geo,
-                store.clone(),
+                backend.clone(),
                 index,
                 clock.clone(),
             )),
             tokio::spawn(probe_store(
-                store.clone(),
+                engine.clone(),
                 readiness,
                 clock.clone(),
                 Duration::from_secs(config.store.probe_interval_secs.max(1)),
             )),
             tokio::spawn(keep_history(
-                store.clone(),
+                engine.clone(),
                 clock.clone(),
                 Retention::from_config(&config),
             )),
             tokio::spawn(purge_expired(
-                store,
+                engine,
                 PurgeClock::new(clock),
                 Duration::from_secs(config.store.purge_interval_secs.max(1)),
             )),
@@ -218,7 +239,7 @@ impl Drop for BackgroundTasks {
 
 /// Makes a key and returns its secret (shown once) with the stored record.
 pub async fn create_key(
-    store: &dyn Store,
+    engine: &Engine,
     name: &str,
     role: Role,
     tenant: &str,
@@ -228,7 +249,7 @@ pub async fn create_key(
         format!("tenant {tenant:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -")
     })?;
     let (secret, digest) = keys::generate();
-    let key = store
+    let key = engine
         .create_key(NewKey {
             name: name.to_owned(),
             role,
@@ -240,21 +261,40 @@ pub async fn create_key(
     Ok((secret, key))
 }
 
-/// Builds the index from the store: start-up, and whenever the geo data changes. Changes
-/// committed while it builds are recorded by the index and replayed onto the new tables.
-pub async fn rebuild_index(
-    store: &SharedStore,
+/// Reads what other processes and nodes commit: at once when the backend signals it, and at
+/// least every `poll` (a signal can be lost, the change log cannot).
+async fn follow(feed: Arc<Feed>, signal: Option<Arc<Notify>>, poll: Duration) {
+    loop {
+        match &signal {
+            Some(signal) => {
+                let _ = tokio::time::timeout(poll, signal.notified()).await;
+            }
+            None => tokio::time::sleep(poll).await,
+        }
+        if let Err(e) = feed.catch_up().await {
+            tracing::warn!(error = %e, "reading the change log failed; retrying");
+        }
+    }
+}
+
+/// Builds the index for new geo data. Changes committed while it builds are recorded by the
+/// index and replayed onto the new tables.
+async fn rebuild_for_geo(
+    backend: &SharedBackend,
     index: &Arc<Index>,
     clock: &dyn Clock,
-    networks: Option<Arc<dyn Networks>>,
+    networks: Arc<dyn Networks>,
 ) -> anyhow::Result<()> {
     index.begin_rebuild();
-    let snapshot = store
-        .snapshot(clock.now())
-        .await
-        .context("reading the rules")?;
+    let snapshot = match backend.snapshot(clock.now()).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            index.abandon_rebuild();
+            return Err(e).context("reading the rules");
+        }
+    };
     let index = index.clone();
-    tokio::task::spawn_blocking(move || index.rebuild(snapshot, networks))
+    tokio::task::spawn_blocking(move || index.rebuild(snapshot, Some(networks)))
         .await
         .context("building the index")?;
     Ok(())
@@ -262,7 +302,7 @@ pub async fn rebuild_index(
 
 async fn recompile_on_geo_change(
     geo: Arc<Geo>,
-    store: SharedStore,
+    backend: SharedBackend,
     index: Arc<Index>,
     clock: Arc<dyn Clock>,
 ) {
@@ -271,7 +311,7 @@ async fn recompile_on_geo_change(
         // Until a rebuild succeeds, ASN and country rules match the old networks: keep trying.
         loop {
             let data: Arc<dyn Networks> = geo.current().clone();
-            match rebuild_index(&store, &index, &*clock, Some(data)).await {
+            match rebuild_for_geo(&backend, &index, &*clock, data).await {
                 Ok(()) => {
                     tracing::info!("decision index rebuilt for the new geo data");
                     break;
@@ -299,61 +339,32 @@ const REPORT_ADDRESSES_PER_COMMIT: usize = 10_000;
 
 /// Turns queued reports into rule changes. Each report leaves the queue in the transaction that
 /// applies it, so a crash at any point means it is applied after restart, and never twice.
-async fn process_reports(store: SharedStore, wake: Arc<Notify>, clock: Arc<dyn Clock>) {
+async fn process_reports(engine: Arc<Engine>, wake: Arc<Notify>, clock: Arc<dyn Clock>) {
     loop {
         // A queue left by a previous run, or a missed wake-up, waits at most a second.
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
         loop {
-            let queued = match store.queued_reports(REPORT_BATCH).await {
-                Ok(queued) if queued.is_empty() => break,
-                Ok(queued) => queued,
+            match engine
+                .process_reports(REPORT_BATCH, REPORT_ADDRESSES_PER_COMMIT, clock.now())
+                .await
+            {
+                Ok(processed) if processed.reports == 0 => break,
+                Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "reading the report queue failed");
+                    tracing::warn!(error = %e, "applying queued reports failed; retrying");
                     break;
                 }
-            };
-            let now = clock.now();
-            let mut writes_so_far = 0;
-            let processed: Vec<ProcessedReport> = queued
-                .iter()
-                .map(|q| {
-                    let writes = match serde_json::from_str::<ReportPayload>(&q.payload) {
-                        Ok(payload) => reports::writes(q.kind, &payload, q.received_at),
-                        Err(e) => {
-                            // Only a hand-edited database gets here; dropping the report keeps
-                            // it from blocking every report behind it.
-                            tracing::error!(queue_id = q.id, error = %e, "dropping an unreadable queued report");
-                            Vec::new()
-                        }
-                    };
-                    ProcessedReport {
-                        queue_id: q.id,
-                        tenant: q.tenant,
-                        writes,
-                        at: now,
-                    }
-                })
-                // One write per address; always at least one report, however large.
-                .take_while(|report| {
-                    let first = writes_so_far == 0;
-                    writes_so_far += report.writes.len().max(1);
-                    first || writes_so_far <= REPORT_ADDRESSES_PER_COMMIT
-                })
-                .collect();
-            if let Err(e) = store.process_reports(processed).await {
-                tracing::warn!(error = %e, "applying queued reports failed; retrying");
-                break;
             }
         }
     }
 }
 
 /// Logs the depth and age of the report queue while it is not empty.
-async fn watch_report_queue(store: SharedStore, clock: Arc<dyn Clock>) {
+async fn watch_report_queue(backend: SharedBackend, clock: Arc<dyn Clock>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {
         tick.tick().await;
-        if let Ok(stats) = store.queue_stats(None).await
+        if let Ok(stats) = backend.queue_stats(None).await
             && let Some(oldest) = stats.oldest
         {
             let age = (clock.now().0 - oldest.0).max(0) as f64 / 1000.0;
@@ -380,7 +391,7 @@ async fn refresh_keys(state: AppState) {
 }
 
 async fn probe_store(
-    store: SharedStore,
+    engine: Arc<Engine>,
     readiness: Arc<Readiness>,
     clock: Arc<dyn Clock>,
     every: Duration,
@@ -389,7 +400,7 @@ async fn probe_store(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let outcome = store.probe(clock.now()).await.map_err(|e| e.to_string());
+        let outcome = engine.probe(clock.now()).await.map_err(|e| e.to_string());
         readiness.store_probed(outcome);
     }
 }
@@ -417,12 +428,12 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 /// Entries deleted per transaction, so that retention never holds the writer for long.
 const RETENTION_BATCH: usize = 10_000;
 
-async fn keep_history(store: SharedStore, clock: Arc<dyn Clock>, retention: Retention) {
+async fn keep_history(engine: Arc<Engine>, clock: Arc<dyn Clock>, retention: Retention) {
     let mut tick = tokio::time::interval(RETENTION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if let Err(e) = apply_retention(&*store, clock.now(), retention).await {
+        if let Err(e) = apply_retention(&engine, clock.now(), retention).await {
             tracing::warn!(error = %e, "deleting old audit and change-log entries failed");
         }
     }
@@ -431,7 +442,7 @@ async fn keep_history(store: SharedStore, clock: Arc<dyn Clock>, retention: Rete
 /// Deletes the audit and change-log entries older than `retention` allows, in batches.
 /// Returns how many of each went.
 pub async fn apply_retention(
-    store: &dyn Store,
+    engine: &Engine,
     now: UnixMillis,
     retention: Retention,
 ) -> StoreResult<(usize, usize)> {
@@ -439,7 +450,7 @@ pub async fn apply_retention(
     let mut deleted = (0, 0);
     if let Some(keep) = retention.audit {
         loop {
-            let n = store.purge_audit(before(keep), RETENTION_BATCH).await?;
+            let n = engine.purge_audit(before(keep), RETENTION_BATCH).await?;
             deleted.0 += n;
             if n < RETENTION_BATCH {
                 break;
@@ -448,7 +459,7 @@ pub async fn apply_retention(
     }
     if let Some(keep) = retention.changes {
         loop {
-            let n = store.purge_changes(before(keep), RETENTION_BATCH).await?;
+            let n = engine.purge_changes(before(keep), RETENTION_BATCH).await?;
             deleted.1 += n;
             if n < RETENTION_BATCH {
                 break;
@@ -512,13 +523,13 @@ impl PurgeClock {
     }
 }
 
-async fn purge_expired(store: SharedStore, clock: PurgeClock, every: Duration) {
+async fn purge_expired(engine: Arc<Engine>, clock: PurgeClock, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         loop {
-            match store.purge_expired(clock.cutoff(), PURGE_BATCH).await {
+            match engine.purge_expired(clock.cutoff(), PURGE_BATCH).await {
                 Ok(purged) if purged.len() == PURGE_BATCH => continue,
                 Ok(purged) => {
                     if !purged.is_empty() {

@@ -221,6 +221,9 @@ pub struct StoreConfig {
     pub min_free_disk_mib: u64,
     /// Seconds between the write probes behind `/readyz`.
     pub probe_interval_secs: u64,
+    /// Milliseconds between reads of the change log for what other processes (the command
+    /// line) or nodes committed; a backend that signals commits is read at once as well.
+    pub follow_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,6 +258,9 @@ pub struct LimitsConfig {
     pub matches_per_address: usize,
     /// Rules one `POST /v1/check` answer lists over all its addresses.
     pub matches_per_batch: usize,
+    /// Rules one tenant may hold (expired ones count until purged); a write that would make
+    /// one more is refused, the others of its batch are applied.
+    pub rules_per_tenant: u64,
 }
 
 impl Default for Config {
@@ -285,6 +291,7 @@ impl Default for StoreConfig {
             change_log_retention_days: 7,
             min_free_disk_mib: 64,
             probe_interval_secs: 5,
+            follow_interval_ms: 500,
         }
     }
 }
@@ -310,6 +317,7 @@ impl Default for LimitsConfig {
             bodies_in_flight_bytes: 256 * 1024 * 1024,
             matches_per_address: 32,
             matches_per_batch: 10_000,
+            rules_per_tenant: 5_000_000,
         }
     }
 }
@@ -363,8 +371,15 @@ impl Config {
         crate::store::sqlite::SqliteOptions {
             synchronous: self.store.synchronous,
             cache_mib: self.store.cache_mib,
-            audit_event_bytes: self.audit.max_event_bytes,
             min_free_bytes: self.store.min_free_disk_mib * 1024 * 1024,
+        }
+    }
+
+    /// How the engine checks and audits writes.
+    pub fn write_policy(&self) -> crate::engine::WritePolicy {
+        crate::engine::WritePolicy {
+            audit_event_bytes: self.audit.max_event_bytes,
+            rules_per_tenant: self.limits.rules_per_tenant,
         }
     }
 

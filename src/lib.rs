@@ -18,11 +18,12 @@
 //! - [`geo`]: IP address to ASN and country from the operator's data files, the networks of an
 //!   ASN or a country, and reloading when the files change.
 //! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
-//! - [`engine`]: the use cases above the backends; [`engine::merge`] decides what a write does
-//!   to a rule.
-//! - [`index`]: the in-memory decision engine, patched from the store's change log.
-//! - [`store`]: persistence behind the [`store::Store`] trait. Every rule change gets a
-//!   monotonically increasing sequence number, so anything downstream can follow "changes since N".
+//! - [`engine`]: the use cases above the backends: every write (group commit, what a write does
+//!   to a rule, audit, quota) and the change feed the index and other followers read.
+//! - [`index`]: the in-memory decision tables, patched from the change feed.
+//! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
+//!   transactions of row operations) and the embedded SQLite backend. Every rule change gets a
+//!   sequence number in commit order, so anything downstream can follow "changes since N".
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.

@@ -9,15 +9,16 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use palisade::api::check::answer;
-use palisade::app::{Application, create_key, rebuild_index};
+use palisade::app::{Application, create_key};
 use palisade::clock::{Clock, SystemClock};
 use palisade::config::{Config, Overrides};
+use palisade::engine::{Engine, Feed};
 use palisade::geo::Geo;
 use palisade::index::Index;
 use palisade::keys::{DEFAULT_TENANT, Role};
 use palisade::rules::normalize_ip;
-use palisade::store::sqlite::SqliteStore;
-use palisade::store::{ChangeSink, NoSink, SharedStore, Store};
+use palisade::store::backend::SharedBackend;
+use palisade::store::sqlite::SqliteBackend;
 
 #[derive(Parser)]
 #[command(
@@ -185,23 +186,37 @@ async fn shutdown_signal() {
     }
 }
 
-fn open_store(config: &Config, sink: Arc<dyn ChangeSink>) -> anyhow::Result<SqliteStore> {
-    SqliteStore::open(&config.data_dir, config.sqlite_options(), sink)
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))
+fn open_backend(config: &Config) -> anyhow::Result<SharedBackend> {
+    let backend = SqliteBackend::open(&config.data_dir, config.sqlite_options())
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    Ok(Arc::new(backend))
+}
+
+/// The engine over the configured store, for commands that write (keys); nothing follows
+/// its feed.
+fn open_engine(config: &Config) -> anyhow::Result<Engine> {
+    let backend = open_backend(config)?;
+    let feed = Arc::new(Feed::new(
+        backend.clone(),
+        Arc::new(SystemClock),
+        Vec::new(),
+    ));
+    Ok(Engine::start(backend, feed, config.write_policy()))
 }
 
 async fn check(ip: IpAddr, tenant: &str, config: &Config) -> anyhow::Result<()> {
     let geo = Geo::open(&config.geo).context("loading the geo data")?;
     let index = Arc::new(Index::new(geo.current().clone()));
-    let store: SharedStore = Arc::new(open_store(config, index.clone())?);
-    let tenant_id = store
+    let backend = open_backend(config)?;
+    let tenant_id = backend
         .keys()
         .await?
         .into_iter()
         .find(|k| k.tenant.as_str() == tenant)
         .map(|k| k.tenant_id)
         .with_context(|| format!("no tenant named {tenant:?}"))?;
-    rebuild_index(&store, &index, &SystemClock, None).await?;
+    let feed = Feed::new(backend, Arc::new(SystemClock), vec![index.clone()]);
+    feed.load().await.context("loading the rules")?;
     let view = index.view(tenant_id);
     let answer = answer(&view, ip, SystemClock.now());
     println!("{}", serde_json::to_string_pretty(&answer)?);
@@ -239,8 +254,8 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             tenant,
             location,
         } => {
-            let store = open_store(&location.load(None)?, Arc::new(NoSink))?;
-            let (secret, key) = create_key(&store, &name, role, &tenant, &SystemClock).await?;
+            let engine = open_engine(&location.load(None)?)?;
+            let (secret, key) = create_key(&engine, &name, role, &tenant, &SystemClock).await?;
             println!(
                 "Created key {} '{}' (role {}, tenant {}). It is shown only this once:",
                 key.id, key.name, key.role, key.tenant
@@ -248,12 +263,12 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             println!("{secret}");
         }
         KeysCommand::List { location } => {
-            let store = open_store(&location.load(None)?, Arc::new(NoSink))?;
+            let backend = open_backend(&location.load(None)?)?;
             println!(
                 "{:>5}  {:<24} {:<7} {:<16} {:<24} REVOKED",
                 "ID", "NAME", "ROLE", "TENANT", "CREATED"
             );
-            for key in store.keys().await? {
+            for key in backend.keys().await? {
                 println!(
                     "{:>5}  {:<24} {:<7} {:<16} {:<24} {}",
                     key.id,
@@ -268,8 +283,8 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id, location } => {
-            let store = open_store(&location.load(None)?, Arc::new(NoSink))?;
-            match store.revoke_key(id, SystemClock.now()).await? {
+            let engine = open_engine(&location.load(None)?)?;
+            match engine.revoke_key(id, SystemClock.now()).await? {
                 Some(key) => println!("Revoked key {} '{}'", key.id, key.name),
                 None => anyhow::bail!("no key with id {id}"),
             }

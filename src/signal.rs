@@ -84,6 +84,9 @@ pub enum Problem {
     ExpirationTooLong,
     #[error("must be at most {0} characters")]
     TooLong(usize),
+    /// Not a problem with the event: its tenant holds as many rules as it may.
+    #[error("the tenant's quota of {0} rules is reached")]
+    OverQuota(u64),
 }
 
 /// An event refused: which field, why, and the value as received (`null` when absent).
@@ -106,6 +109,24 @@ impl EntryError {
     /// `FIELD: MESSAGE`, as used after `Schema validation failed: ` in a 206 answer.
     pub fn field_message(&self) -> String {
         format!("{}: {}", self.field, self.problem)
+    }
+
+    /// A valid event refused because its tenant is at its rule quota.
+    pub fn over_quota(quota: u64) -> Self {
+        Self::new("target", Problem::OverQuota(quota), Value::Null)
+    }
+
+    /// The line of a 206 answer's `errors` for the event at `index`.
+    pub fn line(&self, index: usize) -> String {
+        match self.problem {
+            Problem::OverQuota(_) => {
+                format!("Entry {index}: Quota exceeded: {}", self.field_message())
+            }
+            _ => format!(
+                "Entry {index}: Schema validation failed: {}",
+                self.field_message()
+            ),
+        }
     }
 }
 

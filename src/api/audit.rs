@@ -104,7 +104,11 @@ pub async fn list(
             }
         }
     }
-    let mut page = app.store.audit(principal.tenant_id, before, limit).await?;
+    let mut page = app
+        .engine
+        .backend()
+        .audit(principal.tenant_id, before, limit)
+        .await?;
     // A page also stops at `audit.page_bytes` of events (always at least one entry), so an
     // answer's size is bounded whatever the entries hold.
     let mut bytes = 0;

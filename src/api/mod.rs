@@ -38,19 +38,21 @@ use ipnet::IpNet;
 
 use crate::clock::Clock;
 use crate::config::LimitsConfig;
+use crate::engine::Engine;
 use crate::geo::Geo;
 use crate::index::Index;
 use crate::keys::{self, KeyRing, Principal, UnknownKeys};
 use crate::ratelimit::RateLimits;
 use crate::reports::ReportPolicy;
 use crate::signal::SignalPolicy;
-use crate::store::{SharedStore, StoreResult};
+use crate::store::StoreResult;
 use error::ApiError;
 use tokio::sync::Notify;
 
 /// What every handler can reach.
 pub struct Shared {
-    pub store: SharedStore,
+    /// Every write goes through it; reads go to its backend.
+    pub engine: Arc<Engine>,
     pub index: Arc<Index>,
     pub geo: Arc<Geo>,
     /// Peers whose forwarding header forward-auth believes.
@@ -104,7 +106,7 @@ impl Shared {
         if let Some(principal) = self.keys.load().authenticate_digest(&digest) {
             return Ok(principal);
         }
-        if self.store.live_key(digest).await?.is_none() {
+        if self.engine.backend().live_key(digest).await?.is_none() {
             self.unknown_keys.insert(digest);
             return Err(ApiError::Unauthorized);
         }
@@ -118,7 +120,7 @@ impl Shared {
     /// Re-reads the live keys and swaps the key ring in one step.
     pub async fn reload_keys(&self) -> StoreResult<()> {
         let _one_at_a_time = self.key_reload.lock().await;
-        let live = self.store.live_keys().await?;
+        let live = self.engine.backend().live_keys().await?;
         self.keys.store(Arc::new(KeyRing::new(live)));
         Ok(())
     }

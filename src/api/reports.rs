@@ -56,7 +56,7 @@ async fn accept(
     .await?
     .map_err(unprocessable)?
     .map_err(|e| ApiError::Internal(format!("encoding a report: {e}")))?;
-    app.store
+    app.engine
         .enqueue_report(QueuedReport {
             id: 0,
             tenant: principal.tenant_id,
@@ -209,7 +209,11 @@ pub async fn queue(
     caller: Caller,
 ) -> Result<Json<QueueView>, ApiError> {
     let principal = caller.require(Permission::ReadRules)?;
-    let stats = app.store.queue_stats(Some(principal.tenant_id)).await?;
+    let stats = app
+        .engine
+        .backend()
+        .queue_stats(Some(principal.tenant_id))
+        .await?;
     let now = app.clock.now();
     Ok(Json(QueueView {
         depth: stats.depth,

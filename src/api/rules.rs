@@ -159,7 +159,11 @@ pub async fn list(
     let principal = caller.require(Permission::ReadRules)?;
     let mut query = parse_rule_query(&params)?;
     query.now = app.clock.now();
-    let page = app.store.rules(principal.tenant_id, query).await?;
+    let page = app
+        .engine
+        .backend()
+        .rules(principal.tenant_id, query)
+        .await?;
     Ok(Json(RulePage {
         rules: page.items.iter().map(RuleView::from).collect(),
         next_cursor: page.next_cursor.map(|c| c.to_string()),
@@ -187,7 +191,8 @@ pub async fn show(
     let principal = caller.require(Permission::ReadRules)?;
     let id: i64 = id.parse().map_err(|_| not_found())?;
     let rule = app
-        .store
+        .engine
+        .backend()
         .rule(principal.tenant_id, id, app.clock.now())
         .await?
         .ok_or_else(not_found)?;
@@ -211,7 +216,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let principal = caller.require(Permission::WriteRules)?;
     let id: i64 = id.parse().map_err(|_| not_found())?;
-    app.store
+    app.engine
         .delete_rule(
             principal.tenant_id,
             id,

@@ -11,6 +11,7 @@ use super::auth::Caller;
 use super::error::{ApiError, Detail, ErrorBody};
 use super::{AppState, RawBody, SignalRoute, off_worker, request_id};
 use crate::keys::Permission;
+use crate::signal::EntryError;
 use crate::store::WriteBatch;
 
 /// The answer to a batch that had at least one valid event.
@@ -88,10 +89,11 @@ pub async fn submit(
         .await?
         .map_err(ApiError::batch)?;
     let total = batch.items.len();
-    let refused = batch.refused;
+    let mut refused: Vec<(usize, EntryError)> = batch.refused;
 
     // Written even when every event was refused: the audit log records what was received.
-    app.store
+    let outcome = app
+        .engine
         .write(WriteBatch {
             tenant: principal.tenant_id,
             key_id: principal.key_id,
@@ -100,6 +102,13 @@ pub async fn submit(
             items: batch.items,
         })
         .await?;
+    refused.extend(outcome.over_quota.into_iter().map(|index| {
+        (
+            index,
+            EntryError::over_quota(app.body_limits.rules_per_tenant),
+        )
+    }));
+    refused.sort_by_key(|(index, _)| *index);
 
     let failed = refused.len();
     if failed == total {
@@ -121,12 +130,7 @@ pub async fn submit(
     }
     let errors = refused
         .iter()
-        .map(|(index, error)| {
-            format!(
-                "Entry {index}: Schema validation failed: {}",
-                error.field_message()
-            )
-        })
+        .map(|(index, error)| error.line(*index))
         .collect();
     let body = SignalResult {
         success: false,

@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::{ArcSwap, Guard};
 use ipnet::IpNet;
 
+use crate::engine::ChangeSink;
 use crate::geo::{GeoData, GeoRecord};
 use crate::rules::{RuleAction, RuleId, Target, TenantId, UnixMillis, normalize_ip};
-use crate::store::{Change, ChangeOp, ChangeSink, Snapshot};
+use crate::store::{Change, ChangeOp, Snapshot};
 pub use table::Span;
 use table::{Entry, Table, TableStats};
 
@@ -327,6 +328,11 @@ impl ChangeSink for Index {
     fn apply(&self, changes: &[Change]) {
         let mut state = self.writer();
         self.apply_locked(&mut state, changes);
+    }
+
+    fn reset(&self, snapshot: &Snapshot) {
+        self.begin_rebuild();
+        self.rebuild(snapshot.clone(), None);
     }
 }
 

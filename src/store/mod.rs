@@ -1,19 +1,15 @@
-//! Persistence. Everything durable goes through the [`Store`] trait; the embedded default is
-//! [`sqlite::SqliteStore`]; a shared PostgreSQL store can fill the same trait.
+//! Persistence: the types every backend stores, and the [`backend::Backend`] trait they fill.
+//! The embedded default is [`sqlite::SqliteBackend`].
 //!
-//! Every rule change is written with a sequence number that only grows (the change log), and is
-//! handed, in that order and after it is committed, to the [`ChangeSink`] the store was opened
-//! with. In-memory indexes follow the store only through those changes, so a node that reads the
-//! change log of a shared database sees exactly what the writing node saw.
+//! Every rule change is written with a sequence number that grows in commit order (the change
+//! log). In-memory indexes follow the rules only through those changes (see
+//! [`crate::engine::feed`]), so a node that reads the change log of a shared database sees
+//! exactly what the writing node saw.
 
 pub mod backend;
 pub mod sqlite;
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
-
-use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
+use crate::keys::{KeyDigest, Role, TenantName};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
 
 /// Why the store failed, whatever the backend: the engine and the API see only this.
@@ -117,15 +113,6 @@ pub struct QueuedReport {
     pub received_at: UnixMillis,
 }
 
-/// What the worker did with one queued report.
-#[derive(Debug, Clone)]
-pub struct ProcessedReport {
-    pub queue_id: i64,
-    pub tenant: TenantId,
-    pub writes: Vec<RuleWrite>,
-    pub at: UnixMillis,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueStats {
     pub depth: u64,
@@ -212,19 +199,6 @@ impl Change {
     }
 }
 
-/// Receives committed changes, in sequence order, before the writes that made them are
-/// acknowledged.
-pub trait ChangeSink: Send + Sync + 'static {
-    fn apply(&self, changes: &[Change]);
-}
-
-/// A sink for tools that only manage keys or read.
-pub struct NoSink;
-
-impl ChangeSink for NoSink {
-    fn apply(&self, _changes: &[Change]) {}
-}
-
 /// All active rules at one point of the change log: what an index is built from.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
@@ -279,86 +253,6 @@ pub struct NewKey {
     pub at: UnixMillis,
 }
 
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    /// Commits the valid writes and the audit entries of every item, atomically.
-    async fn write(&self, batch: WriteBatch) -> StoreResult<Vec<Change>>;
-
-    /// Deletes one rule of the tenant by id (audited). `None`: no such rule in this tenant.
-    async fn delete_rule(
-        &self,
-        tenant: TenantId,
-        id: RuleId,
-        key_id: i64,
-        request_id: String,
-        at: UnixMillis,
-    ) -> StoreResult<Option<Change>>;
-
-    /// Purges up to `limit` rules expired at `now`.
-    async fn purge_expired(&self, now: UnixMillis, limit: usize) -> StoreResult<Vec<Change>>;
-
-    async fn rule(
-        &self,
-        tenant: TenantId,
-        id: RuleId,
-        now: UnixMillis,
-    ) -> StoreResult<Option<Rule>>;
-
-    async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>>;
-
-    /// Audit entries, newest first; `before` is the cursor.
-    async fn audit(
-        &self,
-        tenant: TenantId,
-        before: Option<i64>,
-        limit: usize,
-    ) -> StoreResult<Page<AuditEntry>>;
-
-    /// The change log after `seq`, oldest first.
-    async fn changes_since(&self, seq: u64, limit: usize) -> StoreResult<Vec<Change>>;
-
-    /// All rules active at `now`, and the change they are current up to.
-    async fn snapshot(&self, now: UnixMillis) -> StoreResult<Snapshot>;
-
-    async fn create_key(&self, key: NewKey) -> StoreResult<ApiKey>;
-
-    async fn keys(&self) -> StoreResult<Vec<ApiKey>>;
-
-    /// `None`: no key with that id.
-    async fn revoke_key(&self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>>;
-
-    /// Digests and owners of every unrevoked key, for the key ring.
-    async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>>;
-
-    /// The owner of one unrevoked key, by digest: a key made a moment ago by another process
-    /// is found here before the key ring is next reloaded.
-    async fn live_key(&self, digest: KeyDigest) -> StoreResult<Option<Principal>>;
-
-    /// Commits an accepted report (and its audit entry) to the queue; returns its queue id.
-    async fn enqueue_report(&self, report: QueuedReport) -> StoreResult<i64>;
-
-    /// The oldest queued reports, oldest first.
-    async fn queued_reports(&self, limit: usize) -> StoreResult<Vec<QueuedReport>>;
-
-    /// Applies processed reports and removes them from the queue in one transaction. A report
-    /// already gone from the queue is skipped, so applying twice has no effect.
-    async fn process_reports(&self, reports: Vec<ProcessedReport>) -> StoreResult<Vec<Change>>;
-
-    /// Depth and oldest entry of the queue; of one tenant, or of all.
-    async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats>;
-
-    /// Deletes up to `limit` of the oldest audit entries made before `before`; returns how
-    /// many went.
-    async fn purge_audit(&self, before: UnixMillis, limit: usize) -> StoreResult<usize>;
-
-    /// Deletes up to `limit` of the oldest change-log entries made before `before`. Followers
-    /// further behind than that must rebuild from a snapshot.
-    async fn purge_changes(&self, before: UnixMillis, limit: usize) -> StoreResult<usize>;
-
-    /// Commits a tiny write, to learn whether the store accepts writes now.
-    async fn probe(&self, at: UnixMillis) -> StoreResult<()>;
-}
-
 /// The text an audit entry keeps of an event: the event itself when it is at most
 /// `max_bytes`, else a JSON object with its size, its SHA-256 and as much of its beginning as
 /// fits, so that junk cannot grow the audit log without bound but can still be recognised.
@@ -390,5 +284,3 @@ pub fn audit_text(event: &str, max_bytes: usize) -> std::borrow::Cow<'_, str> {
         .to_string(),
     )
 }
-
-pub type SharedStore = Arc<dyn Store>;

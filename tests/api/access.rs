@@ -103,10 +103,10 @@ async fn revoked_keys_are_refused() {
     let (status, _) = app.signal(&writer, &json!([block_ip("192.0.2.1")])).await;
     assert_eq!(status, StatusCode::OK);
 
-    let keys = app.state.store.keys().await.unwrap();
+    let keys = app.state.engine.backend().keys().await.unwrap();
     let id = keys.iter().find(|k| k.role == Role::Writer).unwrap().id;
     app.state
-        .store
+        .engine
         .revoke_key(id, SystemClock.now())
         .await
         .unwrap();
@@ -126,7 +126,7 @@ async fn revoked_keys_are_refused() {
 async fn a_new_key_works_on_the_next_request() {
     let app = spawn_app().await;
     let (secret, _) = palisade::app::create_key(
-        &*app.state.store,
+        &app.state.engine,
         "fresh",
         Role::Reader,
         "default",

@@ -175,15 +175,21 @@ async fn accepted_reports_survive_kill_9_and_apply_once() {
 
     // A queued report as a process dying between commit and processing leaves it.
     {
-        use palisade::store::{NoSink, QueuedReport, ReportKind, Store};
-        let store = palisade::store::sqlite::SqliteStore::open(
-            dir.path(),
-            Default::default(),
-            std::sync::Arc::new(NoSink),
-        )
-        .unwrap();
-        let tenant = store.keys().await.unwrap()[0].tenant_id;
-        store
+        use palisade::engine::{Engine, Feed};
+        use palisade::store::backend::SharedBackend;
+        use palisade::store::{QueuedReport, ReportKind};
+        let backend: SharedBackend = std::sync::Arc::new(
+            palisade::store::sqlite::SqliteBackend::open(dir.path(), Default::default()).unwrap(),
+        );
+        let clock = std::sync::Arc::new(palisade::clock::SystemClock);
+        let feed = std::sync::Arc::new(Feed::new(backend.clone(), clock, Vec::new()));
+        let engine = Engine::start(
+            backend.clone(),
+            feed,
+            palisade::config::Config::default().write_policy(),
+        );
+        let tenant = backend.keys().await.unwrap()[0].tenant_id;
+        engine
             .enqueue_report(QueuedReport {
                 id: 0,
                 tenant,

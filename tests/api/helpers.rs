@@ -86,7 +86,7 @@ impl TestApp {
 
     /// Makes a key through the store and makes the server see it now, not at the next refresh.
     pub async fn key(&self, role: Role, tenant: &str) -> String {
-        let (secret, _) = create_key(&*self.state.store, "test", role, tenant, &SystemClock)
+        let (secret, _) = create_key(&self.state.engine, "test", role, tenant, &SystemClock)
             .await
             .unwrap();
         self.state.reload_keys().await.unwrap();

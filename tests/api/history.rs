@@ -90,8 +90,8 @@ async fn old_audit_and_change_log_entries_are_deleted() {
     app.signal(&app.admin, &json!([block_ip("192.0.2.2")]))
         .await;
     let retention = Retention::from_config(&Config::default());
-    let store = &*app.state.store;
-    let (audit, changes) = apply_retention(store, clock.now(), retention)
+    let engine = &app.state.engine;
+    let (audit, changes) = apply_retention(engine, clock.now(), retention)
         .await
         .unwrap();
     assert_eq!((audit, changes), (1, 1));
@@ -103,14 +103,14 @@ async fn old_audit_and_change_log_entries_are_deleted() {
         .map(|e| &e["event"]["ip"])
         .collect();
     assert_eq!(events, [&json!("192.0.2.2")]);
-    let log = store.changes_since(0, 10).await.unwrap();
+    let log = engine.backend().changes_since(0, 10).await.unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].target.to_string(), "192.0.2.2/32");
     // The rules themselves are untouched: retention is about history, not state.
     assert_eq!(app.targets(&app.admin).await.len(), 2);
     // Nothing is old enough a second time.
     assert_eq!(
-        apply_retention(store, clock.now(), retention)
+        apply_retention(engine, clock.now(), retention)
             .await
             .unwrap(),
         (0, 0)

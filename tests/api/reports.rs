@@ -34,7 +34,13 @@ async fn processed(app: &TestApp) {
     for _ in 0..400 {
         let (_, queue) = app.get("/v1/reports/queue", &app.admin).await;
         let seq = app.state.index.seq();
-        let behind = app.state.store.changes_since(seq, 1).await.unwrap();
+        let behind = app
+            .state
+            .engine
+            .backend()
+            .changes_since(seq, 1)
+            .await
+            .unwrap();
         if queue["depth"] == 0 && behind.is_empty() {
             return;
         }

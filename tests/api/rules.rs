@@ -150,12 +150,18 @@ async fn rules_stop_counting_at_their_expiry_instant() {
     // The purge removes the row and logs the change; a new block starts a new life.
     let purged = app
         .state
-        .store
+        .engine
         .purge_expired(clock.now(), 100)
         .await
         .unwrap();
     assert_eq!(purged.len(), 1);
-    let changes = app.state.store.changes_since(0, 100).await.unwrap();
+    let changes = app
+        .state
+        .engine
+        .backend()
+        .changes_since(0, 100)
+        .await
+        .unwrap();
     let ops: Vec<_> = changes.iter().map(|c| c.op.as_str()).collect();
     assert_eq!(ops, ["put", "expire"]);
     assert!(changes[0].seq < changes[1].seq);

@@ -1,0 +1,471 @@
+//! Every write Palisade makes, as operations on a backend transaction: the rows to read, what
+//! to write (through [`merge`]), what to audit and what the change log says. Both backends run
+//! exactly this code.
+
+use std::collections::HashMap;
+
+use super::merge::{Merged, key_of, merge};
+use crate::keys::ApiKey;
+use crate::reports::{self, ReportPayload};
+use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
+use crate::store::backend::{NewAuditEntry, Transaction};
+use crate::store::{
+    BatchItem, Change, ChangeOp, NewKey, QueuedReport, RuleWrite, StoreResult, WriteBatch,
+    audit_text,
+};
+
+/// How writes are checked and audited.
+#[derive(Debug, Clone, Copy)]
+pub struct WritePolicy {
+    /// Audit entries keep events up to this size whole (see [`audit_text`]).
+    pub audit_event_bytes: usize,
+    /// Most rules one tenant may store; a write that would create one more is refused.
+    pub rules_per_tenant: u64,
+}
+
+/// One unit of work for the writer; a group of them commits in one transaction.
+#[derive(Debug)]
+pub enum Op {
+    Write(WriteBatch),
+    DeleteRule {
+        tenant: TenantId,
+        id: RuleId,
+        key_id: i64,
+        request_id: String,
+        at: UnixMillis,
+    },
+    Purge {
+        now: UnixMillis,
+        limit: usize,
+    },
+    PurgeAudit {
+        before: UnixMillis,
+        limit: usize,
+    },
+    PurgeChanges {
+        before: UnixMillis,
+        limit: usize,
+    },
+    CreateKey(NewKey),
+    RevokeKey {
+        id: i64,
+        at: UnixMillis,
+    },
+    EnqueueReport(QueuedReport),
+    /// Applies up to `limit` queued reports (at least one, whatever its size, but no more than
+    /// `max_writes` addresses in all) and takes them off the queue.
+    ProcessReports {
+        limit: usize,
+        max_writes: usize,
+        at: UnixMillis,
+    },
+    Probe(UnixMillis),
+}
+
+/// What an op produced.
+#[derive(Debug)]
+pub enum Output {
+    Written(WriteOutcome),
+    Deleted(Option<Change>),
+    Changes(Vec<Change>),
+    Count(usize),
+    Key(ApiKey),
+    MaybeKey(Option<ApiKey>),
+    QueueId(i64),
+    Reports(ProcessedReports),
+    Done,
+}
+
+impl Output {
+    pub fn changes(&self) -> &[Change] {
+        match self {
+            Output::Written(outcome) => &outcome.changes,
+            Output::Deleted(change) => change.as_slice(),
+            Output::Changes(changes) => changes,
+            Output::Reports(processed) => &processed.changes,
+            _ => &[],
+        }
+    }
+}
+
+/// What a write batch did.
+#[derive(Debug, Default, Clone)]
+pub struct WriteOutcome {
+    pub changes: Vec<Change>,
+    /// Positions of valid items refused because the tenant has reached its rule quota.
+    pub over_quota: Vec<usize>,
+}
+
+/// What a round of the report queue did.
+#[derive(Debug, Default)]
+pub struct ProcessedReports {
+    /// Reports taken off the queue.
+    pub reports: usize,
+    pub changes: Vec<Change>,
+    /// Addresses not blocked because their tenant had reached its rule quota.
+    pub over_quota: usize,
+}
+
+impl Op {
+    /// Rows this op writes, roughly: how much of a group's budget it takes.
+    pub fn weight(&self) -> usize {
+        match self {
+            Op::Write(batch) => batch.items.len().max(1),
+            Op::ProcessReports { max_writes, .. } => *max_writes,
+            _ => 1,
+        }
+    }
+
+    pub async fn run(&self, tx: &mut dyn Transaction, policy: &WritePolicy) -> StoreResult<Output> {
+        Ok(match self {
+            Op::Write(batch) => Output::Written(write(tx, policy, batch).await?),
+            Op::DeleteRule {
+                tenant,
+                id,
+                key_id,
+                request_id,
+                at,
+            } => Output::Deleted(
+                delete_rule(tx, policy, *tenant, *id, *key_id, request_id, *at).await?,
+            ),
+            Op::Purge { now, limit } => Output::Changes(purge(tx, *now, *limit).await?),
+            Op::PurgeAudit { before, limit } => {
+                Output::Count(tx.purge_audit(*before, *limit).await?)
+            }
+            Op::PurgeChanges { before, limit } => {
+                Output::Count(tx.purge_changes(*before, *limit).await?)
+            }
+            Op::CreateKey(key) => {
+                let tenant = tx.tenant_id(&key.tenant, key.at).await?;
+                Output::Key(tx.insert_key(tenant, key).await?)
+            }
+            Op::RevokeKey { id, at } => Output::MaybeKey(tx.revoke_key(*id, *at).await?),
+            Op::EnqueueReport(report) => Output::QueueId(enqueue(tx, policy, report).await?),
+            Op::ProcessReports {
+                limit,
+                max_writes,
+                at,
+            } => Output::Reports(process_reports(tx, policy, *limit, *max_writes, *at).await?),
+            Op::Probe(at) => {
+                tx.probe(*at).await?;
+                Output::Done
+            }
+        })
+    }
+}
+
+/// The rules of one tenant a group of writes touches, as the writes go.
+struct Rows {
+    tenant: TenantId,
+    stored: HashMap<(RuleAction, Target), Rule>,
+    /// Keys written since the last flush: a second write to one of them flushes first, so
+    /// that it merges into the row the first one made.
+    pending_keys: std::collections::HashSet<(RuleAction, Target)>,
+    creates: Vec<(usize, NewRule)>,
+    updates: Vec<Rule>,
+    deletes: Vec<RuleId>,
+    /// Per write, in order: the change it makes (rule id 0 until a create is stored).
+    changes: Vec<Option<Change>>,
+    /// Rules the tenant stores, kept current as writes are planned.
+    count: u64,
+    count_at_start: u64,
+}
+
+impl Rows {
+    async fn load(
+        tx: &mut dyn Transaction,
+        tenant: TenantId,
+        writes: impl Iterator<Item = &RuleWrite>,
+    ) -> StoreResult<Self> {
+        let keys: std::collections::HashSet<(RuleAction, Target)> = writes.map(key_of).collect();
+        let keys: Vec<(RuleAction, Target)> = keys.into_iter().collect();
+        let stored = tx
+            .rules_by_key(tenant, &keys)
+            .await?
+            .into_iter()
+            .map(|rule| ((rule.action, rule.target), rule))
+            .collect();
+        let count = tx.rule_count(tenant).await?;
+        Ok(Self {
+            tenant,
+            stored,
+            pending_keys: Default::default(),
+            creates: Vec::new(),
+            updates: Vec::new(),
+            deletes: Vec::new(),
+            changes: Vec::new(),
+            count,
+            count_at_start: count,
+        })
+    }
+
+    /// Plans one write; `false` when it would create a rule beyond the tenant's quota (it is
+    /// then not planned).
+    async fn plan(
+        &mut self,
+        tx: &mut dyn Transaction,
+        write: &RuleWrite,
+        at: UnixMillis,
+        quota: u64,
+    ) -> StoreResult<bool> {
+        let key = key_of(write);
+        if self.pending_keys.contains(&key) {
+            self.flush(tx).await?;
+        }
+        match merge(self.stored.get(&key), write, self.tenant, at) {
+            Merged::Unchanged => self.changes.push(None),
+            Merged::Create(_) if self.count >= quota => return Ok(false),
+            Merged::Create(new) => {
+                self.count += 1;
+                self.changes.push(None);
+                self.creates.push((self.changes.len() - 1, new));
+                self.pending_keys.insert(key);
+            }
+            Merged::Update(rule) => {
+                self.changes
+                    .push(Some(Change::of(&rule, ChangeOp::Put, at)));
+                self.stored.insert(key, rule.clone());
+                self.updates.push(rule);
+                self.pending_keys.insert(key);
+            }
+            Merged::Remove(rule) => {
+                self.count = self.count.saturating_sub(1);
+                self.changes
+                    .push(Some(Change::of(&rule, ChangeOp::Delete, at)));
+                self.stored.remove(&key);
+                self.deletes.push(rule.id);
+                self.pending_keys.insert(key);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes what has been planned. Within one flush every key appears once, so deletes,
+    /// creates and updates may go in that order.
+    async fn flush(&mut self, tx: &mut dyn Transaction) -> StoreResult<()> {
+        if !self.deletes.is_empty() {
+            tx.delete_rules(&std::mem::take(&mut self.deletes)).await?;
+        }
+        if !self.creates.is_empty() {
+            let creates = std::mem::take(&mut self.creates);
+            let rules: Vec<NewRule> = creates.iter().map(|(_, rule)| rule.clone()).collect();
+            let ids = tx.insert_rules(&rules).await?;
+            for ((slot, new), id) in creates.into_iter().zip(ids) {
+                let rule = new.with_id(id);
+                self.changes[slot] = Some(Change::of(&rule, ChangeOp::Put, rule.updated_at));
+                self.stored.insert((rule.action, rule.target), rule);
+            }
+        }
+        if !self.updates.is_empty() {
+            tx.update_rules(&std::mem::take(&mut self.updates)).await?;
+        }
+        self.pending_keys.clear();
+        Ok(())
+    }
+
+    /// Writes the rest, the rule count and the change log; returns the changes, numbered.
+    async fn finish(mut self, tx: &mut dyn Transaction) -> StoreResult<Vec<Change>> {
+        self.flush(tx).await?;
+        let delta = self.count as i64 - self.count_at_start as i64;
+        tx.add_rule_count(self.tenant, delta).await?;
+        let mut changes: Vec<Change> = self.changes.into_iter().flatten().collect();
+        if !changes.is_empty() {
+            tx.append_changes(&mut changes).await?;
+        }
+        Ok(changes)
+    }
+}
+
+/// Why a valid write was refused for the quota, as audited.
+fn over_quota_reason(quota: u64) -> String {
+    format!("target: the tenant's quota of {quota} rules is reached")
+}
+
+async fn write(
+    tx: &mut dyn Transaction,
+    policy: &WritePolicy,
+    batch: &WriteBatch,
+) -> StoreResult<WriteOutcome> {
+    let writes = batch
+        .items
+        .iter()
+        .filter_map(|item| item.write.as_ref().ok());
+    let mut rows = Rows::load(tx, batch.tenant, writes).await?;
+    let mut over_quota = Vec::new();
+    let mut audit = Vec::with_capacity(batch.items.len());
+    for (index, BatchItem { event, write }) in batch.items.iter().enumerate() {
+        let error = match write {
+            Ok(write) => {
+                if rows
+                    .plan(tx, write, batch.at, policy.rules_per_tenant)
+                    .await?
+                {
+                    None
+                } else {
+                    over_quota.push(index);
+                    Some(over_quota_reason(policy.rules_per_tenant))
+                }
+            }
+            Err(reason) => Some(reason.clone()),
+        };
+        audit.push(NewAuditEntry {
+            tenant: batch.tenant,
+            key_id: batch.key_id,
+            request_id: batch.request_id.clone(),
+            at: batch.at,
+            index: Some(index as u32),
+            event: audit_text(event, policy.audit_event_bytes).into_owned(),
+            error,
+        });
+    }
+    let changes = rows.finish(tx).await?;
+    tx.append_audit(&audit).await?;
+    Ok(WriteOutcome {
+        changes,
+        over_quota,
+    })
+}
+
+async fn delete_rule(
+    tx: &mut dyn Transaction,
+    policy: &WritePolicy,
+    tenant: TenantId,
+    id: RuleId,
+    key_id: i64,
+    request_id: &str,
+    at: UnixMillis,
+) -> StoreResult<Option<Change>> {
+    let Some(rule) = tx
+        .rule_by_id(tenant, id)
+        .await?
+        .filter(|rule| rule.is_active_at(at))
+    else {
+        return Ok(None);
+    };
+    tx.delete_rules(&[rule.id]).await?;
+    tx.add_rule_count(tenant, -1).await?;
+    let mut changes = [Change::of(&rule, ChangeOp::Delete, at)];
+    tx.append_changes(&mut changes).await?;
+    let event = serde_json::json!({ "op": "delete_rule", "id": id }).to_string();
+    tx.append_audit(&[NewAuditEntry {
+        tenant,
+        key_id,
+        request_id: request_id.to_owned(),
+        at,
+        index: None,
+        event: audit_text(&event, policy.audit_event_bytes).into_owned(),
+        error: None,
+    }])
+    .await?;
+    let [change] = changes;
+    Ok(Some(change))
+}
+
+async fn purge(
+    tx: &mut dyn Transaction,
+    now: UnixMillis,
+    limit: usize,
+) -> StoreResult<Vec<Change>> {
+    let expired = tx.expired_rules(now, limit).await?;
+    if expired.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<RuleId> = expired.iter().map(|rule| rule.id).collect();
+    tx.delete_rules(&ids).await?;
+    let mut per_tenant: HashMap<TenantId, i64> = HashMap::new();
+    for rule in &expired {
+        *per_tenant.entry(rule.tenant).or_default() -= 1;
+    }
+    for (tenant, delta) in per_tenant {
+        tx.add_rule_count(tenant, delta).await?;
+    }
+    let mut changes: Vec<Change> = expired
+        .iter()
+        .map(|rule| Change::of(rule, ChangeOp::Expire, now))
+        .collect();
+    tx.append_changes(&mut changes).await?;
+    Ok(changes)
+}
+
+async fn enqueue(
+    tx: &mut dyn Transaction,
+    policy: &WritePolicy,
+    report: &QueuedReport,
+) -> StoreResult<i64> {
+    let id = tx.enqueue_report(report).await?;
+    let event = format!(
+        r#"{{"op":"{}","queue_id":{id},"request":{}}}"#,
+        report.kind.as_str(),
+        report.payload
+    );
+    tx.append_audit(&[NewAuditEntry {
+        tenant: report.tenant,
+        key_id: report.key_id,
+        request_id: format!("report-{id}"),
+        at: report.received_at,
+        index: None,
+        event: audit_text(&event, policy.audit_event_bytes).into_owned(),
+        error: None,
+    }])
+    .await?;
+    Ok(id)
+}
+
+/// Takes reports off the queue and applies them in the same transaction: after a crash each
+/// is applied exactly once, and on a shared database a report claimed by one node is skipped
+/// by the others.
+async fn process_reports(
+    tx: &mut dyn Transaction,
+    policy: &WritePolicy,
+    limit: usize,
+    max_writes: usize,
+    at: UnixMillis,
+) -> StoreResult<ProcessedReports> {
+    let claimed = tx.claim_reports(limit).await?;
+    let mut taken = Vec::new();
+    let mut by_tenant: Vec<(TenantId, Vec<RuleWrite>)> = Vec::new();
+    let mut writes_so_far = 0;
+    for report in claimed {
+        let writes = match serde_json::from_str::<ReportPayload>(&report.payload) {
+            Ok(payload) => reports::writes(report.kind, &payload, report.received_at),
+            Err(e) => {
+                // Only a hand-edited database gets here; dropping the report keeps it from
+                // blocking every report behind it.
+                tracing::error!(queue_id = report.id, error = %e, "dropping an unreadable queued report");
+                Vec::new()
+            }
+        };
+        // Always at least one report, however large.
+        if !taken.is_empty() && writes_so_far + writes.len().max(1) > max_writes {
+            break;
+        }
+        writes_so_far += writes.len().max(1);
+        taken.push(report.id);
+        match by_tenant.last_mut() {
+            Some((tenant, all)) if *tenant == report.tenant => all.extend(writes),
+            _ => by_tenant.push((report.tenant, writes)),
+        }
+    }
+    let mut processed = ProcessedReports {
+        reports: taken.len(),
+        ..Default::default()
+    };
+    for (tenant, writes) in by_tenant {
+        let mut rows = Rows::load(tx, tenant, writes.iter()).await?;
+        for write in &writes {
+            if !rows.plan(tx, write, at, policy.rules_per_tenant).await? {
+                processed.over_quota += 1;
+            }
+        }
+        processed.changes.extend(rows.finish(tx).await?);
+    }
+    if processed.over_quota > 0 {
+        tracing::warn!(
+            addresses = processed.over_quota,
+            quota = policy.rules_per_tenant,
+            "reported addresses not blocked: their tenant has reached its rule quota"
+        );
+    }
+    tx.delete_reports(&taken).await?;
+    Ok(processed)
+}

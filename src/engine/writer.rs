@@ -1,0 +1,159 @@
+//! The writer: one task that commits every write of this process, in groups. Whatever has
+//! queued up while one group committed goes into the next transaction together (group commit),
+//! so small requests share one durable commit. Committed groups go to a second task that hands
+//! their changes to the feed and only then answers the requests, so that work overlaps the
+//! next group's commit and no request is acknowledged before look-ups see its changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::feed::Feed;
+use super::ops::{Op, Output, WritePolicy};
+use crate::store::backend::SharedBackend;
+use crate::store::{Change, StoreError, StoreResult};
+
+/// Upper bound of rows written in one group transaction. Large enough that 1000-event batches
+/// from several clients share a commit, small enough that no request waits long behind others.
+const MAX_GROUP_ROWS: usize = 8_000;
+
+/// Wait before handing on committed changes again when reading the log for them failed.
+const PUBLISH_RETRY: Duration = Duration::from_millis(200);
+
+pub struct Job {
+    pub op: Op,
+    pub reply: oneshot::Sender<StoreResult<Output>>,
+}
+
+type Answer = (oneshot::Sender<StoreResult<Output>>, StoreResult<Output>);
+
+/// A group whose transaction has ended, in commit order.
+struct Committed {
+    changes: Vec<Change>,
+    answers: Vec<Answer>,
+}
+
+pub async fn run(
+    backend: SharedBackend,
+    feed: Arc<Feed>,
+    policy: WritePolicy,
+    mut jobs: mpsc::Receiver<Job>,
+) {
+    let (committed_tx, committed_rx) = mpsc::channel(16);
+    let publisher = tokio::spawn(publish(feed, committed_rx));
+    while let Some(first) = jobs.recv().await {
+        let mut rows = first.op.weight();
+        let mut group = vec![first];
+        while rows < MAX_GROUP_ROWS {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    rows += job.op.weight();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        for committed in commit_group(&backend, &policy, group).await {
+            if committed_tx.send(committed).await.is_err() {
+                return;
+            }
+        }
+    }
+    drop(committed_tx);
+    let _ = publisher.await;
+}
+
+/// Commits a group in one transaction. Ops only fail on database errors (validation is done
+/// before they are queued), so the common path commits everything at once; when an op does
+/// fail, the group is rolled back and replayed one op per transaction, so only the failing
+/// op is refused.
+async fn commit_group(
+    backend: &SharedBackend,
+    policy: &WritePolicy,
+    group: Vec<Job>,
+) -> Vec<Committed> {
+    let (ops, replies): (Vec<Op>, Vec<_>) = group.into_iter().map(|j| (j.op, j.reply)).unzip();
+    match run_together(backend, policy, &ops).await {
+        Ok(outputs) => vec![committed(
+            replies.into_iter().zip(outputs.into_iter().map(Ok)),
+        )],
+        Err(e) if ops.len() == 1 => {
+            tracing::error!(error = %e, "write failed; nothing was acknowledged");
+            vec![committed(
+                replies.into_iter().map(|r| (r, Err(e.clone_kind()))),
+            )]
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, ops = ops.len(), "group commit failed; retrying its writes one by one");
+            let mut done = Vec::with_capacity(ops.len());
+            for (op, reply) in ops.into_iter().zip(replies) {
+                let result = run_together(backend, policy, std::slice::from_ref(&op)).await;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "write failed; nothing was acknowledged");
+                }
+                let answer = result.map(|mut outputs| outputs.remove(0));
+                done.push(committed(std::iter::once((reply, answer))));
+            }
+            done
+        }
+    }
+}
+
+fn committed(answers: impl IntoIterator<Item = Answer>) -> Committed {
+    let answers: Vec<Answer> = answers.into_iter().collect();
+    let changes = answers
+        .iter()
+        .filter_map(|(_, answer)| answer.as_ref().ok())
+        .flat_map(|output| output.changes().iter().cloned())
+        .collect();
+    Committed { changes, answers }
+}
+
+/// Runs ops in one transaction and commits it.
+async fn run_together(
+    backend: &SharedBackend,
+    policy: &WritePolicy,
+    ops: &[Op],
+) -> StoreResult<Vec<Output>> {
+    let mut tx = backend.begin().await?;
+    let mut outputs = Vec::with_capacity(ops.len());
+    for op in ops {
+        outputs.push(op.run(&mut *tx, policy).await?);
+    }
+    tx.commit().await?;
+    Ok(outputs)
+}
+
+/// Hands committed changes to the feed in commit order, then acknowledges their requests.
+async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
+    while let Some(group) = committed.recv().await {
+        if !group.changes.is_empty() {
+            // The changes are committed: answering before the feed has them would acknowledge
+            // writes that look-ups do not see, so keep trying (only reading the log can fail).
+            while let Err(e) = feed.publish(&group.changes).await {
+                tracing::error!(error = %e, "handing on committed changes failed; retrying");
+                tokio::time::sleep(PUBLISH_RETRY).await;
+            }
+        }
+        for (reply, answer) in group.answers {
+            // The requester may have gone away (client disconnected); the write stands.
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+impl StoreError {
+    /// The same error for another waiter (errors carry no shared state worth keeping).
+    pub fn clone_kind(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::DiskFull { free, wanted } => StoreError::DiskFull {
+                free: *free,
+                wanted: *wanted,
+            },
+            StoreError::WriterGone => StoreError::WriterGone,
+            other => StoreError::Database(other.to_string()),
+        }
+    }
+}

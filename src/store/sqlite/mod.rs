@@ -1,0 +1,287 @@
+//! The embedded backend: one SQLite file in WAL mode.
+//!
+//! One thread owns the only writing connection and runs the operations of the open write
+//! transaction, in order ([`tx`]). Reads go to a small pool of read-only connections, which WAL
+//! lets run beside the writer ([`read`]).
+
+mod read;
+mod rows;
+mod tx;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use r2d2::Pool;
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::Connection;
+use rusqlite_migration::{M, Migrations};
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Backend, Transaction};
+use super::{AuditEntry, Change, Page, QueueStats, RuleQuery, Snapshot, StoreError, StoreResult};
+use crate::keys::{ApiKey, KeyDigest, Principal};
+use crate::rules::{Rule, RuleId, TenantId, UnixMillis};
+
+pub const DB_FILE: &str = "palisade.db";
+
+/// How long a connection waits for another process's lock (the command line managing keys
+/// while the server runs) before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// WAL size, in 4 KiB pages, at which the writer copies the WAL back into the database.
+const WAL_CHECKPOINT_PAGES: i64 = 16_384;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            rusqlite::Error::SqliteFailure(ref f, _)
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::CannotOpen
+                        | rusqlite::ErrorCode::DatabaseBusy
+                        | rusqlite::ErrorCode::DatabaseLocked
+                        | rusqlite::ErrorCode::SystemIoFailure
+                ) =>
+            {
+                StoreError::Unavailable(e.to_string())
+            }
+            e => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+impl From<rusqlite_migration::Error> for StoreError {
+    fn from(e: rusqlite_migration::Error) -> Self {
+        StoreError::Migration(e.to_string())
+    }
+}
+
+impl From<r2d2::Error> for StoreError {
+    fn from(e: r2d2::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// When SQLite makes a commit durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Survives a crash of the process (kill -9); a power cut may lose the last commits.
+    Normal,
+    /// Also survives a power cut: every commit waits for fsync of the WAL.
+    #[default]
+    Full,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub synchronous: Synchronous,
+    /// Page cache of the writing connection, in MiB.
+    pub cache_mib: u32,
+    /// Below this much free space on the data directory's file system the backend says it
+    /// has no capacity: a nearly full disk still takes a probe's tiny write but refuses a batch
+    /// of signals.
+    pub min_free_bytes: u64,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::default(),
+            cache_mib: 64,
+            min_free_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Work for the connection thread.
+type Call = Box<dyn FnOnce(&mut Connection) + Send>;
+
+pub struct SqliteBackend {
+    calls: std::sync::mpsc::Sender<Call>,
+    /// Held by the open write transaction.
+    turn: Arc<tokio::sync::Mutex<()>>,
+    readers: Pool<SqliteConnectionManager>,
+    path: PathBuf,
+    min_free_bytes: u64,
+}
+
+/// Creates the data directory (0700) and the database file (0600) before SQLite does, so that
+/// no other local user can read rules or key digests; SQLite gives its WAL and shared-memory
+/// files the database file's mode. Files left readable by others (by an older version) are
+/// tightened. Returns the database's path.
+fn prepare_files(data_dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)?;
+    let path = data_dir.join(DB_FILE);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        if let Ok(meta) = std::fs::metadata(&file)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!(file = %file.display(), "the file was readable by other users; made it 0600");
+        }
+    }
+    Ok(path)
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up(include_str!("schema_v1.sql")),
+        M::up(include_str!("schema_v2.sql")),
+        M::up(include_str!("schema_v3.sql")),
+    ])
+}
+
+impl SqliteBackend {
+    /// Opens (creating when needed) the database in `data_dir`, migrates it, and starts the
+    /// thread that owns the writing connection.
+    pub fn open(data_dir: &Path, options: SqliteOptions) -> StoreResult<Self> {
+        let path = prepare_files(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let synchronous = match options.synchronous {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        // Inserts into large indexes touch pages all over the file; with SQLite's 2 MB default
+        // cache, a group commit spills and rewrites the same pages several times.
+        conn.pragma_update(None, "cache_size", -(options.cache_mib as i64) * 1024)?;
+        migrations().to_latest(&mut conn)?;
+        // Checkpoint every 64 MB of WAL rather than every 4 MB: a page that many commits touch
+        // (an index leaf) is copied back once per checkpoint, not once per 4 MB of writes.
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+
+        let manager = SqliteConnectionManager::file(&path).with_init(|c| {
+            c.busy_timeout(BUSY_TIMEOUT)?;
+            c.pragma_update(None, "query_only", true)
+        });
+        let readers = Pool::builder()
+            .max_size(8)
+            .min_idle(Some(1))
+            .build(manager)?;
+
+        let (calls, work) = std::sync::mpsc::channel::<Call>();
+        std::thread::Builder::new()
+            .name("palisade-writer".into())
+            .spawn(move || {
+                for call in work {
+                    call(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        Ok(Self {
+            calls,
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+            readers,
+            path,
+            min_free_bytes: options.min_free_bytes,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get()?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl Backend for SqliteBackend {
+    async fn begin(&self) -> StoreResult<Box<dyn Transaction>> {
+        let turn = self.turn.clone().lock_owned().await;
+        let tx = tx::SqliteTransaction::begin(self.calls.clone(), turn).await?;
+        Ok(Box::new(tx))
+    }
+
+    async fn rule(
+        &self,
+        tenant: TenantId,
+        id: RuleId,
+        now: UnixMillis,
+    ) -> StoreResult<Option<Rule>> {
+        self.read(move |c| read::rule(c, tenant, id, now)).await
+    }
+
+    async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>> {
+        self.read(move |c| read::rules(c, tenant, &query)).await
+    }
+
+    async fn audit(
+        &self,
+        tenant: TenantId,
+        before: Option<i64>,
+        limit: usize,
+    ) -> StoreResult<Page<AuditEntry>> {
+        self.read(move |c| read::audit(c, tenant, before, limit))
+            .await
+    }
+
+    async fn changes_since(&self, seq: u64, limit: usize) -> StoreResult<Vec<Change>> {
+        self.read(move |c| read::changes_since(c, seq, limit)).await
+    }
+
+    async fn snapshot(&self, now: UnixMillis) -> StoreResult<Snapshot> {
+        self.read(move |c| read::snapshot(c, now)).await
+    }
+
+    async fn keys(&self) -> StoreResult<Vec<ApiKey>> {
+        self.read(read::keys).await
+    }
+
+    async fn live_keys(&self) -> StoreResult<Vec<(KeyDigest, Principal)>> {
+        self.read(read::live_keys).await
+    }
+
+    async fn live_key(&self, digest: KeyDigest) -> StoreResult<Option<Principal>> {
+        self.read(move |c| read::live_key(c, &digest)).await
+    }
+
+    async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats> {
+        self.read(move |c| read::queue_stats(c, tenant)).await
+    }
+
+    async fn capacity(&self) -> StoreResult<()> {
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_owned();
+        let stat = rustix::fs::statvfs(&dir).map_err(|e| StoreError::DataDir {
+            path: dir.display().to_string(),
+            source: e.into(),
+        })?;
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < self.min_free_bytes {
+            return Err(StoreError::DiskFull {
+                free,
+                wanted: self.min_free_bytes,
+            });
+        }
+        Ok(())
+    }
+}

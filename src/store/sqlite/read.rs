@@ -1,0 +1,207 @@
+//! Reads, each on a read-only connection of the pool (WAL lets them run beside the writer).
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::rows::{self, CHANGE_COLUMNS, KEY_COLUMNS, LIVE_KEY_COLUMNS, RULE_COLUMNS};
+use crate::keys::{ApiKey, KeyDigest, Principal};
+use crate::rules::{Rule, RuleId, TenantId, UnixMillis};
+use crate::store::{AuditEntry, Change, Page, QueueStats, RuleQuery, Snapshot, StoreResult};
+
+/// Fetches one row more than asked to learn whether a next page exists.
+fn paginate<T>(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> i64) -> Page<T> {
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(cursor_of)
+    } else {
+        None
+    };
+    Page { items, next_cursor }
+}
+
+pub fn rule(
+    conn: &Connection,
+    tenant: TenantId,
+    id: RuleId,
+    now: UnixMillis,
+) -> StoreResult<Option<Rule>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RULE_COLUMNS} FROM rules
+         WHERE id = ?1 AND tenant_id = ?2 AND (expires_at IS NULL OR expires_at > ?3)"
+    ))?;
+    let mut found = stmt.query(params![id, tenant.0, now.0])?;
+    found.next()?.map(rows::rule).transpose()
+}
+
+pub fn rules(conn: &Connection, tenant: TenantId, query: &RuleQuery) -> StoreResult<Page<Rule>> {
+    let mut sql = format!(
+        "SELECT {RULE_COLUMNS} FROM rules
+         WHERE tenant_id = ?1 AND id > ?2 AND (expires_at IS NULL OR expires_at > ?3)"
+    );
+    let mut args: Vec<SqlValue> = vec![
+        tenant.0.into(),
+        query.after.unwrap_or(0).into(),
+        query.now.0.into(),
+    ];
+    let mut filter = |column: &str, value: SqlValue| {
+        args.push(value);
+        sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+    };
+    if let Some(kind) = query.kind {
+        filter("kind", kind.as_str().to_owned().into());
+    }
+    if let Some(target) = query.target {
+        filter("kind", target.kind().as_str().to_owned().into());
+        filter("target", target.to_string().into());
+    }
+    if let Some(name) = &query.name {
+        filter("name", name.clone().into());
+    }
+    if let Some(action) = query.action {
+        filter("action", action.as_str().to_owned().into());
+    }
+    if let Some(source) = query.source {
+        filter("source", source.as_str().to_owned().into());
+    }
+    if let Some(dataset) = &query.dataset {
+        filter("dataset", dataset.clone().into());
+    }
+    if let Some(tag) = &query.tag {
+        args.push(tag.clone().into());
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM json_each(rules.tags) WHERE value = ?{})",
+            args.len()
+        ));
+    }
+    args.push((query.limit as i64 + 1).into());
+    sql.push_str(&format!(" ORDER BY id LIMIT ?{}", args.len()));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut found = stmt.query(params_from_iter(args))?;
+    let mut items = Vec::new();
+    while let Some(row) = found.next()? {
+        items.push(rows::rule(row)?);
+    }
+    Ok(paginate(items, query.limit, |r| r.id))
+}
+
+pub fn audit(
+    conn: &Connection,
+    tenant: TenantId,
+    before: Option<i64>,
+    limit: usize,
+) -> StoreResult<Page<AuditEntry>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, key_id, request_id, entry_index, event, error FROM audit
+         WHERE tenant_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+    )?;
+    let items = stmt
+        .query_map(
+            params![tenant.0, before.unwrap_or(i64::MAX), limit as i64 + 1],
+            |row| {
+                Ok(AuditEntry {
+                    id: row.get(0)?,
+                    at: UnixMillis(row.get(1)?),
+                    key_id: row.get(2)?,
+                    request_id: row.get(3)?,
+                    index: row.get::<_, Option<i64>>(4)?.map(|i| i as u32),
+                    event: row.get(5)?,
+                    error: row.get(6)?,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(paginate(items, limit, |e| e.id))
+}
+
+pub fn changes_since(conn: &Connection, seq: u64, limit: usize) -> StoreResult<Vec<Change>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {CHANGE_COLUMNS} FROM rule_changes WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+    ))?;
+    let mut found = stmt.query(params![seq as i64, limit as i64])?;
+    let mut changes = Vec::new();
+    while let Some(row) = found.next()? {
+        changes.push(rows::change(row)?);
+    }
+    Ok(changes)
+}
+
+/// The last number the change log handed out (0 for none), including numbers of entries
+/// since deleted by retention.
+pub fn head(conn: &Connection) -> StoreResult<u64> {
+    let seq: i64 = conn
+        .query_row(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'rule_changes'), 0)",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    Ok(seq as u64)
+}
+
+pub fn snapshot(conn: &Connection, now: UnixMillis) -> StoreResult<Snapshot> {
+    // One read transaction: the rules and the sequence number describe the same moment.
+    let tx = conn.unchecked_transaction()?;
+    let seq = head(&tx)?;
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {RULE_COLUMNS} FROM rules WHERE expires_at IS NULL OR expires_at > ?1"
+    ))?;
+    let mut found = stmt.query([now.0])?;
+    let mut rules = Vec::new();
+    while let Some(row) = found.next()? {
+        rules.push(rows::rule(row)?);
+    }
+    drop(found);
+    drop(stmt);
+    tx.finish()?;
+    Ok(Snapshot { seq, rules })
+}
+
+pub fn keys(conn: &Connection) -> StoreResult<Vec<ApiKey>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id ORDER BY k.id"
+    ))?;
+    let mut found = stmt.query([])?;
+    let mut keys = Vec::new();
+    while let Some(row) = found.next()? {
+        keys.push(rows::api_key(row)?);
+    }
+    Ok(keys)
+}
+
+pub fn live_keys(conn: &Connection) -> StoreResult<Vec<(KeyDigest, Principal)>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LIVE_KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.revoked_at IS NULL"
+    ))?;
+    let mut found = stmt.query([])?;
+    let mut keys = Vec::new();
+    while let Some(row) = found.next()? {
+        keys.push(rows::live_key(row)?);
+    }
+    Ok(keys)
+}
+
+pub fn live_key(conn: &Connection, digest: &KeyDigest) -> StoreResult<Option<Principal>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LIVE_KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+         WHERE k.key_hash = ?1 AND k.revoked_at IS NULL"
+    ))?;
+    let mut found = stmt.query([&digest[..]])?;
+    found
+        .next()?
+        .map(|row| rows::live_key(row).map(|(_, principal)| principal))
+        .transpose()
+}
+
+pub fn queue_stats(conn: &Connection, tenant: Option<TenantId>) -> StoreResult<QueueStats> {
+    let (depth, oldest): (i64, Option<i64>) = conn.query_row(
+        "SELECT COUNT(*), MIN(received_at) FROM report_queue WHERE ?1 IS NULL OR tenant_id = ?1",
+        [tenant.map(|t| t.0)],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    Ok(QueueStats {
+        depth: depth as u64,
+        oldest: oldest.map(UnixMillis),
+    })
+}

@@ -1,0 +1,125 @@
+//! Rows to domain types and back.
+
+use rusqlite::Row;
+
+use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
+use crate::rules::{Kind, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
+use crate::store::{Change, ChangeOp, StoreError, StoreResult};
+
+pub const RULE_COLUMNS: &str = "id, tenant_id, action, kind, target, expires_at, name, description, \
+     source, created_at, updated_at, dataset, tags, reports";
+
+pub const CHANGE_COLUMNS: &str =
+    "seq, tenant_id, rule_id, op, action, kind, target, expires_at, at, name";
+
+pub const KEY_COLUMNS: &str =
+    "k.id, k.name, k.role, t.name, k.tenant_id, k.created_at, k.revoked_at";
+
+pub const LIVE_KEY_COLUMNS: &str = "k.key_hash, k.id, k.name, k.role, t.name, k.tenant_id";
+
+pub fn parse_action(text: &str) -> StoreResult<RuleAction> {
+    RuleAction::parse(text).ok_or_else(|| StoreError::Corrupt(format!("rule action {text:?}")))
+}
+
+pub fn parse_target(kind: &str, text: &str) -> StoreResult<Target> {
+    Kind::parse(kind)
+        .and_then(|kind| Target::from_stored(kind, text))
+        .ok_or_else(|| StoreError::Corrupt(format!("rule target {kind}:{text}")))
+}
+
+/// Most rules have no tags; reading back a million of them should not parse a million `[]`.
+pub fn parse_tags(text: &str) -> StoreResult<Vec<String>> {
+    if text == "[]" {
+        return Ok(Vec::new());
+    }
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("rule tags: {e}")))
+}
+
+pub fn json_tags(tags: &[String]) -> String {
+    if tags.is_empty() {
+        return "[]".into();
+    }
+    serde_json::to_string(tags).unwrap_or_else(|_| "[]".into())
+}
+
+/// A rule from a row of [`RULE_COLUMNS`].
+pub fn rule(row: &Row<'_>) -> StoreResult<Rule> {
+    let action: String = row.get(2)?;
+    let kind: String = row.get(3)?;
+    let target: String = row.get(4)?;
+    let source: String = row.get(8)?;
+    Ok(Rule {
+        id: row.get(0)?,
+        tenant: TenantId(row.get(1)?),
+        action: parse_action(&action)?,
+        target: parse_target(&kind, &target)?,
+        expires_at: row.get::<_, Option<i64>>(5)?.map(UnixMillis),
+        name: row.get(6)?,
+        description: row.get(7)?,
+        source: Source::parse(&source)
+            .ok_or_else(|| StoreError::Corrupt(format!("rule source {source:?}")))?,
+        created_at: UnixMillis(row.get(9)?),
+        updated_at: UnixMillis(row.get(10)?),
+        dataset: row.get(11)?,
+        tags: parse_tags(row.get_ref(12)?.as_str().map_err(rusqlite::Error::from)?)?,
+        reports: row.get::<_, i64>(13)? as u32,
+    })
+}
+
+/// A change from a row of [`CHANGE_COLUMNS`].
+pub fn change(row: &Row<'_>) -> StoreResult<Change> {
+    let op: String = row.get(3)?;
+    let action: String = row.get(4)?;
+    let kind: String = row.get(5)?;
+    let target: String = row.get(6)?;
+    Ok(Change {
+        seq: row.get::<_, i64>(0)? as u64,
+        tenant: TenantId(row.get(1)?),
+        rule_id: row.get(2)?,
+        op: ChangeOp::parse(&op).ok_or_else(|| StoreError::Corrupt(format!("change op {op:?}")))?,
+        action: parse_action(&action)?,
+        target: parse_target(&kind, &target)?,
+        expires_at: row.get::<_, Option<i64>>(7)?.map(UnixMillis),
+        at: UnixMillis(row.get(8)?),
+        name: row.get(9)?,
+    })
+}
+
+/// A key from a row of [`KEY_COLUMNS`].
+pub fn api_key(row: &Row<'_>) -> StoreResult<ApiKey> {
+    let role: String = row.get(2)?;
+    let tenant: String = row.get(3)?;
+    Ok(ApiKey {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+        tenant: TenantName::parse(&tenant)
+            .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant:?}")))?,
+        tenant_id: TenantId(row.get(4)?),
+        created_at: UnixMillis(row.get(5)?),
+        revoked_at: row.get::<_, Option<i64>>(6)?.map(UnixMillis),
+    })
+}
+
+/// A live key's digest and owner from a row of [`LIVE_KEY_COLUMNS`].
+pub fn live_key(row: &Row<'_>) -> StoreResult<(KeyDigest, Principal)> {
+    let key_id: i64 = row.get(1)?;
+    let hash: Vec<u8> = row.get(0)?;
+    let digest: KeyDigest = hash
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("key {key_id} hash length")))?;
+    let role: String = row.get(3)?;
+    let tenant: String = row.get(4)?;
+    Ok((
+        digest,
+        Principal {
+            key_id,
+            key_name: row.get(2)?,
+            role: Role::parse(&role)
+                .ok_or_else(|| StoreError::Corrupt(format!("role {role:?}")))?,
+            tenant: TenantName::parse(&tenant)
+                .ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant:?}")))?,
+            tenant_id: TenantId(row.get(5)?),
+        },
+    ))
+}

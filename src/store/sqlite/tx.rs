@@ -1,0 +1,439 @@
+//! A write transaction on the one writing connection. Each operation is sent to the thread that
+//! owns the connection and runs there; the engine sends a handful per group of requests, each
+//! covering every row of the group.
+
+use std::sync::mpsc::Sender;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{OwnedMutexGuard, oneshot};
+
+use super::Call;
+use super::rows::{self, KEY_COLUMNS, RULE_COLUMNS, json_tags};
+use crate::keys::{ApiKey, TenantName};
+use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
+use crate::store::backend::{NewAuditEntry, Transaction};
+use crate::store::{Change, NewKey, QueuedReport, ReportKind, StoreError, StoreResult};
+
+pub struct SqliteTransaction {
+    calls: Sender<Call>,
+    /// One write transaction at a time on the connection.
+    _turn: OwnedMutexGuard<()>,
+    open: bool,
+}
+
+impl SqliteTransaction {
+    pub(super) async fn begin(calls: Sender<Call>, turn: OwnedMutexGuard<()>) -> StoreResult<Self> {
+        let mut tx = Self {
+            calls,
+            _turn: turn,
+            open: false,
+        };
+        // IMMEDIATE takes the write lock now, so another process (the command line) waits at
+        // the start instead of failing halfway.
+        tx.run(|c| Ok(c.execute_batch("BEGIN IMMEDIATE")?)).await?;
+        tx.open = true;
+        Ok(tx)
+    }
+
+    async fn run<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Connection) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (reply, answer) = oneshot::channel();
+        self.calls
+            .send(Box::new(move |conn: &mut Connection| {
+                let _ = reply.send(work(conn));
+            }))
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+impl Drop for SqliteTransaction {
+    fn drop(&mut self) {
+        if self.open {
+            // Sent before the turn is given up, so it runs before the next transaction begins.
+            let _ = self.calls.send(Box::new(|conn: &mut Connection| {
+                if let Err(e) = conn.execute_batch("ROLLBACK") {
+                    tracing::error!(error = %e, "rolling back a write transaction failed");
+                }
+            }));
+        }
+    }
+}
+
+#[async_trait]
+impl Transaction for SqliteTransaction {
+    async fn rules_by_key(
+        &mut self,
+        tenant: TenantId,
+        keys: &[(RuleAction, Target)],
+    ) -> StoreResult<Vec<Rule>> {
+        let keys = keys.to_vec();
+        self.run(move |c| rules_by_key(c, tenant, &keys)).await
+    }
+
+    async fn rule_by_id(&mut self, tenant: TenantId, id: RuleId) -> StoreResult<Option<Rule>> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RULE_COLUMNS} FROM rules WHERE id = ?1 AND tenant_id = ?2"
+            ))?;
+            let mut found = stmt.query(params![id, tenant.0])?;
+            found.next()?.map(rows::rule).transpose()
+        })
+        .await
+    }
+
+    async fn expired_rules(&mut self, now: UnixMillis, limit: usize) -> StoreResult<Vec<Rule>> {
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RULE_COLUMNS} FROM rules
+                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2"
+            ))?;
+            let mut found = stmt.query(params![now.0, limit as i64])?;
+            let mut expired = Vec::new();
+            while let Some(row) = found.next()? {
+                expired.push(rows::rule(row)?);
+            }
+            Ok(expired)
+        })
+        .await
+    }
+
+    async fn insert_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
+        let rules = rules.to_vec();
+        self.run(move |c| insert_rules(c, &rules)).await
+    }
+
+    async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()> {
+        let rules = rules.to_vec();
+        self.run(move |c| update_rules(c, &rules)).await
+    }
+
+    async fn delete_rules(&mut self, ids: &[RuleId]) -> StoreResult<()> {
+        let ids = ids.to_vec();
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached("DELETE FROM rules WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn rule_count(&mut self, tenant: TenantId) -> StoreResult<u64> {
+        self.run(move |c| {
+            let count: Option<i64> = c
+                .prepare_cached("SELECT rules FROM tenants WHERE id = ?1")?
+                .query_row([tenant.0], |row| row.get(0))
+                .optional()?;
+            Ok(count.unwrap_or(0).max(0) as u64)
+        })
+        .await
+    }
+
+    async fn add_rule_count(&mut self, tenant: TenantId, delta: i64) -> StoreResult<()> {
+        if delta == 0 {
+            return Ok(());
+        }
+        self.run(move |c| {
+            c.prepare_cached("UPDATE tenants SET rules = MAX(rules + ?2, 0) WHERE id = ?1")?
+                .execute(params![tenant.0, delta])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_changes(&mut self, changes: &mut [Change]) -> StoreResult<()> {
+        let owned = changes.to_vec();
+        let seqs = self.run(move |c| append_changes(c, &owned)).await?;
+        for (change, seq) in changes.iter_mut().zip(seqs) {
+            change.seq = seq;
+        }
+        Ok(())
+    }
+
+    async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()> {
+        let entries = entries.to_vec();
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(
+                "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for e in &entries {
+                stmt.execute(params![
+                    e.tenant.0,
+                    e.key_id,
+                    e.request_id,
+                    e.at.0,
+                    e.index,
+                    e.event,
+                    e.error
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
+        self.run(move |c| purge_oldest(c, "audit", "id", before, limit))
+            .await
+    }
+
+    async fn purge_changes(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
+        self.run(move |c| purge_oldest(c, "rule_changes", "seq", before, limit))
+            .await
+    }
+
+    async fn tenant_id(&mut self, name: &TenantName, at: UnixMillis) -> StoreResult<TenantId> {
+        let name = name.clone();
+        self.run(move |c| {
+            c.prepare_cached("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)")?
+                .execute(params![name.as_str(), at.0])?;
+            let id = c
+                .prepare_cached("SELECT id FROM tenants WHERE name = ?1")?
+                .query_row([name.as_str()], |row| row.get(0))?;
+            Ok(TenantId(id))
+        })
+        .await
+    }
+
+    async fn insert_key(&mut self, tenant: TenantId, key: &NewKey) -> StoreResult<ApiKey> {
+        let key = key.clone();
+        self.run(move |c| {
+            c.prepare_cached(
+                "INSERT INTO api_keys (tenant_id, name, role, key_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                tenant.0,
+                key.name,
+                key.role.as_str(),
+                &key.digest[..],
+                key.at.0
+            ])?;
+            Ok(ApiKey {
+                id: c.last_insert_rowid(),
+                name: key.name,
+                role: key.role,
+                tenant: key.tenant,
+                tenant_id: tenant,
+                created_at: key.at,
+                revoked_at: None,
+            })
+        })
+        .await
+    }
+
+    async fn revoke_key(&mut self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>> {
+        self.run(move |c| {
+            c.prepare_cached(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![id, at.0])?;
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+                 WHERE k.id = ?1"
+            ))?;
+            let mut found = stmt.query([id])?;
+            found.next()?.map(rows::api_key).transpose()
+        })
+        .await
+    }
+
+    async fn enqueue_report(&mut self, report: &QueuedReport) -> StoreResult<i64> {
+        let report = report.clone();
+        self.run(move |c| {
+            c.prepare_cached(
+                "INSERT INTO report_queue (tenant_id, key_id, kind, payload, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                report.tenant.0,
+                report.key_id,
+                report.kind.as_str(),
+                report.payload,
+                report.received_at.0
+            ])?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    async fn claim_reports(&mut self, limit: usize) -> StoreResult<Vec<QueuedReport>> {
+        // The only writer holds the database: nothing else can claim these meanwhile.
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, tenant_id, key_id, kind, payload, received_at FROM report_queue
+                 ORDER BY id LIMIT ?1",
+            )?;
+            let mut found = stmt.query([limit as i64])?;
+            let mut queued = Vec::new();
+            while let Some(row) = found.next()? {
+                let kind: String = row.get(3)?;
+                queued.push(QueuedReport {
+                    id: row.get(0)?,
+                    tenant: TenantId(row.get(1)?),
+                    key_id: row.get(2)?,
+                    kind: ReportKind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("report kind {kind:?}")))?,
+                    payload: row.get(4)?,
+                    received_at: UnixMillis(row.get(5)?),
+                });
+            }
+            Ok(queued)
+        })
+        .await
+    }
+
+    async fn delete_reports(&mut self, ids: &[i64]) -> StoreResult<()> {
+        let ids = ids.to_vec();
+        self.run(move |c| {
+            let mut stmt = c.prepare_cached("DELETE FROM report_queue WHERE id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn probe(&mut self, at: UnixMillis) -> StoreResult<()> {
+        self.run(move |c| {
+            c.prepare_cached("INSERT OR REPLACE INTO health (id, at) VALUES (1, ?1)")?
+                .execute([at.0])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        let committed = self.run(|c| Ok(c.execute_batch("COMMIT")?)).await;
+        if committed.is_ok() {
+            self.open = false;
+        }
+        committed
+    }
+}
+
+fn rules_by_key(
+    conn: &Connection,
+    tenant: TenantId,
+    keys: &[(RuleAction, Target)],
+) -> StoreResult<Vec<Rule>> {
+    // One indexed look-up per key: `INSERT .. ON CONFLICT .. RETURNING` or a join against a
+    // temporary table both cost SQLite more than this.
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RULE_COLUMNS} FROM rules
+         WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4"
+    ))?;
+    let mut stored = Vec::new();
+    for (action, target) in keys {
+        let mut found = stmt.query(params![
+            tenant.0,
+            action.as_str(),
+            target.kind().as_str(),
+            target.to_string()
+        ])?;
+        if let Some(row) = found.next()? {
+            stored.push(rows::rule(row)?);
+        }
+    }
+    Ok(stored)
+}
+
+fn insert_rules(conn: &Connection, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
+                            source, dataset, tags, reports, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?;
+    let mut ids = Vec::with_capacity(rules.len());
+    for rule in rules {
+        stmt.execute(params![
+            rule.tenant.0,
+            rule.action.as_str(),
+            rule.target.kind().as_str(),
+            rule.target.to_string(),
+            rule.expires_at.map(|t| t.0),
+            rule.name,
+            rule.description,
+            rule.source.as_str(),
+            rule.dataset,
+            json_tags(&rule.tags),
+            rule.reports,
+            rule.created_at.0,
+            rule.updated_at.0
+        ])?;
+        ids.push(conn.last_insert_rowid());
+    }
+    Ok(ids)
+}
+
+fn update_rules(conn: &Connection, rules: &[Rule]) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE rules SET expires_at = ?2, name = ?3, description = ?4, source = ?5,
+                          dataset = ?6, tags = ?7, reports = ?8, created_at = ?9, updated_at = ?10
+         WHERE id = ?1",
+    )?;
+    for rule in rules {
+        stmt.execute(params![
+            rule.id,
+            rule.expires_at.map(|t| t.0),
+            rule.name,
+            rule.description,
+            rule.source.as_str(),
+            rule.dataset,
+            json_tags(&rule.tags),
+            rule.reports,
+            rule.created_at.0,
+            rule.updated_at.0
+        ])?;
+    }
+    Ok(())
+}
+
+/// Appends to the change log; the row id is the change's sequence number. AUTOINCREMENT and
+/// the single writer make the numbers grow in commit order, without gaps.
+fn append_changes(conn: &Connection, changes: &[Change]) -> StoreResult<Vec<u64>> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at, name, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?;
+    let mut seqs = Vec::with_capacity(changes.len());
+    for change in changes {
+        stmt.execute(params![
+            change.tenant.0,
+            change.rule_id,
+            change.op.as_str(),
+            change.action.as_str(),
+            change.target.kind().as_str(),
+            change.target.to_string(),
+            change.expires_at.map(|t| t.0),
+            change.name,
+            change.at.0
+        ])?;
+        seqs.push(conn.last_insert_rowid() as u64);
+    }
+    Ok(seqs)
+}
+
+/// Deletes up to `limit` rows of `table` made before `before`, oldest first (through the
+/// table's index on `at`).
+fn purge_oldest(
+    conn: &Connection,
+    table: &str,
+    key: &str,
+    before: UnixMillis,
+    limit: usize,
+) -> StoreResult<usize> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "DELETE FROM {table} WHERE {key} IN
+                (SELECT {key} FROM {table} WHERE at < ?1 ORDER BY at LIMIT ?2)"
+        ))?
+        .execute(params![before.0, limit as i64])?)
+}
