@@ -212,3 +212,51 @@ async fn keys_given_twice_are_refused_never_guessed() {
     assert_eq!(body["details"][0]["field"], "ttl");
     assert_eq!(body["details"][0]["message"], "is given more than once");
 }
+
+#[tokio::test]
+async fn a_tenant_at_its_rule_quota_gets_refusals_for_new_rules_only() {
+    let app = spawn_with(|c| c.limits.rules_per_tenant = 3, None).await;
+    let other = app.key(palisade::keys::Role::Writer, "other").await;
+    let events: Vec<Value> = (1..=5).map(|i| block_ip(&format!("192.0.2.{i}"))).collect();
+    let (status, body) = app.signal(&app.admin, &json!(events)).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT, "{body}");
+    assert_eq!(body["message"], "Processed 3 entries, 2 failed");
+    assert_eq!(
+        body["errors"],
+        json!([
+            "Entry 3: Quota exceeded: target: the tenant's quota of 3 rules is reached",
+            "Entry 4: Quota exceeded: target: the tenant's quota of 3 rules is reached"
+        ])
+    );
+    // Refreshing a rule the tenant has, and removing one, are never over quota...
+    let (status, _) = app
+        .signal(
+            &app.admin,
+            &json!([block_ip("192.0.2.1"), {"type": "access_rules", "action": "unblock", "ip": "192.0.2.2"}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // ...and the room a removal makes can be used again.
+    let (status, _) = app
+        .signal(&app.admin, &json!([block_ip("192.0.2.9")]))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = app
+        .signal(&app.admin, &json!([block_ip("192.0.2.10")]))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["details"][0]["message"],
+        "the tenant's quota of 3 rules is reached"
+    );
+    // Another tenant's quota is its own.
+    let (status, _) = app.signal(&other, &json!([block_ip("198.51.100.1")])).await;
+    assert_eq!(status, StatusCode::OK);
+    // The refusals are audited with their reason.
+    let (_, audit) = app.get("/v1/audit?limit=1", &app.admin).await;
+    assert_eq!(audit["entries"][0]["outcome"], "rejected");
+    assert_eq!(
+        audit["entries"][0]["error"],
+        "target: the tenant's quota of 3 rules is reached"
+    );
+}
