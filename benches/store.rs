@@ -14,7 +14,7 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use palisade::clock::SystemClock;
 use palisade::config::Config;
-use palisade::engine::{Engine, Feed};
+use palisade::engine::{Engine, Feed, Policies};
 use palisade::index::{Index, NoNetworks};
 use palisade::rules::{TenantId, UnixMillis};
 use palisade::signal::{SignalPolicy, parse_batch};
@@ -65,8 +65,11 @@ fn engine(dir: &std::path::Path, options: SqliteOptions) -> (Engine, SharedBacke
         Arc::new(SystemClock),
         Vec::new(),
     ));
-    let policy = Config::default().write_policy();
-    (Engine::start(backend.clone(), feed, policy), backend)
+    let policies = Policies {
+        write: Config::default().write_policy(),
+        ..Policies::default()
+    };
+    (Engine::start(backend.clone(), feed, policies), backend)
 }
 
 fn bench(c: &mut Criterion) {

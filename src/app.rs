@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState, Shared};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::engine::{ChangeSink, Engine, Feed};
+use crate::engine::{ChangeSink, Engine, Feed, Policies};
 use crate::geo::Geo;
 use crate::health::Readiness;
 use crate::index::{Index, Networks};
@@ -76,10 +76,27 @@ impl Application {
         );
         let readiness = Arc::new(Readiness::new());
         readiness.index_loaded();
+        let asn_catalog: Option<Arc<dyn AsnCatalog>> = if geo.has_asn_source() {
+            Some(geo.clone())
+        } else {
+            None
+        };
+        let guard = config.guard();
         let engine = Arc::new(Engine::start(
             backend.clone(),
             feed.clone(),
-            config.write_policy(),
+            Policies {
+                write: config.write_policy(),
+                signals: SignalPolicy {
+                    guard: guard.clone(),
+                    asn_catalog,
+                },
+                reports: ReportPolicy {
+                    datasets: config.reports.datasets.clone(),
+                    allow_private: config.reports.allow_private,
+                    protected: guard.protected,
+                },
+            },
         ));
 
         let bootstrap_key = if backend.keys().await?.is_empty() {
@@ -99,11 +116,6 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
 
-        let asn_catalog: Option<Arc<dyn AsnCatalog>> = if geo.has_asn_source() {
-            Some(geo.clone())
-        } else {
-            None
-        };
         let rate_limits = Arc::new(RateLimits::new(
             config.rate_limits.reports_per_minute,
             config.rate_limits.signal_per_minute,
@@ -113,8 +125,6 @@ impl Application {
                 .map_err(anyhow::Error::msg)?,
             clock.clone(),
         ));
-        let report_worker = Arc::new(Notify::new());
-        let guard = config.guard();
         let state = AppState(Arc::new(Shared {
             engine: engine.clone(),
             index: index.clone(),
@@ -131,14 +141,7 @@ impl Application {
             key_reload: Default::default(),
             unknown_keys: crate::keys::UnknownKeys::new(api::UNKNOWN_KEYS_REMEMBERED),
             key_lookups: tokio::sync::Semaphore::new(api::KEY_LOOKUPS),
-            report_policy: ReportPolicy {
-                datasets: config.reports.datasets.clone(),
-                allow_private: config.reports.allow_private,
-                protected: guard.protected.clone(),
-            },
-            policy: SignalPolicy { guard, asn_catalog },
             rate_limits,
-            report_worker: report_worker.clone(),
             clock: clock.clone(),
             readiness: readiness.clone(),
             audit_page_bytes: config.audit.page_bytes,
@@ -157,11 +160,7 @@ impl Application {
                 backend.change_signal(),
                 Duration::from_millis(config.store.follow_interval_ms.max(10)),
             )),
-            tokio::spawn(process_reports(
-                engine.clone(),
-                report_worker,
-                clock.clone(),
-            )),
+            tokio::spawn(process_reports(engine.clone(), clock.clone())),
             tokio::spawn(watch_report_queue(backend.clone(), clock.clone())),
             tokio::spawn(recompile_on_geo_change(
                 geo,
@@ -339,7 +338,8 @@ const REPORT_ADDRESSES_PER_COMMIT: usize = 10_000;
 
 /// Turns queued reports into rule changes. Each report leaves the queue in the transaction that
 /// applies it, so a crash at any point means it is applied after restart, and never twice.
-async fn process_reports(engine: Arc<Engine>, wake: Arc<Notify>, clock: Arc<dyn Clock>) {
+async fn process_reports(engine: Arc<Engine>, clock: Arc<dyn Clock>) {
+    let wake = engine.report_queued().clone();
     loop {
         // A queue left by a previous run, or a missed wake-up, waits at most a second.
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;

@@ -12,7 +12,7 @@ use palisade::api::check::answer;
 use palisade::app::{Application, create_key};
 use palisade::clock::{Clock, SystemClock};
 use palisade::config::{Config, Overrides};
-use palisade::engine::{Engine, Feed};
+use palisade::engine::{Engine, Feed, Policies};
 use palisade::geo::Geo;
 use palisade::index::Index;
 use palisade::keys::{DEFAULT_TENANT, Role};
@@ -201,7 +201,11 @@ fn open_engine(config: &Config) -> anyhow::Result<Engine> {
         Arc::new(SystemClock),
         Vec::new(),
     ));
-    Ok(Engine::start(backend, feed, config.write_policy()))
+    let policies = Policies {
+        write: config.write_policy(),
+        ..Policies::default()
+    };
+    Ok(Engine::start(backend, feed, policies))
 }
 
 async fn check(ip: IpAddr, tenant: &str, config: &Config) -> anyhow::Result<()> {

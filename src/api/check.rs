@@ -14,7 +14,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Caller, ProxyCaller};
 use super::error::{ApiError, Detail, ErrorBody};
-use super::{AppState, CheckRoute, Params, RawBody, off_worker};
+use super::{AppState, CheckRoute, Params, RawBody};
+use crate::engine::off_worker;
 use crate::index::{RuleRef, View};
 use crate::json::{BoundedList, Members, NotAnObject, Offending, value_of};
 use crate::keys::Permission;

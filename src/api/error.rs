@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::engine::EngineError;
 use crate::signal::{BatchProblem, EntryError};
 use crate::store::StoreError;
 
@@ -41,6 +42,27 @@ pub enum ApiError {
     Busy,
     #[error("Internal error")]
     Internal(String),
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotABatch(problem) => ApiError::batch(problem),
+            EngineError::InvalidReport(problems) => ApiError::Unprocessable(
+                problems
+                    .into_iter()
+                    .map(|p| Detail {
+                        field: p.field,
+                        message: p.message,
+                        value: p.value,
+                        index: p.index,
+                    })
+                    .collect(),
+            ),
+            EngineError::Store(e) => ApiError::Store(e),
+            EngineError::Internal(e) => ApiError::Internal(e),
+        }
+    }
 }
 
 /// One problem of a 400 answer.

@@ -43,11 +43,8 @@ use crate::geo::Geo;
 use crate::index::Index;
 use crate::keys::{self, KeyRing, Principal, UnknownKeys};
 use crate::ratelimit::RateLimits;
-use crate::reports::ReportPolicy;
-use crate::signal::SignalPolicy;
 use crate::store::StoreResult;
 use error::ApiError;
-use tokio::sync::Notify;
 
 /// What every handler can reach.
 pub struct Shared {
@@ -68,11 +65,7 @@ pub struct Shared {
     pub unknown_keys: UnknownKeys,
     /// Turns for store look-ups of keys missing from the ring.
     pub key_lookups: Semaphore,
-    pub policy: SignalPolicy,
-    pub report_policy: ReportPolicy,
     pub rate_limits: Arc<RateLimits>,
-    /// Woken when a report is queued, so the worker does not wait for its next poll.
-    pub report_worker: Arc<Notify>,
     pub clock: Arc<dyn Clock>,
     pub readiness: Arc<crate::health::Readiness>,
     /// Largest `GET /v1/audit` answer, in bytes of events.
@@ -314,24 +307,6 @@ impl<R: BodyRoute + Send> FromRequest<AppState> for RawBody<R> {
 /// How long a body waits for room in the memory budget before the request gets 503: a server
 /// that full sheds load rather than queue it.
 pub const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Bodies from this size up are parsed, and their answers made, on the blocking pool.
-pub const LARGE_BODY: usize = 64 * 1024;
-
-/// Runs a request's CPU work (parsing, validating, answering) on the blocking pool when its
-/// input is large, so that one big body never holds an async worker that forward-auth and
-/// `/healthz` are waiting on.
-pub async fn off_worker<T: Send + 'static>(
-    input_bytes: usize,
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    if input_bytes < LARGE_BODY {
-        return Ok(work());
-    }
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::Internal(format!("request work failed: {e}")))
-}
 
 /// A fresh id tying a request's audit entries together.
 pub fn request_id() -> String {

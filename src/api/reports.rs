@@ -9,12 +9,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::{ApiError, Detail, ErrorBody};
-use super::{AppState, RawBody, ReportRoute, off_worker};
+use super::error::{ApiError, ErrorBody};
+use super::{AppState, RawBody, ReportRoute};
 use crate::keys::{Permission, Role};
 use crate::ratelimit::{Scope, Verdict};
-use crate::reports::Invalid;
-use crate::store::{QueuedReport, ReportKind};
+use crate::store::ReportKind;
 
 /// Spends one request of the key's budget in `scope`; over the limit is a 429.
 pub fn spend(app: &AppState, scope: Scope, key_id: i64) -> Result<(), ApiError> {
@@ -22,20 +21,6 @@ pub fn spend(app: &AppState, scope: Scope, key_id: i64) -> Result<(), ApiError> 
         Verdict::Limited { retry_after_secs } => Err(ApiError::RateLimited(retry_after_secs)),
         Verdict::Allowed { .. } | Verdict::Unlimited => Ok(()),
     }
-}
-
-fn unprocessable(problems: Vec<Invalid>) -> ApiError {
-    ApiError::Unprocessable(
-        problems
-            .into_iter()
-            .map(|p| Detail {
-                field: p.field,
-                message: p.message,
-                value: p.value,
-                index: p.index,
-            })
-            .collect(),
-    )
 }
 
 async fn accept(
@@ -46,27 +31,9 @@ async fn accept(
 ) -> Result<StatusCode, ApiError> {
     let principal = caller.require(Permission::WriteRules)?;
     spend(&app, Scope::Reports, principal.key_id)?;
-    let policy = app.report_policy.clone();
-    let bytes = body.bytes().clone();
-    let payload = off_worker(bytes.len(), move || {
-        policy
-            .validate(kind, &bytes)
-            .map(|payload| serde_json::to_string(&payload))
-    })
-    .await?
-    .map_err(unprocessable)?
-    .map_err(|e| ApiError::Internal(format!("encoding a report: {e}")))?;
     app.engine
-        .enqueue_report(QueuedReport {
-            id: 0,
-            tenant: principal.tenant_id,
-            key_id: principal.key_id,
-            kind,
-            payload,
-            received_at: app.clock.now(),
-        })
+        .submit_report(principal, kind, body.bytes().clone(), app.clock.now())
         .await?;
-    app.report_worker.notify_one();
     Ok(StatusCode::ACCEPTED)
 }
 

@@ -9,10 +9,8 @@ use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::error::{ApiError, Detail, ErrorBody};
-use super::{AppState, RawBody, SignalRoute, off_worker, request_id};
+use super::{AppState, RawBody, SignalRoute, request_id};
 use crate::keys::Permission;
-use crate::signal::EntryError;
-use crate::store::WriteBatch;
 
 /// The answer to a batch that had at least one valid event.
 #[derive(Debug, Serialize, ToSchema)]
@@ -82,34 +80,16 @@ pub async fn submit(
 ) -> Result<Response, ApiError> {
     let principal = caller.require(Permission::WriteRules)?;
     super::reports::spend(&app, crate::ratelimit::Scope::Signal, principal.key_id)?;
-    let now = app.clock.now();
-    let policy = app.policy.clone();
-    let bytes = body.bytes().clone();
-    let batch = off_worker(bytes.len(), move || policy.validate_batch(&bytes, now))
-        .await?
-        .map_err(ApiError::batch)?;
-    let total = batch.items.len();
-    let mut refused: Vec<(usize, EntryError)> = batch.refused;
-
-    // Written even when every event was refused: the audit log records what was received.
     let outcome = app
         .engine
-        .write(WriteBatch {
-            tenant: principal.tenant_id,
-            key_id: principal.key_id,
-            request_id: request_id(),
-            at: now,
-            items: batch.items,
-        })
-        .await?;
-    refused.extend(outcome.over_quota.into_iter().map(|index| {
-        (
-            index,
-            EntryError::over_quota(app.body_limits.rules_per_tenant),
+        .submit_signals(
+            principal,
+            body.bytes().clone(),
+            request_id(),
+            app.clock.now(),
         )
-    }));
-    refused.sort_by_key(|(index, _)| *index);
-
+        .await?;
+    let (total, refused) = (outcome.total, outcome.refused);
     let failed = refused.len();
     if failed == total {
         let details = refused
@@ -118,24 +98,21 @@ pub async fn submit(
             .collect();
         return Err(ApiError::Validation(details));
     }
-    let applied = total - failed;
-    let message = format!("Processed {applied} entries, {failed} failed");
-    if failed == 0 {
-        let body = SignalResult {
-            success: true,
-            message,
-            errors: None,
-        };
-        return Ok((StatusCode::OK, Json(body)).into_response());
-    }
-    let errors = refused
-        .iter()
-        .map(|(index, error)| error.line(*index))
-        .collect();
-    let body = SignalResult {
-        success: false,
-        message,
-        errors: Some(errors),
+    let message = format!("Processed {} entries, {failed} failed", total - failed);
+    let errors = (failed > 0).then(|| {
+        refused
+            .iter()
+            .map(|(index, error)| error.line(*index))
+            .collect()
+    });
+    let (status, success) = match errors {
+        None => (StatusCode::OK, true),
+        Some(_) => (StatusCode::PARTIAL_CONTENT, false),
     };
-    Ok((StatusCode::PARTIAL_CONTENT, Json(body)).into_response())
+    let body = SignalResult {
+        success,
+        message,
+        errors,
+    };
+    Ok((status, Json(body)).into_response())
 }

@@ -5,22 +5,50 @@
 //! - [`ops`]: every write as operations on a backend transaction (rows, audit, change log).
 //! - [`writer`]: group commit, and acknowledgement only after the feed has the changes.
 //! - [`feed`]: the change feed in commit order, to the index and any other subscriber.
+//! - [`use_cases`]: what adapters call: submit signals, submit a report.
 
 pub mod feed;
 pub mod merge;
 pub mod ops;
+pub mod use_cases;
 mod writer;
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::keys::ApiKey;
+use crate::reports::{Invalid, ReportPolicy};
 use crate::rules::{RuleId, TenantId, UnixMillis};
+use crate::signal::{BatchProblem, SignalPolicy};
 use crate::store::backend::SharedBackend;
 use crate::store::{Change, NewKey, QueuedReport, StoreError, StoreResult, WriteBatch};
 pub use feed::{ChangeSink, Feed};
 pub use ops::{Op, Output, ProcessedReports, WriteOutcome, WritePolicy};
+pub use use_cases::{SignalOutcome, off_worker};
+
+/// How the engine checks what it is sent.
+#[derive(Clone, Default)]
+pub struct Policies {
+    pub write: WritePolicy,
+    pub signals: SignalPolicy,
+    pub reports: ReportPolicy,
+}
+
+/// Why a use case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The body is not a batch of events at all.
+    #[error("{0}")]
+    NotABatch(BatchProblem),
+    /// A report body with these problems.
+    #[error("invalid report")]
+    InvalidReport(Vec<Invalid>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
 
 /// Writes queued for the writer before requests wait to queue.
 const QUEUE: usize = 1024;
@@ -29,6 +57,9 @@ pub struct Engine {
     backend: SharedBackend,
     feed: Arc<Feed>,
     jobs: mpsc::Sender<writer::Job>,
+    policies: Policies,
+    /// Woken when a report is queued, so the worker need not wait for its next poll.
+    report_queued: Arc<Notify>,
 }
 
 fn unexpected() -> StoreError {
@@ -37,14 +68,26 @@ fn unexpected() -> StoreError {
 
 impl Engine {
     /// Starts the writer for `backend`; committed changes go to `feed`.
-    pub fn start(backend: SharedBackend, feed: Arc<Feed>, policy: WritePolicy) -> Self {
+    pub fn start(backend: SharedBackend, feed: Arc<Feed>, policies: Policies) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(writer::run(backend.clone(), feed.clone(), policy, queue));
+        tokio::spawn(writer::run(
+            backend.clone(),
+            feed.clone(),
+            policies.write,
+            queue,
+        ));
         Self {
             backend,
             feed,
             jobs,
+            policies,
+            report_queued: Arc::new(Notify::new()),
         }
+    }
+
+    /// Notified whenever a report is queued (for the report worker).
+    pub fn report_queued(&self) -> &Arc<Notify> {
+        &self.report_queued
     }
 
     /// Reads go straight to the backend.

@@ -23,6 +23,15 @@ pub struct WritePolicy {
     pub rules_per_tenant: u64,
 }
 
+impl Default for WritePolicy {
+    fn default() -> Self {
+        Self {
+            audit_event_bytes: 8192,
+            rules_per_tenant: 5_000_000,
+        }
+    }
+}
+
 /// One unit of work for the writer; a group of them commits in one transaction.
 #[derive(Debug)]
 pub enum Op {

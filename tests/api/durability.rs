@@ -183,11 +183,7 @@ async fn accepted_reports_survive_kill_9_and_apply_once() {
         );
         let clock = std::sync::Arc::new(palisade::clock::SystemClock);
         let feed = std::sync::Arc::new(Feed::new(backend.clone(), clock, Vec::new()));
-        let engine = Engine::start(
-            backend.clone(),
-            feed,
-            palisade::config::Config::default().write_policy(),
-        );
+        let engine = Engine::start(backend.clone(), feed, Default::default());
         let tenant = backend.keys().await.unwrap()[0].tenant_id;
         engine
             .enqueue_report(QueuedReport {
