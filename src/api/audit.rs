@@ -2,15 +2,16 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
+use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::query::{self, StrictQuery};
 use super::rules::DEFAULT_PAGE;
-use super::{AppState, Params, parse_cursor, parse_limit};
 use crate::keys::Permission;
 use crate::store::AuditEntry;
 
@@ -64,13 +65,16 @@ pub struct AuditPage {
     pub next_cursor: Option<String>,
 }
 
-#[derive(Debug, IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct AuditParams {
     /// `next_cursor` of the previous page.
-    cursor: Option<String>,
+    #[serde(default, deserialize_with = "query::cursor")]
+    #[param(value_type = Option<String>)]
+    cursor: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
+    #[serde(default, deserialize_with = "query::limit")]
     limit: Option<usize>,
 }
 
@@ -86,24 +90,10 @@ pub struct AuditParams {
 pub async fn list(
     State(app): State<AppState>,
     caller: Caller,
-    Params(params): Params,
+    StrictQuery(params): StrictQuery<AuditParams>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let principal = caller.require(Permission::ReadAudit)?;
-    let mut before = None;
-    let mut limit = DEFAULT_PAGE;
-    for (key, value) in &params {
-        match key.as_str() {
-            "cursor" => before = Some(parse_cursor(value)?),
-            "limit" => limit = parse_limit(value)?,
-            _ => {
-                return Err(ApiError::invalid(
-                    key,
-                    "unknown query parameter",
-                    Value::from(value.as_str()),
-                ));
-            }
-        }
-    }
+    let (before, limit) = (params.cursor, params.limit.unwrap_or(DEFAULT_PAGE));
     let mut page = app
         .engine
         .backend()

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod check;
 pub mod docs;
 pub mod error;
+pub mod query;
 pub mod reports;
 pub mod rules;
 pub mod signal;

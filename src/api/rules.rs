@@ -3,13 +3,14 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::{AppState, Params, parse_cursor, parse_limit, request_id};
+use super::query::{self, StrictQuery};
+use super::{AppState, request_id};
 use crate::keys::Permission;
 use crate::rules::{Kind, Rule, RuleAction, Source, Target};
 use crate::store::RuleQuery;
@@ -68,79 +69,104 @@ pub struct RulePage {
 }
 
 /// Query parameters of `GET /v1/rules`. Unknown parameters are refused.
-#[derive(Debug, IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct RuleFilter {
     /// `ip`, `asn` or `country`.
-    kind: Option<String>,
+    #[serde(default, deserialize_with = "one_of")]
+    #[param(value_type = Option<String>)]
+    kind: Option<Kind>,
     /// Exact target, normalised like signals are (`192.168.1.100` finds `192.168.1.100/32`).
     target: Option<String>,
     /// Exact rule name.
     name: Option<String>,
     /// `block` or `allow`.
-    action: Option<String>,
+    #[serde(default, deserialize_with = "one_of")]
+    #[param(value_type = Option<String>)]
+    action: Option<RuleAction>,
     /// `signal` or `report`.
-    source: Option<String>,
+    #[serde(default, deserialize_with = "one_of")]
+    #[param(value_type = Option<String>)]
+    source: Option<Source>,
     /// Report dataset.
     dataset: Option<String>,
     /// Rules carrying this tag.
     tag: Option<String>,
     /// `next_cursor` of the previous page.
-    cursor: Option<String>,
+    #[serde(default, deserialize_with = "query::cursor")]
+    #[param(value_type = Option<String>)]
+    cursor: Option<i64>,
     /// Page size, 1 to 1000 (default 100).
+    #[serde(default, deserialize_with = "query::limit")]
     limit: Option<usize>,
 }
 
-fn parse_rule_query(params: &[(String, String)]) -> Result<RuleQuery, ApiError> {
-    let mut query = RuleQuery {
-        limit: DEFAULT_PAGE,
-        ..RuleQuery::default()
-    };
-    let mut kind_text = None;
-    let mut target_text = None;
-    for (key, value) in params {
-        let bad = |message: &str| ApiError::invalid(key, message, Value::from(value.as_str()));
-        match key.as_str() {
-            "kind" => {
-                query.kind = Some(
-                    Kind::parse(value).ok_or_else(|| bad("must be one of: ip, asn, country"))?,
-                );
-                kind_text = Some(value);
-            }
-            "target" => target_text = Some(value),
-            "name" => query.name = Some(value.clone()),
-            "action" => {
-                query.action = Some(
-                    RuleAction::parse(value).ok_or_else(|| bad("must be one of: block, allow"))?,
-                )
-            }
-            "source" => {
-                query.source = Some(
-                    Source::parse(value).ok_or_else(|| bad("must be one of: signal, report"))?,
-                )
-            }
-            "dataset" => query.dataset = Some(value.clone()),
-            "tag" => query.tag = Some(value.clone()),
-            "cursor" => query.after = Some(parse_cursor(value)?),
-            "limit" => query.limit = parse_limit(value)?,
-            _ => return Err(bad("unknown query parameter")),
-        }
+/// Values named in words: `kind`, `action`, `source`.
+trait Named: Sized {
+    const CHOICES: &'static str;
+    fn parse(text: &str) -> Option<Self>;
+}
+
+impl Named for Kind {
+    const CHOICES: &'static str = "must be one of: ip, asn, country";
+    fn parse(text: &str) -> Option<Self> {
+        Kind::parse(text)
     }
-    if let Some(text) = target_text {
-        let parsed = match kind_text.and_then(|k| Kind::parse(k)) {
-            Some(kind) => Target::from_stored(kind, text),
-            None => Target::parse_any(text),
-        };
-        query.target = Some(parsed.ok_or_else(|| {
-            ApiError::invalid(
-                "target",
-                "must be an IP address or CIDR range, an ASN (AS12345) or a country code",
-                Value::from(text.as_str()),
-            )
-        })?);
+}
+
+impl Named for RuleAction {
+    const CHOICES: &'static str = "must be one of: block, allow";
+    fn parse(text: &str) -> Option<Self> {
+        RuleAction::parse(text)
     }
-    Ok(query)
+}
+
+impl Named for Source {
+    const CHOICES: &'static str = "must be one of: signal, report";
+    fn parse(text: &str) -> Option<Self> {
+        Source::parse(text)
+    }
+}
+
+fn one_of<'de, D: serde::Deserializer<'de>, T: Named>(d: D) -> Result<Option<T>, D::Error> {
+    let text = String::deserialize(d)?;
+    T::parse(&text)
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(T::CHOICES))
+}
+
+impl RuleFilter {
+    fn into_query(self) -> Result<RuleQuery, ApiError> {
+        let target = self
+            .target
+            .map(|text| {
+                let parsed = match self.kind {
+                    Some(kind) => Target::from_stored(kind, &text),
+                    None => Target::parse_any(&text),
+                };
+                parsed.ok_or_else(|| {
+                    ApiError::invalid(
+                        "target",
+                        "must be an IP address or CIDR range, an ASN (AS12345) or a country code",
+                        Value::from(text),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(RuleQuery {
+            kind: self.kind,
+            target,
+            name: self.name,
+            action: self.action,
+            source: self.source,
+            dataset: self.dataset,
+            tag: self.tag,
+            after: self.cursor,
+            limit: self.limit.unwrap_or(DEFAULT_PAGE),
+            ..RuleQuery::default()
+        })
+    }
 }
 
 /// List the tenant's active rules, oldest first.
@@ -154,10 +180,10 @@ fn parse_rule_query(params: &[(String, String)]) -> Result<RuleQuery, ApiError> 
 pub async fn list(
     State(app): State<AppState>,
     caller: Caller,
-    Params(params): Params,
+    StrictQuery(filter): StrictQuery<RuleFilter>,
 ) -> Result<Json<RulePage>, ApiError> {
     let principal = caller.require(Permission::ReadRules)?;
-    let mut query = parse_rule_query(&params)?;
+    let mut query = filter.into_query()?;
     query.now = app.clock.now();
     let page = app
         .engine
