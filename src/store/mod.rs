@@ -7,6 +7,7 @@
 //! change log of a shared database sees exactly what the writing node saw.
 
 pub mod backend;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
