@@ -26,6 +26,12 @@
 //! for ever. A node that stops mid-transaction holds every writer up until the server ends its
 //! session ([`PgOptions::idle_in_transaction_timeout`]).
 //!
+//! # Followers
+//! A transaction that appended changes sends `pg_notify` on a channel named after the schema
+//! just before it commits; [`Backend::change_signal`] wakes on those. Notifications sent while
+//! the listening connection was down are lost, so the signal also fires after every reconnect:
+//! followers re-read the log by number whenever it fires.
+//!
 //! # Schema
 //! Migrations (`schema_v*.sql` beside this file) run at [`PgBackend::connect`], on a connection
 //! of their own, under the migrator's advisory lock, so several nodes may start at once.
@@ -37,12 +43,12 @@ mod tests;
 
 use std::borrow::Cow;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row, SqlSafeStr};
 
 use super::backend::{Backend, Transaction};
@@ -61,7 +67,8 @@ pub struct PgOptions {
     /// The schema holding Palisade's tables: every connection gets it as its `search_path`, and
     /// it is created when missing. `None`: the server's default `search_path`.
     pub schema: Option<String>,
-    /// Most connections the pool opens (write transactions use one each while they run).
+    /// Most connections the pool opens (write transactions use one each while they run; the
+    /// change listener has its own).
     pub pool_size: u32,
     /// How long a request waits for a pooled connection before the store counts as unavailable.
     pub acquire_timeout: Duration,
@@ -89,8 +96,28 @@ impl Default for PgOptions {
 /// The PostgreSQL store.
 pub struct PgBackend {
     pool: PgPool,
+    /// Where the pool's connections go, for the listener's own connection.
+    connect: PgConnectOptions,
+    channel: String,
     /// Local turn-taking of write transactions (see the module documentation).
     write_turn: Arc<tokio::sync::Mutex<()>>,
+    /// Started on the first call of [`Backend::change_signal`]: tools that never follow the log
+    /// do not hold a listening connection.
+    listener: OnceLock<Listener>,
+    runtime: tokio::runtime::Handle,
+}
+
+struct Listener {
+    signal: Arc<tokio::sync::Notify>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for PgBackend {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.get() {
+            listener.task.abort();
+        }
+    }
 }
 
 /// The migrations, in order. Each runs once per schema, in its own transaction. Never edit one
@@ -119,8 +146,8 @@ fn migrator(schema: Option<&str>) -> Migrator {
     migrator
 }
 
-/// A schema name as the `search_path` and SQL text will both take it: an ordinary lower-case
-/// identifier.
+/// A schema name as the `search_path`, the channel name and SQL text will all take it: an
+/// ordinary lower-case identifier.
 fn valid_schema(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
@@ -131,6 +158,22 @@ fn valid_schema(name: &str) -> bool {
 
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The notification channel of a schema: stores in other schemas of the same database (tests
+/// in parallel) must not wake each other. Channel names are identifiers, at most 63 bytes.
+fn channel_name(schema: Option<&str>) -> String {
+    const BASE: &str = "palisade_changes";
+    match schema {
+        None => BASE.to_owned(),
+        Some(schema) if BASE.len() + 1 + schema.len() <= 63 => format!("{BASE}.{schema}"),
+        Some(schema) => {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(schema.as_bytes());
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{BASE}.{hex}")
+        }
+    }
 }
 
 impl PgBackend {
@@ -161,17 +204,24 @@ impl PgBackend {
         let pool = PgPoolOptions::new()
             .max_connections(options.pool_size.max(1))
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(db)?;
         Ok(PgBackend {
             pool,
+            connect,
+            channel: channel_name(options.schema.as_deref()),
             write_turn: Arc::new(tokio::sync::Mutex::new(())),
+            listener: OnceLock::new(),
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
-    /// Closes every connection (waiting for those in use to come back).
+    /// Closes every connection (waiting for those in use to come back) and stops the listener.
     pub async fn close(&self) {
+        if let Some(listener) = self.listener.get() {
+            listener.task.abort();
+        }
         self.pool.close().await;
     }
 }
@@ -414,7 +464,7 @@ fn sql_limit(n: usize) -> i64 {
 impl Backend for PgBackend {
     async fn begin(&self) -> StoreResult<Box<dyn Transaction>> {
         let turn = Arc::clone(&self.write_turn).lock_owned().await;
-        let tx = PgTransaction::begin(&self.pool, turn).await?;
+        let tx = PgTransaction::begin(&self.pool, turn, self.channel.clone()).await?;
         Ok(Box::new(tx))
     }
 
@@ -619,5 +669,81 @@ impl Backend for PgBackend {
             depth: depth as u64,
             oldest: oldest.map(UnixMillis),
         })
+    }
+
+    fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {
+        let listener = self.listener.get_or_init(|| {
+            let signal = Arc::new(tokio::sync::Notify::new());
+            let task = self.runtime.spawn(listen(
+                self.connect.clone(),
+                self.channel.clone(),
+                Arc::clone(&signal),
+            ));
+            Listener {
+                signal,
+                task: task.abort_handle(),
+            }
+        });
+        Some(Arc::clone(&listener.signal))
+    }
+}
+
+/// Wakes every follower waiting now, and leaves a wake-up for one that is busy reading (it
+/// would otherwise miss this one and wait for its next poll). A spare wake-up costs a re-read
+/// that finds nothing.
+fn wake(signal: &tokio::sync::Notify) {
+    signal.notify_waiters();
+    signal.notify_one();
+}
+
+/// Listens on `channel` for as long as the backend lives, waking `signal` on every
+/// notification and after every (re)connection: what was sent while no connection listened is
+/// lost, so followers must re-read the log then.
+async fn listen(connect: PgConnectOptions, channel: String, signal: Arc<tokio::sync::Notify>) {
+    // A pool of one, used by the listener only to reconnect.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(connect);
+    let mut retry = Duration::from_millis(100);
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect to listen for changes; retrying");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(&channel).await {
+            tracing::warn!(error = %e, "cannot listen for changes; retrying");
+            drop(listener);
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        retry = Duration::from_millis(100);
+        wake(&signal);
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(_)) => wake(&signal),
+                // The connection was lost; the listener reconnected and listens again.
+                Ok(None) => {
+                    tracing::info!("the change listener reconnected");
+                    wake(&signal);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the change listener lost its connection");
+                    break;
+                }
+            }
+        }
+        // Start again from a fresh listener (and connection) after a short pause.
+        drop(listener);
+        tokio::time::sleep(retry).await;
     }
 }

@@ -1143,6 +1143,134 @@ async fn tenant_counts(conn: &mut PgConnection) -> Vec<(String, i64)> {
         .collect()
 }
 
+/// Waits for one wake-up of `signal`, up to `limit`.
+async fn woken(signal: &tokio::sync::Notify, limit: Duration) -> bool {
+    tokio::time::timeout(limit, signal.notified()).await.is_ok()
+}
+
+/// Takes the wake-up `signal` may hold from earlier events.
+async fn drain(signal: &tokio::sync::Notify) {
+    while woken(signal, Duration::from_millis(200)).await {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
+async fn commits_wake_the_followers_of_their_schema_only() {
+    let schema = TestSchema::new().await;
+    let elsewhere = TestSchema::new().await;
+    let follower = schema.backend().await;
+    let writer = schema.backend().await;
+    let stranger = elsewhere.backend().await;
+    let signal = follower
+        .change_signal()
+        .expect("PostgreSQL signals changes");
+    assert!(
+        woken(&signal, Duration::from_secs(10)).await,
+        "no wake-up once listening"
+    );
+    drain(&signal).await;
+
+    let acme = make_tenant(&writer, "acme").await;
+    let other = make_tenant(&stranger, "acme").await;
+    // Writes without changes wake nobody.
+    assert!(!woken(&signal, Duration::from_millis(500)).await);
+
+    let mut tx = stranger.begin().await.unwrap();
+    tx.append_changes(&mut [change(other, 1, "AS64500", T0)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        !woken(&signal, Duration::from_millis(500)).await,
+        "woken by another schema's commit"
+    );
+
+    // Rolled back: no wake-up.
+    let mut tx = writer.begin().await.unwrap();
+    tx.append_changes(&mut [change(acme, 1, "AS64500", T0)])
+        .await
+        .unwrap();
+    drop(tx);
+    assert!(!woken(&signal, Duration::from_millis(500)).await);
+
+    let mut tx = writer.begin().await.unwrap();
+    tx.append_changes(&mut [change(acme, 1, "AS64500", T0)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        woken(&signal, Duration::from_secs(10)).await,
+        "not woken by a commit"
+    );
+
+    follower.close().await;
+    writer.close().await;
+    stranger.close().await;
+    schema.drop().await;
+    elsewhere.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
+async fn the_backend_recovers_when_its_connections_are_killed() {
+    let schema = TestSchema::new().await;
+    let options = PgOptions {
+        application_name: schema.name.clone(),
+        ..schema.options()
+    };
+    let backend = PgBackend::connect(&schema.url, options).await.unwrap();
+    let writer = schema.backend().await;
+    let acme = make_tenant(&writer, "acme").await;
+    let signal = backend.change_signal().unwrap();
+    assert!(woken(&signal, Duration::from_secs(10)).await);
+    drain(&signal).await;
+    backend.keys().await.unwrap();
+
+    let mut admin = schema.admin().await;
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&schema.name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.ok();
+    // At least the pooled connection and the listener's.
+    assert!(
+        killed.iter().filter(|k| **k).count() >= 2,
+        "killed {killed:?}"
+    );
+
+    // Notifications sent while nobody listened are lost: the signal fires after the
+    // listener is back, so followers re-read.
+    assert!(
+        woken(&signal, Duration::from_secs(15)).await,
+        "no wake-up after the listener reconnected"
+    );
+    backend
+        .keys()
+        .await
+        .expect("the pool did not replace its dead connection");
+    let mut tx = backend.begin().await.expect("no write after the kill");
+    tx.probe(UnixMillis(T0)).await.unwrap();
+    tx.commit().await.unwrap();
+    // And it listens again.
+    drain(&signal).await;
+    let mut tx = writer.begin().await.unwrap();
+    tx.append_changes(&mut [change(acme, 1, "AS64500", T0)])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        woken(&signal, Duration::from_secs(10)).await,
+        "not listening after the reconnect"
+    );
+
+    backend.close().await;
+    writer.close().await;
+    schema.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
 async fn a_stalled_writer_does_not_stop_the_others_for_ever() {
@@ -1209,6 +1337,11 @@ fn schema_names_are_plain_identifiers() {
     ] {
         assert!(!super::valid_schema(bad), "{bad:?}");
     }
+    assert_eq!(super::channel_name(None), "palisade_changes");
+    assert_eq!(super::channel_name(Some("t1")), "palisade_changes.t1");
+    let long = super::channel_name(Some(&"a".repeat(63)));
+    assert!(long.len() <= 63, "{long}");
+    assert_ne!(long, super::channel_name(Some(&"a".repeat(62))));
 }
 
 /// Rows per second of the engine's largest write: 1000 new rules, their 1000 changes and 1000

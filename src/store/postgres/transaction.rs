@@ -24,13 +24,21 @@ pub(super) struct PgTransaction {
     tx: sqlx::Transaction<'static, Postgres>,
     /// This process's turn to write, held until the transaction ends.
     turn: OwnedMutexGuard<()>,
+    /// Where commits that appended changes announce them.
+    channel: String,
     /// The last change number handed out, read under the `feed_head` lock.
     head: i64,
+    /// Whether this transaction appended changes (and so must announce them).
+    appended: bool,
 }
 
 impl PgTransaction {
     /// Opens a write transaction and waits for its turn among all writers of the database.
-    pub(super) async fn begin(pool: &PgPool, turn: OwnedMutexGuard<()>) -> StoreResult<Self> {
+    pub(super) async fn begin(
+        pool: &PgPool,
+        turn: OwnedMutexGuard<()>,
+        channel: String,
+    ) -> StoreResult<Self> {
         // READ COMMITTED whatever the server's default: each statement then sees everything
         // committed before it, so what the lock below waited for is visible after it. (Under
         // REPEATABLE READ the lock wait would end in a serialisation failure.)
@@ -50,7 +58,13 @@ impl PgTransaction {
                 .await
                 .map_err(db)?;
         let head = head.ok_or_else(|| StoreError::Corrupt("feed_head has no row".into()))?;
-        Ok(Self { tx, turn, head })
+        Ok(Self {
+            tx,
+            turn,
+            channel,
+            head,
+            appended: false,
+        })
     }
 }
 
@@ -331,6 +345,7 @@ impl Transaction for PgTransaction {
             change.seq = seq as u64;
         }
         self.head = head;
+        self.appended = true;
         Ok(())
     }
 
@@ -532,7 +547,23 @@ impl Transaction for PgTransaction {
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        let PgTransaction { tx, turn, .. } = *self;
+        let PgTransaction {
+            mut tx,
+            turn,
+            channel,
+            head,
+            appended,
+        } = *self;
+        if appended {
+            // Delivered when (and only if) the transaction commits, to listeners of this
+            // schema's channel; the payload is the new head, for logs.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&channel)
+                .bind(head.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
         tx.commit().await.map_err(db)?;
         drop(turn);
         Ok(())
