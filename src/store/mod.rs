@@ -7,6 +7,7 @@
 //! exactly what the writing node saw.
 
 pub mod backend;
+pub mod postgres;
 pub mod sqlite;
 
 use crate::keys::{KeyDigest, Role, TenantName};
