@@ -25,6 +25,7 @@ use crate::rules::UnixMillis;
 use crate::server::{self, ConnectionLimits};
 use crate::signal::{AsnCatalog, SignalPolicy};
 use crate::store::backend::SharedBackend;
+use crate::store::postgres::{PgBackend, PgOptions};
 use crate::store::sqlite::SqliteBackend;
 use crate::store::{NewKey, StoreResult};
 use tokio::sync::Notify;
@@ -58,10 +59,7 @@ impl Application {
             );
         }
         let index = Arc::new(Index::new(geo.current().clone()));
-        let backend: SharedBackend = Arc::new(
-            SqliteBackend::open(&config.data_dir, config.sqlite_options())
-                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
-        );
+        let backend = open_backend(&config).await?;
         let feed = Arc::new(Feed::new(
             backend.clone(),
             clock.clone(),
@@ -234,6 +232,24 @@ impl Drop for BackgroundTasks {
             task.abort();
         }
     }
+}
+
+/// The configured store: PostgreSQL when `database.url` is set, else SQLite in `data_dir`.
+pub async fn open_backend(config: &Config) -> anyhow::Result<SharedBackend> {
+    if let Some(url) = &config.database.url {
+        let options = PgOptions {
+            schema: config.database.schema.clone(),
+            pool_size: config.database.pool_size.max(2),
+            ..PgOptions::default()
+        };
+        let backend = PgBackend::connect(url, options)
+            .await
+            .context("connecting to the PostgreSQL database (database.url)")?;
+        return Ok(Arc::new(backend));
+    }
+    let backend = SqliteBackend::open(&config.data_dir, config.sqlite_options())
+        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+    Ok(Arc::new(backend))
 }
 
 /// Makes a key and returns its secret (shown once) with the stored record.

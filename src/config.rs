@@ -24,6 +24,7 @@ pub struct Config {
     /// Where the SQLite database lives.
     pub data_dir: PathBuf,
     pub server: ServerConfig,
+    pub database: DatabaseConfig,
     pub store: StoreConfig,
     pub guard: GuardConfig,
     pub limits: LimitsConfig,
@@ -201,6 +202,31 @@ impl ServerConfig {
     }
 }
 
+/// A shared PostgreSQL database instead of the embedded SQLite file: several nodes on one
+/// database enforce each other's writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:5432/database`; unset: SQLite in `data_dir`. Env
+    /// `PALISADE_DATABASE_URL`, flag `--database-url`.
+    pub url: Option<String>,
+    /// Schema holding Palisade's tables (created when missing); unset: the server's default
+    /// `search_path`.
+    pub schema: Option<String>,
+    /// Connections each node keeps at most.
+    pub pool_size: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            schema: None,
+            pool_size: 8,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
@@ -269,6 +295,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.parse().expect("static address"),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
             store: StoreConfig::default(),
             guard: GuardConfig::default(),
             limits: LimitsConfig::default(),
@@ -329,6 +356,14 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseOverride>,
+}
+
+/// `--database-url`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DatabaseOverride {
+    pub url: String,
 }
 
 impl Config {
@@ -347,6 +382,7 @@ impl Config {
             ("PALISADE_GEO_ASN", "geo.asn"),
             ("PALISADE_GEO_COUNTRY", "geo.country"),
             ("PALISADE_CLIENT_IP_HEADER", "client_ip_header"),
+            ("PALISADE_DATABASE_URL", "database.url"),
         ] {
             if let Ok(path) = std::env::var(var) {
                 figment = figment.merge(Serialized::default(key, path));

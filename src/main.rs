@@ -9,16 +9,14 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use palisade::api::check::answer;
-use palisade::app::{Application, create_key};
+use palisade::app::{Application, create_key, open_backend};
 use palisade::clock::{Clock, SystemClock};
-use palisade::config::{Config, Overrides};
+use palisade::config::{Config, DatabaseOverride, Overrides};
 use palisade::engine::{Engine, Feed, Policies};
 use palisade::geo::Geo;
 use palisade::index::Index;
 use palisade::keys::{DEFAULT_TENANT, Role};
 use palisade::rules::normalize_ip;
-use palisade::store::backend::SharedBackend;
-use palisade::store::sqlite::SqliteBackend;
 
 #[derive(Parser)]
 #[command(
@@ -97,9 +95,13 @@ enum KeysCommand {
 /// Where the data and configuration are.
 #[derive(Args)]
 struct Location {
-    /// Data directory [default: ./palisade-data]
+    /// Data directory of the embedded store [default: ./palisade-data]
     #[arg(long, env = "PALISADE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// A shared PostgreSQL database instead of the embedded store
+    /// (postgres://user:password@host/database; env PALISADE_DATABASE_URL).
+    #[arg(long)]
+    database_url: Option<String>,
     /// TOML configuration file.
     #[arg(long, env = "PALISADE_CONFIG")]
     config: Option<PathBuf>,
@@ -110,6 +112,10 @@ impl Location {
         let overrides = Overrides {
             listen,
             data_dir: self.data_dir.clone(),
+            database: self
+                .database_url
+                .clone()
+                .map(|url| DatabaseOverride { url }),
         };
         Config::load(self.config.as_deref(), &overrides).context("reading the configuration")
     }
@@ -186,16 +192,10 @@ async fn shutdown_signal() {
     }
 }
 
-fn open_backend(config: &Config) -> anyhow::Result<SharedBackend> {
-    let backend = SqliteBackend::open(&config.data_dir, config.sqlite_options())
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    Ok(Arc::new(backend))
-}
-
 /// The engine over the configured store, for commands that write (keys); nothing follows
 /// its feed.
-fn open_engine(config: &Config) -> anyhow::Result<Engine> {
-    let backend = open_backend(config)?;
+async fn open_engine(config: &Config) -> anyhow::Result<Engine> {
+    let backend = open_backend(config).await?;
     let feed = Arc::new(Feed::new(
         backend.clone(),
         Arc::new(SystemClock),
@@ -211,7 +211,7 @@ fn open_engine(config: &Config) -> anyhow::Result<Engine> {
 async fn check(ip: IpAddr, tenant: &str, config: &Config) -> anyhow::Result<()> {
     let geo = Geo::open(&config.geo).context("loading the geo data")?;
     let index = Arc::new(Index::new(geo.current().clone()));
-    let backend = open_backend(config)?;
+    let backend = open_backend(config).await?;
     let tenant_id = backend
         .keys()
         .await?
@@ -258,7 +258,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             tenant,
             location,
         } => {
-            let engine = open_engine(&location.load(None)?)?;
+            let engine = open_engine(&location.load(None)?).await?;
             let (secret, key) = create_key(&engine, &name, role, &tenant, &SystemClock).await?;
             println!(
                 "Created key {} '{}' (role {}, tenant {}). It is shown only this once:",
@@ -267,7 +267,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             println!("{secret}");
         }
         KeysCommand::List { location } => {
-            let backend = open_backend(&location.load(None)?)?;
+            let backend = open_backend(&location.load(None)?).await?;
             println!(
                 "{:>5}  {:<24} {:<7} {:<16} {:<24} REVOKED",
                 "ID", "NAME", "ROLE", "TENANT", "CREATED"
@@ -287,7 +287,7 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id, location } => {
-            let engine = open_engine(&location.load(None)?)?;
+            let engine = open_engine(&location.load(None)?).await?;
             match engine.revoke_key(id, SystemClock.now()).await? {
                 Some(key) => println!("Revoked key {} '{}'", key.id, key.name),
                 None => anyhow::bail!("no key with id {id}"),

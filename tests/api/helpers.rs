@@ -50,6 +50,11 @@ pub async fn spawn_with(
 ) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(&dir);
+    if crate::pg::http_suite_on_postgres() {
+        config.database.url = Some(crate::pg::url());
+        config.database.schema = Some(crate::pg::fresh_schema().await);
+        config.database.pool_size = 4;
+    }
     configure(&mut config);
     let app_clock: Arc<dyn Clock> = match &clock {
         Some(c) => c.clone(),

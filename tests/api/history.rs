@@ -128,7 +128,9 @@ async fn a_healthy_node_is_ready() {
 
 #[tokio::test]
 async fn the_data_directory_is_private() {
-    let app = spawn_app().await;
+    // About the embedded store's files, whichever backend the suite runs on.
+    let sqlite = |c: &mut Config| c.database.url = None;
+    let app = spawn_with(sqlite, None).await;
     app.signal(&app.admin, &json!([block_ip("192.0.2.1")]))
         .await;
     let mode = |name: &str| {
@@ -143,7 +145,14 @@ async fn the_data_directory_is_private() {
     assert_eq!(mode("palisade.db-shm"), 0o600);
     let fresh = tempfile::tempdir().unwrap();
     let inside = fresh.path().join("new");
-    spawn_with(|c| c.data_dir = inside.clone(), None).await;
+    spawn_with(
+        |c| {
+            sqlite(c);
+            c.data_dir = inside.clone();
+        },
+        None,
+    )
+    .await;
     let dir_mode = std::fs::metadata(&inside).unwrap().permissions().mode() & 0o777;
     assert_eq!(dir_mode, 0o700);
 }

@@ -1,6 +1,9 @@
 //! Integration tests: each starts the real server on port 0 with its own data directory and
 //! talks HTTP to it.
 
+#[path = "../common/pg.rs"]
+mod pg;
+
 mod access;
 mod decisions;
 mod disk;
