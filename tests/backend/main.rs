@@ -1,0 +1,568 @@
+//! The conformance suite: the engine over each backend, the same cases for both. Every case is
+//! run on a SQLite file, and (when asked for, as `bash .ci/run` does) on PostgreSQL. Several
+//! engines on one database stand for several nodes.
+
+#[path = "../common/pg.rs"]
+mod pg;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+use palisade::clock::SystemClock;
+use palisade::engine::{ChangeSink, Engine, Feed, Policies, WritePolicy};
+use palisade::keys::{self, Role, TenantName};
+use palisade::rules::{Rule, RuleAction, Source, Target, TenantId, UnixMillis};
+use palisade::store::backend::SharedBackend;
+use palisade::store::postgres::{PgBackend, PgOptions};
+use palisade::store::sqlite::SqliteBackend;
+use palisade::store::{
+    BatchItem, Change, ChangeOp, NewKey, QueuedReport, ReportKind, RuleQuery, RuleWrite, Snapshot,
+    WriteBatch,
+};
+
+/// One database, as either backend, that several engines ("nodes") can open.
+enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres { url: String, schema: String },
+}
+
+impl Db {
+    async fn sqlite() -> Self {
+        Db::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    async fn postgres() -> Self {
+        Db::Postgres {
+            url: pg::url(),
+            schema: pg::fresh_schema().await,
+        }
+    }
+
+    async fn backend(&self) -> SharedBackend {
+        match self {
+            Db::Sqlite(dir) => {
+                Arc::new(SqliteBackend::open(dir.path(), Default::default()).unwrap())
+            }
+            Db::Postgres { url, schema } => Arc::new(
+                PgBackend::connect(
+                    url,
+                    PgOptions {
+                        schema: Some(schema.clone()),
+                        pool_size: 4,
+                        ..PgOptions::default()
+                    },
+                )
+                .await
+                .unwrap(),
+            ),
+        }
+    }
+
+    /// A node: an engine and a feed that records what it is handed.
+    async fn node(&self, policies: Policies) -> Node {
+        let backend = self.backend().await;
+        let seen = Arc::new(Recorder::default());
+        let feed = Arc::new(Feed::new(
+            backend.clone(),
+            Arc::new(SystemClock),
+            vec![seen.clone() as Arc<dyn ChangeSink>],
+        ));
+        feed.load().await.unwrap();
+        let engine = Engine::start(backend.clone(), feed.clone(), policies);
+        Node {
+            engine,
+            backend,
+            feed,
+            seen,
+        }
+    }
+}
+
+struct Node {
+    engine: Engine,
+    backend: SharedBackend,
+    feed: Arc<Feed>,
+    seen: Arc<Recorder>,
+}
+
+/// A feed subscriber that keeps every change it was handed, and checks their order.
+#[derive(Default)]
+struct Recorder {
+    changes: Mutex<Vec<Change>>,
+    resets: Mutex<Vec<u64>>,
+}
+
+impl ChangeSink for Recorder {
+    fn apply(&self, changes: &[Change]) {
+        let mut seen = self.changes.lock().unwrap();
+        for change in changes {
+            if let Some(last) = seen.last() {
+                assert_eq!(
+                    change.seq,
+                    last.seq + 1,
+                    "handed on out of order or with a gap"
+                );
+            }
+            seen.push(change.clone());
+        }
+    }
+
+    fn reset(&self, snapshot: &Snapshot) {
+        self.resets.lock().unwrap().push(snapshot.seq);
+        self.changes.lock().unwrap().clear();
+    }
+}
+
+const T0: UnixMillis = UnixMillis(1_900_000_000_000);
+
+fn ip(text: &str) -> Target {
+    Target::parse_any(text).unwrap()
+}
+
+fn put(target: &str, expires_at: Option<i64>, name: Option<&str>) -> RuleWrite {
+    RuleWrite::Put {
+        action: RuleAction::Block,
+        target: ip(target),
+        expires_at: expires_at.map(UnixMillis),
+        name: name.map(Into::into),
+        description: None,
+        source: Source::Signal,
+    }
+}
+
+fn remove(target: &str) -> RuleWrite {
+    RuleWrite::Remove {
+        action: RuleAction::Block,
+        target: ip(target),
+    }
+}
+
+fn batch(tenant: TenantId, at: UnixMillis, writes: Vec<RuleWrite>) -> WriteBatch {
+    WriteBatch {
+        tenant,
+        key_id: 1,
+        request_id: "conformance".into(),
+        at,
+        items: writes
+            .into_iter()
+            .map(|write| BatchItem {
+                event: "{}".into(),
+                write: Ok(write),
+            })
+            .collect(),
+    }
+}
+
+async fn tenant(node: &Node, name: &str) -> TenantId {
+    let (_, digest) = keys::generate();
+    node.engine
+        .create_key(NewKey {
+            name: "conformance".into(),
+            role: Role::Writer,
+            tenant: TenantName::parse(name).unwrap(),
+            digest,
+            at: T0,
+        })
+        .await
+        .unwrap()
+        .tenant_id
+}
+
+async fn rules(node: &Node, tenant: TenantId, now: UnixMillis) -> Vec<Rule> {
+    let query = RuleQuery {
+        limit: 1000,
+        now,
+        ..RuleQuery::default()
+    };
+    node.backend.rules(tenant, query).await.unwrap().items
+}
+
+fn policies() -> Policies {
+    Policies::default()
+}
+
+macro_rules! on_every_backend {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(super::Db::sqlite().await).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                #[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
+                async fn $case() {
+                    super::$case(super::Db::postgres().await).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_backend!(
+    writes_merge_into_rules,
+    an_expired_rule_starts_a_new_life_and_is_purged_once,
+    reports_merge_and_are_applied_exactly_once,
+    the_feed_follows_every_node_in_commit_order,
+    concurrent_writes_to_one_target_end_in_one_rule,
+    keys_are_made_found_and_revoked,
+    quotas_hold_across_batches_and_nodes,
+    retention_deletes_history_not_rules,
+);
+
+async fn writes_merge_into_rules(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "merge").await;
+    let outcome = node
+        .engine
+        .write(batch(
+            t,
+            T0,
+            vec![
+                put("192.0.2.1", Some(T0.0 + 60_000), Some("first")),
+                put("192.0.2.2", None, None),
+                // The same target twice in one batch: the second merges into the first.
+                put("192.0.2.1", None, None),
+                remove("192.0.2.9"),
+            ],
+        ))
+        .await
+        .unwrap();
+    let ops: Vec<(ChangeOp, String)> = outcome
+        .changes
+        .iter()
+        .map(|c| (c.op, c.target.to_string()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (ChangeOp::Put, "192.0.2.1/32".into()),
+            (ChangeOp::Put, "192.0.2.2/32".into()),
+            (ChangeOp::Put, "192.0.2.1/32".into()),
+        ]
+    );
+    let stored = rules(&node, t, T0).await;
+    assert_eq!(stored.len(), 2);
+    let first = stored.iter().find(|r| r.target == ip("192.0.2.1")).unwrap();
+    assert_eq!(first.expires_at, None, "the later write's expiry");
+    assert_eq!(
+        first.name.as_deref(),
+        Some("first"),
+        "a name is kept when not given"
+    );
+    // Remove, then block again in one batch: a new rule, under a new id.
+    let old_id = first.id;
+    node.engine
+        .write(batch(
+            t,
+            T0,
+            vec![remove("192.0.2.1"), put("192.0.2.1", None, Some("again"))],
+        ))
+        .await
+        .unwrap();
+    let again = rules(&node, t, T0).await;
+    let renewed = again.iter().find(|r| r.target == ip("192.0.2.1")).unwrap();
+    assert_ne!(renewed.id, old_id);
+    assert_eq!(renewed.name.as_deref(), Some("again"));
+}
+
+async fn an_expired_rule_starts_a_new_life_and_is_purged_once(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "expiry").await;
+    node.engine
+        .write(batch(
+            t,
+            T0,
+            vec![put("198.51.100.7", Some(T0.0 + 1_000), Some("x"))],
+        ))
+        .await
+        .unwrap();
+    let later = UnixMillis(T0.0 + 1_000);
+    assert!(
+        rules(&node, t, later).await.is_empty(),
+        "expired at its instant"
+    );
+    let snapshot = node.backend.snapshot(later).await.unwrap();
+    assert!(snapshot.rules.is_empty());
+    // Blocked again before the purge: nothing of the old life is kept, the id is.
+    let id = rules(&node, t, T0).await[0].id;
+    node.engine
+        .write(batch(
+            t,
+            later,
+            vec![put("198.51.100.7", Some(later.0 + 5_000), None)],
+        ))
+        .await
+        .unwrap();
+    let reborn = &rules(&node, t, later).await[0];
+    assert_eq!(
+        (reborn.id, reborn.name.clone(), reborn.created_at),
+        (id, None, later)
+    );
+    let purged = node
+        .engine
+        .purge_expired(UnixMillis(later.0 + 5_000), 100)
+        .await
+        .unwrap();
+    assert_eq!(purged.len(), 1);
+    assert_eq!(purged[0].op, ChangeOp::Expire);
+    assert!(
+        node.engine
+            .purge_expired(UnixMillis(later.0 + 5_000), 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn reports_merge_and_are_applied_exactly_once(db: Db) {
+    let nodes = [
+        db.node(policies()).await,
+        db.node(policies()).await,
+        db.node(policies()).await,
+    ];
+    let t = tenant(&nodes[0], "reports").await;
+    for i in 0..150 {
+        nodes[i % 3]
+            .engine
+            .enqueue_report(QueuedReport {
+                id: 0,
+                tenant: t,
+                key_id: 1,
+                kind: ReportKind::Report,
+                payload: format!(
+                    r#"{{"addresses":["203.0.113.{}","203.0.113.200"],"ttl":3600,"dataset":"ABUSE","tags":["t{}"]}}"#,
+                    i % 100,
+                    i % 3
+                ),
+                received_at: T0,
+            })
+            .await
+            .unwrap();
+    }
+    // Every node works the queue at once, a few reports at a time.
+    let workers = nodes.iter().map(|node| async move {
+        let mut applied = 0;
+        loop {
+            let done = node.engine.process_reports(7, 10_000, T0).await.unwrap();
+            if done.reports == 0 {
+                return applied;
+            }
+            applied += done.reports;
+        }
+    });
+    let applied: usize = futures::future::join_all(workers).await.into_iter().sum();
+    assert_eq!(applied, 150);
+    let stats = nodes[0].backend.queue_stats(None).await.unwrap();
+    assert_eq!(stats.depth, 0);
+    let stored = rules(&nodes[0], t, T0).await;
+    let shared = stored
+        .iter()
+        .find(|r| r.target == ip("203.0.113.200"))
+        .unwrap();
+    assert_eq!(shared.reports, 150, "every report counted once");
+    assert_eq!(shared.tags, ["t0", "t1", "t2"]);
+    assert_eq!(stored.len(), 101);
+}
+
+async fn the_feed_follows_every_node_in_commit_order(db: Db) {
+    let nodes = [
+        db.node(policies()).await,
+        db.node(policies()).await,
+        db.node(policies()).await,
+    ];
+    let t = tenant(&nodes[0], "feed").await;
+    // Three nodes write at once; each acknowledges only what its own feed has.
+    let writers = nodes.iter().enumerate().map(|(n, node)| async move {
+        let mut acknowledged = Vec::new();
+        for round in 0..20 {
+            let writes = (0..25)
+                .map(|i| put(&format!("10.{n}.{round}.{i}"), None, None))
+                .collect();
+            let outcome = node.engine.write(batch(t, T0, writes)).await.unwrap();
+            let applied = node.feed.applied();
+            for change in &outcome.changes {
+                assert!(change.seq <= applied, "acknowledged before the feed had it");
+            }
+            acknowledged.extend(outcome.changes);
+        }
+        acknowledged
+    });
+    let acknowledged: Vec<Change> = futures::future::join_all(writers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(acknowledged.len(), 3 * 20 * 25);
+    // Numbers: unique and without gaps across the nodes.
+    let seqs: BTreeSet<u64> = acknowledged.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs.len(), acknowledged.len());
+    assert_eq!(
+        seqs.last().unwrap() - seqs.first().unwrap() + 1,
+        seqs.len() as u64
+    );
+    // Every node's feed ends with every change, in order (the recorder checks the order).
+    for node in &nodes {
+        node.feed.catch_up().await.unwrap();
+        let seen: HashSet<u64> = node
+            .seen
+            .changes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect();
+        assert!(seqs.iter().all(|seq| seen.contains(seq)));
+    }
+    // A node that starts now reads them all from a snapshot.
+    let late = db.node(policies()).await;
+    assert_eq!(late.feed.applied(), *seqs.last().unwrap());
+    let snapshot = late.backend.snapshot(T0).await.unwrap();
+    assert_eq!(snapshot.rules.len(), 3 * 20 * 25);
+}
+
+async fn concurrent_writes_to_one_target_end_in_one_rule(db: Db) {
+    let nodes = [db.node(policies()).await, db.node(policies()).await];
+    let t = tenant(&nodes[0], "race").await;
+    let writers = nodes.iter().enumerate().map(|(n, node)| async move {
+        for round in 0..30 {
+            let expiry = T0.0 + 1_000_000 + (round * 2 + n as i64);
+            node.engine
+                .write(batch(t, T0, vec![put("192.0.2.77", Some(expiry), None)]))
+                .await
+                .unwrap();
+        }
+    });
+    futures::future::join_all(writers).await;
+    let stored = rules(&nodes[0], t, T0).await;
+    assert_eq!(stored.len(), 1, "one rule per target, whoever wrote last");
+    // The rule is the one the last change says it is.
+    let log = nodes[0].backend.changes_since(0, 100_000).await.unwrap();
+    let last = log
+        .iter()
+        .rev()
+        .find(|c| c.target == ip("192.0.2.77"))
+        .unwrap();
+    assert_eq!(last.expires_at, stored[0].expires_at);
+    assert_eq!(last.rule_id, stored[0].id);
+}
+
+async fn keys_are_made_found_and_revoked(db: Db) {
+    let node = db.node(policies()).await;
+    let (_, digest) = keys::generate();
+    let key = node
+        .engine
+        .create_key(NewKey {
+            name: "ids".into(),
+            role: Role::Reader,
+            tenant: TenantName::parse("acme").unwrap(),
+            digest,
+            at: T0,
+        })
+        .await
+        .unwrap();
+    let other = db.node(policies()).await;
+    let found = other.backend.live_key(digest).await.unwrap().unwrap();
+    assert_eq!((found.key_id, found.role), (key.id, Role::Reader));
+    assert_eq!(found.tenant.as_str(), "acme");
+    assert!(
+        other
+            .backend
+            .live_keys()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(d, _)| *d == digest)
+    );
+    let revoked = other.engine.revoke_key(key.id, T0).await.unwrap().unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert!(node.backend.live_key(digest).await.unwrap().is_none());
+    assert!(
+        other
+            .engine
+            .revoke_key(999_999, T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn quotas_hold_across_batches_and_nodes(db: Db) {
+    let quota = Policies {
+        write: WritePolicy {
+            rules_per_tenant: 5,
+            ..WritePolicy::default()
+        },
+        ..Policies::default()
+    };
+    let a = db.node(quota.clone()).await;
+    let b = db.node(quota).await;
+    let t = tenant(&a, "quota").await;
+    let first = a
+        .engine
+        .write(batch(
+            t,
+            T0,
+            (1..=3)
+                .map(|i| put(&format!("192.0.2.{i}"), None, None))
+                .collect(),
+        ))
+        .await
+        .unwrap();
+    assert!(first.over_quota.is_empty());
+    let second = b
+        .engine
+        .write(batch(
+            t,
+            T0,
+            (4..=7)
+                .map(|i| put(&format!("192.0.2.{i}"), None, None))
+                .collect(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(second.over_quota, [2, 3]);
+    // Purged rules make room again.
+    a.engine
+        .write(batch(t, T0, vec![remove("192.0.2.1")]))
+        .await
+        .unwrap();
+    let third = b
+        .engine
+        .write(batch(t, T0, vec![put("192.0.2.8", None, None)]))
+        .await
+        .unwrap();
+    assert!(third.over_quota.is_empty());
+    assert_eq!(rules(&a, t, T0).await.len(), 5);
+}
+
+async fn retention_deletes_history_not_rules(db: Db) {
+    let node = db.node(policies()).await;
+    // A node that will have seen none of the changes below.
+    let behind = db.node(policies()).await;
+    let t = tenant(&node, "retention").await;
+    node.engine
+        .write(batch(t, T0, vec![put("192.0.2.1", None, None)]))
+        .await
+        .unwrap();
+    let later = UnixMillis(T0.0 + 10 * 86_400_000);
+    node.engine
+        .write(batch(t, later, vec![put("192.0.2.2", None, None)]))
+        .await
+        .unwrap();
+    let cutoff = UnixMillis(later.0 - 1);
+    assert_eq!(node.engine.purge_audit(cutoff, 100).await.unwrap(), 1);
+    assert_eq!(node.engine.purge_changes(cutoff, 100).await.unwrap(), 1);
+    assert_eq!(rules(&node, t, later).await.len(), 2);
+    let log = node.backend.changes_since(0, 100).await.unwrap();
+    assert_eq!(log.len(), 1);
+    // The node that saw nothing finds the log no longer holds what it missed, and starts
+    // over from a snapshot.
+    behind.feed.catch_up().await.unwrap();
+    assert_eq!(behind.seen.resets.lock().unwrap().len(), 2);
+    assert_eq!(behind.feed.applied(), log[0].seq);
+}
