@@ -59,13 +59,13 @@ impl Application {
             );
         }
         let index = Arc::new(Index::new(geo.current().clone()));
-        let backend = open_backend(&config).await?;
+        let backend = open_until_ready(&config).await?;
         let feed = Arc::new(Feed::new(
             backend.clone(),
             clock.clone(),
             vec![index.clone() as Arc<dyn ChangeSink>],
         ));
-        feed.load().await.context("loading the rules")?;
+        load_until_ready(&feed, config.database.url.is_some()).await?;
         let stats = index.stats();
         tracing::info!(
             prefixes = stats.prefixes,
@@ -240,6 +240,7 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<SharedBackend> {
         let options = PgOptions {
             schema: config.database.schema.clone(),
             pool_size: config.database.pool_size.max(2),
+            application_name: config.database.application_name.clone(),
             ..PgOptions::default()
         };
         let backend = PgBackend::connect(url, options)
@@ -250,6 +251,40 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<SharedBackend> {
     let backend = SqliteBackend::open(&config.data_dir, config.sqlite_options())
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
     Ok(Arc::new(backend))
+}
+
+/// Waits between attempts to reach a shared database at start-up.
+const START_RETRY: Duration = Duration::from_secs(2);
+
+/// Opens the store. A shared database that cannot be reached is tried again until it answers,
+/// so a node restarted while PostgreSQL is down starts serving as soon as it is back (it does
+/// not listen before: a proxy sees a refused connection, never an answer made without the
+/// rules). The embedded store's problems (a read-only directory) are reported at once.
+async fn open_until_ready(config: &Config) -> anyhow::Result<SharedBackend> {
+    loop {
+        match open_backend(config).await {
+            Ok(backend) => return Ok(backend),
+            Err(e) if config.database.url.is_some() => {
+                tracing::error!(error = %format!("{e:#}"), "the database is not reachable; trying again in {} s", START_RETRY.as_secs());
+                tokio::time::sleep(START_RETRY).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Loads the rules into the feed's followers, trying a shared database again until it answers.
+async fn load_until_ready(feed: &Feed, shared: bool) -> anyhow::Result<()> {
+    loop {
+        match feed.load().await {
+            Ok(()) => return Ok(()),
+            Err(e) if shared => {
+                tracing::error!(error = %e, "reading the rules failed; trying again in {} s", START_RETRY.as_secs());
+                tokio::time::sleep(START_RETRY).await;
+            }
+            Err(e) => return Err(e).context("loading the rules"),
+        }
+    }
 }
 
 /// Makes a key and returns its secret (shown once) with the stored record.

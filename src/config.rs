@@ -215,6 +215,8 @@ pub struct DatabaseConfig {
     pub schema: Option<String>,
     /// Connections each node keeps at most.
     pub pool_size: u32,
+    /// This node's name in `pg_stat_activity`.
+    pub application_name: String,
 }
 
 impl Default for DatabaseConfig {
@@ -223,6 +225,7 @@ impl Default for DatabaseConfig {
             url: None,
             schema: None,
             pool_size: 8,
+            application_name: "palisade".into(),
         }
     }
 }

@@ -3,8 +3,11 @@
 
 #[path = "../common/pg.rs"]
 mod pg;
+#[path = "../common/private_pg.rs"]
+mod private_pg;
 
 mod access;
+mod cluster;
 mod decisions;
 mod disk;
 mod durability;
