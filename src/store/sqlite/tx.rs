@@ -421,8 +421,9 @@ fn append_changes(conn: &Connection, changes: &[Change]) -> StoreResult<Vec<u64>
     Ok(seqs)
 }
 
-/// Deletes up to `limit` rows of `table` made before `before`, oldest first (through the
-/// table's index on `at`).
+/// Deletes up to `limit` rows of `table` made before `before`, oldest first. Rows are made in
+/// the order of their row id `key`, so the first row made at or after `before` is found by a
+/// binary search over row ids (each step one look-up by id), and everything below it goes.
 fn purge_oldest(
     conn: &Connection,
     table: &str,
@@ -430,10 +431,77 @@ fn purge_oldest(
     before: UnixMillis,
     limit: usize,
 ) -> StoreResult<usize> {
+    let first_at_or_after = |from: i64| -> StoreResult<Option<(i64, i64)>> {
+        Ok(conn
+            .prepare_cached(&format!(
+                "SELECT {key}, at FROM {table} WHERE {key} >= ?1 ORDER BY {key} LIMIT 1"
+            ))?
+            .query_row([from], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?)
+    };
+    let Some((oldest, oldest_at)) = first_at_or_after(i64::MIN)? else {
+        return Ok(0);
+    };
+    if oldest_at >= before.0 {
+        return Ok(0);
+    }
+    // Every row below `low` is old; every row from `high` up is not (or there is none).
+    let (mut low, mut high) = (oldest + 1, i64::MAX);
+    while low < high {
+        let middle = low + (high - low) / 2;
+        match first_at_or_after(middle)? {
+            Some((id, at)) if at < before.0 => low = id + 1,
+            _ => high = middle,
+        }
+    }
     Ok(conn
         .prepare_cached(&format!(
             "DELETE FROM {table} WHERE {key} IN
-                (SELECT {key} FROM {table} WHERE at < ?1 ORDER BY at LIMIT ?2)"
+                (SELECT {key} FROM {table} WHERE {key} < ?1 ORDER BY {key} LIMIT ?2)"
         ))?
-        .execute(params![before.0, limit as i64])?)
+        .execute(params![low, limit as i64])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purges_exactly_the_rows_made_before_the_instant() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE log (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL)")
+            .unwrap();
+        // Ids with holes (deleted rows); several rows per instant.
+        for seq in (1..=300).filter(|s| s % 7 != 0) {
+            conn.execute("INSERT INTO log VALUES (?1, ?2)", [seq, seq / 3])
+                .unwrap();
+        }
+        let count = |c: &Connection| -> i64 {
+            c.query_row("SELECT COUNT(*) FROM log", [], |r| r.get(0))
+                .unwrap()
+        };
+        let old = |before: i64| (1..=300).filter(|s| s % 7 != 0 && s / 3 < before).count();
+        let total = count(&conn) as usize;
+        assert_eq!(
+            purge_oldest(&conn, "log", "seq", UnixMillis(0), 10).unwrap(),
+            0
+        );
+        assert_eq!(
+            purge_oldest(&conn, "log", "seq", UnixMillis(40), 10).unwrap(),
+            10
+        );
+        assert_eq!(
+            purge_oldest(&conn, "log", "seq", UnixMillis(40), 1000).unwrap(),
+            old(40) - 10
+        );
+        assert_eq!(count(&conn) as usize, total - old(40));
+        assert_eq!(
+            purge_oldest(&conn, "log", "seq", UnixMillis(1000), 1000).unwrap(),
+            total - old(40)
+        );
+        assert_eq!(
+            purge_oldest(&conn, "log", "seq", UnixMillis(1000), 10).unwrap(),
+            0
+        );
+    }
 }
