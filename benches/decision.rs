@@ -1,6 +1,6 @@
 //! The decision engine at the size the issue asks for: 1,000,000 IPv4 prefixes (/32 and /24),
-//! 100,000 IPv6 prefixes, 10,000 ASN rules and 50 country rules compiled from the real geo data
-//! in `../shared/geo/` (skipped with a message when it is absent).
+//! 100,000 IPv6 prefixes, 10,000 ASN rules and 50 country rules matched through the real geo
+//! data in `../shared/geo/` (skipped with a message when it is absent).
 //!
 //! `cargo bench --bench decision`
 
@@ -123,18 +123,20 @@ fn bench(c: &mut Criterion) {
 
     let started = Instant::now();
     let index = Index::new(geo.current().clone());
-    index.rebuild(Snapshot { seq: 1, rules }, None);
+    index.rebuild(Snapshot { seq: 1, rules }).unwrap();
     let build = started.elapsed();
     let stats = index.stats();
     let t = stats.tables;
     let per_prefix = |bytes: usize| bytes as f64 / stats.prefixes as f64;
     eprintln!(
-        "index: {rule_count} rules -> {networks} prefixes (ASN and country rules expanded), \
-         {} stored (a prefix shorter than /16 once per /16), built in {:.2} s\n\
+        "index: {rule_count} rules, whose targets cover {networks} networks; IP rules stored as \
+         {} prefixes (a prefix shorter than /16 once per /16), ASN and country rules as {} \
+         map entries; built in {:.2} s\n\
          tables {:.1} MB = {:.0} B/prefix (chunks {:.0}, decision intervals {:.0}, \
          prefixes {:.0}, rule lists {:.0}); rule records {:.1} MB = {:.0} B/prefix; \
-         together {:.0} B/prefix",
+         ASN and country maps {:.2} MB; all together {:.1} MB = {:.0} B/prefix",
         stats.prefixes,
+        stats.geo_rules,
         build.as_secs_f64(),
         stats.table_bytes as f64 / 1e6,
         per_prefix(stats.table_bytes),
@@ -144,7 +146,9 @@ fn bench(c: &mut Criterion) {
         per_prefix(t.rule_lists),
         stats.rule_bytes as f64 / 1e6,
         per_prefix(stats.rule_bytes),
-        per_prefix(stats.table_bytes + stats.rule_bytes),
+        stats.geo_bytes as f64 / 1e6,
+        (stats.table_bytes + stats.rule_bytes + stats.geo_bytes) as f64 / 1e6,
+        per_prefix(stats.table_bytes + stats.rule_bytes + stats.geo_bytes),
     );
 
     let random: Vec<IpAddr> = (0..1 << 20)
@@ -207,13 +211,12 @@ fn bench(c: &mut Criterion) {
         rules
     };
     let spread = Index::new(geo.current().clone());
-    spread.rebuild(
-        Snapshot {
+    spread
+        .rebuild(Snapshot {
             seq: 1,
             rules: spread_rules,
-        },
-        None,
-    );
+        })
+        .unwrap();
     let mut i = 0usize;
     group.bench_function("decide_random_ipv4_own_expiries", |b| {
         b.iter(|| {

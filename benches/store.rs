@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use palisade::index::{Index, NoNetworks};
+use palisade::index::{Index, NoGeo};
 use palisade::rules::{TenantId, UnixMillis};
 use palisade::signal::{SignalPolicy, parse_batch};
 use palisade::store::sqlite::{SqliteOptions, SqliteStore};
@@ -108,8 +108,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let snapshot = runtime.block_on(store.snapshot(NOW)).unwrap();
             assert_eq!(snapshot.rules.len(), 1_000_000);
-            let index = Index::new(Arc::new(NoNetworks));
-            index.rebuild(snapshot, None);
+            let index = Index::new(Arc::new(NoGeo));
+            index.rebuild(snapshot).unwrap();
             black_box(index)
         })
     });

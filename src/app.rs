@@ -15,7 +15,7 @@ use crate::api::{self, AppState, Shared};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::geo::Geo;
-use crate::index::{Index, Networks};
+use crate::index::Index;
 use crate::keys::{self, DEFAULT_TENANT, KeyRing, Role, TenantName};
 use crate::ratelimit::RateLimits;
 use crate::reports::{self, ReportPayload, ReportPolicy};
@@ -51,6 +51,8 @@ impl Application {
                 "no ASN data configured (geo.asn): ASN signals are format-checked only, their existence is not checked, and ASN rules match no address"
             );
         }
+        // Subscribed before the index takes the data in force: a reload from then on reaches it.
+        let geo_versions = geo.subscribe();
         let index = Arc::new(Index::new(geo.current().clone()));
         let store: SharedStore = Arc::new(
             SqliteStore::open(
@@ -63,7 +65,7 @@ impl Application {
             )
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
         );
-        rebuild_index(&store, &index, &*clock, None).await?;
+        rebuild_index(&store, &index, &*clock).await?;
         let stats = index.stats();
         tracing::info!(
             prefixes = stats.prefixes,
@@ -127,12 +129,7 @@ impl Application {
             geo.spawn_watcher(),
             tokio::spawn(process_reports(store.clone(), report_worker, clock.clone())),
             tokio::spawn(watch_report_queue(store.clone(), clock.clone())),
-            tokio::spawn(recompile_on_geo_change(
-                geo,
-                store.clone(),
-                index,
-                clock.clone(),
-            )),
+            tokio::spawn(follow_geo_data(geo, geo_versions, index)),
             tokio::spawn(purge_expired(
                 store,
                 clock,
@@ -216,55 +213,50 @@ pub async fn create_key(
     Ok((secret, key))
 }
 
-/// Builds the index from the store: start-up, and whenever the geo data changes. Changes
-/// committed while it builds are recorded by the index and replayed onto the new tables.
+/// Builds the index from the store (start-up). A change applied to the index while the
+/// snapshot is read makes the index refuse that snapshot; the next one holds the change.
 pub async fn rebuild_index(
     store: &SharedStore,
     index: &Arc<Index>,
     clock: &dyn Clock,
-    networks: Option<Arc<dyn Networks>>,
 ) -> anyhow::Result<()> {
-    index.begin_rebuild();
-    let snapshot = store
-        .snapshot(clock.now())
-        .await
-        .context("reading the rules")?;
-    let index = index.clone();
-    tokio::task::spawn_blocking(move || index.rebuild(snapshot, networks))
-        .await
-        .context("building the index")?;
-    Ok(())
-}
-
-async fn recompile_on_geo_change(
-    geo: Arc<Geo>,
-    store: SharedStore,
-    index: Arc<Index>,
-    clock: Arc<dyn Clock>,
-) {
-    let mut versions = geo.subscribe();
-    while versions.changed().await.is_ok() {
-        // Until a rebuild succeeds, ASN and country rules match the old networks: keep trying.
-        loop {
-            let data: Arc<dyn Networks> = geo.current().clone();
-            match rebuild_index(&store, &index, &*clock, Some(data)).await {
-                Ok(()) => {
-                    tracing::info!("decision index rebuilt for the new geo data");
-                    break;
-                }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "could not rebuild the index for the new geo data; retrying in {} s",
-                    GEO_REBUILD_RETRY.as_secs()
-                ),
+    let mut attempts = 0;
+    loop {
+        let snapshot = store
+            .snapshot(clock.now())
+            .await
+            .context("reading the rules")?;
+        let building = index.clone();
+        let built = tokio::task::spawn_blocking(move || building.rebuild(snapshot))
+            .await
+            .context("building the index")?;
+        match built {
+            Ok(()) => return Ok(()),
+            // Only writes racing the read get here, and each attempt reads a newer snapshot.
+            Err(stale) if attempts < REBUILD_ATTEMPTS => {
+                attempts += 1;
+                tracing::debug!(error = %stale, "rules changed while the index was built; again");
             }
-            tokio::time::sleep(GEO_REBUILD_RETRY).await;
+            Err(stale) => return Err(stale).context("building the index"),
         }
     }
 }
 
-/// Wait between attempts to rebuild the index for new geo data.
-const GEO_REBUILD_RETRY: Duration = Duration::from_secs(5);
+/// Snapshots a rebuild reads before giving up on writes that keep racing it.
+const REBUILD_ATTEMPTS: usize = 5;
+
+/// Hands each new set of geo data to the index, which publishes it beside the same tables in
+/// one swap: there is nothing to recompile, since ASN and country rules are matched at look-up
+/// time.
+async fn follow_geo_data(
+    geo: Arc<Geo>,
+    mut versions: tokio::sync::watch::Receiver<u64>,
+    index: Arc<Index>,
+) {
+    while versions.changed().await.is_ok() {
+        index.set_geo(geo.current().clone());
+    }
+}
 
 /// Reports read from the queue at a time.
 const REPORT_BATCH: usize = 256;

@@ -197,7 +197,7 @@ async fn check(ip: IpAddr, tenant: &str, config: &Config) -> anyhow::Result<()> 
         .find(|k| k.tenant.as_str() == tenant)
         .map(|k| k.tenant_id)
         .with_context(|| format!("no tenant named {tenant:?}"))?;
-    rebuild_index(&store, &index, &SystemClock, None).await?;
+    rebuild_index(&store, &index, &SystemClock).await?;
     let view = index.view(tenant_id);
     let answer = answer(&view, ip, SystemClock.now());
     println!("{}", serde_json::to_string_pretty(&answer)?);

@@ -96,17 +96,16 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
 /// The full answer for one address: decision, geo data and matching rules.
 pub fn answer(view: &View, ip: IpAddr, now: UnixMillis) -> CheckAnswer<'_> {
     let ip = normalize_ip(ip);
-    // Geo first: its reads are independent of the index's, so the processor overlaps the
-    // index's first misses to memory with the geo look-up's last ones.
-    let geo = view.locate(ip);
-    let (verdict, rules) = view.lookup(ip, now);
+    // One geo look-up for both the ASN and country shown and the ASN and country rules matched,
+    // so that they always agree.
+    let found = view.lookup_with_geo(ip, now);
     CheckAnswer {
         ip,
-        blocked: verdict.blocked,
-        allowed: verdict.allowed,
-        asn: geo.asn,
-        country: geo.country,
-        matches: rules.into_iter().map(Match).collect(),
+        blocked: found.verdict.blocked,
+        allowed: found.verdict.allowed,
+        asn: found.geo.asn,
+        country: found.geo.country,
+        matches: found.rules.into_iter().map(Match).collect(),
     }
 }
 

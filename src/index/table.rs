@@ -181,19 +181,19 @@ pub const NONE: i64 = i64::MIN;
 pub const FOREVER: i64 = i64::MAX;
 
 impl Span {
-    const EMPTY: Span = Span {
+    pub(super) const EMPTY: Span = Span {
         block_until: NONE,
         allow_until: NONE,
     };
 
-    fn widen(self, other: Span) -> Span {
+    pub(super) fn widen(self, other: Span) -> Span {
         Span {
             block_until: self.block_until.max(other.block_until),
             allow_until: self.allow_until.max(other.allow_until),
         }
     }
 
-    fn of(rule: &RuleRef) -> Span {
+    pub(super) fn of(rule: &RuleRef) -> Span {
         let until = rule.expires_at.map_or(FOREVER, |t| t.0);
         match rule.action {
             RuleAction::Block => Span {
