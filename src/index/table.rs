@@ -8,7 +8,7 @@
 //!   bytes and two comparisons with "now". Before that, two 256-bit masks of the bucket's
 //!   third-byte blocks (a /24 in IPv4) answer most addresses from the bucket's first record
 //!   alone: the blocks no prefix touches, and the blocks wholly inside one interval of block
-//!   rules with the bucket's most common expiry (a country or an ASN blocked for good, say);
+//!   rules with the bucket's most common expiry (a blocklist loaded in one go, say);
 //! - for listings and changes, as its distinct prefixes (see [`nodes`]): sorted first addresses,
 //!   lengths and parent links (after the decision intervals, in the same allocation), and each
 //!   prefix's own rules, one run after the other, in another. The prefixes form a laminar
@@ -153,8 +153,7 @@ fn bucket_key<A: Addr>(addr: A) -> u16 {
     (u16::from(addr.byte(0)) << 8) | u16::from(addr.byte(1))
 }
 
-/// A prefix and the rule it was compiled from (an IP rule's own range, or one network of an ASN
-/// or country).
+/// A prefix and the IP rule it was compiled from.
 #[derive(Clone)]
 pub struct Entry<A> {
     pub start: A,
@@ -439,9 +438,8 @@ impl<A: Addr> Table<A> {
         }
     }
 
-    /// The active rules covering `addr`, as a listing shows them: IP ranges deepest first, then
-    /// ASN, then country. The decision follows from them, so a listing does not search the
-    /// decision intervals as well.
+    /// The active rules covering `addr`, deepest prefix first. The decision follows from them,
+    /// so a listing does not search the decision intervals as well.
     pub fn matches(&self, addr: A, now: UnixMillis) -> Vec<&RuleRef> {
         let Some(hot) = self.hot(addr) else {
             return Vec::new();
@@ -463,8 +461,6 @@ impl<A: Addr> Table<A> {
             );
             node = nodes.parent(n);
         }
-        // Stable: IP ranges keep their deepest-first order.
-        found.sort_by_key(|rule| rule.target.kind());
         found
     }
 
@@ -526,7 +522,7 @@ impl<A: Addr> Table<A> {
         table
     }
 
-    /// Builds a table from scratch (start-up, or after the geo data changed).
+    /// Builds a table from scratch (start-up).
     pub fn build(entries: impl IntoIterator<Item = Entry<A>>) -> Self {
         let mut by_bucket: std::collections::BTreeMap<u16, Vec<Entry<A>>> = Default::default();
         for entry in entries {
