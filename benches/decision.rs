@@ -1,6 +1,7 @@
 //! The decision engine at the size the issue asks for: 1,000,000 IPv4 prefixes (/32 and /24),
 //! 100,000 IPv6 prefixes, 10,000 ASN rules and 50 country rules matched through the real geo
-//! data in `../shared/geo/` (skipped with a message when it is absent).
+//! data in `../shared/geo/` (skipped with a message when it is absent); and the publisher's work
+//! for one write of many country rules.
 //!
 //! `cargo bench --bench decision`
 
@@ -9,13 +10,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Instant;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 use palisade::api::check::answer;
 use palisade::config::GeoConfig;
 use palisade::geo::Geo;
 use palisade::index::Index;
 use palisade::rules::{Asn, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
-use palisade::store::Snapshot;
+use palisade::store::{Change, ChangeOp, ChangeSink, Snapshot};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -239,6 +240,55 @@ fn bench(c: &mut Criterion) {
             black_box(answer(&index.view(TENANT), hits[i], NOW).matches.len())
         })
     });
+    group.finish();
+    bench_apply(c, &geo);
+}
+
+/// The publisher's work for one committed write of `n` country rules by one tenant: what every
+/// other tenant's writes wait behind, since the publisher applies changes one group at a time.
+fn bench_apply(c: &mut Criterion, geo: &Geo) {
+    let countries = geo.current().countries().to_vec();
+    let mut group = c.benchmark_group("apply");
+    // Flat sampling: a linear ramp would run the slowest case dozens of times.
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    for n in [1, countries.len()] {
+        let changes: Vec<Change> = countries[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, code)| Change {
+                seq: i as u64 + 1,
+                tenant: TenantId(2),
+                rule_id: i as i64 + 1,
+                op: ChangeOp::Put,
+                action: RuleAction::Block,
+                target: Target::Country(*code),
+                expires_at: None,
+                name: None,
+                at: NOW,
+            })
+            .collect();
+        let index = Index::new(geo.current().clone());
+        index.apply(&changes);
+        let stats = index.stats();
+        eprintln!(
+            "after one write of {n} country rules: {} prefixes stored, tables {:.1} MB",
+            stats.prefixes,
+            stats.table_bytes as f64 / 1e6
+        );
+        drop(index);
+        group.bench_function(format!("put_{n}_country_rules"), |b| {
+            b.iter_batched(
+                || Index::new(geo.current().clone()),
+                |index| {
+                    index.apply(&changes);
+                    // Dropped after the clock stops.
+                    index
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 
