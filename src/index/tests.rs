@@ -1017,4 +1017,68 @@ proptest! {
             }
         }
     }
+
+    /// The ASN map against a plain map of the same rules: many keys per shard, so that slots
+    /// probe past each other, with replacements and removals in random batches; and the value
+    /// before each batch, which shares shards with the one after, still as it was.
+    #[test]
+    fn geo_rule_maps_agree_with_a_plain_map(
+        batches in proptest::collection::vec(
+            proptest::collection::vec((1u32..3000, 1i64..40, any::<bool>(), 0usize..4, any::<bool>()), 1..400),
+            1..6,
+        ),
+    ) {
+        // Rule id to (ASN, action, expiry) for the rules in force.
+        type Model = HashMap<i64, (u32, RuleAction, Option<UnixMillis>)>;
+        fn agree(rules: &GeoRules, model: &Model) -> Result<(), TestCaseError> {
+            prop_assert_eq!(rules.is_empty(), model.is_empty());
+            prop_assert_eq!(rules.stats(&mut HashMap::new()).0, model.len());
+            for asn in 1u32..3000 {
+                let geo = GeoRecord { asn: Asn::new(asn), country: None };
+                let mut want = Span::EMPTY;
+                let mut want_ids = Vec::new();
+                for (id, (a, action, expires_at)) in model {
+                    if *a == asn {
+                        want = want.widen(Span::of(&RuleRef {
+                            id: *id,
+                            action: *action,
+                            target: Target::Asn(Asn::new(asn).unwrap()),
+                            expires_at: *expires_at,
+                            name: None,
+                        }));
+                        want_ids.push(*id);
+                    }
+                }
+                want_ids.sort();
+                prop_assert_eq!(rules.span(geo), want, "AS{}", asn);
+                let mut listed = Vec::new();
+                rules.matches(geo, UnixMillis(i64::MIN), &mut listed);
+                let ids: Vec<i64> = listed.iter().map(|r| r.id).collect();
+                prop_assert_eq!(ids, want_ids);
+            }
+            Ok(())
+        }
+
+        let mut rules = GeoRules::default();
+        let mut model = Model::new();
+        for batch in &batches {
+            let (before, model_before) = (rules.clone(), model.clone());
+            for (asn, id, allow, exp, delete) in batch {
+                let target = Target::Asn(Asn::new(*asn).unwrap());
+                let action = if *allow { RuleAction::Allow } else { RuleAction::Block };
+                // One id always names one ASN and action, as in the store.
+                let id = id * 10_000 + i64::from(*asn) * 2 + i64::from(*allow);
+                rules.remove(id, &target);
+                model.remove(&id);
+                if !delete {
+                    let expires_at = [None, Some(NOW.0 - 1), Some(NOW.0 + 1), Some(NOW.0 + 2)][*exp].map(UnixMillis);
+                    rules.put(Arc::new(RuleRef { id, action, target, expires_at, name: None }));
+                    model.insert(id, (*asn, action, expires_at));
+                }
+            }
+            rules.refresh();
+            agree(&rules, &model)?;
+            agree(&before, &model_before)?;
+        }
+    }
 }
