@@ -240,6 +240,32 @@ fn bench(c: &mut Criterion) {
             black_box(answer(&index.view(TENANT), hits[i], NOW).matches.len())
         })
     });
+    // The same IP rules for a tenant without ASN or country rules.
+    let ip_only = Index::new(geo.current().clone());
+    {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (rules, _) = rule_set(&geo, &mut rng);
+        let rules = rules
+            .into_iter()
+            .filter(|rule| matches!(rule.target, Target::Ip(_)))
+            .collect();
+        ip_only.rebuild(Snapshot { seq: 1, rules }).unwrap();
+    }
+    let mut i = 0usize;
+    group.bench_function("decide_random_ipv4_no_geo_rules", |b| {
+        b.iter(|| {
+            i = (i + 1) & (random.len() - 1);
+            black_box(ip_only.decide(TENANT, random[i], NOW))
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("decide_blocked_ipv4_no_geo_rules", |b| {
+        b.iter(|| {
+            i = (i + 1) % hits.len();
+            black_box(ip_only.decide(TENANT, hits[i], NOW))
+        })
+    });
+    drop(ip_only);
     group.finish();
     bench_apply(c, &geo);
 }
