@@ -16,7 +16,8 @@
 //! - [`geo`]: IP address to ASN and country from the operator's data files, the networks of an
 //!   ASN or a country, and reloading when the files change.
 //! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
-//! - [`index`]: the in-memory decision engine, patched from the store's change log.
+//! - [`index`]: the in-memory decision engine, patched from the store's change log: IP rules in
+//!   prefix tables, ASN and country rules matched through the geo data it holds beside them.
 //! - [`store`]: persistence behind the [`store::Store`] trait. Every rule change gets a
 //!   monotonically increasing sequence number, so anything downstream can follow "changes since N".
 //! - [`app`]: wiring: configuration in, a bound server out.
