@@ -1,6 +1,7 @@
 //! The decision engine at the size the issue asks for: 1,000,000 IPv4 prefixes (/32 and /24),
-//! 100,000 IPv6 prefixes, 10,000 ASN rules and 50 country rules compiled from the real geo data
-//! in `../shared/geo/` (skipped with a message when it is absent).
+//! 100,000 IPv6 prefixes, 10,000 ASN rules and 50 country rules matched through the real geo
+//! data in `../shared/geo/` (skipped with a message when it is absent); and the publisher's work
+//! for one write of many country rules.
 //!
 //! `cargo bench --bench decision`
 
@@ -9,13 +10,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::time::Instant;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
 use palisade::api::check::answer;
 use palisade::config::GeoConfig;
+use palisade::engine::ChangeSink;
 use palisade::geo::Geo;
 use palisade::index::Index;
 use palisade::rules::{Asn, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
-use palisade::store::Snapshot;
+use palisade::store::{Change, ChangeOp, Snapshot};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -123,18 +125,20 @@ fn bench(c: &mut Criterion) {
 
     let started = Instant::now();
     let index = Index::new(geo.current().clone());
-    index.rebuild(Snapshot { seq: 1, rules }, None);
+    index.rebuild(Snapshot { seq: 1, rules }).unwrap();
     let build = started.elapsed();
     let stats = index.stats();
     let t = stats.tables;
     let per_prefix = |bytes: usize| bytes as f64 / stats.prefixes as f64;
     eprintln!(
-        "index: {rule_count} rules -> {networks} prefixes (ASN and country rules expanded), \
-         {} stored (a prefix shorter than /16 once per /16), built in {:.2} s\n\
+        "index: {rule_count} rules, whose targets cover {networks} networks; IP rules stored as \
+         {} prefixes (a prefix shorter than /16 once per /16), ASN and country rules as {} \
+         map entries; built in {:.2} s\n\
          tables {:.1} MB = {:.0} B/prefix (chunks {:.0}, decision intervals {:.0}, \
          prefixes {:.0}, rule lists {:.0}); rule records {:.1} MB = {:.0} B/prefix; \
-         together {:.0} B/prefix",
+         ASN and country maps {:.2} MB; all together {:.1} MB = {:.0} B/prefix",
         stats.prefixes,
+        stats.geo_rules,
         build.as_secs_f64(),
         stats.table_bytes as f64 / 1e6,
         per_prefix(stats.table_bytes),
@@ -144,7 +148,9 @@ fn bench(c: &mut Criterion) {
         per_prefix(t.rule_lists),
         stats.rule_bytes as f64 / 1e6,
         per_prefix(stats.rule_bytes),
-        per_prefix(stats.table_bytes + stats.rule_bytes),
+        stats.geo_bytes as f64 / 1e6,
+        (stats.table_bytes + stats.rule_bytes + stats.geo_bytes) as f64 / 1e6,
+        per_prefix(stats.table_bytes + stats.rule_bytes + stats.geo_bytes),
     );
 
     let random: Vec<IpAddr> = (0..1 << 20)
@@ -207,13 +213,12 @@ fn bench(c: &mut Criterion) {
         rules
     };
     let spread = Index::new(geo.current().clone());
-    spread.rebuild(
-        Snapshot {
+    spread
+        .rebuild(Snapshot {
             seq: 1,
             rules: spread_rules,
-        },
-        None,
-    );
+        })
+        .unwrap();
     let mut i = 0usize;
     group.bench_function("decide_random_ipv4_own_expiries", |b| {
         b.iter(|| {
@@ -236,6 +241,81 @@ fn bench(c: &mut Criterion) {
             black_box(answer(&index.view(TENANT), hits[i], NOW).matches.len())
         })
     });
+    // The same IP rules for a tenant without ASN or country rules.
+    let ip_only = Index::new(geo.current().clone());
+    {
+        let mut rng = StdRng::seed_from_u64(7);
+        let (rules, _) = rule_set(&geo, &mut rng);
+        let rules = rules
+            .into_iter()
+            .filter(|rule| matches!(rule.target, Target::Ip(_)))
+            .collect();
+        ip_only.rebuild(Snapshot { seq: 1, rules }).unwrap();
+    }
+    let mut i = 0usize;
+    group.bench_function("decide_random_ipv4_no_geo_rules", |b| {
+        b.iter(|| {
+            i = (i + 1) & (random.len() - 1);
+            black_box(ip_only.decide(TENANT, random[i], NOW))
+        })
+    });
+    let mut i = 0usize;
+    group.bench_function("decide_blocked_ipv4_no_geo_rules", |b| {
+        b.iter(|| {
+            i = (i + 1) % hits.len();
+            black_box(ip_only.decide(TENANT, hits[i], NOW))
+        })
+    });
+    drop(ip_only);
+    group.finish();
+    bench_apply(c, &geo);
+}
+
+/// The publisher's work for one committed write of `n` country rules by one tenant: what every
+/// other tenant's writes wait behind, since the publisher applies changes one group at a time.
+fn bench_apply(c: &mut Criterion, geo: &Geo) {
+    let countries = geo.current().countries().to_vec();
+    let mut group = c.benchmark_group("apply");
+    // Flat sampling: a linear ramp would run the slowest case dozens of times.
+    group.sampling_mode(SamplingMode::Flat);
+    group.sample_size(10);
+    for n in [1, countries.len()] {
+        let changes: Vec<Change> = countries[..n]
+            .iter()
+            .enumerate()
+            .map(|(i, code)| Change {
+                seq: i as u64 + 1,
+                tenant: TenantId(2),
+                rule_id: i as i64 + 1,
+                op: ChangeOp::Put,
+                action: RuleAction::Block,
+                target: Target::Country(*code),
+                expires_at: None,
+                name: None,
+                at: NOW,
+            })
+            .collect();
+        let index = Index::new(geo.current().clone());
+        index.apply(&changes);
+        let stats = index.stats();
+        eprintln!(
+            "after one write of {n} country rules: {} prefixes stored, tables {:.1} MB",
+            stats.prefixes,
+            stats.table_bytes as f64 / 1e6
+        );
+        drop(index);
+        group.bench_function(format!("put_{n}_country_rules"), |b| {
+            b.iter_batched(
+                || Index::new(geo.current().clone()),
+                |index| {
+                    index.apply(&changes);
+                    // Dropped after the clock stops.
+                    index
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
     group.finish();
 }
 

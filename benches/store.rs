@@ -15,7 +15,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use palisade::clock::SystemClock;
 use palisade::config::Config;
 use palisade::engine::{Engine, Feed, Policies};
-use palisade::index::{Index, NoNetworks};
+use palisade::index::{Index, NoGeo};
 use palisade::rules::{TenantId, UnixMillis};
 use palisade::signal::{SignalPolicy, parse_batch};
 use palisade::store::backend::SharedBackend;
@@ -127,8 +127,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let snapshot = runtime.block_on(backend.snapshot(NOW)).unwrap();
             assert_eq!(snapshot.rules.len(), 1_000_000);
-            let index = Index::new(Arc::new(NoNetworks));
-            index.rebuild(snapshot, None);
+            let index = Index::new(Arc::new(NoGeo));
+            index.rebuild(snapshot).unwrap();
             black_box(index)
         })
     });

@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::engine::{ChangeSink, Engine, Feed, Policies};
 use crate::geo::Geo;
 use crate::health::Readiness;
-use crate::index::{Index, Networks};
+use crate::index::Index;
 use crate::keys::{self, DEFAULT_TENANT, KeyRing, Role, TenantName};
 use crate::ratelimit::RateLimits;
 use crate::reports::ReportPolicy;
@@ -58,6 +58,8 @@ impl Application {
                 "no ASN data configured (geo.asn): ASN signals are format-checked only, their existence is not checked, and ASN rules match no address"
             );
         }
+        // Subscribed before the index takes the data in force: a reload from then on reaches it.
+        let geo_versions = geo.subscribe();
         let index = Arc::new(Index::new(geo.current().clone()));
         let backend = open_until_ready(&config).await?;
         let feed = Arc::new(Feed::new(
@@ -160,12 +162,7 @@ impl Application {
             )),
             tokio::spawn(process_reports(engine.clone(), clock.clone())),
             tokio::spawn(watch_report_queue(backend.clone(), clock.clone())),
-            tokio::spawn(recompile_on_geo_change(
-                geo,
-                backend.clone(),
-                index,
-                clock.clone(),
-            )),
+            tokio::spawn(follow_geo_data(geo, geo_versions, index)),
             tokio::spawn(probe_store(
                 engine.clone(),
                 readiness,
@@ -327,58 +324,18 @@ async fn follow(feed: Arc<Feed>, signal: Option<Arc<Notify>>, poll: Duration) {
     }
 }
 
-/// Builds the index for new geo data. Changes committed while it builds are recorded by the
-/// index and replayed onto the new tables.
-async fn rebuild_for_geo(
-    backend: &SharedBackend,
-    index: &Arc<Index>,
-    clock: &dyn Clock,
-    networks: Arc<dyn Networks>,
-) -> anyhow::Result<()> {
-    index.begin_rebuild();
-    let snapshot = match backend.snapshot(clock.now()).await {
-        Ok(snapshot) => snapshot,
-        Err(e) => {
-            index.abandon_rebuild();
-            return Err(e).context("reading the rules");
-        }
-    };
-    let index = index.clone();
-    tokio::task::spawn_blocking(move || index.rebuild(snapshot, Some(networks)))
-        .await
-        .context("building the index")?;
-    Ok(())
-}
-
-async fn recompile_on_geo_change(
+/// Hands each new set of geo data to the index, which publishes it beside the same tables in
+/// one swap: there is nothing to recompile, since ASN and country rules are matched at look-up
+/// time.
+async fn follow_geo_data(
     geo: Arc<Geo>,
-    backend: SharedBackend,
+    mut versions: tokio::sync::watch::Receiver<u64>,
     index: Arc<Index>,
-    clock: Arc<dyn Clock>,
 ) {
-    let mut versions = geo.subscribe();
     while versions.changed().await.is_ok() {
-        // Until a rebuild succeeds, ASN and country rules match the old networks: keep trying.
-        loop {
-            let data: Arc<dyn Networks> = geo.current().clone();
-            match rebuild_for_geo(&backend, &index, &*clock, data).await {
-                Ok(()) => {
-                    tracing::info!("decision index rebuilt for the new geo data");
-                    break;
-                }
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "could not rebuild the index for the new geo data; retrying in {} s",
-                    GEO_REBUILD_RETRY.as_secs()
-                ),
-            }
-            tokio::time::sleep(GEO_REBUILD_RETRY).await;
-        }
+        index.set_geo(geo.current().clone());
     }
 }
-
-/// Wait between attempts to rebuild the index for new geo data.
-const GEO_REBUILD_RETRY: Duration = Duration::from_secs(5);
 
 /// Reports read from the queue at a time.
 const REPORT_BATCH: usize = 256;

@@ -112,19 +112,18 @@ pub fn answer_bounded(
     max_matches: usize,
 ) -> CheckAnswer<'_> {
     let ip = normalize_ip(ip);
-    // Geo first: its reads are independent of the index's, so the processor overlaps the
-    // index's first misses to memory with the geo look-up's last ones.
-    let geo = view.locate(ip);
-    let (verdict, mut rules) = view.lookup(ip, now);
-    let matches_truncated = rules.len() > max_matches;
-    rules.truncate(max_matches);
+    // One geo look-up for both the ASN and country shown and the ASN and country rules matched,
+    // so that they always agree.
+    let mut found = view.lookup_with_geo(ip, now);
+    let matches_truncated = found.rules.len() > max_matches;
+    found.rules.truncate(max_matches);
     CheckAnswer {
         ip,
-        blocked: verdict.blocked,
-        allowed: verdict.allowed,
-        asn: geo.asn,
-        country: geo.country,
-        matches: rules.into_iter().map(Match).collect(),
+        blocked: found.verdict.blocked,
+        allowed: found.verdict.allowed,
+        asn: found.geo.asn,
+        country: found.geo.country,
+        matches: found.rules.into_iter().map(Match).collect(),
         matches_truncated,
     }
 }

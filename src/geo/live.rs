@@ -95,8 +95,8 @@ impl Geo {
         *self.version.borrow()
     }
 
-    /// Changes to [`Geo::version`]: whoever derived something from the data (compiled ASN or
-    /// country rules) re-derives it when this changes.
+    /// Changes to [`Geo::version`]: whoever keeps a set of the data (the decision index, which
+    /// matches ASN and country rules by it) takes the new one when this changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
     }

@@ -2,9 +2,10 @@
 //! ([`GeoConfig`](crate::config::GeoConfig)).
 //!
 //! Files are read once into compact tables ([`GeoData`]), so a look-up never decodes a MaxMind
-//! DB record and the networks of an ASN or a country are at hand for compiling block rules.
-//! [`Geo`] holds the data in force and swaps in a new [`GeoData`] when the files change or on
-//! SIGHUP; readers never wait and never see a half-loaded set.
+//! DB record (the decision index looks every address of a tenant with ASN or country rules up
+//! here), and the networks of an ASN or a country are at hand. [`Geo`] holds the data in force
+//! and swaps in a new [`GeoData`] when the files change or on SIGHUP; readers never wait and
+//! never see a half-loaded set.
 //!
 //! # Formats
 //! A file named `*.mmdb` or carrying the MaxMind DB metadata marker is read as a MaxMind DB;

@@ -1,15 +1,18 @@
-//! The in-memory decision engine: every active rule of every tenant, compiled into prefix tables
-//! so that "is this address blocked?" is one table look-up.
+//! The in-memory decision engine: every active rule of every tenant, so that "is this address
+//! blocked?" is one table look-up, and a geo look-up for tenants with ASN or country rules.
 //!
-//! IP rules go in as their own range. ASN and country rules go in as the networks the geo data
-//! gives for them, so they cost nothing extra at look-up time; when the geo data changes, the
-//! tables are rebuilt with it.
+//! IP rules are compiled into per-/16 prefix tables (`table`). ASN and country rules are kept by
+//! the ASN or country they name (`geo_rules`) and matched at look-up time against the address's
+//! geo record, read from the geo data the index holds beside the tables. A change to an ASN or
+//! country rule therefore costs the same whatever the rule covers (blocking every country
+//! touches no table), and new geo data is published with one pointer swap: the same tables, the
+//! new data, and no answer that mixes the two.
 //!
 //! The index follows the store only through its change log: [`Index::apply`] (the store's
 //! [`ChangeSink`]) patches the tables in sequence order before a write is acknowledged, and
-//! [`Index::rebuild`] builds fresh tables from a [`Snapshot`] and then replays the changes that
-//! were applied while it was building.
+//! [`Index::rebuild`] builds fresh tables from a [`Snapshot`] at start-up.
 
+mod geo_rules;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -25,6 +28,7 @@ use crate::engine::ChangeSink;
 use crate::geo::{GeoData, GeoRecord};
 use crate::rules::{RuleAction, RuleId, Target, TenantId, UnixMillis, normalize_ip};
 use crate::store::{Change, ChangeOp, Snapshot};
+use geo_rules::GeoRules;
 pub use table::Span;
 use table::{Entry, Table, TableStats};
 
@@ -44,46 +48,24 @@ impl RuleRef {
     }
 }
 
-/// The networks of ASN and country targets, from the geo data in force (IP targets are their
-/// own network and are not asked about).
-pub trait Networks: Send + Sync + 'static {
-    fn networks(&self, target: &Target) -> Vec<IpNet>;
-
-    /// The ASN and country of an address by the same data, so that an answer's ASN and country
-    /// are the ones its ASN and country rules were compiled with, also while a rebuild for new
-    /// geo data runs.
-    fn locate(&self, _ip: IpAddr) -> GeoRecord {
-        GeoRecord::default()
-    }
+/// The ASN and country of an address, from the geo data in force: what ASN and country rules
+/// are matched by.
+pub trait Locate: Send + Sync + 'static {
+    fn locate(&self, ip: IpAddr) -> GeoRecord;
 }
 
-impl Networks for GeoData {
-    fn networks(&self, target: &Target) -> Vec<IpNet> {
-        match target {
-            Target::Ip(_) => Vec::new(),
-            Target::Asn(asn) => self.asn_networks(*asn).to_vec(),
-            Target::Country(code) => self.country_networks(*code).to_vec(),
-        }
-    }
-
+impl Locate for GeoData {
     fn locate(&self, ip: IpAddr) -> GeoRecord {
         self.lookup(ip)
     }
 }
 
 /// No geo data: ASN and country rules are kept but cover no address.
-pub struct NoNetworks;
+pub struct NoGeo;
 
-impl Networks for NoNetworks {
-    fn networks(&self, _target: &Target) -> Vec<IpNet> {
-        Vec::new()
-    }
-}
-
-fn networks_of(target: &Target, geo: &dyn Networks) -> Vec<IpNet> {
-    match target {
-        Target::Ip(net) => vec![*net],
-        other => geo.networks(other),
+impl Locate for NoGeo {
+    fn locate(&self, _ip: IpAddr) -> GeoRecord {
+        GeoRecord::default()
     }
 }
 
@@ -106,97 +88,158 @@ impl Verdict {
     }
 }
 
-/// Entries of one tenant, per family, before they are built into tables.
-type TenantEntries = (Vec<Entry<u32>>, Vec<Entry<u128>>);
-
-/// One tenant's tables.
-#[derive(Default)]
+/// One tenant's rules at one instant.
+#[derive(Clone)]
 struct TenantIndex {
+    /// Shared with the generations before and after as long as no IP rule of the tenant changes.
+    ip: Arc<IpTables>,
+    /// `None` while the tenant has no ASN or country rule: its decisions never read geo data.
+    geo: Option<Arc<GeoRules>>,
+}
+
+/// One tenant's IP rules.
+struct IpTables {
     v4: Table<u32>,
     v6: Table<u128>,
 }
 
-/// A set of tables and the geo data they were compiled with.
+impl IpTables {
+    fn build(v4: Vec<Entry<u32>>, v6: Vec<Entry<u128>>) -> Self {
+        Self {
+            v4: Table::build(v4),
+            v6: Table::build(v6),
+        }
+    }
+}
+
+/// Every tenant's rules, and the geo data their ASN and country rules are matched by.
 struct Generation {
     /// Indexed by tenant id (small, dense integers).
-    tenants: Vec<Option<Arc<TenantIndex>>>,
-    networks: Arc<dyn Networks>,
+    tenants: Vec<Option<TenantIndex>>,
+    geo: Arc<dyn Locate>,
 }
 
 impl Generation {
     fn tenant(&self, tenant: TenantId) -> Option<&TenantIndex> {
         let slot = usize::try_from(tenant.0).ok()?;
-        self.tenants.get(slot)?.as_deref()
+        self.tenants.get(slot)?.as_ref()
     }
 }
 
-/// One tenant's tables at one instant. Holding it keeps that generation alive, so hold it
-/// only while answering: a rebuild frees the old generation when the last view goes.
+/// What an answer shows about one address, all from one generation.
+#[derive(Debug)]
+pub struct Lookup<'a> {
+    pub verdict: Verdict,
+    /// The record the ASN and country rules among `rules` were matched by.
+    pub geo: GeoRecord,
+    /// Every active rule covering the address: IP rules deepest prefix first, then the rules
+    /// naming its ASN, then those naming its country.
+    pub rules: Vec<&'a RuleRef>,
+}
+
+/// One tenant's rules at one instant. Holding it keeps that generation alive, so hold it only
+/// while answering: every change frees the generation before it when its last view goes.
 pub struct View {
     generation: Guard<Arc<Generation>>,
     tenant: TenantId,
 }
 
 impl View {
-    /// The ASN and country of `ip` by the geo data these tables were compiled with.
+    /// The ASN and country of `ip` by the geo data of this generation.
     pub fn locate(&self, ip: IpAddr) -> GeoRecord {
-        self.generation.networks.locate(ip)
+        self.generation.geo.locate(ip)
     }
 
-    /// The verdict and every active rule covering the address, deepest prefix first.
+    /// The verdict and every active rule covering the address (see [`Lookup::rules`]). Reads
+    /// the geo data only for a tenant with ASN or country rules.
     pub fn lookup(&self, ip: IpAddr, now: UnixMillis) -> (Verdict, Vec<&RuleRef>) {
+        let ip = normalize_ip(ip);
+        let has_geo_rules = self
+            .generation
+            .tenant(self.tenant)
+            .is_some_and(|index| index.geo.is_some());
+        let geo = if has_geo_rules {
+            self.locate(ip)
+        } else {
+            GeoRecord::default()
+        };
+        let found = self.lookup_by(ip, now, geo);
+        (found.verdict, found.rules)
+    }
+
+    /// A full answer: the verdict, the address's geo record and the rules covering it, with one
+    /// geo look-up that both the answer's ASN and country and its rules come from.
+    pub fn lookup_with_geo(&self, ip: IpAddr, now: UnixMillis) -> Lookup<'_> {
+        let ip = normalize_ip(ip);
+        // Geo first: its reads are independent of the tables', so the processor overlaps the
+        // tables' first misses to memory with the geo look-up's last ones.
+        let geo = self.locate(ip);
+        self.lookup_by(ip, now, geo)
+    }
+
+    fn lookup_by(&self, ip: IpAddr, now: UnixMillis, geo: GeoRecord) -> Lookup<'_> {
         let Some(index) = self.generation.tenant(self.tenant) else {
-            return (Verdict::default(), Vec::new());
+            return Lookup {
+                verdict: Verdict::default(),
+                geo,
+                rules: Vec::new(),
+            };
         };
-        // A rule reaches an address through one of its networks at most: the networks of an
-        // ASN or a country do not overlap, so no rule is listed twice.
-        let rules = match normalize_ip(ip) {
-            IpAddr::V4(v4) => index.v4.matches(u32::from(v4), now),
-            IpAddr::V6(v6) => index.v6.matches(u128::from(v6), now),
+        let mut rules = match ip {
+            IpAddr::V4(v4) => index.ip.v4.matches(u32::from(v4), now),
+            IpAddr::V6(v6) => index.ip.v6.matches(u128::from(v6), now),
         };
+        if let Some(geo_rules) = &index.geo {
+            geo_rules.matches(geo, now, &mut rules);
+        }
         let allowed = rules.iter().any(|r| r.action == RuleAction::Allow);
         let verdict = Verdict {
             blocked: !allowed && rules.iter().any(|r| r.action == RuleAction::Block),
             allowed,
         };
-        (verdict, rules)
+        Lookup {
+            verdict,
+            geo,
+            rules,
+        }
     }
 }
 
-struct WriterState {
-    /// Last change applied.
-    seq: u64,
-    /// While a rebuild runs: the changes applied meanwhile, to replay onto the new tables.
-    recording: Option<Vec<Change>>,
+/// A rebuild was refused: the index had already applied changes newer than its snapshot, which
+/// the snapshot may lack. Read a new snapshot and try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the index has applied change {applied}, newer than the snapshot (change {snapshot})")]
+pub struct StaleSnapshot {
+    pub snapshot: u64,
+    pub applied: u64,
 }
 
 pub struct Index {
     current: ArcSwap<Generation>,
-    writer: Mutex<WriterState>,
+    /// The last change applied. Held while a new generation is made from the current one, so
+    /// that two writers never publish over each other.
+    writer: Mutex<u64>,
 }
 
 impl Index {
-    pub fn new(networks: Arc<dyn Networks>) -> Self {
+    pub fn new(geo: Arc<dyn Locate>) -> Self {
         Self {
             current: ArcSwap::from_pointee(Generation {
                 tenants: Vec::new(),
-                networks,
+                geo,
             }),
-            writer: Mutex::new(WriterState {
-                seq: 0,
-                recording: None,
-            }),
+            writer: Mutex::new(0),
         }
     }
 
-    fn writer(&self) -> MutexGuard<'_, WriterState> {
+    fn writer(&self) -> MutexGuard<'_, u64> {
         // A panic while holding the lock leaves tables that are still each consistent; keep going.
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The last change the index reflects.
     pub fn seq(&self) -> u64 {
-        self.writer().seq
+        *self.writer()
     }
 
     /// Blocked or not: the hot path.
@@ -205,14 +248,21 @@ impl Index {
         let Some(index) = generation.tenant(tenant) else {
             return Verdict::default();
         };
-        let span = match normalize_ip(ip) {
-            IpAddr::V4(v4) => index.v4.span(u32::from(v4)),
-            IpAddr::V6(v6) => index.v6.span(u128::from(v6)),
+        let ip = normalize_ip(ip);
+        let mut span = match ip {
+            IpAddr::V4(v4) => index.ip.v4.span(u32::from(v4)),
+            IpAddr::V6(v6) => index.ip.v6.span(u128::from(v6)),
         };
+        // Tenants without ASN or country rules pay this one branch.
+        if let Some(geo_rules) = &index.geo
+            && geo_rules.could_change(span, now)
+        {
+            span = span.widen(geo_rules.span(generation.geo.locate(ip)));
+        }
         Verdict::of(span, now)
     }
 
-    /// The tables of `tenant` as they stand now, for listings that borrow the rule records
+    /// The rules of `tenant` as they stand now, for listings that borrow the rule records
     /// instead of counting references to them (an atomic write to each record's cache line).
     pub fn view(&self, tenant: TenantId) -> View {
         View {
@@ -221,14 +271,23 @@ impl Index {
         }
     }
 
-    /// Replaces all tables with ones built from `snapshot` (and `networks`, when given), then
-    /// replays the changes applied since the snapshot was taken.
-    ///
-    /// Call [`Index::begin_rebuild`] before reading the snapshot so that no change slips between
-    /// the snapshot and the swap.
-    pub fn rebuild(&self, snapshot: Snapshot, networks: Option<Arc<dyn Networks>>) {
-        let networks = networks.unwrap_or_else(|| self.current.load().networks.clone());
-        let mut by_tenant: HashMap<TenantId, TenantEntries> = HashMap::new();
+    /// Publishes `geo` as the data that ASN and country rules are matched by, beside the same
+    /// tables: one swap, after which every look-up uses the new data for both the rules and the
+    /// answer's ASN and country.
+    pub fn set_geo(&self, geo: Arc<dyn Locate>) {
+        // Under the writer lock: a change being applied would otherwise publish its generation,
+        // made from the current one, over this one.
+        let _writer = self.writer();
+        let tenants = self.current.load().tenants.clone();
+        self.current.store(Arc::new(Generation { tenants, geo }));
+    }
+
+    /// Replaces every tenant's rules with those of `snapshot` (start-up). Refused when the index
+    /// has applied a change newer than the snapshot, which the snapshot may not hold: publishing
+    /// it would hide an acknowledged write from look-ups.
+    pub fn rebuild(&self, snapshot: Snapshot) -> Result<(), StaleSnapshot> {
+        type Rules = (Vec<Entry<u32>>, Vec<Entry<u128>>, GeoRules);
+        let mut by_tenant: HashMap<TenantId, Rules> = HashMap::new();
         for rule in snapshot.rules {
             let rule_ref = Arc::new(RuleRef {
                 id: rule.id,
@@ -237,59 +296,50 @@ impl Index {
                 expires_at: rule.expires_at,
                 name: rule.name.map(Arc::from),
             });
-            let (v4, v6) = by_tenant.entry(rule.tenant).or_default();
-            push_entries(&rule_ref, &*networks, v4, v6);
+            let (v4, v6, geo) = by_tenant.entry(rule.tenant).or_default();
+            match rule.target {
+                Target::Ip(net) => push_entry(net, rule_ref, v4, v6),
+                Target::Asn(_) | Target::Country(_) => geo.put(rule_ref),
+            }
         }
-        let mut tenants: Vec<Option<Arc<TenantIndex>>> = Vec::new();
-        for (tenant, (v4, v6)) in by_tenant {
+        let mut tenants: Vec<Option<TenantIndex>> = Vec::new();
+        for (tenant, (v4, v6, mut geo)) in by_tenant {
             let Ok(slot) = usize::try_from(tenant.0) else {
                 continue;
             };
             if tenants.len() <= slot {
                 tenants.resize_with(slot + 1, || None);
             }
-            tenants[slot] = Some(Arc::new(TenantIndex {
-                v4: Table::build(v4),
-                v6: Table::build(v6),
-            }));
+            geo.refresh();
+            tenants[slot] = Some(TenantIndex {
+                ip: Arc::new(IpTables::build(v4, v6)),
+                geo: (!geo.is_empty()).then(|| Arc::new(geo)),
+            });
         }
 
-        let mut state = self.writer();
-        let missed = state.recording.take().unwrap_or_default();
-        let built = Generation { tenants, networks };
-        // The changes committed while the snapshot was being built go onto the new tables
-        // before they are published: published alone, they would hide acknowledged writes from
-        // look-ups until the replay landed.
-        let replay: Vec<&Change> = missed.iter().filter(|c| c.seq > snapshot.seq).collect();
-        self.current.store(Arc::new(patched(&built, &replay)));
-        // Every recorded change was applied to the old tables first, so `seq` already covers
-        // them; a snapshot can only be newer than it.
-        state.seq = state.seq.max(snapshot.seq);
+        let mut seq = self.writer();
+        if *seq > snapshot.seq {
+            return Err(StaleSnapshot {
+                snapshot: snapshot.seq,
+                applied: *seq,
+            });
+        }
+        let geo = self.current.load().geo.clone();
+        self.current.store(Arc::new(Generation { tenants, geo }));
+        *seq = snapshot.seq;
+        Ok(())
     }
 
-    /// Starts recording applied changes for a rebuild about to read its snapshot.
-    pub fn begin_rebuild(&self) {
-        self.writer().recording = Some(Vec::new());
-    }
-
-    /// Stops recording when a rebuild is abandoned (its snapshot could not be read).
-    pub fn abandon_rebuild(&self) {
-        self.writer().recording = None;
-    }
-
-    fn apply_locked(&self, state: &mut WriterState, changes: &[Change]) {
-        let fresh: Vec<&Change> = changes.iter().filter(|c| c.seq > state.seq).collect();
+    fn apply_locked(&self, seq: &mut u64, changes: &[Change]) {
+        let fresh: Vec<&Change> = changes.iter().filter(|c| c.seq > *seq).collect();
         let Some(last) = fresh.last() else {
             return;
         };
         let last_seq = last.seq;
-        if let Some(recording) = &mut state.recording {
-            recording.extend(fresh.iter().map(|c| (*c).clone()));
-        }
         // Every change of this call becomes visible at once.
         let next = patched(&self.current.load(), &fresh);
         self.current.store(Arc::new(next));
-        state.seq = last_seq;
+        *seq = last_seq;
     }
 
     /// Prefixes held and heap bytes used, over all tenants.
@@ -297,9 +347,15 @@ impl Index {
         let generation = self.current.load();
         let mut tables = TableStats::default();
         let mut rules = HashMap::new();
+        let (mut geo_rules, mut geo_bytes) = (0, 0);
         for tenant in generation.tenants.iter().flatten() {
-            tables += tenant.v4.stats(&mut rules);
-            tables += tenant.v6.stats(&mut rules);
+            tables += tenant.ip.v4.stats(&mut rules);
+            tables += tenant.ip.v6.stats(&mut rules);
+            if let Some(geo) = &tenant.geo {
+                let (count, bytes) = geo.stats(&mut rules);
+                geo_rules += count;
+                geo_bytes += bytes;
+            }
         }
         let rule_bytes = rules
             .values()
@@ -309,6 +365,8 @@ impl Index {
             prefixes: tables.prefixes,
             table_bytes: tables.hot + tables.intervals + tables.nodes + tables.rule_lists,
             rule_bytes,
+            geo_rules,
+            geo_bytes,
             tables,
         }
     }
@@ -316,23 +374,33 @@ impl Index {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct IndexStats {
-    /// Distinct prefixes, counted once per bucket they are stored in.
+    /// Distinct prefixes of IP rules, counted once per bucket they are stored in.
     pub prefixes: usize,
     pub table_bytes: usize,
-    /// The rule records the tables point to (one per rule, whatever its number of prefixes).
+    /// The rule records the tables and the ASN and country maps point to (one per rule,
+    /// whatever its number of prefixes).
     pub rule_bytes: usize,
+    /// ASN and country rules, and the heap bytes of the maps that hold them.
+    pub geo_rules: usize,
+    pub geo_bytes: usize,
     pub tables: TableStats,
 }
 
 impl ChangeSink for Index {
     fn apply(&self, changes: &[Change]) {
-        let mut state = self.writer();
-        self.apply_locked(&mut state, changes);
+        let mut seq = self.writer();
+        self.apply_locked(&mut seq, changes);
     }
 
     fn reset(&self, snapshot: &Snapshot) {
-        self.begin_rebuild();
-        self.rebuild(snapshot.clone(), None);
+        // The feed hands snapshots on in order, so one can never be older than what was
+        // applied; if it were, keeping the newer tables is the safe side.
+        if let Err(stale) = self.rebuild(snapshot.clone()) {
+            tracing::error!(
+                ?stale,
+                "the feed handed on a stale snapshot; kept the newer rules"
+            );
+        }
     }
 }
 
@@ -357,68 +425,81 @@ fn patched(base: &Generation, changes: &[&Change]) -> Generation {
         let Ok(slot) = usize::try_from(tenant.0) else {
             continue;
         };
-        let (mut add4, mut add6, mut del4, mut del6) = (vec![], vec![], vec![], vec![]);
-        for change in changes {
-            for net in networks_of(&change.target, &*base.networks) {
-                match net {
-                    IpNet::V4(n) => {
-                        del4.push((u32::from(n.network()), n.prefix_len(), change.rule_id))
-                    }
-                    IpNet::V6(n) => {
-                        del6.push((u128::from(n.network()), n.prefix_len(), change.rule_id))
-                    }
-                }
-            }
-            if change.op == ChangeOp::Put {
-                let rule_ref = Arc::new(RuleRef {
-                    id: change.rule_id,
-                    action: change.action,
-                    target: change.target,
-                    expires_at: change.expires_at,
-                    name: change.name.as_deref().map(Arc::from),
-                });
-                push_entries(&rule_ref, &*base.networks, &mut add4, &mut add6);
-            }
-        }
         if tenants.len() <= slot {
             tenants.resize_with(slot + 1, || None);
         }
-        let updated = match tenants[slot].as_deref() {
-            Some(current) => TenantIndex {
-                v4: current.v4.updated(add4, del4),
-                v6: current.v6.updated(add6, del6),
-            },
-            None => TenantIndex {
-                v4: Table::build(add4),
-                v6: Table::build(add6),
-            },
+        let (mut add4, mut add6, mut del4, mut del6) = (vec![], vec![], vec![], vec![]);
+        let mut geo_changes = Vec::new();
+        for change in changes {
+            let Target::Ip(net) = change.target else {
+                geo_changes.push(change);
+                continue;
+            };
+            match net {
+                IpNet::V4(n) => del4.push((u32::from(n.network()), n.prefix_len(), change.rule_id)),
+                IpNet::V6(n) => {
+                    del6.push((u128::from(n.network()), n.prefix_len(), change.rule_id))
+                }
+            }
+            if change.op == ChangeOp::Put {
+                push_entry(net, rule_ref(change), &mut add4, &mut add6);
+            }
+        }
+        let current = tenants[slot].take();
+        let ip = match &current {
+            Some(current)
+                if add4.is_empty() && add6.is_empty() && del4.is_empty() && del6.is_empty() =>
+            {
+                current.ip.clone()
+            }
+            Some(current) => Arc::new(IpTables {
+                v4: current.ip.v4.updated(add4, del4),
+                v6: current.ip.v6.updated(add6, del6),
+            }),
+            None => Arc::new(IpTables::build(add4, add6)),
         };
-        tenants[slot] = Some(Arc::new(updated));
+        let mut geo = current.and_then(|current| current.geo);
+        if !geo_changes.is_empty() {
+            // Copies the shard pointers and, below, each shard edited: never the tables.
+            let mut rules = geo.as_deref().cloned().unwrap_or_default();
+            for change in geo_changes {
+                rules.remove(change.rule_id, &change.target);
+                if change.op == ChangeOp::Put {
+                    rules.put(rule_ref(change));
+                }
+            }
+            rules.refresh();
+            geo = (!rules.is_empty()).then(|| Arc::new(rules));
+        }
+        tenants[slot] = Some(TenantIndex { ip, geo });
     }
     Generation {
         tenants,
-        networks: base.networks.clone(),
+        geo: base.geo.clone(),
     }
 }
 
-fn push_entries(
-    rule: &Arc<RuleRef>,
-    networks: &dyn Networks,
-    v4: &mut Vec<Entry<u32>>,
-    v6: &mut Vec<Entry<u128>>,
-) {
-    for net in networks_of(&rule.target, networks) {
-        match net {
-            IpNet::V4(n) => v4.push(Entry {
-                start: u32::from(n.network()),
-                len: n.prefix_len(),
-                rule: rule.clone(),
-            }),
-            IpNet::V6(n) => v6.push(Entry {
-                start: u128::from(n.network()),
-                len: n.prefix_len(),
-                rule: rule.clone(),
-            }),
-        }
+fn rule_ref(change: &Change) -> Arc<RuleRef> {
+    Arc::new(RuleRef {
+        id: change.rule_id,
+        action: change.action,
+        target: change.target,
+        expires_at: change.expires_at,
+        name: change.name.as_deref().map(Arc::from),
+    })
+}
+
+fn push_entry(net: IpNet, rule: Arc<RuleRef>, v4: &mut Vec<Entry<u32>>, v6: &mut Vec<Entry<u128>>) {
+    match net {
+        IpNet::V4(n) => v4.push(Entry {
+            start: u32::from(n.network()),
+            len: n.prefix_len(),
+            rule,
+        }),
+        IpNet::V6(n) => v6.push(Entry {
+            start: u128::from(n.network()),
+            len: n.prefix_len(),
+            rule,
+        }),
     }
 }

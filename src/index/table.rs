@@ -8,7 +8,7 @@
 //!   bytes and two comparisons with "now". Before that, two 256-bit masks of the bucket's
 //!   third-byte blocks (a /24 in IPv4) answer most addresses from the bucket's first record
 //!   alone: the blocks no prefix touches, and the blocks wholly inside one interval of block
-//!   rules with the bucket's most common expiry (a country or an ASN blocked for good, say);
+//!   rules with the bucket's most common expiry (a blocklist loaded in one go, say);
 //! - for listings and changes, as its distinct prefixes (see [`nodes`]): sorted first addresses,
 //!   lengths and parent links (after the decision intervals, in the same allocation), and each
 //!   prefix's own rules, one run after the other, in another. The prefixes form a laminar
@@ -153,8 +153,7 @@ fn bucket_key<A: Addr>(addr: A) -> u16 {
     (u16::from(addr.byte(0)) << 8) | u16::from(addr.byte(1))
 }
 
-/// A prefix and the rule it was compiled from (an IP rule's own range, or one network of an ASN
-/// or country).
+/// A prefix and the IP rule it was compiled from.
 #[derive(Clone)]
 pub struct Entry<A> {
     pub start: A,
@@ -181,19 +180,19 @@ pub const NONE: i64 = i64::MIN;
 pub const FOREVER: i64 = i64::MAX;
 
 impl Span {
-    const EMPTY: Span = Span {
+    pub(super) const EMPTY: Span = Span {
         block_until: NONE,
         allow_until: NONE,
     };
 
-    fn widen(self, other: Span) -> Span {
+    pub(super) fn widen(self, other: Span) -> Span {
         Span {
             block_until: self.block_until.max(other.block_until),
             allow_until: self.allow_until.max(other.allow_until),
         }
     }
 
-    fn of(rule: &RuleRef) -> Span {
+    pub(super) fn of(rule: &RuleRef) -> Span {
         let until = rule.expires_at.map_or(FOREVER, |t| t.0);
         match rule.action {
             RuleAction::Block => Span {
@@ -439,9 +438,8 @@ impl<A: Addr> Table<A> {
         }
     }
 
-    /// The active rules covering `addr`, as a listing shows them: IP ranges deepest first, then
-    /// ASN, then country. The decision follows from them, so a listing does not search the
-    /// decision intervals as well.
+    /// The active rules covering `addr`, deepest prefix first. The decision follows from them,
+    /// so a listing does not search the decision intervals as well.
     pub fn matches(&self, addr: A, now: UnixMillis) -> Vec<&RuleRef> {
         let Some(hot) = self.hot(addr) else {
             return Vec::new();
@@ -463,8 +461,6 @@ impl<A: Addr> Table<A> {
             );
             node = nodes.parent(n);
         }
-        // Stable: IP ranges keep their deepest-first order.
-        found.sort_by_key(|rule| rule.target.kind());
         found
     }
 
@@ -526,7 +522,7 @@ impl<A: Addr> Table<A> {
         table
     }
 
-    /// Builds a table from scratch (start-up, or after the geo data changed).
+    /// Builds a table from scratch (start-up).
     pub fn build(entries: impl IntoIterator<Item = Entry<A>>) -> Self {
         let mut by_bucket: std::collections::BTreeMap<u16, Vec<Entry<A>>> = Default::default();
         for entry in entries {

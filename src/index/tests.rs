@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::geo::GeoRecord;
-use crate::rules::{Asn, CountryCode, Rule, Source};
+use crate::rules::{Asn, CountryCode, Kind, Rule, Source};
 
 const T1: TenantId = TenantId(1);
 const T2: TenantId = TenantId(2);
@@ -19,12 +19,12 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        Self::with(Arc::new(NoNetworks))
+        Self::with(Arc::new(NoGeo))
     }
 
-    fn with(networks: Arc<dyn Networks>) -> Self {
+    fn with(geo: Arc<dyn Locate>) -> Self {
         Self {
-            index: Index::new(networks),
+            index: Index::new(geo),
             seq: 0,
         }
     }
@@ -124,7 +124,7 @@ fn edges_of_the_address_space() {
     assert!(f.blocked("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
     assert!(f.blocked("::1"));
     assert!(!f.blocked("1::"));
-    // A /0 (possible through geo data) reaches every bucket.
+    // A /0 reaches every bucket.
     f.block(5, "0.0.0.0/0");
     assert_eq!(f.matched("123.45.67.89"), [5]);
     assert_eq!(f.matched("255.255.255.255"), [2, 5]);
@@ -349,33 +349,88 @@ fn block_rule(id: RuleId, target: &str) -> Rule {
     }
 }
 
-struct FixedNetworks;
+/// Geo data from a list of disjoint networks, each with its ASN and country: what an address
+/// locates to, and the networks an ASN or a country covers (what the index used to compile ASN
+/// and country rules into).
+struct SyntheticGeo {
+    rows: Vec<(IpNet, Option<Asn>, Option<CountryCode>)>,
+    /// Calls to `locate`, for tests that count work.
+    located: std::sync::atomic::AtomicUsize,
+}
 
-impl Networks for FixedNetworks {
-    fn networks(&self, target: &Target) -> Vec<IpNet> {
-        let nets: &[&str] = match target {
-            Target::Asn(asn) if asn.get() == 64500 => &["192.0.2.0/24", "2001:db8:64::/48"],
-            Target::Country(code) if code.as_str() == "FR" => {
-                &["198.51.100.0/25", "203.0.113.0/24"]
-            }
-            _ => &[],
-        };
-        nets.iter().map(|n| n.parse().unwrap()).collect()
+impl SyntheticGeo {
+    fn new(rows: &[(&str, Option<u32>, Option<&str>)]) -> Self {
+        Self::of(
+            rows.iter()
+                .map(|(net, asn, country)| {
+                    (
+                        net.parse().unwrap(),
+                        asn.and_then(Asn::new),
+                        country.and_then(CountryCode::parse),
+                    )
+                })
+                .collect(),
+        )
     }
 
-    fn locate(&self, ip: IpAddr) -> GeoRecord {
-        let inside = |net: &str| net.parse::<IpNet>().unwrap().contains(&ip);
-        GeoRecord {
-            asn: inside("192.0.2.0/24").then(|| Asn::new(64500)).flatten(),
-            country: inside("203.0.113.0/24")
-                .then(|| CountryCode::parse("FR"))
-                .flatten(),
+    fn of(rows: Vec<(IpNet, Option<Asn>, Option<CountryCode>)>) -> Self {
+        Self {
+            rows,
+            located: Default::default(),
         }
+    }
+
+    fn networks(&self, target: &Target) -> Vec<IpNet> {
+        match target {
+            Target::Ip(net) => vec![*net],
+            Target::Asn(asn) => self
+                .rows
+                .iter()
+                .filter(|row| row.1 == Some(*asn))
+                .map(|row| row.0)
+                .collect(),
+            Target::Country(code) => self
+                .rows
+                .iter()
+                .filter(|row| row.2 == Some(*code))
+                .map(|row| row.0)
+                .collect(),
+        }
+    }
+
+    fn located(&self) -> usize {
+        self.located.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
+impl Locate for SyntheticGeo {
+    fn locate(&self, ip: IpAddr) -> GeoRecord {
+        self.located
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ip = normalize_ip(ip);
+        self.rows
+            .iter()
+            .find(|row| row.0.contains(&ip))
+            .map_or(GeoRecord::default(), |row| GeoRecord {
+                asn: row.1,
+                country: row.2,
+            })
+    }
+}
+
+/// AS64500 in 192.0.2.0/24 (no country) and 2001:db8:64::/48; FR in 198.51.100.0/25 and
+/// 203.0.113.0/24.
+fn fixed_geo() -> SyntheticGeo {
+    SyntheticGeo::new(&[
+        ("192.0.2.0/24", Some(64500), None),
+        ("2001:db8:64::/48", Some(64500), None),
+        ("198.51.100.0/25", None, Some("FR")),
+        ("203.0.113.0/24", None, Some("FR")),
+    ])
+}
+
 #[test]
-fn answers_locate_addresses_by_the_geo_data_their_rules_were_compiled_with() {
+fn answers_locate_addresses_by_the_geo_data_their_rules_are_matched_by() {
     let mut f = Fixture::new();
     f.change(T1, 1, ChangeOp::Put, RuleAction::Block, "AS64500", None);
     let ip: IpAddr = "192.0.2.9".parse().unwrap();
@@ -383,12 +438,7 @@ fn answers_locate_addresses_by_the_geo_data_their_rules_were_compiled_with() {
     assert!(!f.blocked("192.0.2.9"));
 
     // New geo data: the ASN and the rule's networks change together, at the swap.
-    f.index.begin_rebuild();
-    let snapshot = Snapshot {
-        seq: f.seq,
-        rules: vec![block_rule(1, "AS64500")],
-    };
-    f.index.rebuild(snapshot, Some(Arc::new(FixedNetworks)));
+    f.index.set_geo(Arc::new(fixed_geo()));
     let located = f.index.view(T1).locate(ip);
     assert_eq!(located.asn, Asn::new(64500));
     assert_eq!(located.country, None);
@@ -396,8 +446,8 @@ fn answers_locate_addresses_by_the_geo_data_their_rules_were_compiled_with() {
 }
 
 #[test]
-fn asn_and_country_rules_compile_into_their_networks() {
-    let mut f = Fixture::with(Arc::new(FixedNetworks));
+fn asn_and_country_rules_cover_the_networks_of_their_target() {
+    let mut f = Fixture::with(Arc::new(fixed_geo()));
     f.change(T1, 1, ChangeOp::Put, RuleAction::Block, "AS64500", None);
     f.change(T1, 2, ChangeOp::Put, RuleAction::Block, "FR", None);
     assert_eq!(f.matched("192.0.2.9"), [1]);
@@ -410,11 +460,277 @@ fn asn_and_country_rules_compile_into_their_networks() {
     assert!(f.blocked("203.0.113.1"));
 }
 
+/// IP rules first, deepest prefix first; then the ASN's rules and the country's, each by id.
+/// An allow rule of any kind wins, and expiry counts to the instant for every kind.
 #[test]
-fn rebuild_replays_what_happened_meanwhile() {
-    let mut f = Fixture::with(Arc::new(FixedNetworks));
+fn asn_and_country_rules_list_after_ip_rules_and_follow_the_same_verdicts() {
+    let geo = SyntheticGeo::new(&[("192.0.2.0/24", Some(64500), Some("FR"))]);
+    let mut f = Fixture::with(Arc::new(geo));
+    f.change(
+        T1,
+        1,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "FR",
+        Some(NOW.0 + 10),
+    );
+    f.change(T1, 2, ChangeOp::Put, RuleAction::Block, "AS64500", None);
+    f.block(3, "192.0.2.0/24");
+    f.block(4, "192.0.2.7");
+    f.change(
+        T1,
+        5,
+        ChangeOp::Put,
+        RuleAction::Allow,
+        "AS64500",
+        Some(NOW.0 + 5),
+    );
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    let at = |ms: i64| UnixMillis(NOW.0 + ms);
+    let listed = |ms: i64| -> Vec<RuleId> {
+        let view = f.index.view(T1);
+        let found = view.lookup_with_geo(ip, at(ms));
+        assert_eq!(found.geo.asn, Asn::new(64500));
+        assert_eq!(found.verdict, f.index.decide(T1, ip, at(ms)), "+{ms} ms");
+        found.rules.iter().map(|r| r.id).collect()
+    };
+    assert_eq!(listed(0), [4, 3, 2, 5, 1]);
+    assert!(f.index.decide(T1, ip, at(4)).allowed);
+    // The allow rule has expired at +5 ms, the country rule at +10 ms.
+    assert_eq!(listed(5), [4, 3, 2, 1]);
+    assert!(f.index.decide(T1, ip, at(5)).blocked);
+    assert_eq!(listed(10), [4, 3, 2]);
+    // A geo allow rule wins over IP block rules, too.
+    assert!(
+        f.index
+            .decide(T1, "192.0.2.7".parse().unwrap(), at(0))
+            .allowed
+    );
+    assert!(
+        !f.index
+            .decide(T1, "192.0.2.7".parse().unwrap(), at(0))
+            .blocked
+    );
+}
+
+/// The tables of one tenant's IP rules, and its ASN and country rules, as published now.
+fn tenant_parts(index: &Index, tenant: TenantId) -> (Arc<IpTables>, Option<Arc<GeoRules>>) {
+    let generation = index.current.load();
+    let found = generation.tenant(tenant).unwrap();
+    (found.ip.clone(), found.geo.clone())
+}
+
+#[test]
+fn an_asn_or_country_rule_change_leaves_the_tables_alone() {
+    let geo = Arc::new(fixed_geo());
+    let mut f = Fixture::with(geo.clone());
+    f.block(1, "10.0.0.0/8");
+    f.change(T2, 2, ChangeOp::Put, RuleAction::Block, "10.1.0.0/16", None);
+    let (tables, _) = tenant_parts(&f.index, T1);
+    let other = tenant_parts(&f.index, T2);
+    let prefixes = f.index.stats().prefixes;
+
+    f.block(3, "AS64500");
+    f.change(T1, 4, ChangeOp::Put, RuleAction::Allow, "FR", None);
+    f.change(T1, 3, ChangeOp::Delete, RuleAction::Block, "AS64500", None);
+    f.block(5, "AS64500");
+    let (after, geo_rules) = tenant_parts(&f.index, T1);
+    assert!(Arc::ptr_eq(&tables, &after), "the IP tables were rebuilt");
+    assert_eq!(geo_rules.map(|g| g.stats(&mut HashMap::new()).0), Some(2));
+    assert_eq!(f.index.stats().prefixes, prefixes);
+    assert_eq!(f.index.stats().geo_rules, 2);
+    // Nothing was asked of the geo data, and the other tenant's rules are the same values.
+    assert_eq!(geo.located(), 0);
+    let (other_tables, other_geo) = tenant_parts(&f.index, T2);
+    assert!(Arc::ptr_eq(&other.0, &other_tables) && other_geo.is_none());
+    assert!(f.blocked("192.0.2.1") && f.blocked("10.9.9.9"));
+
+    // With its last ASN or country rule gone, a tenant's decisions no longer read geo data.
+    f.change(T1, 4, ChangeOp::Delete, RuleAction::Allow, "FR", None);
+    f.change(T1, 5, ChangeOp::Delete, RuleAction::Block, "AS64500", None);
+    assert!(tenant_parts(&f.index, T1).1.is_none());
+    assert!(!f.blocked("192.0.2.1"));
+    assert_eq!(
+        geo.located(),
+        2,
+        "only the decisions while geo rules existed"
+    );
+}
+
+/// Every code `CountryCode::parse` accepts: the officially assigned ones.
+fn every_country() -> Vec<CountryCode> {
+    (b'A'..=b'Z')
+        .flat_map(|a| (b'A'..=b'Z').map(move |b| [a, b]))
+        .filter_map(|code| CountryCode::parse(std::str::from_utf8(&code).unwrap()))
+        .collect()
+}
+
+/// One tenant blocking every country used to expand into every network of the geo data, on the
+/// single thread that applies every tenant's changes. Now it is one map entry per country: no
+/// table work, no geo look-up, and the other tenant's rules are left as they were.
+#[test]
+fn one_tenant_blocking_every_country_does_no_work_for_another() {
+    let countries = every_country();
+    assert_eq!(countries.len(), 249);
+    // Geo data in which every country has networks, so expanding them would be real work.
+    let geo = Arc::new(SyntheticGeo::of(
+        countries
+            .iter()
+            .enumerate()
+            .map(|(i, code)| {
+                let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from((i as u32 + 1) << 24), 8);
+                (net.unwrap().into(), None, Some(*code))
+            })
+            .collect(),
+    ));
+    let mut f = Fixture::with(geo.clone());
+    f.block(1, "7.7.7.0/24");
+    f.change(T2, 2, ChangeOp::Put, RuleAction::Block, "10.0.0.0/8", None);
+    let before = f.index.stats();
+    let bystander = tenant_parts(&f.index, T1);
+    let (own_tables, _) = tenant_parts(&f.index, T2);
+
+    let changes: Vec<Change> = countries
+        .iter()
+        .enumerate()
+        .map(|(i, code)| Change {
+            seq: f.seq + 1 + i as u64,
+            tenant: T2,
+            rule_id: 100 + i as i64,
+            op: ChangeOp::Put,
+            action: RuleAction::Block,
+            target: Target::Country(*code),
+            expires_at: None,
+            name: None,
+            at: NOW,
+        })
+        .collect();
+    f.seq += changes.len() as u64;
+    f.index.apply(&changes);
+
+    let after = f.index.stats();
+    assert_eq!(after.prefixes, before.prefixes, "no prefix was compiled");
+    assert_eq!(after.table_bytes, before.table_bytes);
+    assert_eq!(after.geo_rules, 249);
+    assert!(
+        after.geo_bytes < 256 * 1024,
+        "{} bytes for 249 rules",
+        after.geo_bytes
+    );
+    assert_eq!(geo.located(), 0, "applying looked addresses up");
+    let (t1_tables, t1_geo) = tenant_parts(&f.index, T1);
+    assert!(Arc::ptr_eq(&bystander.0, &t1_tables) && t1_geo.is_none());
+    assert!(Arc::ptr_eq(&own_tables, &tenant_parts(&f.index, T2).0));
+
+    // The bystander's next write and its decisions: its own work only, no geo look-up.
+    f.block(3, "8.8.8.8");
+    for ip in ["7.7.7.7", "8.8.8.8", "9.9.9.9", "1.2.3.4"] {
+        let expected = ip != "9.9.9.9" && ip != "1.2.3.4";
+        assert_eq!(f.blocked(ip), expected, "{ip}");
+    }
+    assert_eq!(geo.located(), 0, "tenant 1 has no geo rules");
+    assert!(Arc::ptr_eq(&own_tables, &tenant_parts(&f.index, T2).0));
+    // And the countries are blocked for tenant 2, one geo look-up per decision.
+    for (i, code) in countries.iter().enumerate().step_by(17) {
+        let ip = IpAddr::from(std::net::Ipv4Addr::from(
+            ((i as u32 + 1) << 24) | 0x0001_0203,
+        ));
+        let view = f.index.view(T2);
+        let found = view.lookup_with_geo(ip, NOW);
+        assert_eq!(found.geo.country, Some(*code));
+        assert!(found.verdict.blocked && f.index.decide(T2, ip, NOW).blocked);
+    }
+    // Inside its own IP block rule, a tenant with only geo block rules needs no geo look-up.
+    let located = geo.located();
+    assert!(f.index.decide(T2, "10.1.1.1".parse().unwrap(), NOW).blocked);
+    assert_eq!(geo.located(), located);
+}
+
+#[test]
+fn a_geo_swap_moves_asn_and_country_rules_at_once() {
+    let old = || {
+        SyntheticGeo::new(&[
+            ("192.0.2.0/24", Some(64500), Some("FR")),
+            ("203.0.113.0/24", Some(64501), Some("DE")),
+        ])
+    };
+    // The operator's new data moves AS64500 and FR to the other network.
+    let new = || {
+        SyntheticGeo::new(&[
+            ("192.0.2.0/24", Some(64501), Some("DE")),
+            ("203.0.113.0/24", Some(64500), Some("FR")),
+        ])
+    };
+    let mut f = Fixture::with(Arc::new(old()));
+    f.block(1, "AS64500");
+    f.change(T1, 2, ChangeOp::Put, RuleAction::Allow, "DE", None);
+    f.block(3, "198.51.100.0/24");
+    let (tables, geo_rules) = tenant_parts(&f.index, T1);
+    let seq = f.index.seq();
+    assert!(f.blocked("192.0.2.1"));
+    assert!(!f.blocked("203.0.113.1"));
+    let before = f.index.view(T1);
+
+    f.index.set_geo(Arc::new(new()));
+    assert!(!f.blocked("192.0.2.1"));
+    assert!(
+        f.index
+            .decide(T1, "192.0.2.1".parse().unwrap(), NOW)
+            .allowed
+    );
+    assert!(f.blocked("203.0.113.1"));
+    assert_eq!(f.matched("203.0.113.1"), [1]);
+    // The same rules: nothing was rebuilt, no change was replayed.
+    let (tables_after, geo_after) = tenant_parts(&f.index, T1);
+    assert!(Arc::ptr_eq(&tables, &tables_after));
+    assert!(Arc::ptr_eq(
+        geo_rules.as_ref().unwrap(),
+        geo_after.as_ref().unwrap()
+    ));
+    assert_eq!(f.index.seq(), seq);
+    // A view taken before the swap keeps answering from the data its rules were matched by.
+    let found = before.lookup_with_geo("192.0.2.1".parse().unwrap(), NOW);
+    assert_eq!(
+        (found.geo.asn, found.verdict.blocked),
+        (Asn::new(64500), true)
+    );
+
+    // A reader during many swaps: an answer's ASN always agrees with the rules it lists. The
+    // swaps go on until the reader has seen both sets of data.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+    let done = AtomicBool::new(false);
+    let seen = [AtomicU64::new(0), AtomicU64::new(0)];
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            while !done.load(SeqCst) {
+                for ip in ["192.0.2.1", "203.0.113.1"] {
+                    let view = f.index.view(T1);
+                    let found = view.lookup_with_geo(ip.parse().unwrap(), NOW);
+                    let ours = found.geo.asn == Asn::new(64500);
+                    let ids: Vec<RuleId> = found.rules.iter().map(|r| r.id).collect();
+                    assert_eq!(ids, if ours { vec![1] } else { vec![2] }, "{found:?}");
+                    assert_eq!(found.verdict.blocked, ours);
+                    assert_eq!(found.verdict.allowed, !ours);
+                    if ip == "192.0.2.1" {
+                        seen[usize::from(ours)].fetch_add(1, SeqCst);
+                    }
+                }
+            }
+        });
+        let mut round = 0;
+        while (round < 500 || seen.iter().any(|n| n.load(SeqCst) == 0)) && !reader.is_finished() {
+            let geo = if round % 2 == 0 { new() } else { old() };
+            f.index.set_geo(Arc::new(geo));
+            round += 1;
+        }
+        done.store(true, SeqCst);
+    });
+}
+
+#[test]
+fn rebuild_refuses_a_snapshot_older_than_what_it_applied() {
+    let mut f = Fixture::with(Arc::new(fixed_geo()));
     f.block(1, "192.0.2.1");
-    f.index.begin_rebuild();
     // The snapshot is read here: it has rule 1 only, at seq 1.
     let snapshot = Snapshot {
         seq: 1,
@@ -430,18 +746,34 @@ fn rebuild_replays_what_happened_meanwhile() {
         "192.0.2.1",
         None,
     );
-    f.index.rebuild(snapshot, None);
+    assert_eq!(
+        f.index.rebuild(snapshot),
+        Err(StaleSnapshot {
+            snapshot: 1,
+            applied: 3
+        })
+    );
+    assert_eq!(f.index.seq(), 3);
+    assert_eq!(f.matched("192.0.2.1"), [2]);
+    assert!(f.blocked("2001:db8:64::5"));
+
+    // The next snapshot holds the changes.
+    let snapshot = Snapshot {
+        seq: 3,
+        rules: vec![block_rule(2, "AS64500")],
+    };
+    assert_eq!(f.index.rebuild(snapshot), Ok(()));
     assert_eq!(f.index.seq(), 3);
     assert_eq!(f.matched("192.0.2.1"), [2]);
     assert!(f.blocked("2001:db8:64::5"));
 }
 
 #[test]
-fn rebuild_never_shows_its_snapshot_without_the_changes_it_replays() {
+fn rebuild_never_hides_a_change_applied_after_its_snapshot() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
     // A reader that sees the epoch odd before and after a look-up ran it while rule 1 was in
     // force: the write had been applied, and its removal had not begun.
-    let index = Index::new(Arc::new(NoNetworks));
+    let index = Index::new(Arc::new(NoGeo));
     let epoch = AtomicU64::new(0);
     let done = AtomicBool::new(false);
     let ip: IpAddr = "192.0.2.1".parse().unwrap();
@@ -470,7 +802,6 @@ fn rebuild_never_shows_its_snapshot_without_the_changes_it_replays() {
         });
         let mut seq = 0;
         for _ in 0..300 {
-            index.begin_rebuild();
             // The snapshot is read here, before the write.
             let snapshot = Snapshot {
                 seq,
@@ -479,11 +810,18 @@ fn rebuild_never_shows_its_snapshot_without_the_changes_it_replays() {
             seq += 1;
             index.apply(&[change(seq, ChangeOp::Put)]);
             epoch.fetch_add(1, SeqCst);
-            index.rebuild(snapshot, None);
+            assert!(index.rebuild(snapshot).is_err());
             assert!(index.decide(T1, ip, NOW).blocked);
             epoch.fetch_add(1, SeqCst);
             seq += 1;
             index.apply(&[change(seq, ChangeOp::Delete)]);
+            // A snapshot taken after the removal is current, and accepted.
+            index
+                .rebuild(Snapshot {
+                    seq,
+                    rules: Vec::new(),
+                })
+                .unwrap();
         }
         done.store(true, SeqCst);
         reader.join().unwrap()
@@ -576,6 +914,171 @@ proptest! {
             let blocked = !allowed && !covering.is_empty();
             prop_assert_eq!(f.index.decide(T1, ip, NOW), Verdict { blocked, allowed });
             prop_assert_eq!(f.index.view(T1).lookup(ip, NOW).1.len(), covering.len());
+        }
+    }
+
+    /// ASN and country rules decided at look-up time answer as the networks of their targets
+    /// did when they were compiled into the tables: against a brute-force scan over those
+    /// networks, beside IP rules, with random actions, expiries and removals, before and after
+    /// a swap to other geo data.
+    #[test]
+    fn geo_rules_answer_as_their_networks(
+        old_rows in proptest::collection::vec((0u32..64, 10u8..=20, 0usize..4, 0usize..4), 1..12),
+        new_rows in proptest::collection::vec((0u32..64, 10u8..=20, 0usize..4, 0usize..4), 1..12),
+        rules in proptest::collection::vec((0u8..3, 0u32..64, 10u8..=24, any::<bool>(), 0usize..3), 1..30),
+        removed in proptest::collection::vec(0usize..30, 0..6),
+        probes in proptest::collection::vec(0u32..(1 << 22), 40),
+    ) {
+        // Everything inside 10.0.0.0/8, so that networks and rules nest and collide often.
+        let addr = |x: u32| std::net::Ipv4Addr::from(0x0a00_0000 | (x << 18));
+        let net = |x: u32, len: u8| -> IpNet {
+            ipnet::Ipv4Net::new(addr(x), len).unwrap().trunc().into()
+        };
+        let asns = ["AS64500", "AS64501", "AS64502"];
+        let countries = ["FR", "DE", "US"];
+        let synthetic = |rows: &[(u32, u8, usize, usize)]| {
+            let mut kept: Vec<(IpNet, Option<Asn>, Option<CountryCode>)> = Vec::new();
+            for (x, len, asn, country) in rows {
+                let n = net(*x, *len);
+                if kept.iter().any(|(k, _, _)| k.contains(&n.network()) || n.contains(&k.network())) {
+                    continue;
+                }
+                kept.push((
+                    n,
+                    asns.get(*asn).and_then(|a| Asn::parse(a)),
+                    countries.get(*country).and_then(|c| CountryCode::parse(c)),
+                ));
+            }
+            SyntheticGeo::of(kept)
+        };
+        let old = Arc::new(synthetic(&old_rows));
+        let new = Arc::new(synthetic(&new_rows));
+
+        let mut f = Fixture::with(old.clone());
+        let mut live = Vec::new();
+        for (i, (kind, x, len, allow, exp)) in rules.iter().enumerate() {
+            let target = match kind {
+                0 => net(*x, *len).to_string(),
+                1 => asns[*x as usize % 3].to_owned(),
+                _ => countries[*x as usize % 3].to_owned(),
+            };
+            let action = if *allow { RuleAction::Allow } else { RuleAction::Block };
+            let expires = [None, Some(NOW.0 - 5), Some(NOW.0 + 5)][*exp];
+            f.change(T1, i as i64 + 1, ChangeOp::Put, action, &target, expires);
+            live.push(Some((Target::parse_any(&target).unwrap(), action, expires)));
+        }
+        for r in removed {
+            if let Some(Some((target, action, _))) = live.get(r).cloned() {
+                f.change(T1, r as i64 + 1, ChangeOp::Delete, action, &target.to_string(), None);
+                live[r] = None;
+            }
+        }
+
+        for geo in [old, new] {
+            f.index.set_geo(geo.clone());
+            // Random addresses, and the edges of every network and rule.
+            let edges = geo.rows.iter().map(|row| row.0).chain(
+                live.iter().flatten().filter_map(|(t, _, _)| match t { Target::Ip(n) => Some(*n), _ => None })
+            ).flat_map(|n| {
+                let (IpAddr::V4(first), IpAddr::V4(last)) = (n.network(), n.broadcast()) else { unreachable!() };
+                let (first, last) = (u32::from(first), u32::from(last));
+                [first.wrapping_sub(1), first, last, last.wrapping_add(1)]
+            });
+            let probes: Vec<u32> = probes.iter().map(|p| 0x0a00_0000 | (p << 2)).chain(edges).collect();
+            for p in probes {
+                let ip = IpAddr::from(std::net::Ipv4Addr::from(p));
+                let active: Vec<(i64, RuleAction)> = live.iter().enumerate()
+                    .filter_map(|(i, r)| r.as_ref().map(|r| (i as i64 + 1, r)))
+                    .filter(|(_, (target, _, exp))| {
+                        exp.is_none_or(|e| e > NOW.0)
+                            && geo.networks(target).iter().any(|n| n.contains(&ip))
+                    })
+                    .map(|(id, (_, action, _))| (id, *action))
+                    .collect();
+                let allowed = active.iter().any(|(_, a)| *a == RuleAction::Allow);
+                let blocked = !allowed && active.iter().any(|(_, a)| *a == RuleAction::Block);
+                let verdict = Verdict { blocked, allowed };
+                prop_assert_eq!(f.index.decide(T1, ip, NOW), verdict, "{}", ip);
+                let view = f.index.view(T1);
+                prop_assert_eq!(view.lookup(ip, NOW).0, verdict);
+                let found = view.lookup_with_geo(ip, NOW);
+                prop_assert_eq!(found.verdict, verdict);
+                prop_assert_eq!(found.geo, geo.locate(ip));
+                let mut got: Vec<i64> = found.rules.iter().map(|r| r.id).collect();
+                got.sort();
+                let want: Vec<i64> = active.iter().map(|(id, _)| *id).collect();
+                prop_assert_eq!(got, want);
+                // IP rules deepest first, then the ASN's, then the country's, each by id.
+                let order: Vec<(Kind, i64)> = found.rules.iter().map(|r| {
+                    let depth = match r.target { Target::Ip(n) => -i64::from(n.prefix_len()), _ => r.id };
+                    (r.target.kind(), depth)
+                }).collect();
+                prop_assert!(order.is_sorted(), "{:?}", order);
+            }
+        }
+    }
+
+    /// The ASN map against a plain map of the same rules: many keys per shard, so that slots
+    /// probe past each other, with replacements and removals in random batches; and the value
+    /// before each batch, which shares shards with the one after, still as it was.
+    #[test]
+    fn geo_rule_maps_agree_with_a_plain_map(
+        batches in proptest::collection::vec(
+            proptest::collection::vec((1u32..3000, 1i64..40, any::<bool>(), 0usize..4, any::<bool>()), 1..400),
+            1..6,
+        ),
+    ) {
+        // Rule id to (ASN, action, expiry) for the rules in force.
+        type Model = HashMap<i64, (u32, RuleAction, Option<UnixMillis>)>;
+        fn agree(rules: &GeoRules, model: &Model) -> Result<(), TestCaseError> {
+            prop_assert_eq!(rules.is_empty(), model.is_empty());
+            prop_assert_eq!(rules.stats(&mut HashMap::new()).0, model.len());
+            for asn in 1u32..3000 {
+                let geo = GeoRecord { asn: Asn::new(asn), country: None };
+                let mut want = Span::EMPTY;
+                let mut want_ids = Vec::new();
+                for (id, (a, action, expires_at)) in model {
+                    if *a == asn {
+                        want = want.widen(Span::of(&RuleRef {
+                            id: *id,
+                            action: *action,
+                            target: Target::Asn(Asn::new(asn).unwrap()),
+                            expires_at: *expires_at,
+                            name: None,
+                        }));
+                        want_ids.push(*id);
+                    }
+                }
+                want_ids.sort();
+                prop_assert_eq!(rules.span(geo), want, "AS{}", asn);
+                let mut listed = Vec::new();
+                rules.matches(geo, UnixMillis(i64::MIN), &mut listed);
+                let ids: Vec<i64> = listed.iter().map(|r| r.id).collect();
+                prop_assert_eq!(ids, want_ids);
+            }
+            Ok(())
+        }
+
+        let mut rules = GeoRules::default();
+        let mut model = Model::new();
+        for batch in &batches {
+            let (before, model_before) = (rules.clone(), model.clone());
+            for (asn, id, allow, exp, delete) in batch {
+                let target = Target::Asn(Asn::new(*asn).unwrap());
+                let action = if *allow { RuleAction::Allow } else { RuleAction::Block };
+                // One id always names one ASN and action, as in the store.
+                let id = id * 10_000 + i64::from(*asn) * 2 + i64::from(*allow);
+                rules.remove(id, &target);
+                model.remove(&id);
+                if !delete {
+                    let expires_at = [None, Some(NOW.0 - 1), Some(NOW.0 + 1), Some(NOW.0 + 2)][*exp].map(UnixMillis);
+                    rules.put(Arc::new(RuleRef { id, action, target, expires_at, name: None }));
+                    model.insert(id, (*asn, action, expires_at));
+                }
+            }
+            rules.refresh();
+            agree(&rules, &model)?;
+            agree(&before, &model_before)?;
         }
     }
 }

@@ -375,7 +375,7 @@ async fn forwarding_headers_from_untrusted_peers_are_ignored() {
 }
 
 #[tokio::test]
-async fn geo_reload_recompiles_asn_rules() {
+async fn geo_reload_moves_asn_rules_to_the_new_networks() {
     let (app, geo_dir) = spawn_with_geo().await;
     app.signal(
         &app.admin,
@@ -400,7 +400,7 @@ async fn geo_reload_recompiles_asn_rules() {
     std::fs::write(&tmp, asn.to_bytes().unwrap()).unwrap();
     std::fs::rename(&tmp, geo_dir.path().join("asn.mmdb")).unwrap();
     assert!(app.state.geo.reload().unwrap());
-    // The index rebuild runs in the background after the swap.
+    // The index takes the new data in a background task right after the swap.
     let mut moved = false;
     for _ in 0..200 {
         let answer = check(&app, &app.admin, "203.0.113.9").await;
