@@ -8,13 +8,14 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{Caller, ProxyCaller};
 use super::error::{ApiError, Detail, ErrorBody};
-use super::{AppState, CheckRoute, Params, RawBody};
+use super::query::StrictQuery;
+use super::{AppState, CheckRoute, RawBody};
 use crate::engine::off_worker;
 use crate::index::{RuleRef, View};
 use crate::json::{BoundedList, Members, NotAnObject, Offending, value_of};
@@ -132,12 +133,20 @@ fn parse_client_ip(text: &str) -> Option<IpAddr> {
     IpAddr::from_str(text.trim()).ok()
 }
 
-#[derive(Debug, IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
 pub struct CheckParams {
     /// IPv4 or IPv6 address.
-    ip: String,
+    #[serde(deserialize_with = "address")]
+    #[param(value_type = String)]
+    ip: IpAddr,
+}
+
+fn address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<IpAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_client_ip(&text)
+        .ok_or_else(|| serde::de::Error::custom("must be an IPv4 or IPv6 address"))
 }
 
 /// Is this address blocked for the key's tenant, and by what?
@@ -151,41 +160,13 @@ pub struct CheckParams {
 pub async fn check_one(
     State(app): State<AppState>,
     caller: Caller,
-    Params(params): Params,
+    StrictQuery(params): StrictQuery<CheckParams>,
 ) -> Result<Response, ApiError> {
     let principal = caller.require(Permission::ReadRules)?;
-    let mut ip = None;
-    for (key, value) in &params {
-        match key.as_str() {
-            "ip" if ip.is_some() => {
-                return Err(ApiError::invalid(
-                    "ip",
-                    "is given more than once",
-                    Value::from(value.as_str()),
-                ));
-            }
-            "ip" => {
-                ip = Some(parse_client_ip(value).ok_or_else(|| {
-                    ApiError::invalid(
-                        "ip",
-                        "must be an IPv4 or IPv6 address",
-                        Value::from(value.as_str()),
-                    )
-                })?)
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    key,
-                    "unknown query parameter",
-                    Value::from(value.as_str()),
-                ));
-            }
-        }
-    }
-    let ip = ip.ok_or_else(|| ApiError::invalid("ip", "is required", Value::Null))?;
     let view = app.index.view(principal.tenant_id);
     let max_matches = app.body_limits.matches_per_address;
-    Ok(Json(answer_bounded(&view, ip, app.clock.now(), max_matches)).into_response())
+    let answer = answer_bounded(&view, params.ip, app.clock.now(), max_matches);
+    Ok(Json(answer).into_response())
 }
 
 /// Body of `POST /v1/check`.

@@ -39,12 +39,20 @@ pub fn parse<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
     let deserializer =
         serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let message = e.inner().to_string();
+        // serde names a missing field only in its message.
+        if let Some(missing) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            return ApiError::invalid(missing, "is required", Value::Null);
+        }
         let field = e.path().to_string();
         let value = pairs
             .iter()
             .find(|(key, _)| *key == field)
             .map_or(Value::Null, |(_, value)| Value::from(value.as_ref()));
-        ApiError::invalid(&field, e.into_inner().to_string(), value)
+        ApiError::invalid(&field, message, value)
     })
 }
 
@@ -143,5 +151,21 @@ mod tests {
             "name"
         );
         assert_eq!(field_names::<Filter>(), ["name", "limit"]);
+
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Needs {
+            ip: String,
+        }
+        match parse::<Needs>("").unwrap_err() {
+            ApiError::Validation(details) => {
+                assert_eq!(
+                    (details[0].field.as_str(), details[0].message.as_str()),
+                    ("ip", "is required")
+                )
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
