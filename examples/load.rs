@@ -8,6 +8,10 @@
 //! `ingest` sends batches of block events for distinct /32 addresses from `--clients` concurrent
 //! connections and counts events acknowledged with 200 (committed before the answer).
 //!
+//! `propagate` measures how long a write acknowledged by one node takes to be enforced by
+//! another: it blocks a fresh address on `--write`, then polls `--read` until its `/v1/check`
+//! says blocked, `--count` times, and prints the latencies' percentiles.
+//!
 //! `hostile` holds connections the way an attacker without a key would: `--idle` keep-alive
 //! connections that made one request and then say nothing, and `--half-open` ones that send
 //! part of a request head and stop. Whatever the server closes is opened again at once, so the
@@ -45,6 +49,19 @@ enum Mode {
         /// `sequential`: consecutive addresses from `--base` (a dense blocklist in few /16s).
         #[arg(long, default_value = "spread")]
         pattern: Pattern,
+    },
+    /// Time from a write's acknowledgement on one node to its enforcement on another.
+    Propagate {
+        /// The node written to.
+        #[arg(long)]
+        write: String,
+        /// The node read from.
+        #[arg(long)]
+        read: String,
+        #[arg(long, env = "PALISADE_KEY")]
+        key: String,
+        #[arg(long, default_value_t = 200)]
+        count: usize,
     },
     /// Hold idle and half-open connections against a server, reopening what it closes.
     Hostile {
@@ -134,6 +151,62 @@ fn batch_body(pattern: Pattern, base: u32, first: u32, count: usize) -> String {
 #[tokio::main]
 async fn main() {
     match Cli::parse().mode {
+        Mode::Propagate {
+            write,
+            read,
+            key,
+            count,
+        } => {
+            let http = reqwest::Client::new();
+            let mut latencies = Vec::with_capacity(count);
+            for i in 0..count as u32 {
+                // 100.0.0.0/8 and up: away from what `ingest` writes.
+                let ip = Ipv4Addr::from((100u32 << 24) + (std::process::id() << 12) + i);
+                let event = format!(r#"[{{"type":"access_rules","action":"block","ip":"{ip}"}}]"#);
+                let answer = http
+                    .post(format!("{write}/v1/signal"))
+                    .bearer_auth(&key)
+                    .body(event)
+                    .send()
+                    .await
+                    .expect("write");
+                assert!(
+                    answer.status().is_success(),
+                    "write answered {}",
+                    answer.status()
+                );
+                let acknowledged = Instant::now();
+                loop {
+                    let check: serde_json::Value = http
+                        .get(format!("{read}/v1/check?ip={ip}"))
+                        .bearer_auth(&key)
+                        .send()
+                        .await
+                        .expect("read")
+                        .json()
+                        .await
+                        .expect("a check answer");
+                    if check["blocked"] == true {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                latencies.push(acknowledged.elapsed());
+            }
+            latencies.sort();
+            let ms = |p: f64| {
+                latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
+                    .as_secs_f64()
+                    * 1000.0
+            };
+            println!(
+                "propagate: {count} writes; from acknowledgement on one node to enforcement on the other: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                ms(0.5),
+                ms(0.9),
+                ms(0.99),
+                ms(1.0)
+            );
+        }
         Mode::Hostile {
             addr,
             idle,

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::feed::Feed;
 use super::ops::{Op, Output, WritePolicy};
-use crate::store::backend::SharedBackend;
+use crate::store::backend::{SharedBackend, TxOutput, TxWork};
 use crate::store::{Change, StoreError, StoreResult};
 
 /// Upper bound of rows written in one group transaction. Large enough that 1000-event batches
@@ -74,7 +74,8 @@ async fn commit_group(
     group: Vec<Job>,
 ) -> Vec<Committed> {
     let (ops, replies): (Vec<Op>, Vec<_>) = group.into_iter().map(|j| (j.op, j.reply)).unzip();
-    match run_together(backend, policy, &ops).await {
+    let ops = Arc::new(ops);
+    match run_together(backend, policy, ops.clone()).await {
         Ok(outputs) => vec![committed(
             replies.into_iter().zip(outputs.into_iter().map(Ok)),
         )],
@@ -86,9 +87,15 @@ async fn commit_group(
         }
         Err(e) => {
             tracing::warn!(error = %e, ops = ops.len(), "group commit failed; retrying its writes one by one");
+            let Ok(ops) = Arc::try_unwrap(ops) else {
+                // The work was not handed back (the backend's writer is gone): nothing to replay.
+                return vec![committed(
+                    replies.into_iter().map(|r| (r, Err(e.clone_kind()))),
+                )];
+            };
             let mut done = Vec::with_capacity(ops.len());
             for (op, reply) in ops.into_iter().zip(replies) {
-                let result = run_together(backend, policy, std::slice::from_ref(&op)).await;
+                let result = run_together(backend, policy, Arc::new(vec![op])).await;
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "write failed; nothing was acknowledged");
                 }
@@ -114,31 +121,51 @@ fn committed(answers: impl IntoIterator<Item = Answer>) -> Committed {
 async fn run_together(
     backend: &SharedBackend,
     policy: &WritePolicy,
-    ops: &[Op],
+    ops: Arc<Vec<Op>>,
 ) -> StoreResult<Vec<Output>> {
-    let mut tx = backend.begin().await?;
-    let mut outputs = Vec::with_capacity(ops.len());
-    for op in ops {
-        outputs.push(op.run(&mut *tx, policy).await?);
-    }
-    tx.commit().await?;
-    Ok(outputs)
+    let policy = *policy;
+    let work: TxWork = Box::new(move |tx| {
+        Box::pin(async move {
+            let mut outputs = Vec::with_capacity(ops.len());
+            for op in ops.iter() {
+                outputs.push(op.run(tx, &policy).await?);
+            }
+            Ok(Box::new(outputs) as TxOutput)
+        })
+    });
+    backend
+        .transact(work)
+        .await?
+        .downcast::<Vec<Output>>()
+        .map(|outputs| *outputs)
+        .map_err(|_| {
+            StoreError::Task("a transaction answered with the wrong kind of result".into())
+        })
 }
 
-/// Hands committed changes to the feed in commit order, then acknowledges their requests.
+/// Hands committed changes to the feed in commit order, then acknowledges their requests. All
+/// groups committed since the last round go to the feed at once: the index copies each part of
+/// its tables a write touches once per round, however many groups touched it.
 async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
-    while let Some(group) = committed.recv().await {
-        if !group.changes.is_empty() {
+    let mut round = Vec::new();
+    while committed.recv_many(&mut round, 64).await > 0 {
+        let changes: Vec<Change> = round
+            .iter_mut()
+            .flat_map(|group| std::mem::take(&mut group.changes))
+            .collect();
+        if !changes.is_empty() {
             // The changes are committed: answering before the feed has them would acknowledge
             // writes that look-ups do not see, so keep trying (only reading the log can fail).
-            while let Err(e) = feed.publish(&group.changes).await {
+            while let Err(e) = feed.publish(&changes).await {
                 tracing::error!(error = %e, "handing on committed changes failed; retrying");
                 tokio::time::sleep(PUBLISH_RETRY).await;
             }
         }
-        for (reply, answer) in group.answers {
-            // The requester may have gone away (client disconnected); the write stands.
-            let _ = reply.send(answer);
+        for group in round.drain(..) {
+            for (reply, answer) in group.answers {
+                // The requester may have gone away (client disconnected); the write stands.
+                let _ = reply.send(answer);
+            }
         }
     }
 }

@@ -3,6 +3,9 @@
 //! log says); a backend stores rows and numbers changes, nothing else, so SQLite and
 //! PostgreSQL cannot disagree about what a write means.
 
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -97,11 +100,32 @@ pub trait Transaction: Send {
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }
 
+/// What a write transaction produced, for the one who asked.
+pub type TxOutput = Box<dyn Any + Send>;
+
+/// The work of one write transaction: reads and writes through it, then answers.
+pub type TxWork = Box<
+    dyn for<'t> FnOnce(
+            &'t mut dyn Transaction,
+        ) -> Pin<Box<dyn Future<Output = StoreResult<TxOutput>> + Send + 't>>
+        + Send,
+>;
+
 /// A storage backend: reads, and write transactions.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// Opens a write transaction.
     async fn begin(&self) -> StoreResult<Box<dyn Transaction>>;
+
+    /// Runs `work` in one write transaction, committed when the work succeeds and rolled back
+    /// when it fails. A backend may run it wherever its transactions are cheapest (SQLite: on
+    /// the thread that owns the connection, in one hop).
+    async fn transact(&self, work: TxWork) -> StoreResult<TxOutput> {
+        let mut tx = self.begin().await?;
+        let output = work(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(output)
+    }
 
     /// One active rule of the tenant.
     async fn rule(

@@ -58,6 +58,13 @@ impl PgTransaction {
                 .await
                 .map_err(db)?;
         let head = head.ok_or_else(|| StoreError::Corrupt("feed_head has no row".into()))?;
+        // Every statement of a write transaction finds its rows by key or id; statistics lag
+        // behind a table that fills up fast, and a scan chosen from them would read a whole
+        // table per batch under the one write lock.
+        sqlx::query("SELECT set_config('enable_seqscan', 'off', true)")
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
         Ok(Self {
             tx,
             turn,
@@ -107,19 +114,31 @@ impl Transaction for PgTransaction {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        // A key asked for twice is one rule.
+        let mut seen = std::collections::HashSet::with_capacity(keys.len());
+        let keys: Vec<&(RuleAction, Target)> = keys.iter().filter(|k| seen.insert(*k)).collect();
         let actions: Vec<&str> = keys.iter().map(|(a, _)| a.as_str()).collect();
         let kinds: Vec<&str> = keys.iter().map(|(_, t)| t.kind().as_str()).collect();
         let targets: Vec<String> = keys.iter().map(|(_, t)| t.to_string()).collect();
+        // One look-up in the unique index per key. Planned at each run (not prepared): a
+        // prepared statement keeps one generic plan, and one made while the table was small
+        // read all of the tenant's rules once per key (seconds per batch once the table had
+        // grown, under the one write lock). OFFSET 0 keeps the planner from turning the
+        // per-key subquery into a join that reads all of the tenant's rules once per batch.
         sqlx::query(concat!(
             "SELECT ",
             rule_columns!(),
-            " FROM rules WHERE tenant_id = $1 AND (action, kind, target) IN
-                (SELECT * FROM UNNEST($2::text[], $3::text[], $4::text[]))"
+            " FROM UNNEST($2::text[], $3::text[], $4::text[]) AS k(k_action, k_kind, k_target)
+              CROSS JOIN LATERAL (SELECT * FROM rules
+                  WHERE rules.tenant_id = $1 AND rules.action = k.k_action
+                    AND rules.kind = k.k_kind AND rules.target = k.k_target
+                  OFFSET 0) AS rules"
         ))
         .bind(tenant.0)
         .bind(actions)
         .bind(kinds)
         .bind(targets)
+        .persistent(false)
         .try_map(rule_from_row)
         .fetch_all(&mut *self.tx)
         .await

@@ -19,7 +19,7 @@ use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Backend, Transaction};
+use super::backend::{Backend, Transaction, TxOutput, TxWork};
 use super::{AuditEntry, Change, Page, QueueStats, RuleQuery, Snapshot, StoreError, StoreResult};
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Rule, RuleId, TenantId, UnixMillis};
@@ -215,12 +215,42 @@ impl SqliteBackend {
     }
 }
 
+/// The whole of a write transaction on the connection's thread: the work's operations complete
+/// as soon as they are asked for, so driving it to the end never waits.
+fn run_on_thread(conn: &mut Connection, work: TxWork) -> StoreResult<TxOutput> {
+    let mut tx = tx::Direct::begin(conn)?;
+    match futures_executor::block_on(work(&mut tx)) {
+        Ok(output) => match tx.conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(output),
+            Err(e) => {
+                tx.rollback();
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            tx.rollback();
+            Err(e)
+        }
+    }
+}
+
 #[async_trait]
 impl Backend for SqliteBackend {
     async fn begin(&self) -> StoreResult<Box<dyn Transaction>> {
         let turn = self.turn.clone().lock_owned().await;
         let tx = tx::SqliteTransaction::begin(self.calls.clone(), turn).await?;
         Ok(Box::new(tx))
+    }
+
+    async fn transact(&self, work: TxWork) -> StoreResult<TxOutput> {
+        let _turn = self.turn.lock().await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.calls
+            .send(Box::new(move |conn: &mut Connection| {
+                let _ = reply.send(run_on_thread(conn, work));
+            }))
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
     }
 
     async fn rule(

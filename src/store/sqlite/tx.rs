@@ -1,6 +1,8 @@
-//! A write transaction on the one writing connection. Each operation is sent to the thread that
-//! owns the connection and runs there; the engine sends a handful per group of requests, each
-//! covering every row of the group.
+//! A write transaction on the one writing connection, which a thread of its own owns.
+//!
+//! [`Direct`] runs each operation straight on the connection: the engine's whole group of
+//! writes runs that way on the thread, in one hop (see `SqliteBackend::transact`).
+//! [`SqliteTransaction`] is the same transaction driven from elsewhere, one operation per hop.
 
 use std::sync::mpsc::Sender;
 
@@ -15,6 +17,236 @@ use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMill
 use crate::store::backend::{NewAuditEntry, Transaction};
 use crate::store::{Change, NewKey, QueuedReport, ReportKind, StoreError, StoreResult};
 
+/// The open transaction, on the connection's own thread.
+pub(super) struct Direct<'c> {
+    pub(super) conn: &'c mut Connection,
+}
+
+impl Direct<'_> {
+    /// IMMEDIATE takes the write lock now, so another process (the command line) waits at the
+    /// start instead of failing halfway.
+    pub(super) fn begin(conn: &mut Connection) -> StoreResult<Direct<'_>> {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(Direct { conn })
+    }
+
+    pub(super) fn rollback(self) {
+        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "rolling back a write transaction failed");
+        }
+    }
+}
+
+#[async_trait]
+impl Transaction for Direct<'_> {
+    async fn rules_by_key(
+        &mut self,
+        tenant: TenantId,
+        keys: &[(RuleAction, Target)],
+    ) -> StoreResult<Vec<Rule>> {
+        rules_by_key(self.conn, tenant, keys)
+    }
+
+    async fn rule_by_id(&mut self, tenant: TenantId, id: RuleId) -> StoreResult<Option<Rule>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {RULE_COLUMNS} FROM rules WHERE id = ?1 AND tenant_id = ?2"
+        ))?;
+        let mut found = stmt.query(params![id, tenant.0])?;
+        found.next()?.map(rows::rule).transpose()
+    }
+
+    async fn expired_rules(&mut self, now: UnixMillis, limit: usize) -> StoreResult<Vec<Rule>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {RULE_COLUMNS} FROM rules
+             WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2"
+        ))?;
+        let mut found = stmt.query(params![now.0, limit as i64])?;
+        let mut expired = Vec::new();
+        while let Some(row) = found.next()? {
+            expired.push(rows::rule(row)?);
+        }
+        Ok(expired)
+    }
+
+    async fn insert_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
+        insert_rules(self.conn, rules)
+    }
+
+    async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()> {
+        update_rules(self.conn, rules)
+    }
+
+    async fn delete_rules(&mut self, ids: &[RuleId]) -> StoreResult<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM rules WHERE id = ?1")?;
+        for id in ids {
+            stmt.execute([id])?;
+        }
+        Ok(())
+    }
+
+    async fn rule_count(&mut self, tenant: TenantId) -> StoreResult<u64> {
+        let count: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT rules FROM tenants WHERE id = ?1")?
+            .query_row([tenant.0], |row| row.get(0))
+            .optional()?;
+        Ok(count.unwrap_or(0).max(0) as u64)
+    }
+
+    async fn add_rule_count(&mut self, tenant: TenantId, delta: i64) -> StoreResult<()> {
+        if delta != 0 {
+            self.conn
+                .prepare_cached("UPDATE tenants SET rules = MAX(rules + ?2, 0) WHERE id = ?1")?
+                .execute(params![tenant.0, delta])?;
+        }
+        Ok(())
+    }
+
+    async fn append_changes(&mut self, changes: &mut [Change]) -> StoreResult<()> {
+        append_changes(self.conn, changes)
+    }
+
+    async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for e in entries {
+            stmt.execute(params![
+                e.tenant.0,
+                e.key_id,
+                e.request_id,
+                e.at.0,
+                e.index,
+                e.event,
+                e.error
+            ])?;
+        }
+        Ok(())
+    }
+
+    async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
+        purge_oldest(self.conn, "audit", "id", before, limit)
+    }
+
+    async fn purge_changes(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
+        purge_oldest(self.conn, "rule_changes", "seq", before, limit)
+    }
+
+    async fn tenant_id(&mut self, name: &TenantName, at: UnixMillis) -> StoreResult<TenantId> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)")?
+            .execute(params![name.as_str(), at.0])?;
+        let id = self
+            .conn
+            .prepare_cached("SELECT id FROM tenants WHERE name = ?1")?
+            .query_row([name.as_str()], |row| row.get(0))?;
+        Ok(TenantId(id))
+    }
+
+    async fn insert_key(&mut self, tenant: TenantId, key: &NewKey) -> StoreResult<ApiKey> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO api_keys (tenant_id, name, role, key_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                tenant.0,
+                key.name,
+                key.role.as_str(),
+                &key.digest[..],
+                key.at.0
+            ])?;
+        Ok(ApiKey {
+            id: self.conn.last_insert_rowid(),
+            name: key.name.clone(),
+            role: key.role,
+            tenant: key.tenant.clone(),
+            tenant_id: tenant,
+            created_at: key.at,
+            revoked_at: None,
+        })
+    }
+
+    async fn revoke_key(&mut self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>> {
+        self.conn
+            .prepare_cached(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            )?
+            .execute(params![id, at.0])?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
+             WHERE k.id = ?1"
+        ))?;
+        let mut found = stmt.query([id])?;
+        found.next()?.map(rows::api_key).transpose()
+    }
+
+    async fn enqueue_report(&mut self, report: &QueuedReport) -> StoreResult<i64> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO report_queue (tenant_id, key_id, kind, payload, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                report.tenant.0,
+                report.key_id,
+                report.kind.as_str(),
+                report.payload,
+                report.received_at.0
+            ])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    async fn claim_reports(&mut self, limit: usize) -> StoreResult<Vec<QueuedReport>> {
+        // The only writer holds the database: nothing else can claim these meanwhile.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, tenant_id, key_id, kind, payload, received_at FROM report_queue
+             ORDER BY id LIMIT ?1",
+        )?;
+        let mut found = stmt.query([limit as i64])?;
+        let mut queued = Vec::new();
+        while let Some(row) = found.next()? {
+            let kind: String = row.get(3)?;
+            queued.push(QueuedReport {
+                id: row.get(0)?,
+                tenant: TenantId(row.get(1)?),
+                key_id: row.get(2)?,
+                kind: ReportKind::parse(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("report kind {kind:?}")))?,
+                payload: row.get(4)?,
+                received_at: UnixMillis(row.get(5)?),
+            });
+        }
+        Ok(queued)
+    }
+
+    async fn delete_reports(&mut self, ids: &[i64]) -> StoreResult<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM report_queue WHERE id = ?1")?;
+        for id in ids {
+            stmt.execute([id])?;
+        }
+        Ok(())
+    }
+
+    async fn probe(&mut self, at: UnixMillis) -> StoreResult<()> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO health (id, at) VALUES (1, ?1)")?
+            .execute([at.0])?;
+        Ok(())
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        Ok(self.conn.execute_batch("COMMIT")?)
+    }
+}
+
+/// The open transaction driven from another thread: each operation is one hop to the
+/// connection's thread, where it runs as [`Direct`] does.
 pub struct SqliteTransaction {
     calls: Sender<Call>,
     /// One write transaction at a time on the connection.
@@ -29,11 +261,24 @@ impl SqliteTransaction {
             _turn: turn,
             open: false,
         };
-        // IMMEDIATE takes the write lock now, so another process (the command line) waits at
-        // the start instead of failing halfway.
-        tx.run(|c| Ok(c.execute_batch("BEGIN IMMEDIATE")?)).await?;
+        tx.run(|c| Direct::begin(c).map(|_| ())).await?;
         tx.open = true;
         Ok(tx)
+    }
+
+    /// Runs `work` on the connection's thread, as the open transaction.
+    async fn on_thread<T, W>(&mut self, work: W) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        W: for<'c> FnOnce(
+                &'c mut Direct<'_>,
+            ) -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = StoreResult<T>> + Send + 'c>,
+            > + Send
+            + 'static,
+    {
+        self.run(move |conn| futures_executor::block_on(work(&mut Direct { conn })))
+            .await
     }
 
     async fn run<T: Send + 'static>(
@@ -55,9 +300,7 @@ impl Drop for SqliteTransaction {
         if self.open {
             // Sent before the turn is given up, so it runs before the next transaction begins.
             let _ = self.calls.send(Box::new(|conn: &mut Connection| {
-                if let Err(e) = conn.execute_batch("ROLLBACK") {
-                    tracing::error!(error = %e, "rolling back a write transaction failed");
-                }
+                Direct { conn }.rollback();
             }));
         }
     }
@@ -71,243 +314,114 @@ impl Transaction for SqliteTransaction {
         keys: &[(RuleAction, Target)],
     ) -> StoreResult<Vec<Rule>> {
         let keys = keys.to_vec();
-        self.run(move |c| rules_by_key(c, tenant, &keys)).await
+        self.on_thread(move |tx| Box::pin(async move { tx.rules_by_key(tenant, &keys).await }))
+            .await
     }
 
     async fn rule_by_id(&mut self, tenant: TenantId, id: RuleId) -> StoreResult<Option<Rule>> {
-        self.run(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {RULE_COLUMNS} FROM rules WHERE id = ?1 AND tenant_id = ?2"
-            ))?;
-            let mut found = stmt.query(params![id, tenant.0])?;
-            found.next()?.map(rows::rule).transpose()
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(tx.rule_by_id(tenant, id)))
+            .await
     }
 
     async fn expired_rules(&mut self, now: UnixMillis, limit: usize) -> StoreResult<Vec<Rule>> {
-        self.run(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {RULE_COLUMNS} FROM rules
-                 WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2"
-            ))?;
-            let mut found = stmt.query(params![now.0, limit as i64])?;
-            let mut expired = Vec::new();
-            while let Some(row) = found.next()? {
-                expired.push(rows::rule(row)?);
-            }
-            Ok(expired)
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(tx.expired_rules(now, limit)))
+            .await
     }
 
     async fn insert_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
         let rules = rules.to_vec();
-        self.run(move |c| insert_rules(c, &rules)).await
+        self.on_thread(move |tx| Box::pin(async move { tx.insert_rules(&rules).await }))
+            .await
     }
 
     async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()> {
         let rules = rules.to_vec();
-        self.run(move |c| update_rules(c, &rules)).await
+        self.on_thread(move |tx| Box::pin(async move { tx.update_rules(&rules).await }))
+            .await
     }
 
     async fn delete_rules(&mut self, ids: &[RuleId]) -> StoreResult<()> {
         let ids = ids.to_vec();
-        self.run(move |c| {
-            let mut stmt = c.prepare_cached("DELETE FROM rules WHERE id = ?1")?;
-            for id in ids {
-                stmt.execute([id])?;
-            }
-            Ok(())
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(async move { tx.delete_rules(&ids).await }))
+            .await
     }
 
     async fn rule_count(&mut self, tenant: TenantId) -> StoreResult<u64> {
-        self.run(move |c| {
-            let count: Option<i64> = c
-                .prepare_cached("SELECT rules FROM tenants WHERE id = ?1")?
-                .query_row([tenant.0], |row| row.get(0))
-                .optional()?;
-            Ok(count.unwrap_or(0).max(0) as u64)
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(tx.rule_count(tenant)))
+            .await
     }
 
     async fn add_rule_count(&mut self, tenant: TenantId, delta: i64) -> StoreResult<()> {
-        if delta == 0 {
-            return Ok(());
-        }
-        self.run(move |c| {
-            c.prepare_cached("UPDATE tenants SET rules = MAX(rules + ?2, 0) WHERE id = ?1")?
-                .execute(params![tenant.0, delta])?;
-            Ok(())
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(tx.add_rule_count(tenant, delta)))
+            .await
     }
 
     async fn append_changes(&mut self, changes: &mut [Change]) -> StoreResult<()> {
-        let owned = changes.to_vec();
-        let seqs = self.run(move |c| append_changes(c, &owned)).await?;
-        for (change, seq) in changes.iter_mut().zip(seqs) {
-            change.seq = seq;
-        }
+        let mut owned = changes.to_vec();
+        let numbered = self
+            .on_thread(move |tx| {
+                Box::pin(async move {
+                    tx.append_changes(&mut owned).await?;
+                    Ok(owned)
+                })
+            })
+            .await?;
+        changes.clone_from_slice(&numbered);
         Ok(())
     }
 
     async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()> {
         let entries = entries.to_vec();
-        self.run(move |c| {
-            let mut stmt = c.prepare_cached(
-                "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for e in &entries {
-                stmt.execute(params![
-                    e.tenant.0,
-                    e.key_id,
-                    e.request_id,
-                    e.at.0,
-                    e.index,
-                    e.event,
-                    e.error
-                ])?;
-            }
-            Ok(())
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(async move { tx.append_audit(&entries).await }))
+            .await
     }
 
     async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
-        self.run(move |c| purge_oldest(c, "audit", "id", before, limit))
+        self.on_thread(move |tx| Box::pin(tx.purge_audit(before, limit)))
             .await
     }
 
     async fn purge_changes(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
-        self.run(move |c| purge_oldest(c, "rule_changes", "seq", before, limit))
+        self.on_thread(move |tx| Box::pin(tx.purge_changes(before, limit)))
             .await
     }
 
     async fn tenant_id(&mut self, name: &TenantName, at: UnixMillis) -> StoreResult<TenantId> {
         let name = name.clone();
-        self.run(move |c| {
-            c.prepare_cached("INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)")?
-                .execute(params![name.as_str(), at.0])?;
-            let id = c
-                .prepare_cached("SELECT id FROM tenants WHERE name = ?1")?
-                .query_row([name.as_str()], |row| row.get(0))?;
-            Ok(TenantId(id))
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(async move { tx.tenant_id(&name, at).await }))
+            .await
     }
 
     async fn insert_key(&mut self, tenant: TenantId, key: &NewKey) -> StoreResult<ApiKey> {
         let key = key.clone();
-        self.run(move |c| {
-            c.prepare_cached(
-                "INSERT INTO api_keys (tenant_id, name, role, key_hash, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                tenant.0,
-                key.name,
-                key.role.as_str(),
-                &key.digest[..],
-                key.at.0
-            ])?;
-            Ok(ApiKey {
-                id: c.last_insert_rowid(),
-                name: key.name,
-                role: key.role,
-                tenant: key.tenant,
-                tenant_id: tenant,
-                created_at: key.at,
-                revoked_at: None,
-            })
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(async move { tx.insert_key(tenant, &key).await }))
+            .await
     }
 
     async fn revoke_key(&mut self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>> {
-        self.run(move |c| {
-            c.prepare_cached(
-                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-            )?
-            .execute(params![id, at.0])?;
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys k JOIN tenants t ON t.id = k.tenant_id
-                 WHERE k.id = ?1"
-            ))?;
-            let mut found = stmt.query([id])?;
-            found.next()?.map(rows::api_key).transpose()
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(tx.revoke_key(id, at)))
+            .await
     }
 
     async fn enqueue_report(&mut self, report: &QueuedReport) -> StoreResult<i64> {
         let report = report.clone();
-        self.run(move |c| {
-            c.prepare_cached(
-                "INSERT INTO report_queue (tenant_id, key_id, kind, payload, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                report.tenant.0,
-                report.key_id,
-                report.kind.as_str(),
-                report.payload,
-                report.received_at.0
-            ])?;
-            Ok(c.last_insert_rowid())
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(async move { tx.enqueue_report(&report).await }))
+            .await
     }
 
     async fn claim_reports(&mut self, limit: usize) -> StoreResult<Vec<QueuedReport>> {
-        // The only writer holds the database: nothing else can claim these meanwhile.
-        self.run(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, tenant_id, key_id, kind, payload, received_at FROM report_queue
-                 ORDER BY id LIMIT ?1",
-            )?;
-            let mut found = stmt.query([limit as i64])?;
-            let mut queued = Vec::new();
-            while let Some(row) = found.next()? {
-                let kind: String = row.get(3)?;
-                queued.push(QueuedReport {
-                    id: row.get(0)?,
-                    tenant: TenantId(row.get(1)?),
-                    key_id: row.get(2)?,
-                    kind: ReportKind::parse(&kind)
-                        .ok_or_else(|| StoreError::Corrupt(format!("report kind {kind:?}")))?,
-                    payload: row.get(4)?,
-                    received_at: UnixMillis(row.get(5)?),
-                });
-            }
-            Ok(queued)
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(tx.claim_reports(limit)))
+            .await
     }
 
     async fn delete_reports(&mut self, ids: &[i64]) -> StoreResult<()> {
         let ids = ids.to_vec();
-        self.run(move |c| {
-            let mut stmt = c.prepare_cached("DELETE FROM report_queue WHERE id = ?1")?;
-            for id in ids {
-                stmt.execute([id])?;
-            }
-            Ok(())
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(async move { tx.delete_reports(&ids).await }))
+            .await
     }
 
     async fn probe(&mut self, at: UnixMillis) -> StoreResult<()> {
-        self.run(move |c| {
-            c.prepare_cached("INSERT OR REPLACE INTO health (id, at) VALUES (1, ?1)")?
-                .execute([at.0])?;
-            Ok(())
-        })
-        .await
+        self.on_thread(move |tx| Box::pin(tx.probe(at))).await
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
@@ -398,12 +512,11 @@ fn update_rules(conn: &Connection, rules: &[Rule]) -> StoreResult<()> {
 
 /// Appends to the change log; the row id is the change's sequence number. AUTOINCREMENT and
 /// the single writer make the numbers grow in commit order, without gaps.
-fn append_changes(conn: &Connection, changes: &[Change]) -> StoreResult<Vec<u64>> {
+fn append_changes(conn: &Connection, changes: &mut [Change]) -> StoreResult<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at, name, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut seqs = Vec::with_capacity(changes.len());
     for change in changes {
         stmt.execute(params![
             change.tenant.0,
@@ -416,9 +529,9 @@ fn append_changes(conn: &Connection, changes: &[Change]) -> StoreResult<Vec<u64>
             change.name,
             change.at.0
         ])?;
-        seqs.push(conn.last_insert_rowid() as u64);
+        change.seq = conn.last_insert_rowid() as u64;
     }
-    Ok(seqs)
+    Ok(())
 }
 
 /// Deletes up to `limit` rows of `table` made before `before`, oldest first. Rows are made in
