@@ -4,7 +4,9 @@
 //! million values). Values stay raw text borrowed from the body until a validator reads them.
 
 use std::fmt;
+use std::marker::PhantomData;
 
+use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
@@ -13,10 +15,11 @@ use serde_json::value::RawValue;
 /// repeated, and the object is refused for it.
 pub const MAX_MEMBERS: usize = 64;
 
-/// An object's members in the order received, each value as raw JSON text.
+/// An object's members in the order received, each value as `V`: raw JSON text
+/// (`&RawValue`, read later as needed) or already a `serde_json::Value` (small objects).
 #[derive(Debug)]
-pub struct Members<'a> {
-    members: Vec<(String, &'a RawValue)>,
+pub struct Members<V> {
+    members: Vec<(String, V)>,
     /// More members followed the ones kept.
     pub truncated: bool,
 }
@@ -30,10 +33,10 @@ pub enum NotAnObject {
     Other,
 }
 
-impl<'a> Members<'a> {
+impl<'a, V: Deserialize<'a>> Members<V> {
     pub fn parse(text: &'a str) -> Result<Self, NotAnObject> {
         let mut de = serde_json::Deserializer::from_str(text);
-        match MembersSeed
+        match MembersSeed(PhantomData)
             .deserialize(&mut de)
             .and_then(|m| de.end().map(|()| m))
         {
@@ -42,23 +45,36 @@ impl<'a> Members<'a> {
             Err(e) => Err(NotAnObject::Syntax(e)),
         }
     }
+}
 
+impl<V> Members<V> {
     /// The first value given for `key`.
-    pub fn get(&self, key: &str) -> Option<&'a RawValue> {
+    pub fn get(&self, key: &str) -> Option<&V> {
         self.members
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, value)| *value)
+            .map(|(_, value)| value)
     }
 
     /// Members in order, repeats included.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
-        self.members.iter().map(|(k, v)| (k.as_str(), *v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &V)> + '_ {
+        self.members.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The members, each key's first value only.
+    pub fn into_first(self) -> Vec<(String, V)> {
+        let mut first: Vec<(String, V)> = Vec::with_capacity(self.members.len());
+        for (key, value) in self.members {
+            if !first.iter().any(|(k, _)| *k == key) {
+                first.push((key, value));
+            }
+        }
+        first
     }
 
     /// The first member, in order, whose key is not in `allowed` or was given before: what to
     /// refuse the object for.
-    pub fn first_offending(&self, allowed: &[&str]) -> Option<Offending<'_, 'a>> {
+    pub fn first_offending(&self, allowed: &[&str]) -> Option<Offending<'_, V>> {
         self.members
             .iter()
             .enumerate()
@@ -76,24 +92,24 @@ impl<'a> Members<'a> {
 
 /// A member an object is refused for.
 #[derive(Debug, Clone, Copy)]
-pub enum Offending<'m, 'a> {
-    Unknown(&'m str, &'a RawValue),
+pub enum Offending<'m, V> {
+    Unknown(&'m str, &'m V),
     /// Given a second time: which value was meant is anyone's guess.
-    Repeated(&'m str, &'a RawValue),
+    Repeated(&'m str, &'m V),
 }
 
-struct MembersSeed;
+struct MembersSeed<V>(PhantomData<V>);
 
-impl<'de> DeserializeSeed<'de> for MembersSeed {
-    type Value = Members<'de>;
+impl<'de, V: Deserialize<'de>> DeserializeSeed<'de> for MembersSeed<V> {
+    type Value = Members<V>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for MembersSeed {
-    type Value = Members<'de>;
+impl<'de, V: Deserialize<'de>> Visitor<'de> for MembersSeed<V> {
+    type Value = Members<V>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -104,7 +120,7 @@ impl<'de> Visitor<'de> for MembersSeed {
         let mut truncated = false;
         while let Some(key) = map.next_key::<String>()? {
             if members.len() < MAX_MEMBERS {
-                members.push((key, map.next_value::<&'de RawValue>()?));
+                members.push((key, map.next_value::<V>()?));
             } else {
                 truncated = true;
                 map.next_value::<IgnoredAny>()?;
@@ -177,7 +193,7 @@ mod tests {
 
     #[test]
     fn repeated_and_unknown_keys_are_found_in_order() {
-        let members = Members::parse(r#"{"a":1,"b":[2],"a":3,"z":4}"#).unwrap();
+        let members = Members::<&RawValue>::parse(r#"{"a":1,"b":[2],"a":3,"z":4}"#).unwrap();
         assert_eq!(members.get("a").unwrap().get(), "1");
         assert!(matches!(
             members.first_offending(&["a", "b", "z"]),
@@ -188,19 +204,25 @@ mod tests {
             Some(Offending::Unknown("b", _))
         ));
         assert!(members.first_offending(&["a", "b", "z"][..2]).is_some());
-        let fine = Members::parse(r#"{"a":1,"b":2}"#).unwrap();
+        let fine = Members::<&RawValue>::parse(r#"{"a":1,"b":2}"#).unwrap();
         assert!(fine.first_offending(&["a", "b"]).is_none());
     }
 
     #[test]
     fn objects_and_everything_else() {
-        assert!(matches!(Members::parse("[1]"), Err(NotAnObject::Other)));
-        assert!(matches!(Members::parse("\"x\""), Err(NotAnObject::Other)));
-        assert!(matches!(Members::parse("{"), Err(NotAnObject::Syntax(_))));
-        assert!(matches!(
-            Members::parse("{} x"),
-            Err(NotAnObject::Syntax(_))
-        ));
+        type Raw<'a> = Members<&'a RawValue>;
+        assert!(matches!(Raw::parse("[1]"), Err(NotAnObject::Other)));
+        assert!(matches!(Raw::parse("\"x\""), Err(NotAnObject::Other)));
+        assert!(matches!(Raw::parse("{"), Err(NotAnObject::Syntax(_))));
+        assert!(matches!(Raw::parse("{} x"), Err(NotAnObject::Syntax(_))));
+        let values = Members::<serde_json::Value>::parse(r#"{"a":1,"a":2,"b":[3]}"#).unwrap();
+        assert_eq!(
+            values.into_first(),
+            [
+                ("a".to_owned(), serde_json::json!(1)),
+                ("b".to_owned(), serde_json::json!([3]))
+            ]
+        );
     }
 
     #[test]
@@ -212,7 +234,7 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let members = Members::parse(&text).unwrap();
+        let members = Members::<serde_json::Value>::parse(&text).unwrap();
         assert!(members.truncated);
         assert_eq!(members.iter().count(), MAX_MEMBERS);
     }

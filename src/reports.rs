@@ -94,7 +94,7 @@ impl ReportPolicy {
             |problem: BatchProblem| vec![invalid("body", problem.to_string(), Value::Null, None)];
         let text = std::str::from_utf8(body)
             .map_err(|_| not_json(BatchProblem::NotJson { line: 1, column: 0 }))?;
-        let members = Members::parse(text).map_err(|e| match e {
+        let members = Members::<&RawValue>::parse(text).map_err(|e| match e {
             NotAnObject::Syntax(e) => not_json(BatchProblem::not_json(&e)),
             NotAnObject::Other => vec![invalid(
                 "body",
@@ -132,7 +132,7 @@ impl ReportPolicy {
             .into_iter()
             .filter_map(|key| members.get(key).map(|v| (key.to_owned(), value_of(v))))
             .collect();
-        let addresses = self.addresses(kind, members.get("addresses"), &mut problems);
+        let addresses = self.addresses(kind, members.get("addresses").copied(), &mut problems);
         let mut payload = ReportPayload {
             addresses,
             ttl: None,
@@ -142,7 +142,7 @@ impl ReportPolicy {
         if kind == ReportKind::Report {
             payload.ttl = Some(ttl(&object, &mut problems));
             payload.dataset = self.dataset(&object, &mut problems);
-            payload.tags = tags(members.get("tags"), &mut problems);
+            payload.tags = tags(members.get("tags").copied(), &mut problems);
         }
         if problems.is_empty() {
             Ok(payload)

@@ -293,21 +293,19 @@ impl SignalPolicy {
     /// `name`) and the first problem is reported, so the same event always gets the same
     /// answer.
     pub fn validate(&self, raw: &RawValue, now: UnixMillis) -> Result<Command, EntryError> {
-        let members = Members::parse(raw.get())
+        // Parsed once, into values: an event's members are few and small.
+        let members = Members::<Value>::parse(raw.get())
             .map_err(|_| EntryError::new("entry", Problem::NotAnObject, value_of(raw)))?;
         match members.first_offending(&EVENT_FIELDS) {
             Some(Offending::Unknown(key, value)) => {
-                return Err(EntryError::new(key, Problem::UnknownField, value_of(value)));
+                return Err(EntryError::new(key, Problem::UnknownField, value.clone()));
             }
             Some(Offending::Repeated(key, value)) => {
-                return Err(EntryError::new(key, Problem::Repeated, value_of(value)));
+                return Err(EntryError::new(key, Problem::Repeated, value.clone()));
             }
             None => {}
         }
-        let event: Map<String, Value> = members
-            .iter()
-            .map(|(key, value)| (key.to_owned(), value_of(value)))
-            .collect();
+        let event: Map<String, Value> = members.into_first().into_iter().collect();
 
         match event.get("type") {
             None | Some(Value::Null) => {

@@ -22,6 +22,7 @@ use crate::json::{BoundedList, Members, NotAnObject, Offending, value_of};
 use crate::keys::Permission;
 use crate::rules::{Asn, CountryCode, Kind, RuleAction, UnixMillis, normalize_ip};
 use crate::signal::BatchProblem;
+use serde_json::value::RawValue;
 
 /// Most addresses one `POST /v1/check` may ask about.
 pub const MAX_CHECK_BATCH: usize = 10_000;
@@ -242,7 +243,7 @@ fn parse_check_batch(body: &[u8]) -> Result<Vec<IpAddr>, ApiError> {
             Value::Null,
         )
     })?;
-    let members = Members::parse(text).map_err(|e| match e {
+    let members = Members::<&RawValue>::parse(text).map_err(|e| match e {
         NotAnObject::Syntax(e) => {
             ApiError::invalid("body", BatchProblem::not_json(&e).to_string(), Value::Null)
         }
@@ -269,7 +270,7 @@ fn parse_check_batch(body: &[u8]) -> Result<Vec<IpAddr>, ApiError> {
         }
         None => {}
     }
-    let raw = members.get("ips");
+    let raw = members.get("ips").copied();
     let Some(list) = raw.and_then(|raw| BoundedList::parse(raw, MAX_CHECK_BATCH)) else {
         return Err(ApiError::invalid(
             "ips",
