@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Look-up throughput over HTTP on loopback, with the ceiling of the same server answering a
 # constant (/healthz) measured in the same run. Needs wrk, and ../shared/geo for geo data.
-# usage: bash bench/http.sh [seconds]
+# usage: [BIN=path/to/palisade] bash bench/http.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
@@ -10,7 +10,7 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
 cargo build --release --quiet --bin palisade --example load
 PALISADE_GEO_ASN=../shared/geo/asn.mmdb PALISADE_GEO_COUNTRY=../shared/geo/country.mmdb \
 PALISADE_TRUSTED_PROXIES=127.0.0.1/32 \
-  ./target/release/palisade serve --data-dir "$data" --listen 127.0.0.1:18099 >"$data/out" 2>"$data/err" &
+  "${BIN:-./target/release/palisade}" serve --data-dir "$data" --listen 127.0.0.1:18099 >"$data/out" 2>"$data/err" &
 server=$!
 until grep -q pal_ "$data/out" 2>/dev/null; do sleep 0.2; done
 export PALISADE_KEY=$(grep -oE 'pal_[A-Za-z0-9_-]+' "$data/out")
