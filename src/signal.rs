@@ -84,6 +84,8 @@ pub enum Problem {
     ExpirationTooLong,
     #[error("must be at most {0} characters")]
     TooLong(usize),
+    #[error("must not contain the NUL character (U+0000)")]
+    NulCharacter,
     /// Not a problem with the event: its tenant holds as many rules as it may.
     #[error("the tenant's quota of {0} rules is reached")]
     OverQuota(u64),
@@ -449,6 +451,10 @@ fn bounded_text(
 ) -> Result<Option<String>, EntryError> {
     match event.get(field) {
         None | Some(Value::Null) => Ok(None),
+        // PostgreSQL cannot store U+0000 in text; refused on every backend alike.
+        Some(raw @ Value::String(s)) if s.contains('\0') => {
+            Err(EntryError::new(field, Problem::NulCharacter, raw.clone()))
+        }
         Some(Value::String(s)) if s.chars().count() <= max_chars => Ok(Some(s.clone())),
         Some(raw @ Value::String(_)) => Err(EntryError::new(
             field,

@@ -145,6 +145,10 @@ fn bad_events() -> Vec<(Value, &'static str)> {
             "description: must be at most 1024 characters",
         ),
         (
+            ev(json!({"ip": "1.2.3.4", "name": "a\u{0}b"})),
+            "name: must not contain the NUL character (U+0000)",
+        ),
+        (
             ev(json!({"ip": "1.2.3.4", "description": 5})),
             "description: must be a string",
         ),
