@@ -18,18 +18,8 @@ use crate::store::{
     Change, ChangeOp, NewKey, QueueStats, QueuedReport, ReportKind, RuleQuery, StoreError,
 };
 
-const NEEDS_PG: &str = "set PALISADE_TEST_DATABASE_URL to a PostgreSQL database these tests may \
-     create schemas in, e.g. postgres://postgres@127.0.0.1:5432/test (bash .ci/run does)";
-
-fn url() -> String {
-    match std::env::var("PALISADE_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => panic!("{NEEDS_PG}"),
-    }
-}
-
-/// Schemas made by these tests start with this, followed by their creation time.
-const PREFIX: &str = "palisade_t";
+#[path = "../../../tests/common/pg.rs"]
+mod pg;
 
 /// A fresh schema name (not created: [`PgBackend::connect`] creates it).
 struct TestSchema {
@@ -39,14 +29,10 @@ struct TestSchema {
 
 impl TestSchema {
     async fn new() -> Self {
-        let url = url();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
-        let name = format!("{PREFIX}{now}_{:016x}", rand::random::<u64>());
-        drop_stale_schemas(&url, now).await;
-        TestSchema { url, name }
+        TestSchema {
+            url: pg::url(),
+            name: pg::fresh_schema().await,
+        }
     }
 
     fn options(&self) -> PgOptions {
@@ -80,34 +66,6 @@ impl TestSchema {
         .unwrap();
         admin.close().await.ok();
     }
-}
-
-/// Schemas of test runs that died before dropping theirs, an hour old or more.
-async fn drop_stale_schemas(url: &str, now: u64) {
-    let Ok(mut admin) = PgConnection::connect(url).await else {
-        return;
-    };
-    let names: Vec<String> =
-        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)")
-            .bind(PREFIX)
-            .fetch_all(&mut admin)
-            .await
-            .unwrap_or_default();
-    for name in names {
-        let made = name[PREFIX.len()..]
-            .split('_')
-            .next()
-            .and_then(|s| s.parse::<u64>().ok());
-        if made.is_some_and(|made| made + 3600 < now) && super::valid_schema(&name) {
-            // Another test run may be dropping it too.
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
-            )))
-            .execute(&mut admin)
-            .await;
-        }
-    }
-    admin.close().await.ok();
 }
 
 const T0: i64 = 1_700_000_000_000;
