@@ -76,6 +76,10 @@ pub struct Shared {
     pub bodies_in_flight: Arc<Semaphore>,
     /// A request body must arrive whole within this; a slower one is a 408.
     pub body_read_timeout: std::time::Duration,
+    /// ASN and country rules as address ranges, per tenant.
+    pub expansions: Arc<crate::export::expand::Expansions>,
+    /// How many expanded ranges each key may be given.
+    pub range_limits: crate::export::expand::RangeLimits,
 }
 
 impl Shared {
