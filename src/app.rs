@@ -156,6 +156,8 @@ impl Application {
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
             expansions,
             range_limits,
+            export_turns: Arc::new(tokio::sync::Semaphore::new(config.exports.max_concurrent)),
+            exports: config.exports.clone(),
         }));
 
         let [follow_rules, follow_geo] = expansion_followers;

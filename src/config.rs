@@ -42,6 +42,7 @@ pub struct Config {
     pub rate_limits: RateLimitConfig,
     pub audit: AuditConfig,
     pub crowdsec: CrowdsecConfig,
+    pub exports: ExportsConfig,
 }
 
 /// What enforcement points that pull the rules are given of ASN and country rules.
@@ -80,6 +81,31 @@ impl CrowdsecConfig {
             default: self.max_decisions,
             per_key,
         })
+    }
+}
+
+/// `GET /v1/blocklist` and `GET /v1/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportsConfig {
+    /// Blocklist exports written at once; one more is answered 503. Each holds a thread while
+    /// its client reads.
+    pub max_concurrent: usize,
+    /// Bytes a streamed export hands to the connection at a time; at most four such chunks
+    /// wait for a slow client.
+    pub chunk_bytes: usize,
+    /// Most networks one `GET /v1/config` document may list (it is built whole, as the agent
+    /// reads it whole); a larger one is refused with 422.
+    pub agent_max_networks: usize,
+}
+
+impl Default for ExportsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            chunk_bytes: 64 * 1024,
+            agent_max_networks: 2_000_000,
+        }
     }
 }
 
@@ -349,6 +375,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             audit: AuditConfig::default(),
             crowdsec: CrowdsecConfig::default(),
+            exports: ExportsConfig::default(),
         }
     }
 }
