@@ -26,6 +26,9 @@
 //! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
 //!   transactions of row operations) and the embedded SQLite backend. Every rule change gets a
 //!   sequence number in commit order, so anything downstream can follow "changes since N".
+//! - [`export`]: the blocklist for enforcement points that do not ask per request (firewall
+//!   sets, nginx `deny` lists, plain lists) and the geo expansion: ASN and country rules as the
+//!   address ranges they cover, cached until a rule or the geo data changes.
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.
@@ -42,6 +45,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod export;
 pub mod geo;
 pub mod health;
 pub mod index;
