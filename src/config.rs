@@ -41,6 +41,8 @@ pub struct Config {
     pub reports: ReportsConfig,
     pub rate_limits: RateLimitConfig,
     pub audit: AuditConfig,
+    /// CrowdSec bouncers (`/v1/decisions`, `/v1/decisions/stream`).
+    pub crowdsec: crate::crowdsec::CrowdsecConfig,
 }
 
 /// What the audit log keeps, and for how long.
@@ -308,6 +310,7 @@ impl Default for Config {
             reports: ReportsConfig::default(),
             rate_limits: RateLimitConfig::default(),
             audit: AuditConfig::default(),
+            crowdsec: crate::crowdsec::CrowdsecConfig::default(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod pg;
 mod private_pg;
 
 mod access;
+mod bouncers;
 mod cluster;
 mod decisions;
 mod disk;
