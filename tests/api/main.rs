@@ -12,6 +12,7 @@ mod cluster;
 mod decisions;
 mod disk;
 mod durability;
+mod firewall;
 mod helpers;
 mod history;
 mod hostile;
