@@ -867,6 +867,7 @@ impl Backend for PgBackend {
                 .await
                 .map_err(db);
                 let last_page = match &page {
+                    Ok(rules) if rules.is_empty() => break,
                     Ok(rules) => {
                         after = rules.last().map_or(after, |r| r.id);
                         rules.len() < chunk
