@@ -142,6 +142,9 @@ fn expansions(c: &mut Criterion) {
         target,
         expires_at: None,
         name: None,
+        source: palisade::rules::Source::Signal,
+        dataset: None,
+        description: None,
     };
     let us = || Target::Country(CountryCode::parse("US").expect("a country code"));
     let every: Vec<RuleRef> = data

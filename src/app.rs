@@ -129,8 +129,14 @@ impl Application {
                 .map_err(anyhow::Error::msg)?,
             clock.clone(),
         ));
+        let bouncers = Arc::new(crate::crowdsec::pull::Bouncers::new(
+            backend.clone(),
+            index.clone(),
+            config.crowdsec.clone(),
+        ));
         let state = AppState(Arc::new(Shared {
             engine: engine.clone(),
+            bouncers,
             index: index.clone(),
             geo: geo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),

@@ -41,47 +41,10 @@ pub struct Config {
     pub reports: ReportsConfig,
     pub rate_limits: RateLimitConfig,
     pub audit: AuditConfig,
-    pub crowdsec: CrowdsecConfig,
+    /// CrowdSec bouncers (`/v1/decisions`, `/v1/decisions/stream`) and what enforcement
+    /// points are given of ASN and country rules.
+    pub crowdsec: crate::crowdsec::CrowdsecConfig,
     pub exports: ExportsConfig,
-}
-
-/// What enforcement points that pull the rules are given of ASN and country rules.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CrowdsecConfig {
-    /// Serve ASN and country rules to bouncers as the `Range` decisions they cover. Unset: on
-    /// when geo data is configured.
-    pub expand_geo: Option<bool>,
-    /// Most CIDR ranges the expansion of ASN and country rules may come to for one key (a
-    /// bouncer's or an export's); a larger expansion is refused rather than overflowing a
-    /// firewall set ("hash is full"). Unset: no limit.
-    pub max_decisions: Option<usize>,
-    /// Per-key limits (key id -> ranges), replacing `max_decisions` for that key.
-    pub max_decisions_per_key: std::collections::BTreeMap<String, usize>,
-}
-
-impl CrowdsecConfig {
-    /// Whether ASN and country rules are expanded, given whether geo data is configured.
-    pub fn expand_geo(&self, has_geo_data: bool) -> bool {
-        self.expand_geo.unwrap_or(has_geo_data)
-    }
-
-    /// The limits with `max_decisions_per_key`'s keys read as key ids.
-    pub fn range_limits(&self) -> Result<crate::export::expand::RangeLimits, String> {
-        let per_key = self
-            .max_decisions_per_key
-            .iter()
-            .map(|(id, limit)| {
-                id.parse::<i64>()
-                    .map(|id| (id, *limit))
-                    .map_err(|_| format!("crowdsec.max_decisions_per_key: {id:?} is not a key id"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(crate::export::expand::RangeLimits {
-            default: self.max_decisions,
-            per_key,
-        })
-    }
 }
 
 /// `GET /v1/blocklist` and `GET /v1/config`.
@@ -374,7 +337,7 @@ impl Default for Config {
             reports: ReportsConfig::default(),
             rate_limits: RateLimitConfig::default(),
             audit: AuditConfig::default(),
-            crowdsec: CrowdsecConfig::default(),
+            crowdsec: crate::crowdsec::CrowdsecConfig::default(),
             exports: ExportsConfig::default(),
         }
     }

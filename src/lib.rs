@@ -21,6 +21,8 @@
 //! - [`engine`]: the use cases above the backends: every write (group commit, what a write does
 //!   to a rule, audit, quota), the check of an address against the index, and the change feed
 //!   the index and other followers read.
+//! - [`crowdsec`]: CrowdSec's bouncer API: decisions on the wire, look-ups, listings and the
+//!   per-bouncer decision stream, whose cursor the store keeps.
 //! - [`index`]: the in-memory decision tables, patched from the change feed: IP rules in
 //!   prefix tables, ASN and country rules matched through the geo data it holds beside them.
 //! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
@@ -44,6 +46,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod crowdsec;
 pub mod engine;
 pub mod export;
 pub mod geo;

@@ -268,13 +268,31 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::List { location } => {
             let backend = open_backend(&location.load(None)?).await?;
+            let bouncers: std::collections::HashMap<i64, _> = backend
+                .bouncers()
+                .await?
+                .into_iter()
+                .map(|b| (b.key_id, b))
+                .collect();
             println!(
-                "{:>5}  {:<24} {:<7} {:<16} {:<24} REVOKED",
-                "ID", "NAME", "ROLE", "TENANT", "CREATED"
+                "{:>5}  {:<24} {:<7} {:<16} {:<24} {:<24} LAST PULL (bouncers: address, version, user agent)",
+                "ID", "NAME", "ROLE", "TENANT", "CREATED", "REVOKED"
             );
             for key in backend.keys().await? {
+                let pulled = bouncers.get(&key.id).map_or_else(
+                    || "-".to_owned(),
+                    |b| {
+                        format!(
+                            "{}  {}  {}  {}",
+                            b.last_pull,
+                            b.address.as_deref().unwrap_or("-"),
+                            b.version.as_deref().unwrap_or("-"),
+                            b.user_agent.as_deref().unwrap_or("-"),
+                        )
+                    },
+                );
                 println!(
-                    "{:>5}  {:<24} {:<7} {:<16} {:<24} {}",
+                    "{:>5}  {:<24} {:<7} {:<16} {:<24} {:<24} {}",
                     key.id,
                     key.name,
                     key.role,
@@ -282,7 +300,8 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
                     key.created_at,
                     key.revoked_at
                         .map(|t| t.to_string())
-                        .unwrap_or_else(|| "-".into())
+                        .unwrap_or_else(|| "-".into()),
+                    pulled
                 );
             }
         }

@@ -14,10 +14,16 @@ use crate::store::StoreError;
 /// The text of every 401, as the contract words it.
 pub const UNAUTHORIZED_MESSAGE: &str = "Invalid or missing API key";
 
+/// The text of CrowdSec's answer to a bouncer with a missing or wrong key, which bouncers log.
+pub const BOUNCER_FORBIDDEN_MESSAGE: &str = "access forbidden";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{UNAUTHORIZED_MESSAGE}")]
     Unauthorized,
+    /// A bouncer route without a valid reader key: 403 in CrowdSec's own shape.
+    #[error("{BOUNCER_FORBIDDEN_MESSAGE}")]
+    BouncerForbidden,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -56,6 +62,15 @@ impl From<crate::export::expand::TooManyRanges> for ApiError {
 impl From<crate::export::agent::TooManyNetworks> for ApiError {
     fn from(e: crate::export::agent::TooManyNetworks) -> Self {
         ApiError::TooLarge(e.to_string())
+    }
+}
+
+impl From<crate::crowdsec::pull::PullError> for ApiError {
+    fn from(e: crate::crowdsec::pull::PullError) -> Self {
+        match e {
+            crate::crowdsec::pull::PullError::Store(e) => ApiError::Store(e),
+            crate::crowdsec::pull::PullError::Contended => ApiError::Busy,
+        }
     }
 }
 
@@ -129,7 +144,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::BouncerForbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Blocked(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -147,7 +162,9 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "Unauthorized",
-            ApiError::Forbidden(_) | ApiError::Blocked(_) => "Forbidden",
+            ApiError::Forbidden(_) | ApiError::Blocked(_) | ApiError::BouncerForbidden => {
+                "Forbidden"
+            }
             ApiError::NotFound(_) => "NotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Validation(_) => "ValidationError",
@@ -177,6 +194,10 @@ pub struct ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let ApiError::BouncerForbidden = self {
+            let body = serde_json::json!({ "message": BOUNCER_FORBIDDEN_MESSAGE });
+            return (status, Json(body)).into_response();
+        }
         match &self {
             // The cause stays in the log; the client learns only that nothing was written.
             ApiError::Store(e) => tracing::error!(error = %e, "store failure"),

@@ -5,6 +5,8 @@
 //! - [`rules`]: `GET /v1/rules`, `GET|DELETE /v1/rules/{id}`
 //! - [`audit`]: `GET /v1/audit`
 //! - [`check`]: `GET|POST /v1/check`, `GET /v1/forward-auth`
+//! - [`crowdsec`]: `GET|HEAD /v1/decisions`, `GET|HEAD /v1/decisions/stream`,
+//!   `POST /v1/usage-metrics` (CrowdSec's bouncer API)
 //! - [`reports`]: `POST /v1/ip`, `/v1/unban/ip`, `/v1/false/{add,remove}/ip`, `POST /test`
 //! - [`exports`]: `GET /v1/blocklist`, `GET /v1/config` (the Gen0Sec agent's feed),
 //!   `GET /v1/authcheck` (also `/authcheck`)
@@ -13,6 +15,7 @@
 pub mod audit;
 pub mod auth;
 pub mod check;
+pub mod crowdsec;
 pub mod docs;
 pub mod error;
 pub mod exports;
@@ -54,6 +57,8 @@ use error::ApiError;
 pub struct Shared {
     /// Every write goes through it; reads go to its backend.
     pub engine: Arc<Engine>,
+    /// What CrowdSec bouncers pull.
+    pub bouncers: Arc<crate::crowdsec::pull::Bouncers>,
     pub index: Arc<Index>,
     pub geo: Arc<Geo>,
     /// Peers whose forwarding header forward-auth believes.
@@ -149,6 +154,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(audit::list))
         .route("/v1/check", get(check::check_one).post(check::check_many))
         .route("/v1/forward-auth", get(check::forward_auth))
+        .route(
+            "/v1/decisions",
+            get(crowdsec::decisions).head(crowdsec::head),
+        )
+        .route(
+            "/v1/decisions/stream",
+            get(crowdsec::stream).head(crowdsec::head),
+        )
+        .route(
+            "/v1/usage-metrics",
+            axum::routing::post(crowdsec::usage_metrics),
+        )
         .route("/v1/ip", axum::routing::post(reports::report))
         .route("/v1/unban/ip", axum::routing::post(reports::unban))
         .route("/v1/false/add/ip", axum::routing::post(reports::false_add))

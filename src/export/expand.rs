@@ -445,6 +445,9 @@ mod tests {
             target,
             expires_at: until.map(UnixMillis),
             name: None,
+            source: crate::rules::Source::Signal,
+            dataset: None,
+            description: None,
             at: UnixMillis(0),
         }
     }
@@ -480,6 +483,9 @@ mod tests {
             target,
             expires_at: until.map(UnixMillis),
             name: None,
+            source: crate::rules::Source::Signal,
+            dataset: None,
+            description: None,
         });
         let now = UnixMillis(1000);
         let expansion = expand(&geo.current(), &rules, now, 7);

@@ -162,7 +162,7 @@ impl GeoRules {
                 for targeted in shard.entries.values() {
                     bytes += targeted.list.capacity() * size_of::<Arc<RuleRef>>();
                     for rule in &targeted.list {
-                        let name = rule.name.as_ref().map_or(0, |n| n.len() + 16);
+                        let name = rule.text_bytes();
                         rules.insert(Arc::as_ptr(rule), name);
                     }
                 }

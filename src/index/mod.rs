@@ -26,7 +26,7 @@ use ipnet::IpNet;
 
 use crate::engine::ChangeSink;
 use crate::geo::{GeoData, GeoRecord};
-use crate::rules::{RuleAction, RuleId, Target, TenantId, UnixMillis, normalize_ip};
+use crate::rules::{RuleAction, RuleId, Source, Target, TenantId, UnixMillis, normalize_ip};
 use crate::store::{Change, ChangeOp, Snapshot};
 use geo_rules::GeoRules;
 use table::{Entry, Table, TableStats};
@@ -40,9 +40,23 @@ pub struct RuleRef {
     pub target: Target,
     pub expires_at: Option<UnixMillis>,
     pub name: Option<Arc<str>>,
+    /// Which API made the rule, and its report dataset: a bouncer's decision names its origin.
+    pub source: Source,
+    pub dataset: Option<Arc<str>>,
+    /// Kept only for rules without a name: a decision's scenario is the name, or else this.
+    pub description: Option<Arc<str>>,
 }
 
 impl RuleRef {
+    /// Bytes of the texts it holds, each its own allocation with its reference counts.
+    pub fn text_bytes(&self) -> usize {
+        [&self.name, &self.dataset, &self.description]
+            .into_iter()
+            .flatten()
+            .map(|text| text.len() + 16)
+            .sum()
+    }
+
     pub fn is_active_at(&self, now: UnixMillis) -> bool {
         self.expires_at.is_none_or(|at| at > now)
     }
@@ -338,7 +352,13 @@ impl Index {
                 action: rule.action,
                 target: rule.target,
                 expires_at: rule.expires_at,
+                description: rule
+                    .description
+                    .filter(|_| rule.name.is_none())
+                    .map(Arc::from),
                 name: rule.name.map(Arc::from),
+                source: rule.source,
+                dataset: rule.dataset.map(Arc::from),
             });
             let (v4, v6, geo) = by_tenant.entry(rule.tenant).or_default();
             match rule.target {
@@ -530,6 +550,13 @@ fn rule_ref(change: &Change) -> Arc<RuleRef> {
         target: change.target,
         expires_at: change.expires_at,
         name: change.name.as_deref().map(Arc::from),
+        source: change.source,
+        dataset: change.dataset.as_deref().map(Arc::from),
+        description: change
+            .description
+            .as_deref()
+            .filter(|_| change.name.is_none())
+            .map(Arc::from),
     })
 }
 

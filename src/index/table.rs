@@ -613,7 +613,7 @@ impl<A: Addr> Table<A> {
                     stats.rule_lists += size_of_val::<[Arc<RuleRef>]>(list) + counts;
                     for rule in list.iter() {
                         // A name is its own allocation, with its reference counts.
-                        let name = rule.name.as_ref().map_or(0, |n| n.len() + 16);
+                        let name = rule.text_bytes();
                         rules.insert(Arc::as_ptr(rule), name);
                     }
                 }

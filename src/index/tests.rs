@@ -50,6 +50,9 @@ impl Fixture {
             expires_at: expires_at.map(UnixMillis),
             name: Some(format!("rule-{id}")),
             at: NOW,
+            source: Source::Signal,
+            dataset: None,
+            description: None,
         }]);
     }
 
@@ -325,6 +328,9 @@ fn removals_refreshes_and_tenants() {
         expires_at: None,
         name: None,
         at: NOW,
+        source: Source::Signal,
+        dataset: None,
+        description: None,
     }]);
     assert!(!f.blocked("203.0.113.5"));
     assert_eq!(f.index.seq(), seq);
@@ -603,6 +609,9 @@ fn one_tenant_blocking_every_country_does_no_work_for_another() {
             expires_at: None,
             name: None,
             at: NOW,
+            source: Source::Signal,
+            dataset: None,
+            description: None,
         })
         .collect();
     f.seq += changes.len() as u64;
@@ -787,6 +796,9 @@ fn rebuild_never_hides_a_change_applied_after_its_snapshot() {
         expires_at: None,
         name: None,
         at: NOW,
+        source: Source::Signal,
+        dataset: None,
+        description: None,
     };
     let unseen = std::thread::scope(|scope| {
         let reader = scope.spawn(|| {
@@ -1045,6 +1057,9 @@ proptest! {
                             target: Target::Asn(Asn::new(asn).unwrap()),
                             expires_at: *expires_at,
                             name: None,
+                            source: Source::Signal,
+                            dataset: None,
+                            description: None,
                         }));
                         want_ids.push(*id);
                     }
@@ -1072,7 +1087,7 @@ proptest! {
                 model.remove(&id);
                 if !delete {
                     let expires_at = [None, Some(NOW.0 - 1), Some(NOW.0 + 1), Some(NOW.0 + 2)][*exp].map(UnixMillis);
-                    rules.put(Arc::new(RuleRef { id, action, target, expires_at, name: None }));
+                    rules.put(Arc::new(RuleRef { id, action, target, expires_at, name: None, source: Source::Signal, dataset: None, description: None }));
                     model.insert(id, (*asn, action, expires_at));
                 }
             }

@@ -56,6 +56,14 @@ pub async fn spawn_with(
         config.database.pool_size = 4;
     }
     configure(&mut config);
+    let app = spawn_config(config, clock).await;
+    assert!(!app.admin.is_empty(), "a new data dir gets an admin key");
+    TestApp { _dir: dir, ..app }
+}
+
+/// A server on `config` as given (a data directory or schema used before, say); `admin` is
+/// empty unless this start created the first key.
+pub async fn spawn_config(config: Config, clock: Option<Arc<ManualClock>>) -> TestApp {
     let app_clock: Arc<dyn Clock> = match &clock {
         Some(c) => c.clone(),
         None => Arc::new(SystemClock),
@@ -64,10 +72,7 @@ pub async fn spawn_with(
         .await
         .unwrap();
     let base = format!("http://{}", app.local_addr());
-    let admin = app
-        .bootstrap_key
-        .clone()
-        .expect("a new data dir gets an admin key");
+    let admin = app.bootstrap_key.clone().unwrap_or_default();
     let state = app.state().clone();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
@@ -80,7 +85,7 @@ pub async fn spawn_with(
         http: reqwest::Client::new(),
         clock,
         _stop: stop,
-        _dir: dir,
+        _dir: tempfile::tempdir().unwrap(),
     }
 }
 

@@ -7,11 +7,13 @@ mod pg;
 mod private_pg;
 
 mod access;
+mod bouncers;
 mod cluster;
 mod decisions;
 mod disk;
 mod durability;
 mod exports;
+mod firewall;
 mod helpers;
 mod history;
 mod hostile;
