@@ -41,6 +41,9 @@ pub struct Config {
     pub reports: ReportsConfig,
     pub rate_limits: RateLimitConfig,
     pub audit: AuditConfig,
+    /// A second address serving only `GET /metrics`, without a key (keep it on a private
+    /// network); unset: metrics only on `listen`, for admin keys. Env `PALISADE_METRICS_LISTEN`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// What the audit log keeps, and for how long.
@@ -308,6 +311,7 @@ impl Default for Config {
             reports: ReportsConfig::default(),
             rate_limits: RateLimitConfig::default(),
             audit: AuditConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -386,6 +390,7 @@ impl Config {
             ("PALISADE_GEO_COUNTRY", "geo.country"),
             ("PALISADE_CLIENT_IP_HEADER", "client_ip_header"),
             ("PALISADE_DATABASE_URL", "database.url"),
+            ("PALISADE_METRICS_LISTEN", "metrics_listen"),
         ] {
             if let Ok(path) = std::env::var(var) {
                 figment = figment.merge(Serialized::default(key, path));

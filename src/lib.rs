@@ -25,10 +25,13 @@
 //! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
 //!   transactions of row operations) and the embedded SQLite backend. Every rule change gets a
 //!   sequence number in commit order, so anything downstream can follow "changes since N".
+//! - [`import`]: `palisade rules import`: downloaded blocklists read into rule writes.
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.
+//! - [`telemetry`]: Prometheus metrics (`/metrics`), request ids and log formats.
 //! - [`health`]: readiness: the index is loaded and the store accepts writes.
+//! - [`config_check`]: `palisade config check`: a file read strictly, shown as it applies.
 //! - [`config`], [`clock`]: configuration layering and the time source (controllable in tests).
 
 /// jemalloc rather than the system allocator, configured (`.cargo/config.toml`) to ask for
@@ -40,9 +43,11 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod config_check;
 pub mod engine;
 pub mod geo;
 pub mod health;
+pub mod import;
 pub mod index;
 pub mod json;
 pub mod keys;
@@ -52,3 +57,4 @@ pub mod rules;
 pub mod server;
 pub mod signal;
 pub mod store;
+pub mod telemetry;

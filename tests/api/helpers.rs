@@ -23,6 +23,8 @@ pub struct TestApp {
     pub state: AppState,
     pub http: reqwest::Client,
     pub clock: Option<Arc<ManualClock>>,
+    /// `http://host:port` of the keyless metrics listener, when `metrics_listen` is set.
+    pub metrics_base: Option<String>,
     _stop: oneshot::Sender<()>,
     pub _dir: TempDir,
 }
@@ -69,6 +71,7 @@ pub async fn spawn_with(
         .clone()
         .expect("a new data dir gets an admin key");
     let state = app.state().clone();
+    let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -79,6 +82,7 @@ pub async fn spawn_with(
         state,
         http: reqwest::Client::new(),
         clock,
+        metrics_base,
         _stop: stop,
         _dir: dir,
     }
