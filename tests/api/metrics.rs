@@ -279,3 +279,67 @@ async fn request_ids_are_echoed_and_taken_only_from_trusted_proxies() {
         .unwrap();
     assert_ne!(response.headers()["x-request-id"], "a b\"c");
 }
+
+/// `--log-format json`: every line is a JSON object, and a request's lines carry its id.
+#[tokio::test]
+async fn json_logs_carry_the_request_id() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env("RUST_LOG", "info,palisade::telemetry=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the server logs");
+        let parsed: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        parsed
+    };
+    let address = loop {
+        let line = next();
+        if line["fields"]["message"] == "palisade listening" {
+            break line["fields"]["address"].as_str().unwrap().to_owned();
+        }
+    };
+    let response = reqwest::get(format!("http://{address}/healthz"))
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let answered = loop {
+        let line = next();
+        if line["fields"]["message"] == "answered" {
+            break line;
+        }
+    };
+    assert_eq!(answered["span"]["id"], id.as_str(), "{answered}");
+    assert_eq!(answered["fields"]["route"], "/healthz");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -306,3 +306,93 @@ fn the_systemd_unit_verifies() {
     // verify warns without failing; a warning about this unit is a fault in it.
     assert!(!errors.contains("palisade.service"), "{errors}");
 }
+
+/// SIGTERM while clients keep writing: the server stops accepting, answers what it took,
+/// exits 0, and every write it acknowledged is there after a restart.
+#[tokio::test]
+async fn sigterm_under_load_loses_no_acknowledged_write() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let data = tempfile::tempdir().unwrap();
+    let (mut server, key) = crate::helpers::start(data.path(), true);
+    let key = key.unwrap();
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..4u32 {
+        let (base, key, acknowledged) = (server.base.clone(), key.clone(), acknowledged.clone());
+        clients.spawn(async move {
+            let http = reqwest::Client::new();
+            let mut written = Vec::new();
+            for batch in 0u32.. {
+                let ips: Vec<String> = (0..5)
+                    .map(|n| {
+                        let i = batch * 5 + n;
+                        format!("10.{client}.{}.{}", i / 250, i % 250 + 1)
+                    })
+                    .collect();
+                let events: Vec<_> = ips.iter().map(|ip| crate::helpers::block_ip(ip)).collect();
+                let sent = http
+                    .post(format!("{base}/v1/signal"))
+                    .bearer_auth(&key)
+                    .json(&events)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == StatusCode::OK => {
+                        written.extend(ips);
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Refused or cut off while stopping: not acknowledged, so not owed.
+                    Ok(_) | Err(_) => break,
+                }
+            }
+            written
+        });
+    }
+    let start = Instant::now();
+    while acknowledged.load(Ordering::Relaxed) < 200 {
+        assert!(start.elapsed() < EVENTUALLY, "the clients made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = i32::try_from(server.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut written = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        written.extend(done.unwrap());
+    }
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < EVENTUALLY * 2, "the server did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        server.logs.lock().unwrap()
+    );
+    drop(server);
+
+    let (server, _) = crate::helpers::start(data.path(), false);
+    let http = reqwest::Client::new();
+    let mut missing = Vec::new();
+    for ip in &written {
+        let body: serde_json::Value = http
+            .get(format!("{}/v1/check?ip={ip}", server.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["blocked"] != true {
+            missing.push(ip.clone());
+        }
+    }
+    assert!(written.len() >= 1000, "{}", written.len());
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+}
