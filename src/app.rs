@@ -29,6 +29,7 @@ use crate::store::backend::SharedBackend;
 use crate::store::postgres::{PgBackend, PgOptions};
 use crate::store::sqlite::SqliteBackend;
 use crate::store::{NewKey, StoreResult};
+use crate::telemetry;
 use tokio::sync::Notify;
 
 /// How often the server re-reads the keys table, so that keys made or revoked from the command
@@ -40,6 +41,8 @@ const PURGE_BATCH: usize = 10_000;
 
 pub struct Application {
     listener: TcpListener,
+    /// `metrics_listen`: `GET /metrics` without a key.
+    metrics_listener: Option<TcpListener>,
     connection_limits: ConnectionLimits,
     state: AppState,
     tasks: BackgroundTasks,
@@ -53,6 +56,8 @@ impl Application {
     }
 
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // Before anything records: handles made earlier would record nowhere.
+        crate::telemetry::recorder::handle();
         let geo = Arc::new(Geo::open(&config.geo).context("loading the geo data")?);
         if !geo.has_asn_source() {
             tracing::info!(
@@ -119,6 +124,14 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding metrics_listen {address}"))?,
+            ),
+            None => None,
+        };
 
         let rate_limits = Arc::new(RateLimits::new(
             config.rate_limits.reports_per_minute,
@@ -199,6 +212,7 @@ impl Application {
         ]);
         Ok(Self {
             listener,
+            metrics_listener,
             connection_limits: config.server.connection_limits(),
             state,
             tasks,
@@ -216,6 +230,13 @@ impl Application {
         self.local_addr().port()
     }
 
+    /// Where `GET /metrics` answers without a key, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -228,12 +249,27 @@ impl Application {
     ) -> std::io::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             connection_limits,
             state,
             tasks: _running_until_return,
             ..
         } = self;
-        server::serve(listener, api::router(state), connection_limits, shutdown).await
+        // Stopped with the tasks: a scrape during shutdown is worth nothing.
+        let _metrics = metrics_listener.map(|listener| {
+            let router = telemetry::scrape::keyless_router(state.clone());
+            BackgroundTasks(vec![tokio::spawn(async move {
+                if let Err(e) =
+                    server::serve(listener, router, connection_limits, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            })])
+        });
+        let trusted = state.trusted_proxies.clone();
+        let router = api::router(state.clone()).merge(telemetry::scrape::router(state));
+        let router = telemetry::http::instrument(router, trusted);
+        server::serve(listener, router, connection_limits, shutdown).await
     }
 }
 
@@ -374,7 +410,10 @@ async fn process_reports(engine: Arc<Engine>, clock: Arc<dyn Clock>) {
                 .await
             {
                 Ok(processed) if processed.reports == 0 => break,
-                Ok(_) => {}
+                Ok(processed) => {
+                    metrics::counter!(telemetry::names::REPORTS_APPLIED)
+                        .increment(processed.reports as u64);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "applying queued reports failed; retrying");
                     break;

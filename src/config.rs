@@ -45,6 +45,9 @@ pub struct Config {
     /// points are given of ASN and country rules.
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
     pub exports: ExportsConfig,
+    /// A second address serving only `GET /metrics`, without a key (keep it on a private
+    /// network); unset: metrics only on `listen`, for admin keys. Env `PALISADE_METRICS_LISTEN`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `GET /v1/blocklist` and `GET /v1/config`.
@@ -339,6 +342,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             crowdsec: crate::crowdsec::CrowdsecConfig::default(),
             exports: ExportsConfig::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -417,6 +421,7 @@ impl Config {
             ("PALISADE_GEO_COUNTRY", "geo.country"),
             ("PALISADE_CLIENT_IP_HEADER", "client_ip_header"),
             ("PALISADE_DATABASE_URL", "database.url"),
+            ("PALISADE_METRICS_LISTEN", "metrics_listen"),
         ] {
             if let Ok(path) = std::env::var(var) {
                 figment = figment.merge(Serialized::default(key, path));

@@ -31,10 +31,13 @@
 //! - [`export`]: the blocklist for enforcement points that do not ask per request (firewall
 //!   sets, nginx `deny` lists, plain lists) and the geo expansion: ASN and country rules as the
 //!   address ranges they cover, cached until a rule or the geo data changes.
+//! - [`import`]: `palisade rules import`: downloaded blocklists read into rule writes.
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.
+//! - [`telemetry`]: Prometheus metrics (`/metrics`), request ids and log formats.
 //! - [`health`]: readiness: the index is loaded and the store accepts writes.
+//! - [`config_check`]: `palisade config check`: a file read strictly, shown as it applies.
 //! - [`config`], [`clock`]: configuration layering and the time source (controllable in tests).
 
 /// jemalloc rather than the system allocator, configured (`.cargo/config.toml`) to ask for
@@ -46,11 +49,13 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod config_check;
 pub mod crowdsec;
 pub mod engine;
 pub mod export;
 pub mod geo;
 pub mod health;
+pub mod import;
 pub mod index;
 pub mod json;
 pub mod keys;
@@ -60,3 +65,4 @@ pub mod rules;
 pub mod server;
 pub mod signal;
 pub mod store;
+pub mod telemetry;

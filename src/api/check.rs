@@ -1,5 +1,6 @@
 //! Decision look-ups: `GET /v1/check`, `POST /v1/check` and `GET /v1/forward-auth`.
 
+use crate::telemetry::http::{LookupEndpoint, count_lookup};
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
@@ -67,6 +68,7 @@ pub async fn check_one(
     let view = app.index.view(principal.tenant_id);
     let max_matches = app.body_limits.matches_per_address;
     let answer = answer_bounded(&view, params.ip, app.clock.now(), max_matches);
+    count_lookup(LookupEndpoint::Check, answer.blocked, answer.allowed);
     Ok(Json(answer).into_response())
 }
 
@@ -117,6 +119,7 @@ pub async fn check_many(
             .into_iter()
             .map(|ip| {
                 let answer = answer_bounded(&view, ip, now, per_address.min(budget));
+                count_lookup(LookupEndpoint::CheckBatch, answer.blocked, answer.allowed);
                 budget -= answer.matches.len();
                 answer
             })
@@ -299,6 +302,11 @@ pub async fn forward_auth(
         &app.client_ip_header,
     )?;
     let verdict = app.index.decide(principal.tenant_id, ip, app.clock.now());
+    count_lookup(
+        LookupEndpoint::ForwardAuth,
+        verdict.blocked,
+        verdict.allowed,
+    );
     if verdict.blocked {
         return Err(ApiError::Blocked(ip));
     }

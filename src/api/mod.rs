@@ -341,7 +341,7 @@ impl<R: BodyRoute + Send> FromRequest<AppState> for RawBody<R> {
 /// that full sheds load rather than queue it.
 pub const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A fresh id tying a request's audit entries together.
+/// The id tying a request's audit entries to its log lines and its answer's `X-Request-Id`.
 pub fn request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    crate::telemetry::current_request_id().unwrap_or_else(crate::telemetry::http::new_request_id)
 }

@@ -26,7 +26,7 @@ use ipnet::IpNet;
 
 use crate::engine::ChangeSink;
 use crate::geo::{GeoData, GeoRecord};
-use crate::rules::{RuleAction, RuleId, Source, Target, TenantId, UnixMillis, normalize_ip};
+use crate::rules::{Kind, RuleAction, RuleId, Source, Target, TenantId, UnixMillis, normalize_ip};
 use crate::store::{Change, ChangeOp, Snapshot};
 use geo_rules::GeoRules;
 use table::{Entry, Table, TableStats};
@@ -404,6 +404,34 @@ impl Index {
         let next = patched(&self.current.load(), &fresh);
         self.current.store(Arc::new(next));
         *seq = last_seq;
+    }
+
+    /// Rules in force at `now`, counted by tenant, kind and action (for metrics: a walk over
+    /// every table, so not for the look-up path).
+    pub fn active_rules(&self, now: UnixMillis) -> HashMap<(TenantId, Kind, RuleAction), u64> {
+        let generation = self.current.load();
+        let mut counts = HashMap::new();
+        for (slot, tenant) in generation.tenants.iter().enumerate() {
+            let Some(tenant) = tenant else {
+                continue;
+            };
+            let id = TenantId(slot as i64);
+            // A rule spread over several buckets is one rule.
+            let mut seen = std::collections::HashSet::new();
+            let mut count = |rule: &Arc<RuleRef>| {
+                if rule.is_active_at(now) && seen.insert(Arc::as_ptr(rule)) {
+                    *counts
+                        .entry((id, rule.target.kind(), rule.action))
+                        .or_insert(0) += 1;
+                }
+            };
+            tenant.ip.v4.for_each_rule(&mut count);
+            tenant.ip.v6.for_each_rule(&mut count);
+            if let Some(geo) = &tenant.geo {
+                geo.for_each_rule(&mut count);
+            }
+        }
+        counts
     }
 
     /// Prefixes held and heap bytes used, over all tenants.

@@ -590,6 +590,17 @@ impl<A: Addr> Table<A> {
         })
     }
 
+    /// Every rule record the table points to, once per bucket that holds it.
+    pub fn for_each_rule(&self, mut visit: impl FnMut(&Arc<RuleRef>)) {
+        for chunk in self.chunks.iter().flatten() {
+            for hot in &chunk.hot {
+                for rule in hot.rules.iter().flat_map(|list| list.iter()) {
+                    visit(rule);
+                }
+            }
+        }
+    }
+
     /// Sizes, for the memory report. `rules` collects the rule records the table points to
     /// (they are shared between buckets and tables, so the caller counts each once).
     pub fn stats(

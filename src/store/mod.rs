@@ -45,7 +45,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleWrite {
     /// Creates the rule for `(action, target)` or refreshes it: the expiry is always replaced
-    /// (absent means permanent); name and description are replaced when given and kept when not.
+    /// (absent means permanent); name, description and dataset are replaced when given and
+    /// kept when not.
     Put {
         action: RuleAction,
         target: Target,
@@ -53,6 +54,8 @@ pub enum RuleWrite {
         name: Option<String>,
         description: Option<String>,
         source: Source,
+        /// The list the rule came from (an imported blocklist).
+        dataset: Option<String>,
     },
     /// Removes the rule for exactly `(action, target)`; nothing to remove is not an error.
     Remove { action: RuleAction, target: Target },

@@ -18,6 +18,8 @@ mod helpers;
 mod history;
 mod hostile;
 mod limits;
+mod metrics;
+mod operations;
 mod proxies;
 mod reports;
 mod rules;
