@@ -150,6 +150,8 @@ impl Application {
             )),
             body_limits: config.limits.clone(),
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
+            tally: Default::default(),
+            console: config.console.clone(),
         }));
 
         let tasks = BackgroundTasks(vec![

@@ -41,6 +41,7 @@ pub struct Config {
     pub reports: ReportsConfig,
     pub rate_limits: RateLimitConfig,
     pub audit: AuditConfig,
+    pub console: crate::console::ConsoleConfig,
 }
 
 /// What the audit log keeps, and for how long.
@@ -308,6 +309,7 @@ impl Default for Config {
             reports: ReportsConfig::default(),
             rate_limits: RateLimitConfig::default(),
             audit: AuditConfig::default(),
+            console: crate::console::ConsoleConfig::default(),
         }
     }
 }

@@ -25,6 +25,8 @@
 //! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
 //!   transactions of row operations) and the embedded SQLite backend. Every rule change gets a
 //!   sequence number in commit order, so anything downstream can follow "changes since N".
+//! - [`console`]: the operator console at `/console/`: pages over the same engine, store and
+//!   index as the API, with sign-in sessions.
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.
@@ -40,6 +42,7 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod engine;
 pub mod geo;
 pub mod health;

@@ -17,6 +17,7 @@ pub mod query;
 pub mod reports;
 pub mod rules;
 pub mod signal;
+pub mod tally;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -76,6 +77,9 @@ pub struct Shared {
     pub bodies_in_flight: Arc<Semaphore>,
     /// A request body must arrive whole within this; a slower one is a 408.
     pub body_read_timeout: std::time::Duration,
+    /// Look-ups and blocks per minute, for the console's chart.
+    pub tally: tally::Tally,
+    pub console: crate::console::ConsoleConfig,
 }
 
 impl Shared {
@@ -151,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(docs::router())
+        .merge(crate::console::router(&state))
         .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

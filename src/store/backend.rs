@@ -11,7 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    AuditEntry, Change, NewKey, Page, QueueStats, QueuedReport, RuleQuery, Snapshot, StoreResult,
+    AuditEntry, Change, NewKey, Page, QueueStats, QueuedReport, RuleCount, RuleQuery, Snapshot,
+    StoreResult,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
@@ -136,6 +137,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> StoreResult<Option<Rule>>;
 
     async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>>;
+
+    /// The tenant's rules active at `now`, counted by kind and action (one row per pair that
+    /// has any).
+    async fn rule_counts(&self, tenant: TenantId, now: UnixMillis) -> StoreResult<Vec<RuleCount>>;
 
     /// Audit entries, newest first; `before` is the cursor.
     async fn audit(

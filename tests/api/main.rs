@@ -8,6 +8,8 @@ mod private_pg;
 
 mod access;
 mod cluster;
+mod console;
+mod console_browser;
 mod decisions;
 mod disk;
 mod durability;

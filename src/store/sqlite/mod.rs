@@ -20,7 +20,9 @@ use rusqlite_migration::{M, Migrations};
 use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, Transaction, TxOutput, TxWork};
-use super::{AuditEntry, Change, Page, QueueStats, RuleQuery, Snapshot, StoreError, StoreResult};
+use super::{
+    AuditEntry, Change, Page, QueueStats, RuleCount, RuleQuery, Snapshot, StoreError, StoreResult,
+};
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Rule, RuleId, TenantId, UnixMillis};
 
@@ -264,6 +266,10 @@ impl Backend for SqliteBackend {
 
     async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>> {
         self.read(move |c| read::rules(c, tenant, &query)).await
+    }
+
+    async fn rule_counts(&self, tenant: TenantId, now: UnixMillis) -> StoreResult<Vec<RuleCount>> {
+        self.read(move |c| read::rule_counts(c, tenant, now)).await
     }
 
     async fn audit(
