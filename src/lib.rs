@@ -19,7 +19,8 @@
 //!   ASN or a country, and reloading when the files change.
 //! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
 //! - [`engine`]: the use cases above the backends: every write (group commit, what a write does
-//!   to a rule, audit, quota) and the change feed the index and other followers read.
+//!   to a rule, audit, quota), the check of an address against the index, and the change feed
+//!   the index and other followers read.
 //! - [`index`]: the in-memory decision tables, patched from the change feed: IP rules in
 //!   prefix tables, ASN and country rules matched through the geo data it holds beside them.
 //! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
