@@ -69,7 +69,8 @@ pub async fn check_one(
     let max_matches = app.body_limits.matches_per_address;
     let now = app.clock.now();
     let answer = answer_bounded(&view, params.ip, now, max_matches);
-    app.tally.record(now, 1, u64::from(answer.blocked));
+    app.tally
+        .record(principal.tenant_id, now, 1, u64::from(answer.blocked));
     Ok(Json(answer).into_response())
 }
 
@@ -128,7 +129,7 @@ pub async fn check_many(
         let blocked = results.iter().filter(|a| a.blocked).count();
         shared
             .tally
-            .record(now, results.len() as u64, blocked as u64);
+            .record(tenant, now, results.len() as u64, blocked as u64);
         serde_json::to_vec(&CheckResults { results })
             .map_err(|e| ApiError::Internal(format!("encoding answers: {e}")))
     })
@@ -308,7 +309,8 @@ pub async fn forward_auth(
     )?;
     let now = app.clock.now();
     let verdict = app.index.decide(principal.tenant_id, ip, now);
-    app.tally.record(now, 1, u64::from(verdict.blocked));
+    app.tally
+        .record(principal.tenant_id, now, 1, u64::from(verdict.blocked));
     if verdict.blocked {
         return Err(ApiError::Blocked(ip));
     }

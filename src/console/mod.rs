@@ -174,6 +174,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(app: &AppState) -> Router<S> {
     Router::new()
         .route("/console", get(pages::home))
         .route("/console/", get(pages::overview))
+        .route("/console/state", get(pages::state))
         .route(
             "/console/sign-in",
             get(pages::sign_in_form).post(pages::sign_in),

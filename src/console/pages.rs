@@ -704,14 +704,30 @@ pub async fn delete(
 /// Newest changes the overview lists.
 const RECENT_CHANGES: usize = 10;
 
-/// `GET /console/`: what is in force, what changed, what is waiting.
-pub async fn overview(State(console): State<Console>, operator: Operator) -> Page {
+#[derive(Deserialize)]
+pub struct SeenQuery {
+    seen: Option<String>,
+}
+
+/// `GET /console/`: what is in force, what changed, what is waiting. Polled by htmx with
+/// `seen`: 204 while no change has been committed since.
+pub async fn overview(
+    State(console): State<Console>,
+    operator: Operator,
+    headers: HeaderMap,
+    ConsoleQuery(query): ConsoleQuery<SeenQuery>,
+) -> Page {
     let tenant = operator.require(Permission::ReadRules)?.tenant_id;
     let app = &console.app;
-    let backend = app.engine.backend();
-    let now = app.clock.now();
-    let counts = backend.rule_counts(tenant, now).await?;
-    let queue = backend.queue_stats(Some(tenant)).await?;
+    let seen = app.engine.feed().applied();
+    if headers.contains_key("hx-request") && given(&query.seen) == Some(seen.to_string().as_str()) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let counts = app
+        .engine
+        .backend()
+        .rule_counts(tenant, app.clock.now())
+        .await?;
     let recent = recent_changes(&console, tenant).await?;
     let (rows, total) = count_rows(&counts);
     let page = OverviewPage {
@@ -719,13 +735,36 @@ pub async fn overview(State(console): State<Console>, operator: Operator) -> Pag
         counts: rows,
         total,
         recent,
-        queue_depth: queue.depth,
-        queue_oldest: queue.oldest.map(when).unwrap_or_default(),
-        geo: geo_summary(&console),
-        chart: chart(&app.tally.last_hour(now)),
+        state: state_view(&console, tenant).await?,
+        seen,
         refresh_secs: console.config.refresh_secs.max(1),
     };
     render(StatusCode::OK, page)
+}
+
+/// `GET /console/state`: the overview's state panel.
+pub async fn state(State(console): State<Console>, operator: Operator) -> Page {
+    let tenant = operator.require(Permission::ReadRules)?.tenant_id;
+    let state = state_view(&console, tenant).await?;
+    let refresh_secs = console.config.refresh_secs.max(1);
+    render(
+        StatusCode::OK,
+        StatePart {
+            state,
+            refresh_secs,
+        },
+    )
+}
+
+async fn state_view(console: &Console, tenant: TenantId) -> Result<StateView, ConsoleError> {
+    let app = &console.app;
+    let queue = app.engine.backend().queue_stats(Some(tenant)).await?;
+    Ok(StateView {
+        chart: chart(&app.tally.last_hour(tenant, app.clock.now())),
+        queue_depth: queue.depth,
+        queue_oldest: queue.oldest.map(when).unwrap_or_default(),
+        geo: geo_summary(console),
+    })
 }
 
 fn count_rows(counts: &[crate::store::RuleCount]) -> (Vec<CountRow>, u64) {

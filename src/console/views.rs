@@ -252,6 +252,14 @@ pub struct Chart {
     pub total_blocks: u64,
 }
 
+/// What changes without a rule changing: look-ups, the report queue, the geo data.
+pub struct StateView {
+    pub chart: Chart,
+    pub queue_depth: u64,
+    pub queue_oldest: String,
+    pub geo: String,
+}
+
 #[derive(Template)]
 #[template(path = "console/overview.html")]
 pub struct OverviewPage {
@@ -259,10 +267,18 @@ pub struct OverviewPage {
     pub counts: Vec<CountRow>,
     pub total: u64,
     pub recent: Vec<ChangeRow>,
-    pub queue_depth: u64,
-    pub queue_oldest: String,
-    pub geo: String,
-    pub chart: Chart,
+    pub state: StateView,
+    /// The change the page was rendered at (live refresh).
+    pub seen: u64,
+    pub refresh_secs: u64,
+}
+
+/// The overview's state panel alone, polled on its own: it is cheap, while counting rules
+/// is not, so that part is only read again when the change feed moves.
+#[derive(Template)]
+#[template(path = "console/state.html")]
+pub struct StatePart {
+    pub state: StateView,
     pub refresh_secs: u64,
 }
 

@@ -562,3 +562,116 @@ async fn the_overview_counts_rules_and_look_ups() {
     assert_eq!(htmx.status, StatusCode::OK);
     assert!(htmx.body.starts_with("/*! htmx 2."));
 }
+
+#[tokio::test]
+async fn the_rules_list_pages_through_the_rules() {
+    let app = spawn_with(|c| c.console.page_size = 2, None).await;
+    let events: Vec<_> = (1..=5)
+        .map(|i| crate::helpers::block_ip(&format!("192.0.2.{i}")))
+        .collect();
+    app.signal(&app.admin, &json!(events)).await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.admin).await;
+    let mut seen = Vec::new();
+    let mut page = browser.get("/console/rules").await;
+    loop {
+        assert!(page.body.contains("(2 shown)") || page.body.contains("(1 shown)"));
+        seen.extend(
+            (1..=5)
+                .map(|i| format!("192.0.2.{i}/32"))
+                .filter(|t| page.body.contains(&format!("<code>{t}</code>"))),
+        );
+        let Some(at) = page.body.find("rel=\"next\"") else {
+            break;
+        };
+        let head = &page.body[..at];
+        let href = &head[head.rfind("href=\"").unwrap() + 6..];
+        let href = href[..href.find('"').unwrap()].replace("&amp;", "&");
+        page = browser.get(&href).await;
+        assert!(page.body.contains("First page"));
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    let bad = browser.get("/console/rules?kind=planet").await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("kind must be one of: ip, asn, country"));
+}
+
+#[tokio::test]
+async fn the_cookie_is_secure_behind_a_tls_proxy_or_when_configured() {
+    let app = spawn_with(
+        |c| {
+            c.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+            c.client_ip_header = "X-Real-IP".into();
+        },
+        None,
+    )
+    .await;
+    let mut browser = Browser::new(&app);
+    browser.get("/console/sign-in").await;
+    assert!(!browser.set_cookies[0].contains("Secure"));
+    let response = browser
+        .http
+        .get(app.url("/console/sign-in"))
+        .header("X-Forwarded-Proto", "https")
+        .header("X-Real-IP", "198.51.100.9")
+        .send()
+        .await
+        .unwrap();
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+
+    let app = spawn_with(|c| c.console.secure_cookie = true, None).await;
+    let mut browser = Browser::new(&app);
+    browser.get("/console/sign-in").await;
+    assert!(browser.set_cookies[0].contains("; Secure"));
+}
+
+#[tokio::test]
+async fn the_console_can_be_turned_off() {
+    let app = spawn_with(|c| c.console.enabled = false, None).await;
+    let mut browser = Browser::new(&app);
+    assert_eq!(
+        browser.get("/console/sign-in").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn each_tenant_sees_its_own_look_ups() {
+    let app = spawn_app().await;
+    let other = app.key(Role::Admin, "other").await;
+    app.get("/v1/check?ip=192.0.2.5", &other).await;
+    app.get("/v1/check?ip=192.0.2.6", &other).await;
+    app.get("/v1/check?ip=192.0.2.7", &app.admin).await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.admin).await;
+    let state = browser.get("/console/state").await;
+    assert_eq!(state.status, StatusCode::OK);
+    assert!(state.body.contains("look-ups: 1"), "{}", state.body);
+    let mut theirs = Browser::new(&app);
+    theirs.sign_in(&other).await;
+    assert!(
+        theirs
+            .get("/console/state")
+            .await
+            .body
+            .contains("look-ups: 2")
+    );
+
+    // The overview's rule panel answers a poll with 204 until a rule changes.
+    let page = browser.get("/console/").await;
+    let at = page.body.find("/console/?seen=").unwrap() + "/console/?seen=".len();
+    let seen: String = page.body[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let poll = browser
+        .http
+        .get(app.url(&format!("/console/?seen={seen}")))
+        .header("Cookie", browser.cookie_header())
+        .header("HX-Request", "true")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(poll.status(), StatusCode::NO_CONTENT);
+}
