@@ -93,24 +93,9 @@ pub async fn sign_in(
         _ => return Err(ConsoleError::Csrf),
     };
     let client = console.client(peer.addr, &peer.headers);
-    let secure = console.secure(peer.addr, &peer.headers);
-    let refuse = |status, error: String| {
-        let layout = Layout::anonymous("Sign in");
-        let csrf = csrf.clone();
-        render(
-            status,
-            SignInPage {
-                layout,
-                csrf,
-                error: Some(error),
-            },
-        )
-    };
     if let Err(secs) = console.failures.check(client) {
-        let mut page = refuse(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("Too many wrong keys from this address; try again in {secs} s"),
-        )?;
+        let error = format!("Too many wrong keys from this address; try again in {secs} s");
+        let mut page = refused(StatusCode::TOO_MANY_REQUESTS, csrf, error)?;
         page.headers_mut().insert(header::RETRY_AFTER, secs.into());
         return Ok(page);
     }
@@ -119,10 +104,8 @@ pub async fn sign_in(
         Ok(_) => {}
         Err(ApiError::Unauthorized) => {
             console.failures.record(client);
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "This key is not valid: wrong, revoked or mistyped".into(),
-            );
+            let error = "This key is not valid: wrong, revoked or mistyped".to_owned();
+            return refused(StatusCode::UNAUTHORIZED, csrf, error);
         }
         Err(e) => return Err(e.into()),
     }
@@ -130,6 +113,7 @@ pub async fn sign_in(
         .sessions
         .open(crate::keys::digest(key))
         .map_err(|_| ConsoleError::TooManySessions)?;
+    let secure = console.secure(peer.addr, &peer.headers);
     let mut response = see_other("/console/");
     set_cookie(
         &mut response,
@@ -140,6 +124,19 @@ pub async fn sign_in(
         &session::clear_cookie(SIGN_IN_COOKIE, secure),
     );
     Ok(response)
+}
+
+/// The sign-in form again, saying why the key was not taken.
+fn refused(status: StatusCode, csrf: String, error: String) -> Page {
+    let layout = Layout::anonymous("Sign in");
+    render(
+        status,
+        SignInPage {
+            layout,
+            csrf,
+            error: Some(error),
+        },
+    )
 }
 
 /// `POST /console/sign-out`.
@@ -537,44 +534,7 @@ pub async fn add_rules(
     operator.verify(form.csrf.as_deref())?;
     let principal = operator.require(Permission::WriteRules)?;
     crate::api::reports::spend(&console.app, Scope::Signal, principal.key_id)?;
-    let events = form.events();
-    let outcome = if events.is_empty() {
-        AddOutcome {
-            message: "Give an address or range, an ASN or a country".into(),
-            errors: vec![],
-            ok: false,
-            applied: 0,
-        }
-    } else {
-        let body = serde_json::to_vec(&events).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let now = console.app.clock.now();
-        match console
-            .app
-            .engine
-            .submit_signals(principal, body.into(), request_id(), now)
-            .await
-        {
-            Ok(outcome) => {
-                let failed = outcome.refused.len();
-                AddOutcome {
-                    message: format!(
-                        "Processed {} entries, {failed} failed",
-                        outcome.total - failed
-                    ),
-                    errors: outcome.refused.iter().map(|(i, e)| e.line(*i)).collect(),
-                    ok: failed == 0,
-                    applied: outcome.total - failed,
-                }
-            }
-            Err(EngineError::NotABatch(problem)) => AddOutcome {
-                message: problem.to_string(),
-                errors: vec![],
-                ok: false,
-                applied: 0,
-            },
-            Err(e) => return Err(e.into()),
-        }
-    };
+    let outcome = submit(&console, principal, form.events()).await?;
     // As the API: some events applied is a success with errors, none applied a bad request.
     let status = if outcome.applied > 0 {
         StatusCode::OK
@@ -589,16 +549,54 @@ pub async fn add_rules(
     } else {
         form.values()
     };
-    let layout = Layout::of(&operator, "Add rules", "add");
-    render(
-        status,
-        AddPage {
-            layout,
-            csrf: operator.csrf.clone(),
-            form: values,
-            outcome: Some(outcome),
-        },
-    )
+    let page = AddPage {
+        layout: Layout::of(&operator, "Add rules", "add"),
+        csrf: operator.csrf.clone(),
+        form: values,
+        outcome: Some(outcome),
+    };
+    render(status, page)
+}
+
+/// Commits `events` as one `POST /v1/signal` batch would be, and says what became of them.
+async fn submit(
+    console: &Console,
+    principal: &crate::keys::Principal,
+    events: Vec<serde_json::Value>,
+) -> Result<AddOutcome, ConsoleError> {
+    let refused = |message: String| AddOutcome {
+        message,
+        errors: vec![],
+        ok: false,
+        applied: 0,
+    };
+    if events.is_empty() {
+        return Ok(refused(
+            "Give an address or range, an ASN or a country".into(),
+        ));
+    }
+    let body = serde_json::to_vec(&events).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let now = console.app.clock.now();
+    let engine = &console.app.engine;
+    match engine
+        .submit_signals(principal, body.into(), request_id(), now)
+        .await
+    {
+        Ok(outcome) => {
+            let failed = outcome.refused.len();
+            Ok(AddOutcome {
+                message: format!(
+                    "Processed {} entries, {failed} failed",
+                    outcome.total - failed
+                ),
+                errors: outcome.refused.iter().map(|(i, e)| e.line(*i)).collect(),
+                ok: failed == 0,
+                applied: outcome.total - failed,
+            })
+        }
+        Err(EngineError::NotABatch(problem)) => Ok(refused(problem.to_string())),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `GET /console/rules/{id}`: the rule, and for keys that may read the audit log, its history.
@@ -892,34 +890,12 @@ pub async fn audit(
 ) -> Page {
     let tenant = operator.require(Permission::ReadAudit)?.tenant_id;
     let before = given(&query.before)
-        .map(|b| {
-            b.parse::<i64>()
-                .map_err(|_| ConsoleError::BadRequest("before must be a number".into()))
-        })
-        .transpose()?;
-    let page = console
-        .app
-        .engine
-        .backend()
-        .audit(tenant, before, AUDIT_PAGE)
-        .await?;
-    let entries = page
-        .items
-        .into_iter()
-        .map(|e| AuditRow {
-            id: e.id,
-            at: when(e.at),
-            key_id: e.key_id,
-            request_id: e.request_id,
-            event: e.event,
-            outcome: if e.error.is_none() {
-                "applied"
-            } else {
-                "refused"
-            },
-            error: e.error.unwrap_or_default(),
-        })
-        .collect();
+        .map(|b| b.parse::<i64>())
+        .transpose()
+        .map_err(|_| ConsoleError::BadRequest("before must be a number".into()))?;
+    let backend = console.app.engine.backend();
+    let page = backend.audit(tenant, before, AUDIT_PAGE).await?;
+    let entries = page.items.into_iter().map(audit_row).collect();
     let layout = Layout::of(&operator, "Audit log", "audit");
     let next = page
         .next_cursor
@@ -932,6 +908,22 @@ pub async fn audit(
             next,
         },
     )
+}
+
+fn audit_row(e: crate::store::AuditEntry) -> AuditRow {
+    AuditRow {
+        id: e.id,
+        at: when(e.at),
+        key_id: e.key_id,
+        request_id: e.request_id,
+        event: e.event,
+        outcome: if e.error.is_none() {
+            "applied"
+        } else {
+            "refused"
+        },
+        error: e.error.unwrap_or_default(),
+    }
 }
 
 /// `GET /console/keys`: the tenant's keys (admin keys only).
@@ -1000,32 +992,18 @@ pub async fn create_key(
 ) -> Page {
     operator.verify(form.csrf.as_deref())?;
     let principal = operator.require(Permission::ReadAudit)?;
-    let name = given(&form.name).unwrap_or("");
-    let role = given(&form.role).and_then(Role::parse);
-    let (Some(role), false) = (role, name.is_empty() || name.chars().count() > MAX_KEY_NAME) else {
+    let Some((name, role)) = form.valid() else {
         let error = format!(
             "Give a name of 1 to {MAX_KEY_NAME} characters and a role (admin, writer or reader)"
         );
-        return keys_page(
-            &console,
-            &operator,
-            StatusCode::BAD_REQUEST,
-            None,
-            None,
-            Some(error),
-        )
-        .await;
+        let status = StatusCode::BAD_REQUEST;
+        return keys_page(&console, &operator, status, None, None, Some(error)).await;
     };
     let app = &console.app;
-    let (secret, key) = crate::app::create_key(
-        &app.engine,
-        name,
-        role,
-        principal.tenant.as_str(),
-        &*app.clock,
-    )
-    .await
-    .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
+    let tenant = principal.tenant.as_str();
+    let (secret, key) = crate::app::create_key(&app.engine, name, role, tenant, &*app.clock)
+        .await
+        .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
     app.reload_keys().await?;
     let created = NewSecret {
         name: key.name,
@@ -1041,6 +1019,14 @@ pub async fn create_key(
         None,
     )
     .await
+}
+
+impl NewKeyForm {
+    fn valid(&self) -> Option<(&str, Role)> {
+        let name = given(&self.name)?;
+        let role = given(&self.role).and_then(Role::parse)?;
+        (name.chars().count() <= MAX_KEY_NAME).then_some((name, role))
+    }
 }
 
 /// `POST /console/keys/{id}/revoke`: a key of the admin's own tenant only.
