@@ -177,6 +177,8 @@ impl Application {
             range_limits,
             export_turns: Arc::new(tokio::sync::Semaphore::new(config.exports.max_concurrent)),
             exports: config.exports.clone(),
+            tally: Default::default(),
+            console: config.console.clone(),
         }));
 
         let [follow_rules, follow_geo] = expansion_followers;

@@ -48,6 +48,7 @@ pub struct Config {
     /// A second address serving only `GET /metrics`, without a key (keep it on a private
     /// network); unset: metrics only on `listen`, for admin keys. Env `PALISADE_METRICS_LISTEN`.
     pub metrics_listen: Option<SocketAddr>,
+    pub console: crate::console::ConsoleConfig,
 }
 
 /// `GET /v1/blocklist` and `GET /v1/config`.
@@ -343,6 +344,7 @@ impl Default for Config {
             crowdsec: crate::crowdsec::CrowdsecConfig::default(),
             exports: ExportsConfig::default(),
             metrics_listen: None,
+            console: crate::console::ConsoleConfig::default(),
         }
     }
 }

@@ -32,6 +32,8 @@
 //!   sets, nginx `deny` lists, plain lists) and the geo expansion: ASN and country rules as the
 //!   address ranges they cover, cached until a rule or the geo data changes.
 //! - [`import`]: `palisade rules import`: downloaded blocklists read into rule writes.
+//! - [`console`]: the operator console at `/console/`: pages over the same engine, store and
+//!   index as the API, with sign-in sessions.
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.
@@ -50,6 +52,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod config_check;
+pub mod console;
 pub mod crowdsec;
 pub mod engine;
 pub mod export;

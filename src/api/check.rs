@@ -31,7 +31,8 @@ pub const MAX_CHECK_BATCH: usize = 10_000;
 /// Header carrying the client address forward-auth decided about.
 pub const CLIENT_IP_HEADER: &str = "x-palisade-client-ip";
 
-fn parse_client_ip(text: &str) -> Option<IpAddr> {
+/// An address as `GET /v1/check` reads its `ip`.
+pub fn parse_client_ip(text: &str) -> Option<IpAddr> {
     IpAddr::from_str(text.trim()).ok()
 }
 
@@ -67,8 +68,11 @@ pub async fn check_one(
     let principal = caller.require(Permission::ReadRules)?;
     let view = app.index.view(principal.tenant_id);
     let max_matches = app.body_limits.matches_per_address;
-    let answer = answer_bounded(&view, params.ip, app.clock.now(), max_matches);
+    let now = app.clock.now();
+    let answer = answer_bounded(&view, params.ip, now, max_matches);
     count_lookup(LookupEndpoint::Check, answer.blocked, answer.allowed);
+    app.tally
+        .record(principal.tenant_id, now, 1, u64::from(answer.blocked));
     Ok(Json(answer).into_response())
 }
 
@@ -110,6 +114,7 @@ pub async fn check_many(
         app.body_limits.matches_per_batch,
     );
     let tenant = principal.tenant_id;
+    let shared = app.0.clone();
     let json = off_worker(bytes.len(), move || {
         let ips = parse_check_batch(&bytes)?;
         // One view for the whole batch: every answer sees the same rules.
@@ -123,7 +128,11 @@ pub async fn check_many(
                 budget -= answer.matches.len();
                 answer
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let blocked = results.iter().filter(|a| a.blocked).count();
+        shared
+            .tally
+            .record(tenant, now, results.len() as u64, blocked as u64);
         serde_json::to_vec(&CheckResults { results })
             .map_err(|e| ApiError::Internal(format!("encoding answers: {e}")))
     })
@@ -301,12 +310,15 @@ pub async fn forward_auth(
         &app.trusted_proxies,
         &app.client_ip_header,
     )?;
-    let verdict = app.index.decide(principal.tenant_id, ip, app.clock.now());
+    let now = app.clock.now();
+    let verdict = app.index.decide(principal.tenant_id, ip, now);
     count_lookup(
         LookupEndpoint::ForwardAuth,
         verdict.blocked,
         verdict.allowed,
     );
+    app.tally
+        .record(principal.tenant_id, now, 1, u64::from(verdict.blocked));
     if verdict.blocked {
         return Err(ApiError::Blocked(ip));
     }

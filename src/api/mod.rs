@@ -23,6 +23,7 @@ pub mod query;
 pub mod reports;
 pub mod rules;
 pub mod signal;
+pub mod tally;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -91,6 +92,9 @@ pub struct Shared {
     /// Turns for blocklist exports being written (`exports.max_concurrent`).
     pub export_turns: Arc<Semaphore>,
     pub exports: crate::config::ExportsConfig,
+    /// Look-ups and blocks per minute, for the console's chart.
+    pub tally: tally::Tally,
+    pub console: crate::console::ConsoleConfig,
 }
 
 impl Shared {
@@ -183,6 +187,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(docs::router())
+        .merge(crate::console::router(&state))
         .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

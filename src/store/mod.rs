@@ -117,6 +117,17 @@ pub struct QueuedReport {
     pub received_at: UnixMillis,
 }
 
+/// How many active rules of one kind and action a tenant has. IP rules of one address and IP
+/// rules of a wider range are counted apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleCount {
+    pub kind: Kind,
+    /// An IP rule wider than one address.
+    pub range: bool,
+    pub action: RuleAction,
+    pub count: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueStats {
     pub depth: u64,

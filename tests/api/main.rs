@@ -9,6 +9,8 @@ mod private_pg;
 mod access;
 mod bouncers;
 mod cluster;
+mod console;
+mod console_browser;
 mod decisions;
 mod disk;
 mod durability;
