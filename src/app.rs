@@ -160,6 +160,9 @@ impl Application {
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
             expansions: expansions.clone(),
             range_limits,
+            expand_geo: config
+                .crowdsec
+                .expand_geo(geo.has_asn_source() || geo.has_country_source()),
             export_turns: Arc::new(tokio::sync::Semaphore::new(config.exports.max_concurrent)),
             exports: config.exports.clone(),
         }));
