@@ -527,4 +527,35 @@ mod tests {
         std::fs::write(&file, "[guard]\nmin_prefix = 12\n").unwrap();
         assert!(Config::load(Some(&file), &Overrides::default()).is_err());
     }
+
+    #[test]
+    fn crowdsec_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("palisade.toml");
+        std::fs::write(
+            &file,
+            "[crowdsec]\nmax_decisions = 60000\n[crowdsec.max_decisions_per_key]\n\"7\" = 5\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), &Overrides::default()).unwrap();
+        let limits = config.crowdsec.range_limits().unwrap();
+        assert_eq!(limits.default, Some(60000));
+        assert_eq!(limits.per_key.get(&7), Some(&5));
+        assert!(config.crowdsec.expand_geo(true));
+        assert!(!config.crowdsec.expand_geo(false));
+        let off = CrowdsecConfig {
+            expand_geo: Some(false),
+            ..CrowdsecConfig::default()
+        };
+        assert!(!off.expand_geo(true));
+        let bad = CrowdsecConfig {
+            max_decisions_per_key: [("admin".to_owned(), 1)].into(),
+            ..CrowdsecConfig::default()
+        };
+        assert!(
+            bad.range_limits()
+                .unwrap_err()
+                .contains("\"admin\" is not a key id")
+        );
+    }
 }
