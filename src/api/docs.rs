@@ -26,6 +26,9 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         super::check::check_one,
         super::check::check_many,
         super::check::forward_auth,
+        super::crowdsec::decisions,
+        super::crowdsec::stream,
+        super::crowdsec::usage_metrics,
         super::reports::report,
         super::reports::unban,
         super::reports::false_add,
@@ -41,6 +44,7 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         (name = "rules", description = "The tenant's active rules"),
         (name = "audit", description = "Everything received"),
         (name = "decisions", description = "Is this client blocked?"),
+        (name = "crowdsec", description = "CrowdSec's Local API for bouncers"),
         (name = "reports", description = "Abuse reports: accepted with 202, applied asynchronously"),
         (name = "health", description = "Liveness and readiness"),
     )
