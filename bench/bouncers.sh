@@ -48,7 +48,7 @@ done
 curl -s -H "X-Api-Key: $reader" "$url/v1/decisions/stream?startup=true" \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); print("decisions in the answer:", len(d["new"]), "deleted:", len(d["deleted"]))'
 
-for round in 1 2; do
+for round in 1 2 3; do
   echo "== round $round: GET /v1/check?ip=<random>"
   wrk -t2 -c64 -d"${secs}s" --latency -s bench/check.lua $url | grep -E "Requests/sec|99%|50%|Non-2xx"
   echo "== round $round: GET /v1/decisions?ip=<random>"
