@@ -13,14 +13,15 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body::Frame;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::auth::Bouncer;
 use super::check::client_ip;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::query::StrictQuery;
 use crate::crowdsec::pull::{Selection, StreamAnswer};
 use crate::crowdsec::{Filter, list};
@@ -73,28 +74,79 @@ impl FromRequestParts<AppState> for BouncerPull {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// One decision (documentation of [`crate::crowdsec::Decision`]'s JSON).
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct DecisionView {
+    /// The rule's id.
+    id: i64,
+    /// `palisade` for signals, the dataset for reports (configurable).
+    #[schema(example = "palisade")]
+    origin: String,
+    #[serde(rename = "type")]
+    #[schema(example = "ban")]
+    kind: String,
+    /// `Ip`, `Range`, `AS` or `Country`.
+    #[schema(example = "Ip")]
+    scope: String,
+    #[schema(example = "192.0.2.7")]
+    value: String,
+    /// Time left as a Go duration in whole seconds, at least `1s`.
+    #[schema(example = "23h59m58s")]
+    duration: String,
+    /// The rule's name, else its description.
+    #[schema(example = "ssh-bf")]
+    scenario: String,
+    simulated: bool,
+}
+
+/// A stream pull's answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub struct StreamView {
+    new: Vec<DecisionView>,
+    deleted: Vec<DecisionView>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DecisionsParams {
+    /// The decisions covering this address (IP, range, ASN and country rules).
     ip: Option<String>,
+    /// An address or CIDR range; see `contains`.
     range: Option<String>,
+    /// `Ip`, `Range`, `AS` or `Country` (any case).
     scope: Option<String>,
+    /// Exact value (`192.0.2.7`, `192.0.2.0/24`, `64500`, `FR`).
     value: Option<String>,
+    /// Only `ban` decisions exist.
     #[serde(rename = "type")]
     kind: Option<String>,
+    /// With `range`: `true` (default) for decisions whose range holds it, `false` for those
+    /// inside it.
     contains: Option<String>,
+    /// Comma-separated origins.
     origins: Option<String>,
+    /// Comma-separated: the scenario contains one of these.
     scenarios_containing: Option<String>,
+    /// Comma-separated: the scenario contains none of these.
     scenarios_not_containing: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StreamParams {
+    /// `true`: every active decision, and the stream starts over from here.
     startup: Option<String>,
+    /// Comma-separated scopes, any case; default `ip,range`.
     scopes: Option<String>,
+    /// Comma-separated origins.
     origins: Option<String>,
+    /// Comma-separated: the scenario contains one of these.
     scenarios_containing: Option<String>,
+    /// Comma-separated: the scenario contains none of these.
     scenarios_not_containing: Option<String>,
     /// Sent by newer bouncers; Palisade has no community or third-party lists to leave out.
     #[allow(dead_code)]
@@ -185,6 +237,13 @@ impl http_body::Body for Pieces {
 
 /// The decisions for an address (`?ip=`), or every decision the parameters select: a JSON
 /// array, or `null` when there is none.
+#[utoipa::path(get, path = "/v1/decisions", tag = "crowdsec", params(DecisionsParams),
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, description = "The decisions, or the literal `null` when none matches", body = Vec<DecisionView>),
+        (status = 400, description = "A malformed or unknown parameter", body = ErrorBody),
+        (status = 403, description = "Missing or wrong key: `{\"message\":\"access forbidden\"}`"),
+    ))]
 pub async fn decisions(
     State(app): State<AppState>,
     BouncerPull(pull): BouncerPull,
@@ -202,6 +261,14 @@ pub async fn decisions(
 
 /// `{"new": [...], "deleted": [...]}`: everything at `startup=true`, else what changed since
 /// this key's previous pull.
+#[utoipa::path(get, path = "/v1/decisions/stream", tag = "crowdsec", params(StreamParams),
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 200, body = StreamView),
+        (status = 400, description = "A malformed or unknown parameter", body = ErrorBody),
+        (status = 403, description = "Missing or wrong key: `{\"message\":\"access forbidden\"}`"),
+        (status = 503, description = "The store is unavailable, or other pulls of this key keep moving its cursor", body = ErrorBody),
+    ))]
 pub async fn stream(
     State(app): State<AppState>,
     BouncerPull(pull): BouncerPull,
@@ -231,6 +298,12 @@ pub async fn head(_: Bouncer) -> StatusCode {
 }
 
 /// Usage metrics newer bouncers send: accepted and not kept.
+#[utoipa::path(post, path = "/v1/usage-metrics", tag = "crowdsec",
+    security(("api_key" = []), ("bearer" = [])),
+    responses(
+        (status = 201, description = "Accepted; empty body"),
+        (status = 403, description = "Missing or wrong key: `{\"message\":\"access forbidden\"}`"),
+    ))]
 pub async fn usage_metrics(_: Bouncer) -> StatusCode {
     StatusCode::CREATED
 }

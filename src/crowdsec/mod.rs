@@ -47,6 +47,11 @@ pub struct CrowdsecConfig {
     pub max_decisions: Option<usize>,
     /// Per-key limits (key id -> ranges), replacing `max_decisions` for that key.
     pub max_decisions_per_key: std::collections::BTreeMap<String, usize>,
+    /// A look-up (`GET /v1/decisions`) is written to its bouncer's record at most once per
+    /// this many milliseconds (unless its user agent or address changed), so that bouncers
+    /// asking about every client do not turn each look-up into a write. Stream pulls are always
+    /// written: they move the cursor.
+    pub record_interval_ms: u64,
 }
 
 impl Default for CrowdsecConfig {
@@ -59,6 +64,7 @@ impl Default for CrowdsecConfig {
             expand_geo: None,
             max_decisions: None,
             max_decisions_per_key: Default::default(),
+            record_interval_ms: 1000,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the bouncer's record (last pull, user agent, address, version, stream cursor), which lives
 //! in the store so that a restarted node, or another node, carries on where a bouncer was.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -73,6 +74,8 @@ pub struct Bouncers {
     backend: SharedBackend,
     index: Arc<Index>,
     config: Arc<CrowdsecConfig>,
+    /// The last look-up written per key, and the user agent and address it carried.
+    recorded: std::sync::Mutex<HashMap<i64, Pull>>,
 }
 
 impl Bouncers {
@@ -81,6 +84,7 @@ impl Bouncers {
             backend,
             index,
             config: Arc::new(config),
+            recorded: Default::default(),
         }
     }
 
@@ -88,10 +92,28 @@ impl Bouncers {
         &self.config
     }
 
-    /// Records a pull that is not a stream pull.
+    /// Records a pull that is not a stream pull (at most once per `record_interval_ms` for a
+    /// bouncer that keeps its user agent and address).
     pub async fn record(&self, pull: Pull) -> Result<(), PullError> {
+        if !self.due(&pull) {
+            return Ok(());
+        }
         self.backend.record_pull(pull, CursorMove::Keep).await?;
         Ok(())
+    }
+
+    fn due(&self, pull: &Pull) -> bool {
+        let mut recorded = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
+        let interval = i64::try_from(self.config.record_interval_ms).unwrap_or(i64::MAX);
+        let fresh = recorded.get(&pull.key_id).is_some_and(|last| {
+            (0..interval).contains(&pull.at.0.saturating_sub(last.at.0))
+                && last.user_agent == pull.user_agent
+                && last.address == pull.address
+        });
+        if !fresh {
+            recorded.insert(pull.key_id, pull.clone());
+        }
+        !fresh
     }
 
     /// The decisions covering one address, JSON (`null` for none). The same index look-up as

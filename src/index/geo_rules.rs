@@ -173,8 +173,7 @@ impl GeoRules {
                 for targeted in shard.entries.values() {
                     bytes += targeted.list.capacity() * size_of::<Arc<RuleRef>>();
                     for rule in &targeted.list {
-                        let name = rule.text_bytes();
-                        rules.insert(Arc::as_ptr(rule), name);
+                        rules.insert(Arc::as_ptr(rule), rule.text_bytes());
                     }
                 }
             }

@@ -623,9 +623,7 @@ impl<A: Addr> Table<A> {
                     stats.prefixes += hot.prefixes as usize;
                     stats.rule_lists += size_of_val::<[Arc<RuleRef>]>(list) + counts;
                     for rule in list.iter() {
-                        // A name is its own allocation, with its reference counts.
-                        let name = rule.text_bytes();
-                        rules.insert(Arc::as_ptr(rule), name);
+                        rules.insert(Arc::as_ptr(rule), rule.text_bytes());
                     }
                 }
             }

@@ -435,6 +435,19 @@ async fn pulls_are_recorded_and_head_never_moves_the_last_pull() {
         looked_up.cursor, first.cursor,
         "a look-up leaves the stream cursor"
     );
+    // Look-ups are written at most once per `crowdsec.record_interval_ms` (1 s).
+    advance(&app, 999);
+    pull(&app, "/v1/decisions?ip=192.0.2.1", &key).await;
+    assert_eq!(
+        record(&app, id).await.unwrap().last_pull,
+        UnixMillis(T0 + 10_000)
+    );
+    advance(&app, 1);
+    pull(&app, "/v1/decisions?ip=192.0.2.1", &key).await;
+    assert_eq!(
+        record(&app, id).await.unwrap().last_pull,
+        UnixMillis(T0 + 11_000)
+    );
 
     let response = app
         .http
@@ -697,4 +710,55 @@ async fn two_nodes_share_each_bouncers_cursor() {
     clock.advance_ms(600_000);
     assert_eq!(stream(&b, &key, "").await, deleted(&["192.0.2.2"]));
     assert_eq!(stream(&a, &key, "").await, nothing());
+}
+
+#[tokio::test]
+async fn a_bouncer_far_behind_catches_up_over_several_pulls() {
+    let clock = Arc::new(ManualClock::new(UnixMillis(T0)));
+    let app = spawn_with(|c| c.crowdsec.max_changes_per_pull = 2, Some(clock)).await;
+    let key = app.key(Role::Reader, "default").await;
+    assert_eq!(stream(&app, &key, "?startup=true").await, nothing());
+    block(
+        &app,
+        json!([
+            block_for("192.0.2.1", 600),
+            block_for("192.0.2.2", 600),
+            block_for("192.0.2.3", 5)
+        ]),
+    )
+    .await;
+    advance(&app, 10_000);
+    // Two changes a pull; the expiry between pulls comes with the pull that reaches the head.
+    assert_eq!(
+        stream(&app, &key, "").await,
+        new(&[("192.0.2.1", 590), ("192.0.2.2", 590)])
+    );
+    assert_eq!(stream(&app, &key, "").await, deleted(&["192.0.2.3"]));
+    assert_eq!(stream(&app, &key, "").await, nothing());
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_the_change_log_gets_every_decision_again() {
+    let app = spawn_app_at(UnixMillis(T0)).await;
+    let key = app.key(Role::Reader, "default").await;
+    block(&app, json!([block_for("192.0.2.1", 600)])).await;
+    assert_eq!(
+        stream(&app, &key, "?startup=true").await,
+        new(&[("192.0.2.1", 600)])
+    );
+    block(&app, json!([block_for("192.0.2.2", 600)])).await;
+    // Retention deletes the change this bouncer has not seen.
+    let removed = app
+        .state
+        .engine
+        .purge_changes(UnixMillis(T0 + 1), 1000)
+        .await
+        .unwrap();
+    assert!(removed >= 2, "{removed}");
+    block(&app, json!([block_for("192.0.2.3", 600)])).await;
+    assert_eq!(
+        stream(&app, &key, "").await,
+        new(&[("192.0.2.1", 600), ("192.0.2.2", 600), ("192.0.2.3", 600)])
+    );
+    assert_eq!(stream(&app, &key, "").await, nothing());
 }
