@@ -15,6 +15,7 @@ use crate::api::{self, AppState, Shared};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::{ChangeSink, Engine, Feed, Policies};
+use crate::export::expand::Expansions;
 use crate::geo::Geo;
 use crate::health::Readiness;
 use crate::index::Index;
@@ -81,6 +82,9 @@ impl Application {
         );
         let readiness = Arc::new(Readiness::new());
         readiness.index_loaded();
+        let expansions = Expansions::new(index.clone(), geo.clone(), clock.clone());
+        let expansion_followers = expansions.follow(&feed, geo.subscribe());
+        let range_limits = config.crowdsec.range_limits().map_err(anyhow::Error::msg)?;
         let asn_catalog: Option<Arc<dyn AsnCatalog>> = if geo.has_asn_source() {
             Some(geo.clone())
         } else {
@@ -163,9 +167,16 @@ impl Application {
             )),
             body_limits: config.limits.clone(),
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
+            expansions,
+            range_limits,
+            export_turns: Arc::new(tokio::sync::Semaphore::new(config.exports.max_concurrent)),
+            exports: config.exports.clone(),
         }));
 
+        let [follow_rules, follow_geo] = expansion_followers;
         let tasks = BackgroundTasks(vec![
+            follow_rules,
+            follow_geo,
             tokio::spawn(refresh_keys(state.clone())),
             geo.spawn_watcher(),
             tokio::spawn(follow(

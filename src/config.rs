@@ -44,6 +44,72 @@ pub struct Config {
     /// A second address serving only `GET /metrics`, without a key (keep it on a private
     /// network); unset: metrics only on `listen`, for admin keys. Env `PALISADE_METRICS_LISTEN`.
     pub metrics_listen: Option<SocketAddr>,
+    pub crowdsec: CrowdsecConfig,
+    pub exports: ExportsConfig,
+}
+
+/// What enforcement points that pull the rules are given of ASN and country rules.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CrowdsecConfig {
+    /// Serve ASN and country rules to bouncers as the `Range` decisions they cover. Unset: on
+    /// when geo data is configured.
+    pub expand_geo: Option<bool>,
+    /// Most CIDR ranges the expansion of ASN and country rules may come to for one key (a
+    /// bouncer's or an export's); a larger expansion is refused rather than overflowing a
+    /// firewall set ("hash is full"). Unset: no limit.
+    pub max_decisions: Option<usize>,
+    /// Per-key limits (key id -> ranges), replacing `max_decisions` for that key.
+    pub max_decisions_per_key: std::collections::BTreeMap<String, usize>,
+}
+
+impl CrowdsecConfig {
+    /// Whether ASN and country rules are expanded, given whether geo data is configured.
+    pub fn expand_geo(&self, has_geo_data: bool) -> bool {
+        self.expand_geo.unwrap_or(has_geo_data)
+    }
+
+    /// The limits with `max_decisions_per_key`'s keys read as key ids.
+    pub fn range_limits(&self) -> Result<crate::export::expand::RangeLimits, String> {
+        let per_key = self
+            .max_decisions_per_key
+            .iter()
+            .map(|(id, limit)| {
+                id.parse::<i64>()
+                    .map(|id| (id, *limit))
+                    .map_err(|_| format!("crowdsec.max_decisions_per_key: {id:?} is not a key id"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(crate::export::expand::RangeLimits {
+            default: self.max_decisions,
+            per_key,
+        })
+    }
+}
+
+/// `GET /v1/blocklist` and `GET /v1/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportsConfig {
+    /// Blocklist exports written at once; one more is answered 503. Each holds a thread while
+    /// its client reads.
+    pub max_concurrent: usize,
+    /// Bytes a streamed export hands to the connection at a time; at most four such chunks
+    /// wait for a slow client.
+    pub chunk_bytes: usize,
+    /// Most networks one `GET /v1/config` document may list (it is built whole, as the agent
+    /// reads it whole); a larger one is refused with 422.
+    pub agent_max_networks: usize,
+}
+
+impl Default for ExportsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            chunk_bytes: 64 * 1024,
+            agent_max_networks: 2_000_000,
+        }
+    }
 }
 
 /// What the audit log keeps, and for how long.
@@ -312,6 +378,8 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             audit: AuditConfig::default(),
             metrics_listen: None,
+            crowdsec: CrowdsecConfig::default(),
+            exports: ExportsConfig::default(),
         }
     }
 }

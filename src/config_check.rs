@@ -83,6 +83,9 @@ fn semantic_problems(config: &Config, text: &str) -> Vec<Problem> {
     if let Err(message) = config.rate_limits.per_key_ids() {
         problem("rate_limits", "per_key", message);
     }
+    if let Err(message) = config.crowdsec.range_limits() {
+        problem("crowdsec", "max_decisions_per_key", message);
+    }
     if config.guard.min_prefix_v4 > 32 {
         problem("guard", "min_prefix_v4", "must be at most 32".into());
     }
@@ -273,6 +276,11 @@ mod tests {
                 ..Default::default()
             },
             metrics_listen: Some("127.0.0.1:9100".parse().unwrap()),
+            crowdsec: crate::config::CrowdsecConfig {
+                expand_geo: Some(true),
+                max_decisions: Some(1),
+                ..Default::default()
+            },
             ..Config::default()
         })
         .unwrap();

@@ -19,12 +19,16 @@
 //!   ASN or a country, and reloading when the files change.
 //! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
 //! - [`engine`]: the use cases above the backends: every write (group commit, what a write does
-//!   to a rule, audit, quota) and the change feed the index and other followers read.
+//!   to a rule, audit, quota), the check of an address against the index, and the change feed
+//!   the index and other followers read.
 //! - [`index`]: the in-memory decision tables, patched from the change feed: IP rules in
 //!   prefix tables, ASN and country rules matched through the geo data it holds beside them.
 //! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
 //!   transactions of row operations) and the embedded SQLite backend. Every rule change gets a
 //!   sequence number in commit order, so anything downstream can follow "changes since N".
+//! - [`export`]: the blocklist for enforcement points that do not ask per request (firewall
+//!   sets, nginx `deny` lists, plain lists) and the geo expansion: ASN and country rules as the
+//!   address ranges they cover, cached until a rule or the geo data changes.
 //! - [`import`]: `palisade rules import`: downloaded blocklists read into rule writes.
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
@@ -45,6 +49,7 @@ pub mod clock;
 pub mod config;
 pub mod config_check;
 pub mod engine;
+pub mod export;
 pub mod geo;
 pub mod health;
 pub mod import;

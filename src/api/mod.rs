@@ -6,6 +6,8 @@
 //! - [`audit`]: `GET /v1/audit`
 //! - [`check`]: `GET|POST /v1/check`, `GET /v1/forward-auth`
 //! - [`reports`]: `POST /v1/ip`, `/v1/unban/ip`, `/v1/false/{add,remove}/ip`, `POST /test`
+//! - [`exports`]: `GET /v1/blocklist`, `GET /v1/config` (the Gen0Sec agent's feed),
+//!   `GET /v1/authcheck` (also `/authcheck`)
 //! - [`docs`]: OpenAPI document and Swagger UI under `/docs/signal/`
 
 pub mod audit;
@@ -13,6 +15,7 @@ pub mod auth;
 pub mod check;
 pub mod docs;
 pub mod error;
+pub mod exports;
 pub mod query;
 pub mod reports;
 pub mod rules;
@@ -76,6 +79,13 @@ pub struct Shared {
     pub bodies_in_flight: Arc<Semaphore>,
     /// A request body must arrive whole within this; a slower one is a 408.
     pub body_read_timeout: std::time::Duration,
+    /// ASN and country rules as address ranges, per tenant.
+    pub expansions: Arc<crate::export::expand::Expansions>,
+    /// How many expanded ranges each key may be given.
+    pub range_limits: crate::export::expand::RangeLimits,
+    /// Turns for blocklist exports being written (`exports.max_concurrent`).
+    pub export_turns: Arc<Semaphore>,
+    pub exports: crate::config::ExportsConfig,
 }
 
 impl Shared {
@@ -148,6 +158,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/reports/queue", get(reports::queue))
         .route("/test", axum::routing::post(reports::test_token))
+        .route("/v1/blocklist", get(exports::blocklist))
+        .route("/v1/config", get(exports::agent_config))
+        // The agent calls `{base_url}/authcheck` with a base URL ending in `/v1`.
+        .route("/v1/authcheck", get(exports::authcheck))
+        .route("/authcheck", get(exports::authcheck))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(docs::router())

@@ -130,6 +130,17 @@ impl GeoRules {
         self.any = self.asn.span.widen(self.country.span);
     }
 
+    /// Calls `f` with every rule held, expired or not.
+    pub(super) fn each(&self, mut f: impl FnMut(&RuleRef)) {
+        for keyed in [&self.asn, &self.country] {
+            for shard in keyed.shards.iter().flatten() {
+                for rules in shard.entries.values() {
+                    rules.list.iter().for_each(|rule| f(rule));
+                }
+            }
+        }
+    }
+
     fn keyed(&mut self, map: Map) -> &mut Keyed {
         match map {
             Map::Asn => &mut self.asn,

@@ -29,8 +29,8 @@ use crate::geo::{GeoData, GeoRecord};
 use crate::rules::{Kind, RuleAction, RuleId, Target, TenantId, UnixMillis, normalize_ip};
 use crate::store::{Change, ChangeOp, Snapshot};
 use geo_rules::GeoRules;
-pub use table::Span;
 use table::{Entry, Table, TableStats};
+pub use table::{FOREVER, NONE, Span};
 
 /// What the index keeps of a rule: enough to decide and to list a match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +109,26 @@ impl IpTables {
             v4: Table::build(v4),
             v6: Table::build(v6),
         }
+    }
+}
+
+/// One tenant's IP rules at one instant, as the disjoint intervals decisions read: what an
+/// export walks. Holds that instant's tables (not the whole generation) for as long as it is
+/// kept, however the rules change meanwhile.
+#[derive(Clone)]
+pub struct IpRules(Option<Arc<IpTables>>);
+
+impl IpRules {
+    /// IPv4 intervals in address order, as `(first, last, span)`: the latest expiry of any
+    /// block and any allow rule over each. Gaps are left out; intervals of neighbouring /16s
+    /// are not joined.
+    pub fn v4(&self) -> impl Iterator<Item = (u128, u128, Span)> + '_ {
+        self.0.iter().flat_map(|tables| tables.v4.intervals())
+    }
+
+    /// As [`IpRules::v4`], for IPv6.
+    pub fn v6(&self) -> impl Iterator<Item = (u128, u128, Span)> + '_ {
+        self.0.iter().flat_map(|tables| tables.v6.intervals())
     }
 }
 
@@ -269,6 +289,30 @@ impl Index {
             generation: self.current.load(),
             tenant,
         }
+    }
+
+    /// The IP rules of `tenant` as they stand now.
+    pub fn ip_rules(&self, tenant: TenantId) -> IpRules {
+        IpRules(
+            self.current
+                .load()
+                .tenant(tenant)
+                .map(|index| index.ip.clone()),
+        )
+    }
+
+    /// The ASN and country rules of `tenant` active at `now`, in no particular order.
+    pub fn geo_rules(&self, tenant: TenantId, now: UnixMillis) -> Vec<RuleRef> {
+        let generation = self.current.load();
+        let mut out = Vec::new();
+        if let Some(geo) = generation.tenant(tenant).and_then(|t| t.geo.as_deref()) {
+            geo.each(|rule| {
+                if rule.is_active_at(now) {
+                    out.push(rule.clone());
+                }
+            });
+        }
+        out
     }
 
     /// Publishes `geo` as the data that ASN and country rules are matched by, beside the same

@@ -10,7 +10,7 @@ pub mod backend;
 pub mod postgres;
 pub mod sqlite;
 
-use crate::keys::{KeyDigest, Role, TenantName};
+use crate::keys::{ApiKey, KeyDigest, Role, TenantName};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
 
 /// Why the store failed, whatever the backend: the engine and the API see only this.
@@ -255,6 +255,21 @@ pub struct NewKey {
     pub tenant: TenantName,
     pub digest: KeyDigest,
     pub at: UnixMillis,
+}
+
+impl NewKey {
+    /// The key as stored, once its backend has given it `id` in `tenant`.
+    pub fn stored(&self, id: i64, tenant: TenantId) -> ApiKey {
+        ApiKey {
+            id,
+            name: self.name.clone(),
+            role: self.role,
+            tenant: self.tenant.clone(),
+            tenant_id: tenant,
+            created_at: self.at,
+            revoked_at: None,
+        }
+    }
 }
 
 /// The text an audit entry keeps of an event: the event itself when it is at most

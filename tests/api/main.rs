@@ -11,6 +11,7 @@ mod cluster;
 mod decisions;
 mod disk;
 mod durability;
+mod exports;
 mod helpers;
 mod history;
 mod hostile;
