@@ -44,6 +44,9 @@ pub struct Config {
     /// A second address serving only `GET /metrics`, without a key (keep it on a private
     /// network); unset: metrics only on `listen`, for admin keys. Env `PALISADE_METRICS_LISTEN`.
     pub metrics_listen: Option<SocketAddr>,
+    /// Blocklists fetched on an interval, each kept as the rules of its dataset
+    /// (`[[subscriptions]]`).
+    pub subscriptions: Vec<crate::subscriptions::SubscriptionConfig>,
     pub crowdsec: CrowdsecConfig,
     pub exports: ExportsConfig,
 }
@@ -378,6 +381,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             audit: AuditConfig::default(),
             metrics_listen: None,
+            subscriptions: Vec::new(),
             crowdsec: CrowdsecConfig::default(),
             exports: ExportsConfig::default(),
         }

@@ -104,6 +104,23 @@ fn semantic_problems(config: &Config, text: &str) -> Vec<Problem> {
             "must be a postgres:// or postgresql:// URL".into(),
         );
     }
+    for (at, subscription) in config.subscriptions.iter().enumerate() {
+        if !subscription.url.starts_with("http://") {
+            let message = format!(
+                "{:?} (entry {}) must be an http:// URL",
+                subscription.url,
+                at + 1
+            );
+            problem("subscriptions", "url", message);
+        }
+        if subscription.dataset.is_empty() {
+            problem(
+                "subscriptions",
+                "dataset",
+                format!("(entry {}) must not be empty", at + 1),
+            );
+        }
+    }
     for (key, path) in [("asn", &config.geo.asn), ("country", &config.geo.country)] {
         if let Some(path) = path
             && !path.is_file()
@@ -135,7 +152,11 @@ fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
     for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if let Some(header) = trimmed.strip_prefix('[') {
-            current = header.trim_end_matches(']').trim().to_owned();
+            current = header
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_owned();
             continue;
         }
         if current == section
@@ -276,6 +297,16 @@ mod tests {
                 ..Default::default()
             },
             metrics_listen: Some("127.0.0.1:9100".parse().unwrap()),
+            subscriptions: vec![crate::subscriptions::SubscriptionConfig {
+                url: "http://x".into(),
+                format: crate::import::Format::Auto,
+                interval: 1,
+                dataset: "d".into(),
+                action: crate::import::ImportAction::Block,
+                tenant: "t".into(),
+                max_bytes: 1,
+                timeout_secs: 1,
+            }],
             crowdsec: crate::config::CrowdsecConfig {
                 expand_geo: Some(true),
                 max_decisions: Some(1),
@@ -295,6 +326,7 @@ mod tests {
         text.lines()
             .map(|line| match line.strip_prefix("# ") {
                 Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                Some(rest) if rest.starts_with('[') => rest,
                 _ => line,
             })
             .collect::<Vec<_>>()

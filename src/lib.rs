@@ -30,6 +30,7 @@
 //!   sets, nginx `deny` lists, plain lists) and the geo expansion: ASN and country rules as the
 //!   address ranges they cover, cached until a rule or the geo data changes.
 //! - [`import`]: `palisade rules import`: downloaded blocklists read into rule writes.
+//! - [`subscriptions`]: blocklists fetched on an interval and kept as the rules of a dataset.
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.
@@ -62,4 +63,5 @@ pub mod rules;
 pub mod server;
 pub mod signal;
 pub mod store;
+pub mod subscriptions;
 pub mod telemetry;

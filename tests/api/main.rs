@@ -22,4 +22,5 @@ mod proxies;
 mod reports;
 mod rules;
 mod seed;
+mod subscriptions;
 mod validation;
