@@ -188,7 +188,8 @@ impl Application {
             console: config.console.clone(),
         }));
 
-        let tasks = BackgroundTasks(vec![
+        let (engine_for_subscriptions, clock_for_subscriptions) = (engine.clone(), clock.clone());
+        let mut tasks = BackgroundTasks(vec![
             expansions_follow_geo,
             tokio::spawn(refresh_keys(state.clone())),
             geo.spawn_watcher(),
@@ -217,6 +218,13 @@ impl Application {
                 Duration::from_secs(config.store.purge_interval_secs.max(1)),
             )),
         ]);
+        for subscription in config.subscriptions.iter().cloned() {
+            tasks.0.push(tokio::spawn(crate::subscriptions::run(
+                engine_for_subscriptions.clone(),
+                clock_for_subscriptions.clone(),
+                subscription,
+            )));
+        }
         Ok(Self {
             listener,
             metrics_listener,

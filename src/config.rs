@@ -44,6 +44,9 @@ pub struct Config {
     /// CrowdSec bouncers (`/v1/decisions`, `/v1/decisions/stream`) and what enforcement
     /// points are given of ASN and country rules.
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
+    /// Blocklists fetched on an interval, each kept as the rules of its dataset
+    /// (`[[subscriptions]]`).
+    pub subscriptions: Vec<crate::subscriptions::SubscriptionConfig>,
     pub exports: ExportsConfig,
     /// A second address serving only `GET /metrics`, without a key (keep it on a private
     /// network); unset: metrics only on `listen`, for admin keys. Env `PALISADE_METRICS_LISTEN`.
@@ -345,6 +348,7 @@ impl Default for Config {
             exports: ExportsConfig::default(),
             metrics_listen: None,
             console: crate::console::ConsoleConfig::default(),
+            subscriptions: Vec::new(),
         }
     }
 }
@@ -543,14 +547,14 @@ mod tests {
         assert_eq!(limits.per_key.get(&7), Some(&5));
         assert!(config.crowdsec.expand_geo(true));
         assert!(!config.crowdsec.expand_geo(false));
-        let off = CrowdsecConfig {
+        let off = crate::crowdsec::CrowdsecConfig {
             expand_geo: Some(false),
-            ..CrowdsecConfig::default()
+            ..crate::crowdsec::CrowdsecConfig::default()
         };
         assert!(!off.expand_geo(true));
-        let bad = CrowdsecConfig {
+        let bad = crate::crowdsec::CrowdsecConfig {
             max_decisions_per_key: [("admin".to_owned(), 1)].into(),
-            ..CrowdsecConfig::default()
+            ..crate::crowdsec::CrowdsecConfig::default()
         };
         assert!(
             bad.range_limits()
