@@ -284,7 +284,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ConsoleForm<T> {
         axum::Form::<T>::from_request(req, state)
             .await
             .map(|axum::Form(form)| ConsoleForm(form))
-            .map_err(|e| ConsoleError::BadRequest(e.body_text()))
+            .map_err(|e| ConsoleError::Form {
+                status: e.status(),
+                message: e.body_text(),
+            })
     }
 }
 

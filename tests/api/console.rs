@@ -286,6 +286,22 @@ async fn the_form_shows_the_same_per_entry_errors_as_the_api() {
         .await;
     assert_eq!(empty.status, StatusCode::BAD_REQUEST);
     assert!(empty.body.contains("Give an address or range"));
+
+    // A batch too large for the API is too large here, in the same words.
+    let ips: Vec<String> = (0..1001u32)
+        .map(|i| std::net::Ipv4Addr::from(0x0A00_0000 + i).to_string())
+        .collect();
+    let page = browser
+        .post(
+            "/console/rules",
+            &[("csrf", &form.csrf()), ("ips", &ips.join("\n"))],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    let events: Vec<_> = ips.iter().map(|ip| crate::helpers::block_ip(ip)).collect();
+    let (_, api) = app.signal(&app.admin, &json!(events)).await;
+    let message = api["details"][0]["message"].as_str().unwrap();
+    assert!(page.body.contains(message), "{message}");
 }
 
 #[tokio::test]
@@ -624,6 +640,23 @@ async fn the_cookie_is_secure_behind_a_tls_proxy_or_when_configured() {
     let mut browser = Browser::new(&app);
     browser.get("/console/sign-in").await;
     assert!(browser.set_cookies[0].contains("; Secure"));
+}
+
+#[tokio::test]
+async fn a_form_larger_than_the_signal_body_limit_is_refused() {
+    let app = spawn_with(|c| c.limits.signal_body_bytes = 2000, None).await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.admin).await;
+    let form = browser.get("/console/rules/new").await;
+    let many = (1..=200)
+        .map(|i| format!("198.51.100.{i}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let page = browser
+        .post("/console/rules", &[("csrf", &form.csrf()), ("ips", &many)])
+        .await;
+    assert_eq!(page.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(app.targets(&app.admin).await.is_empty());
 }
 
 #[tokio::test]
