@@ -6,6 +6,7 @@
 //! - `console/rules_by_target`: `GET /console/rules?q=CIDR`, an exact target.
 //! - `console/rules_covering`: `GET /console/rules?q=ADDRESS`, every rule covering it.
 //! - `console/check_blocked`, `console/check_clear`: `GET /console/check?ip=`.
+//! - `console/overview`: `GET /console/` (counting the rules by kind is most of it).
 //!
 //! `cargo bench --bench console`
 

@@ -96,7 +96,7 @@ impl IntoResponse for ConsoleError {
             message: &message,
         };
         let mut response = match page.render() {
-            Ok(html) => (status, Html(html)).into_response(),
+            Ok(html) => (status, super::PAGE_HEADERS, Html(html)).into_response(),
             Err(_) => (status, message).into_response(),
         };
         if let ConsoleError::Api(ApiError::RateLimited(secs)) = self {

@@ -71,6 +71,29 @@ impl Default for ConsoleConfig {
     }
 }
 
+/// Sent with every page: scripts and styles only from the console itself, never inside another
+/// site's frame, no page (a new key's secret) kept in caches or named in a `Referer`.
+pub const PAGE_HEADERS: [(axum::http::HeaderName, axum::http::HeaderValue); 4] = [
+    (
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+        ),
+    ),
+    (
+        axum::http::header::X_FRAME_OPTIONS,
+        axum::http::HeaderValue::from_static("DENY"),
+    ),
+    (
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    ),
+    (
+        axum::http::header::REFERRER_POLICY,
+        axum::http::HeaderValue::from_static("no-referrer"),
+    ),
+];
+
 /// Client addresses whose wrong keys are remembered before the memory of them starts over.
 const FAILURES_REMEMBERED: usize = 65_536;
 

@@ -27,7 +27,7 @@ use crate::store::{ChangeOp, RuleQuery};
 type Page = Result<Response, ConsoleError>;
 
 fn render(status: StatusCode, page: impl Template) -> Page {
-    Ok((status, Html(page.render()?)).into_response())
+    Ok((status, super::PAGE_HEADERS, Html(page.render()?)).into_response())
 }
 
 fn see_other(location: &str) -> Response {
@@ -108,6 +108,10 @@ pub async fn sign_in(
             return refused(StatusCode::UNAUTHORIZED, csrf, error);
         }
         Err(e) => return Err(e.into()),
+    }
+    // A new session each time: a token planted in the browser before sign-in is worth nothing.
+    if let Some(earlier) = session::cookie(&peer.headers, SESSION_COOKIE) {
+        console.sessions.close(earlier);
     }
     let token = console
         .sessions

@@ -154,6 +154,13 @@ async fn sign_in_add_a_range_check_delete_check_again() {
     assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"));
     let overview = browser.get("/console/").await;
     assert_eq!(overview.status, StatusCode::OK);
+    assert_eq!(overview.headers["x-frame-options"], "DENY");
+    assert!(
+        overview.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
     assert!(overview.body.contains("Active rules: 0"));
 
     let form = browser.get("/console/rules/new").await;
