@@ -421,6 +421,23 @@ async fn list(
             }
             Ok((rows, format!("Rules covering {ip}"), None, None))
         }
+        Listing::Query(query) if query.target.is_some() && query.action.is_none() => {
+            // One rule per action at most: asking for each action is a probe of the unique
+            // (tenant, action, kind, target) index each, where one query without the action
+            // would read the tenant's rules in id order.
+            let mut rows = Vec::new();
+            for action in [RuleAction::Block, RuleAction::Allow] {
+                let exact = RuleQuery {
+                    action: Some(action),
+                    now,
+                    ..query.clone()
+                };
+                let page = app.engine.backend().rules(tenant, exact).await?;
+                rows.extend(page.items.iter().map(RuleRow::from));
+            }
+            rows.sort_by_key(|r| r.id);
+            Ok((rows, "Rules".to_owned(), None, None))
+        }
         Listing::Query(mut query) => {
             query.now = now;
             let page = app.engine.backend().rules(tenant, query).await?;
@@ -725,11 +742,7 @@ pub async fn overview(
     if headers.contains_key("hx-request") && given(&query.seen) == Some(seen.to_string().as_str()) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let counts = app
-        .engine
-        .backend()
-        .rule_counts(tenant, app.clock.now())
-        .await?;
+    let counts = console.rule_counts(tenant).await?;
     let recent = recent_changes(&console, tenant).await?;
     let (rows, total) = count_rows(&counts);
     let page = OverviewPage {

@@ -715,3 +715,34 @@ async fn each_tenant_sees_its_own_look_ups() {
         .unwrap();
     assert_eq!(poll.status(), StatusCode::NO_CONTENT);
 }
+
+#[tokio::test]
+async fn rule_counts_are_kept_for_counts_refresh_secs() {
+    let app = spawn_app_at(UnixMillis(1_700_000_000_000)).await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.admin).await;
+    assert!(
+        browser
+            .get("/console/")
+            .await
+            .body
+            .contains("Active rules: 0")
+    );
+    app.signal(&app.admin, &json!([crate::helpers::block_ip("192.0.2.1")]))
+        .await;
+    assert!(
+        browser
+            .get("/console/")
+            .await
+            .body
+            .contains("Active rules: 0")
+    );
+    app.clock.as_ref().unwrap().advance_ms(10_000);
+    assert!(
+        browser
+            .get("/console/")
+            .await
+            .body
+            .contains("Active rules: 1")
+    );
+}
