@@ -101,6 +101,24 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Counts decisions, each `(blocked, allowed)`, for the metrics and for the console's chart,
+    /// in this one place so that the two never count differently.
+    pub fn count_decisions(
+        &self,
+        endpoint: crate::telemetry::http::LookupEndpoint,
+        tenant: crate::rules::TenantId,
+        now: crate::rules::UnixMillis,
+        decisions: impl IntoIterator<Item = (bool, bool)>,
+    ) {
+        let (mut lookups, mut blocks) = (0, 0);
+        for (blocked, allowed) in decisions {
+            crate::telemetry::http::count_lookup(endpoint, blocked, allowed);
+            lookups += 1;
+            blocks += u64::from(blocked);
+        }
+        self.tally.record(tenant, now, lookups, blocks);
+    }
+
     /// The owner of a presented key. A key missing from the ring is looked up in the store, so
     /// that a key made by another process (`palisade keys create`) works on the very next
     /// request; wrong keys are remembered, so repeating one costs no query, and at most

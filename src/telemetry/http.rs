@@ -142,7 +142,7 @@ fn method_label(method: &Method) -> &'static str {
 /// add, no registry look-up.
 pub struct LookupCounters {
     /// Indexed by `[endpoint][outcome]`.
-    counters: [[metrics::Counter; 3]; 3],
+    counters: [[metrics::Counter; 3]; 4],
 }
 
 /// Where a decision was asked for.
@@ -151,6 +151,8 @@ pub enum LookupEndpoint {
     Check = 0,
     CheckBatch = 1,
     ForwardAuth = 2,
+    /// A CrowdSec bouncer's `GET /v1/decisions?ip=`.
+    Bouncer = 3,
 }
 
 impl LookupCounters {
@@ -161,7 +163,12 @@ impl LookupCounters {
             })
         };
         Self {
-            counters: [make("check"), make("check_batch"), make("forward_auth")],
+            counters: [
+                make("check"),
+                make("check_batch"),
+                make("forward_auth"),
+                make("bouncer"),
+            ],
         }
     }
 
