@@ -40,6 +40,7 @@ fn batch(first: u32, at: UnixMillis) -> WriteBatch {
                     name: Some("bench".into()),
                     description: None,
                     source: palisade::rules::Source::Signal,
+                    dataset: None,
                 }),
             }
         })

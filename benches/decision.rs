@@ -293,6 +293,9 @@ fn bench_apply(c: &mut Criterion, geo: &Geo) {
                 expires_at: None,
                 name: None,
                 at: NOW,
+                source: Source::Signal,
+                dataset: None,
+                description: None,
             })
             .collect();
         let index = Index::new(geo.current().clone());

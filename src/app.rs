@@ -15,6 +15,7 @@ use crate::api::{self, AppState, Shared};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::{ChangeSink, Engine, Feed, Policies};
+use crate::export::expand::Expansions;
 use crate::geo::Geo;
 use crate::health::Readiness;
 use crate::index::Index;
@@ -28,6 +29,7 @@ use crate::store::backend::SharedBackend;
 use crate::store::postgres::{PgBackend, PgOptions};
 use crate::store::sqlite::SqliteBackend;
 use crate::store::{NewKey, StoreResult};
+use crate::telemetry;
 use tokio::sync::Notify;
 
 /// How often the server re-reads the keys table, so that keys made or revoked from the command
@@ -39,6 +41,8 @@ const PURGE_BATCH: usize = 10_000;
 
 pub struct Application {
     listener: TcpListener,
+    /// `metrics_listen`: `GET /metrics` without a key.
+    metrics_listener: Option<TcpListener>,
     connection_limits: ConnectionLimits,
     state: AppState,
     tasks: BackgroundTasks,
@@ -52,6 +56,8 @@ impl Application {
     }
 
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // Before anything records: handles made earlier would record nowhere.
+        crate::telemetry::recorder::handle();
         let geo = Arc::new(Geo::open(&config.geo).context("loading the geo data")?);
         if !geo.has_asn_source() {
             tracing::info!(
@@ -61,11 +67,16 @@ impl Application {
         // Subscribed before the index takes the data in force: a reload from then on reaches it.
         let geo_versions = geo.subscribe();
         let index = Arc::new(Index::new(geo.current().clone()));
+        let expansions = Expansions::new(index.clone(), geo.clone(), clock.clone());
         let backend = open_until_ready(&config).await?;
         let feed = Arc::new(Feed::new(
             backend.clone(),
             clock.clone(),
-            vec![index.clone() as Arc<dyn ChangeSink>],
+            // The index first: the expansions are built from it.
+            vec![
+                index.clone() as Arc<dyn ChangeSink>,
+                expansions.clone() as Arc<dyn ChangeSink>,
+            ],
         ));
         load_until_ready(&feed, config.database.url.is_some()).await?;
         let stats = index.stats();
@@ -76,6 +87,8 @@ impl Application {
         );
         let readiness = Arc::new(Readiness::new());
         readiness.index_loaded();
+        let expansions_follow_geo = expansions.follow_geo(geo.subscribe());
+        let range_limits = config.crowdsec.range_limits().map_err(anyhow::Error::msg)?;
         let asn_catalog: Option<Arc<dyn AsnCatalog>> = if geo.has_asn_source() {
             Some(geo.clone())
         } else {
@@ -115,6 +128,14 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding metrics_listen {address}"))?,
+            ),
+            None => None,
+        };
 
         let rate_limits = Arc::new(RateLimits::new(
             config.rate_limits.reports_per_minute,
@@ -125,8 +146,14 @@ impl Application {
                 .map_err(anyhow::Error::msg)?,
             clock.clone(),
         ));
+        let bouncers = Arc::new(crate::crowdsec::pull::Bouncers::new(
+            backend.clone(),
+            index.clone(),
+            config.crowdsec.clone(),
+        ));
         let state = AppState(Arc::new(Shared {
             engine: engine.clone(),
+            bouncers,
             index: index.clone(),
             geo: geo.clone(),
             trusted_proxies: config.trusted_proxies.clone(),
@@ -150,11 +177,20 @@ impl Application {
             )),
             body_limits: config.limits.clone(),
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
+            expansions: expansions.clone(),
+            range_limits,
+            expand_geo: config
+                .crowdsec
+                .expand_geo(geo.has_asn_source() || geo.has_country_source()),
+            export_turns: Arc::new(tokio::sync::Semaphore::new(config.exports.max_concurrent)),
+            exports: config.exports.clone(),
             tally: Default::default(),
             console: config.console.clone(),
         }));
 
-        let tasks = BackgroundTasks(vec![
+        let (engine_for_subscriptions, clock_for_subscriptions) = (engine.clone(), clock.clone());
+        let mut tasks = BackgroundTasks(vec![
+            expansions_follow_geo,
             tokio::spawn(refresh_keys(state.clone())),
             geo.spawn_watcher(),
             tokio::spawn(follow(
@@ -182,8 +218,16 @@ impl Application {
                 Duration::from_secs(config.store.purge_interval_secs.max(1)),
             )),
         ]);
+        for subscription in config.subscriptions.iter().cloned() {
+            tasks.0.push(tokio::spawn(crate::subscriptions::run(
+                engine_for_subscriptions.clone(),
+                clock_for_subscriptions.clone(),
+                subscription,
+            )));
+        }
         Ok(Self {
             listener,
+            metrics_listener,
             connection_limits: config.server.connection_limits(),
             state,
             tasks,
@@ -201,6 +245,13 @@ impl Application {
         self.local_addr().port()
     }
 
+    /// Where `GET /metrics` answers without a key, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -213,12 +264,27 @@ impl Application {
     ) -> std::io::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             connection_limits,
             state,
             tasks: _running_until_return,
             ..
         } = self;
-        server::serve(listener, api::router(state), connection_limits, shutdown).await
+        // Stopped with the tasks: a scrape during shutdown is worth nothing.
+        let _metrics = metrics_listener.map(|listener| {
+            let router = telemetry::scrape::keyless_router(state.clone());
+            BackgroundTasks(vec![tokio::spawn(async move {
+                if let Err(e) =
+                    server::serve(listener, router, connection_limits, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            })])
+        });
+        let trusted = state.trusted_proxies.clone();
+        let router = api::router(state.clone()).merge(telemetry::scrape::router(state));
+        let router = telemetry::http::instrument(router, trusted);
+        server::serve(listener, router, connection_limits, shutdown).await
     }
 }
 
@@ -359,7 +425,10 @@ async fn process_reports(engine: Arc<Engine>, clock: Arc<dyn Clock>) {
                 .await
             {
                 Ok(processed) if processed.reports == 0 => break,
-                Ok(_) => {}
+                Ok(processed) => {
+                    metrics::counter!(telemetry::names::REPORTS_APPLIED)
+                        .increment(processed.reports as u64);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "applying queued reports failed; retrying");
                     break;

@@ -41,7 +41,42 @@ pub struct Config {
     pub reports: ReportsConfig,
     pub rate_limits: RateLimitConfig,
     pub audit: AuditConfig,
+    /// CrowdSec bouncers (`/v1/decisions`, `/v1/decisions/stream`) and what enforcement
+    /// points are given of ASN and country rules.
+    pub crowdsec: crate::crowdsec::CrowdsecConfig,
+    /// Blocklists fetched on an interval, each kept as the rules of its dataset
+    /// (`[[subscriptions]]`).
+    pub subscriptions: Vec<crate::subscriptions::SubscriptionConfig>,
+    pub exports: ExportsConfig,
+    /// A second address serving only `GET /metrics`, without a key (keep it on a private
+    /// network); unset: metrics only on `listen`, for admin keys. Env `PALISADE_METRICS_LISTEN`.
+    pub metrics_listen: Option<SocketAddr>,
     pub console: crate::console::ConsoleConfig,
+}
+
+/// `GET /v1/blocklist` and `GET /v1/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportsConfig {
+    /// Blocklist exports written at once; one more is answered 503. Each holds a thread while
+    /// its client reads.
+    pub max_concurrent: usize,
+    /// Bytes a streamed export hands to the connection at a time; at most four such chunks
+    /// wait for a slow client.
+    pub chunk_bytes: usize,
+    /// Most networks one `GET /v1/config` document may list (it is built whole, as the agent
+    /// reads it whole); a larger one is refused with 422.
+    pub agent_max_networks: usize,
+}
+
+impl Default for ExportsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            chunk_bytes: 64 * 1024,
+            agent_max_networks: 2_000_000,
+        }
+    }
 }
 
 /// What the audit log keeps, and for how long.
@@ -309,7 +344,11 @@ impl Default for Config {
             reports: ReportsConfig::default(),
             rate_limits: RateLimitConfig::default(),
             audit: AuditConfig::default(),
+            crowdsec: crate::crowdsec::CrowdsecConfig::default(),
+            exports: ExportsConfig::default(),
+            metrics_listen: None,
             console: crate::console::ConsoleConfig::default(),
+            subscriptions: Vec::new(),
         }
     }
 }
@@ -388,6 +427,7 @@ impl Config {
             ("PALISADE_GEO_COUNTRY", "geo.country"),
             ("PALISADE_CLIENT_IP_HEADER", "client_ip_header"),
             ("PALISADE_DATABASE_URL", "database.url"),
+            ("PALISADE_METRICS_LISTEN", "metrics_listen"),
         ] {
             if let Ok(path) = std::env::var(var) {
                 figment = figment.merge(Serialized::default(key, path));
@@ -490,5 +530,36 @@ mod tests {
         let file = dir.path().join("palisade.toml");
         std::fs::write(&file, "[guard]\nmin_prefix = 12\n").unwrap();
         assert!(Config::load(Some(&file), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn crowdsec_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("palisade.toml");
+        std::fs::write(
+            &file,
+            "[crowdsec]\nmax_decisions = 60000\n[crowdsec.max_decisions_per_key]\n\"7\" = 5\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), &Overrides::default()).unwrap();
+        let limits = config.crowdsec.range_limits().unwrap();
+        assert_eq!(limits.default, Some(60000));
+        assert_eq!(limits.per_key.get(&7), Some(&5));
+        assert!(config.crowdsec.expand_geo(true));
+        assert!(!config.crowdsec.expand_geo(false));
+        let off = crate::crowdsec::CrowdsecConfig {
+            expand_geo: Some(false),
+            ..crate::crowdsec::CrowdsecConfig::default()
+        };
+        assert!(!off.expand_geo(true));
+        let bad = crate::crowdsec::CrowdsecConfig {
+            max_decisions_per_key: [("admin".to_owned(), 1)].into(),
+            ..crate::crowdsec::CrowdsecConfig::default()
+        };
+        assert!(
+            bad.range_limits()
+                .unwrap_err()
+                .contains("\"admin\" is not a key id")
+        );
     }
 }

@@ -85,3 +85,28 @@ impl FromRequestParts<AppState> for ProxyCaller {
         authenticate(app, token).await.map(ProxyCaller)
     }
 }
+
+/// The caller of a CrowdSec bouncer route: a key that may read rules, in `X-Api-Key` or
+/// `Authorization: Bearer`. Anything else gets CrowdSec's own 403, which bouncers expect.
+#[derive(Debug, Clone)]
+pub struct Bouncer(pub Arc<Principal>);
+
+impl FromRequestParts<AppState> for Bouncer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let token = presented_key(parts)
+            .ok()
+            .flatten()
+            .ok_or(ApiError::BouncerForbidden)?;
+        let principal = app.authenticate(token).await.map_err(|e| match e {
+            // The store failing is not the bouncer's fault: it may retry.
+            ApiError::Store(e) => ApiError::Store(e),
+            _ => ApiError::BouncerForbidden,
+        })?;
+        if !principal.role.allows(Permission::ReadRules) {
+            return Err(ApiError::BouncerForbidden);
+        }
+        Ok(Bouncer(principal))
+    }
+}

@@ -1,5 +1,6 @@
 //! Decision look-ups: `GET /v1/check`, `POST /v1/check` and `GET /v1/forward-auth`.
 
+use crate::telemetry::http::LookupEndpoint;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
@@ -69,8 +70,12 @@ pub async fn check_one(
     let max_matches = app.body_limits.matches_per_address;
     let now = app.clock.now();
     let answer = answer_bounded(&view, params.ip, now, max_matches);
-    app.tally
-        .record(principal.tenant_id, now, 1, u64::from(answer.blocked));
+    app.count_decisions(
+        LookupEndpoint::Check,
+        principal.tenant_id,
+        now,
+        [(answer.blocked, answer.allowed)],
+    );
     Ok(Json(answer).into_response())
 }
 
@@ -126,10 +131,12 @@ pub async fn check_many(
                 answer
             })
             .collect::<Vec<_>>();
-        let blocked = results.iter().filter(|a| a.blocked).count();
-        shared
-            .tally
-            .record(tenant, now, results.len() as u64, blocked as u64);
+        shared.count_decisions(
+            LookupEndpoint::CheckBatch,
+            tenant,
+            now,
+            results.iter().map(|a| (a.blocked, a.allowed)),
+        );
         serde_json::to_vec(&CheckResults { results })
             .map_err(|e| ApiError::Internal(format!("encoding answers: {e}")))
     })
@@ -309,8 +316,12 @@ pub async fn forward_auth(
     )?;
     let now = app.clock.now();
     let verdict = app.index.decide(principal.tenant_id, ip, now);
-    app.tally
-        .record(principal.tenant_id, now, 1, u64::from(verdict.blocked));
+    app.count_decisions(
+        LookupEndpoint::ForwardAuth,
+        principal.tenant_id,
+        now,
+        [(verdict.blocked, verdict.allowed)],
+    );
     if verdict.blocked {
         return Err(ApiError::Blocked(ip));
     }

@@ -14,10 +14,16 @@ use crate::store::StoreError;
 /// The text of every 401, as the contract words it.
 pub const UNAUTHORIZED_MESSAGE: &str = "Invalid or missing API key";
 
+/// The text of CrowdSec's answer to a bouncer with a missing or wrong key, which bouncers log.
+pub const BOUNCER_FORBIDDEN_MESSAGE: &str = "access forbidden";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{UNAUTHORIZED_MESSAGE}")]
     Unauthorized,
+    /// A bouncer route without a valid reader key: 403 in CrowdSec's own shape.
+    #[error("{BOUNCER_FORBIDDEN_MESSAGE}")]
+    BouncerForbidden,
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -40,8 +46,32 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("The server is busy; retry shortly")]
     Busy,
+    /// An answer would be larger than a configured limit allows.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("Internal error")]
     Internal(String),
+}
+
+impl From<crate::export::expand::TooManyRanges> for ApiError {
+    fn from(e: crate::export::expand::TooManyRanges) -> Self {
+        ApiError::TooLarge(e.to_string())
+    }
+}
+
+impl From<crate::export::agent::TooManyNetworks> for ApiError {
+    fn from(e: crate::export::agent::TooManyNetworks) -> Self {
+        ApiError::TooLarge(e.to_string())
+    }
+}
+
+impl From<crate::crowdsec::pull::PullError> for ApiError {
+    fn from(e: crate::crowdsec::pull::PullError) -> Self {
+        match e {
+            crate::crowdsec::pull::PullError::Store(e) => ApiError::Store(e),
+            crate::crowdsec::pull::PullError::Contended => ApiError::Busy,
+        }
+    }
 }
 
 impl From<EngineError> for ApiError {
@@ -114,14 +144,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::BouncerForbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Blocked(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unprocessable(_) | ApiError::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(_) | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -132,13 +162,15 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "Unauthorized",
-            ApiError::Forbidden(_) | ApiError::Blocked(_) => "Forbidden",
+            ApiError::Forbidden(_) | ApiError::Blocked(_) | ApiError::BouncerForbidden => {
+                "Forbidden"
+            }
             ApiError::NotFound(_) => "NotFound",
             ApiError::MethodNotAllowed => "MethodNotAllowed",
             ApiError::Validation(_) => "ValidationError",
             ApiError::PayloadTooLarge(_) => "PayloadTooLarge",
             ApiError::BodyTimeout(_) => "RequestTimeout",
-            ApiError::Unprocessable(_) => "UnprocessableEntity",
+            ApiError::Unprocessable(_) | ApiError::TooLarge(_) => "UnprocessableEntity",
             ApiError::RateLimited(_) => "TooManyRequests",
             ApiError::Store(_) | ApiError::Busy => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",
@@ -162,6 +194,10 @@ pub struct ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if let ApiError::BouncerForbidden = self {
+            let body = serde_json::json!({ "message": BOUNCER_FORBIDDEN_MESSAGE });
+            return (status, Json(body)).into_response();
+        }
         match &self {
             // The cause stays in the log; the client learns only that nothing was written.
             ApiError::Store(e) => tracing::error!(error = %e, "store failure"),

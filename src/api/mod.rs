@@ -5,14 +5,20 @@
 //! - [`rules`]: `GET /v1/rules`, `GET|DELETE /v1/rules/{id}`
 //! - [`audit`]: `GET /v1/audit`
 //! - [`check`]: `GET|POST /v1/check`, `GET /v1/forward-auth`
+//! - [`crowdsec`]: `GET|HEAD /v1/decisions`, `GET|HEAD /v1/decisions/stream`,
+//!   `POST /v1/usage-metrics` (CrowdSec's bouncer API)
 //! - [`reports`]: `POST /v1/ip`, `/v1/unban/ip`, `/v1/false/{add,remove}/ip`, `POST /test`
+//! - [`exports`]: `GET /v1/blocklist`, `GET /v1/config` (the Gen0Sec agent's feed),
+//!   `GET /v1/authcheck` (also `/authcheck`)
 //! - [`docs`]: OpenAPI document and Swagger UI under `/docs/signal/`
 
 pub mod audit;
 pub mod auth;
 pub mod check;
+pub mod crowdsec;
 pub mod docs;
 pub mod error;
+pub mod exports;
 pub mod query;
 pub mod reports;
 pub mod rules;
@@ -52,6 +58,8 @@ use error::ApiError;
 pub struct Shared {
     /// Every write goes through it; reads go to its backend.
     pub engine: Arc<Engine>,
+    /// What CrowdSec bouncers pull.
+    pub bouncers: Arc<crate::crowdsec::pull::Bouncers>,
     pub index: Arc<Index>,
     pub geo: Arc<Geo>,
     /// Peers whose forwarding header forward-auth believes.
@@ -77,12 +85,40 @@ pub struct Shared {
     pub bodies_in_flight: Arc<Semaphore>,
     /// A request body must arrive whole within this; a slower one is a 408.
     pub body_read_timeout: std::time::Duration,
+    /// ASN and country rules as address ranges, per tenant.
+    pub expansions: Arc<crate::export::expand::Expansions>,
+    /// How many expanded ranges each key may be given.
+    pub range_limits: crate::export::expand::RangeLimits,
+    /// Whether bouncers are served ASN and country rules as ranges (`crowdsec.expand_geo`,
+    /// resolved against whether geo data is configured).
+    pub expand_geo: bool,
+    /// Turns for blocklist exports being written (`exports.max_concurrent`).
+    pub export_turns: Arc<Semaphore>,
+    pub exports: crate::config::ExportsConfig,
     /// Look-ups and blocks per minute, for the console's chart.
     pub tally: tally::Tally,
     pub console: crate::console::ConsoleConfig,
 }
 
 impl Shared {
+    /// Counts decisions, each `(blocked, allowed)`, for the metrics and for the console's chart,
+    /// in this one place so that the two never count differently.
+    pub fn count_decisions(
+        &self,
+        endpoint: crate::telemetry::http::LookupEndpoint,
+        tenant: crate::rules::TenantId,
+        now: crate::rules::UnixMillis,
+        decisions: impl IntoIterator<Item = (bool, bool)>,
+    ) {
+        let (mut lookups, mut blocks) = (0, 0);
+        for (blocked, allowed) in decisions {
+            crate::telemetry::http::count_lookup(endpoint, blocked, allowed);
+            lookups += 1;
+            blocks += u64::from(blocked);
+        }
+        self.tally.record(tenant, now, lookups, blocks);
+    }
+
     /// The owner of a presented key. A key missing from the ring is looked up in the store, so
     /// that a key made by another process (`palisade keys create`) works on the very next
     /// request; wrong keys are remembered, so repeating one costs no query, and at most
@@ -143,6 +179,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(audit::list))
         .route("/v1/check", get(check::check_one).post(check::check_many))
         .route("/v1/forward-auth", get(check::forward_auth))
+        .route(
+            "/v1/decisions",
+            get(crowdsec::decisions).head(crowdsec::head),
+        )
+        .route(
+            "/v1/decisions/stream",
+            get(crowdsec::stream).head(crowdsec::head),
+        )
+        .route(
+            "/v1/usage-metrics",
+            axum::routing::post(crowdsec::usage_metrics),
+        )
         .route("/v1/ip", axum::routing::post(reports::report))
         .route("/v1/unban/ip", axum::routing::post(reports::unban))
         .route("/v1/false/add/ip", axum::routing::post(reports::false_add))
@@ -152,6 +200,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/reports/queue", get(reports::queue))
         .route("/test", axum::routing::post(reports::test_token))
+        .route("/v1/blocklist", get(exports::blocklist))
+        .route("/v1/config", get(exports::agent_config))
+        // The agent calls `{base_url}/authcheck` with a base URL ending in `/v1`.
+        .route("/v1/authcheck", get(exports::authcheck))
+        .route("/authcheck", get(exports::authcheck))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(docs::router())
@@ -314,7 +367,7 @@ impl<R: BodyRoute + Send> FromRequest<AppState> for RawBody<R> {
 /// that full sheds load rather than queue it.
 pub const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A fresh id tying a request's audit entries together.
+/// The id tying a request's audit entries to its log lines and its answer's `X-Request-Id`.
 pub fn request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    crate::telemetry::current_request_id().unwrap_or_else(crate::telemetry::http::new_request_id)
 }

@@ -1,6 +1,7 @@
 //! The change feed: every committed rule change, in commit order, to everything in this
-//! process that follows the rules (the decision index now; bouncer streams, metrics and the
-//! console later).
+//! process that follows the rules (the decision index now; metrics and the console later).
+//! Bouncer streams read the same log through the backend instead, from a cursor each bouncer
+//! keeps in the store, so that any node can answer a bouncer's next pull.
 //!
 //! The backend's change log is the truth. Changes this process commits are handed on at once;
 //! changes other processes or nodes commit are read from the log when the backend signals them
@@ -64,6 +65,11 @@ impl Feed {
     /// The last change handed on.
     pub fn applied(&self) -> u64 {
         self.applied_now.load(Ordering::Acquire)
+    }
+
+    /// Batches handed on that the slowest subscriber has not read yet.
+    pub fn subscriber_backlog(&self) -> usize {
+        self.broadcast.len()
     }
 
     /// Every change handed on from now, in batches, in order.

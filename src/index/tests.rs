@@ -50,6 +50,9 @@ impl Fixture {
             expires_at: expires_at.map(UnixMillis),
             name: Some(format!("rule-{id}")),
             at: NOW,
+            source: Source::Signal,
+            dataset: None,
+            description: None,
         }]);
     }
 
@@ -325,6 +328,9 @@ fn removals_refreshes_and_tenants() {
         expires_at: None,
         name: None,
         at: NOW,
+        source: Source::Signal,
+        dataset: None,
+        description: None,
     }]);
     assert!(!f.blocked("203.0.113.5"));
     assert_eq!(f.index.seq(), seq);
@@ -603,6 +609,9 @@ fn one_tenant_blocking_every_country_does_no_work_for_another() {
             expires_at: None,
             name: None,
             at: NOW,
+            source: Source::Signal,
+            dataset: None,
+            description: None,
         })
         .collect();
     f.seq += changes.len() as u64;
@@ -787,6 +796,9 @@ fn rebuild_never_hides_a_change_applied_after_its_snapshot() {
         expires_at: None,
         name: None,
         at: NOW,
+        source: Source::Signal,
+        dataset: None,
+        description: None,
     };
     let unseen = std::thread::scope(|scope| {
         let reader = scope.spawn(|| {
@@ -1045,6 +1057,9 @@ proptest! {
                             target: Target::Asn(Asn::new(asn).unwrap()),
                             expires_at: *expires_at,
                             name: None,
+                            source: Source::Signal,
+                            dataset: None,
+                            description: None,
                         }));
                         want_ids.push(*id);
                     }
@@ -1072,7 +1087,7 @@ proptest! {
                 model.remove(&id);
                 if !delete {
                     let expires_at = [None, Some(NOW.0 - 1), Some(NOW.0 + 1), Some(NOW.0 + 2)][*exp].map(UnixMillis);
-                    rules.put(Arc::new(RuleRef { id, action, target, expires_at, name: None }));
+                    rules.put(Arc::new(RuleRef { id, action, target, expires_at, name: None, source: Source::Signal, dataset: None, description: None }));
                     model.insert(id, (*asn, action, expires_at));
                 }
             }
@@ -1081,4 +1096,64 @@ proptest! {
             agree(&before, &model_before)?;
         }
     }
+}
+
+/// The intervals an export walks: in address order, across buckets, with both expiries.
+#[test]
+fn ip_rules_walk_the_decision_intervals_in_order() {
+    let mut f = Fixture::new();
+    f.change(
+        T1,
+        1,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "10.0.0.0/15",
+        Some(5000),
+    );
+    f.change(T1, 2, ChangeOp::Put, RuleAction::Allow, "10.1.2.3/32", None);
+    f.block(3, "2001:db8::/32");
+    f.change(
+        T1,
+        4,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "1.2.3.4/32",
+        Some(7000),
+    );
+    let rules = f.index.ip_rules(T1);
+    let v4: Vec<(u128, u128, Span)> = rules
+        .v4()
+        .filter(|(_, _, span)| span.block_until != NONE || span.allow_until != NONE)
+        .collect();
+    let ip = |s: &str| u128::from(u32::from(s.parse::<std::net::Ipv4Addr>().unwrap()));
+    let block = |until| Span {
+        block_until: until,
+        allow_until: NONE,
+    };
+    assert_eq!(
+        v4,
+        [
+            (ip("1.2.3.4"), ip("1.2.3.4"), block(7000)),
+            (ip("10.0.0.0"), ip("10.0.255.255"), block(5000)),
+            (ip("10.1.0.0"), ip("10.1.2.2"), block(5000)),
+            (
+                ip("10.1.2.3"),
+                ip("10.1.2.3"),
+                Span {
+                    block_until: 5000,
+                    allow_until: FOREVER
+                }
+            ),
+            (ip("10.1.2.4"), ip("10.1.255.255"), block(5000)),
+        ]
+    );
+    let v6: Vec<_> = rules
+        .v6()
+        .filter(|(_, _, s)| s.block_until != NONE)
+        .collect();
+    assert_eq!(
+        v6,
+        [(0x2001_0db8 << 96, (0x2001_0db9 << 96) - 1, block(FOREVER))]
+    );
+    assert_eq!(f.index.ip_rules(T2).v4().count(), 0);
 }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{
-    AuditEntry, Change, NewKey, Page, QueueStats, QueuedReport, RuleCount, RuleQuery, Snapshot,
-    StoreResult,
+    AuditEntry, BouncerRecord, Change, CursorMove, DecisionDelta, NewKey, Page, Pull, QueueStats,
+    QueuedReport, RuleCount, RuleQuery, Snapshot, StoreResult, StreamCursor,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
@@ -164,6 +164,35 @@ pub trait Backend: Send + Sync + 'static {
     /// The owner of one unrevoked key, by digest.
     async fn live_key(&self, digest: KeyDigest) -> StoreResult<Option<Principal>>;
 
+    /// Every bouncer record, by key id.
+    async fn bouncers(&self) -> StoreResult<Vec<BouncerRecord>>;
+
+    async fn bouncer(&self, key_id: i64) -> StoreResult<Option<BouncerRecord>>;
+
+    /// Records a pull (creating the record on a key's first). `false`: the cursor was to
+    /// advance but was no longer where the pull read it; nothing was written.
+    async fn record_pull(&self, pull: Pull, cursor: CursorMove) -> StoreResult<bool>;
+
+    /// The tenant's changes after `since.seq` (at most `limit` of them) and its block rules
+    /// that expired in `(since.at, now]`, read at one instant.
+    async fn decision_delta(
+        &self,
+        tenant: TenantId,
+        since: StreamCursor,
+        now: UnixMillis,
+        limit: usize,
+    ) -> StoreResult<DecisionDelta>;
+
+    /// The tenant's block rules active at `now`, in id order, in chunks of `chunk`, all read at
+    /// one instant, and the change that instant is current up to. The reading stops when the
+    /// receiver is dropped.
+    async fn active_blocks(
+        &self,
+        tenant: TenantId,
+        now: UnixMillis,
+        chunk: usize,
+    ) -> StoreResult<(u64, RuleChunks)>;
+
     /// Depth and oldest entry of the report queue; of one tenant, or of all.
     async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats>;
 
@@ -181,3 +210,6 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 pub type SharedBackend = Arc<dyn Backend>;
+
+/// Rules read in chunks by a task of the backend; an error ends the chunks.
+pub type RuleChunks = tokio::sync::mpsc::Receiver<StoreResult<Vec<Rule>>>;

@@ -45,7 +45,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleWrite {
     /// Creates the rule for `(action, target)` or refreshes it: the expiry is always replaced
-    /// (absent means permanent); name and description are replaced when given and kept when not.
+    /// (absent means permanent); name, description and dataset are replaced when given and
+    /// kept when not.
     Put {
         action: RuleAction,
         target: Target,
@@ -53,6 +54,8 @@ pub enum RuleWrite {
         name: Option<String>,
         description: Option<String>,
         source: Source,
+        /// The list the rule came from (an imported blocklist).
+        dataset: Option<String>,
     },
     /// Removes the rule for exactly `(action, target)`; nothing to remove is not an error.
     Remove { action: RuleAction, target: Target },
@@ -192,6 +195,10 @@ pub struct Change {
     /// The rule's name after the change.
     pub name: Option<String>,
     pub at: UnixMillis,
+    /// Which API made the rule, its report dataset and its description, after the change.
+    pub source: Source,
+    pub dataset: Option<String>,
+    pub description: Option<String>,
 }
 
 impl Change {
@@ -207,6 +214,9 @@ impl Change {
             expires_at: rule.expires_at,
             name: rule.name.clone(),
             at,
+            source: rule.source,
+            dataset: rule.dataset.clone(),
+            description: rule.description.clone(),
         }
     }
 }
@@ -217,6 +227,66 @@ pub struct Snapshot {
     /// The last change included.
     pub seq: u64,
     pub rules: Vec<Rule>,
+}
+
+/// Where a bouncer's decision stream stands: the last change it was sent, and the instant its
+/// last pull was computed at (a rule that expired after it is news to the bouncer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCursor {
+    pub seq: u64,
+    pub at: UnixMillis,
+}
+
+/// A pull of decisions, and what the bouncer said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pull {
+    pub key_id: i64,
+    pub tenant: TenantId,
+    pub at: UnixMillis,
+    pub user_agent: Option<String>,
+    pub address: Option<String>,
+    pub version: Option<String>,
+}
+
+/// What a pull does to the bouncer's stream cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorMove {
+    /// Not a stream pull: the cursor stays.
+    Keep,
+    /// A stream that starts over.
+    Set(StreamCursor),
+    /// Moves from `from` to `to`, only if it still is at `from` (another pull of the same key,
+    /// on this node or another, may have moved it meanwhile).
+    Advance {
+        from: Option<StreamCursor>,
+        to: StreamCursor,
+    },
+}
+
+/// A key that pulled decisions: its last pull and its stream cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BouncerRecord {
+    pub key_id: i64,
+    pub tenant: TenantId,
+    pub last_pull: UnixMillis,
+    pub user_agent: Option<String>,
+    pub address: Option<String>,
+    pub version: Option<String>,
+    pub cursor: Option<StreamCursor>,
+}
+
+/// What changed for one tenant's decisions since a stream cursor, read at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecisionDelta {
+    /// The change the read is current up to: the next cursor.
+    pub head: u64,
+    /// The tenant's changes after the cursor, up to `head`, oldest first.
+    pub changes: Vec<Change>,
+    /// The tenant's block rules, still stored, that expired after the cursor's instant and at
+    /// or before the pull's.
+    pub expired: Vec<Rule>,
+    /// The oldest change the log still holds (retention deletes older ones); `None`: empty.
+    pub oldest: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]

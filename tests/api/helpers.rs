@@ -23,6 +23,8 @@ pub struct TestApp {
     pub state: AppState,
     pub http: reqwest::Client,
     pub clock: Option<Arc<ManualClock>>,
+    /// `http://host:port` of the keyless metrics listener, when `metrics_listen` is set.
+    pub metrics_base: Option<String>,
     _stop: oneshot::Sender<()>,
     pub _dir: TempDir,
 }
@@ -56,6 +58,14 @@ pub async fn spawn_with(
         config.database.pool_size = 4;
     }
     configure(&mut config);
+    let app = spawn_config(config, clock).await;
+    assert!(!app.admin.is_empty(), "a new data dir gets an admin key");
+    TestApp { _dir: dir, ..app }
+}
+
+/// A server on `config` as given (a data directory or schema used before, say); `admin` is
+/// empty unless this start created the first key.
+pub async fn spawn_config(config: Config, clock: Option<Arc<ManualClock>>) -> TestApp {
     let app_clock: Arc<dyn Clock> = match &clock {
         Some(c) => c.clone(),
         None => Arc::new(SystemClock),
@@ -64,11 +74,9 @@ pub async fn spawn_with(
         .await
         .unwrap();
     let base = format!("http://{}", app.local_addr());
-    let admin = app
-        .bootstrap_key
-        .clone()
-        .expect("a new data dir gets an admin key");
+    let admin = app.bootstrap_key.clone().unwrap_or_default();
     let state = app.state().clone();
+    let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -79,8 +87,9 @@ pub async fn spawn_with(
         state,
         http: reqwest::Client::new(),
         clock,
+        metrics_base,
         _stop: stop,
-        _dir: dir,
+        _dir: tempfile::tempdir().unwrap(),
     }
 }
 

@@ -16,8 +16,8 @@ use palisade::store::backend::SharedBackend;
 use palisade::store::postgres::{PgBackend, PgOptions};
 use palisade::store::sqlite::SqliteBackend;
 use palisade::store::{
-    BatchItem, Change, ChangeOp, NewKey, QueuedReport, ReportKind, RuleQuery, RuleWrite, Snapshot,
-    WriteBatch,
+    BatchItem, Change, ChangeOp, CursorMove, NewKey, Pull, QueuedReport, ReportKind, RuleQuery,
+    RuleWrite, Snapshot, StreamCursor, WriteBatch,
 };
 
 /// One database, as either backend, that several engines ("nodes") can open.
@@ -127,6 +127,7 @@ fn put(target: &str, expires_at: Option<i64>, name: Option<&str>) -> RuleWrite {
         name: name.map(Into::into),
         description: None,
         source: Source::Signal,
+        dataset: None,
     }
 }
 
@@ -213,6 +214,8 @@ on_every_backend!(
     quotas_hold_across_batches_and_nodes,
     retention_deletes_history_not_rules,
     rules_are_counted_by_kind_and_action,
+    bouncer_cursors_move_only_from_where_they_were_read,
+    decision_deltas_and_active_blocks_read_one_instant,
 );
 
 async fn writes_merge_into_rules(db: Db) {
@@ -579,6 +582,7 @@ async fn rules_are_counted_by_kind_and_action(db: Db) {
         name: None,
         description: None,
         source: Source::Signal,
+        dataset: None,
     };
     let writes = vec![
         put("192.0.2.1", None, None),
@@ -615,4 +619,147 @@ async fn rules_are_counted_by_kind_and_action(db: Db) {
     assert_eq!(count(&later, Kind::Ip, false, RuleAction::Block), 1);
     let theirs = node.backend.rule_counts(other, T0).await.unwrap();
     assert_eq!(theirs.iter().map(|c| c.count).sum::<u64>(), 1);
+}
+
+async fn bouncer_cursors_move_only_from_where_they_were_read(db: Db) {
+    let node = db.node(policies()).await;
+    let other = db.node(policies()).await;
+    let t = tenant(&node, "bouncers").await;
+    let pull = |at: i64, agent: &str| Pull {
+        key_id: 7,
+        tenant: t,
+        at: UnixMillis(at),
+        user_agent: Some(agent.into()),
+        address: Some("192.0.2.1".into()),
+        version: None,
+    };
+    let cursor = |seq: u64, at: i64| StreamCursor {
+        seq,
+        at: UnixMillis(at),
+    };
+    assert_eq!(node.backend.bouncer(7).await.unwrap(), None);
+    assert!(
+        node.backend
+            .record_pull(pull(1, "a"), CursorMove::Keep)
+            .await
+            .unwrap()
+    );
+    let first = node.backend.bouncer(7).await.unwrap().unwrap();
+    assert_eq!((first.last_pull, first.cursor), (UnixMillis(1), None));
+    let start = CursorMove::Set(cursor(5, 2));
+    assert!(node.backend.record_pull(pull(2, "a"), start).await.unwrap());
+    // Two nodes race to advance the same cursor: one wins, the other writes nothing.
+    let (a, b) = (
+        CursorMove::Advance {
+            from: Some(cursor(5, 2)),
+            to: cursor(9, 3),
+        },
+        CursorMove::Advance {
+            from: Some(cursor(5, 2)),
+            to: cursor(8, 4),
+        },
+    );
+    assert!(node.backend.record_pull(pull(3, "a"), a).await.unwrap());
+    assert!(!other.backend.record_pull(pull(4, "b"), b).await.unwrap());
+    let record = other.backend.bouncer(7).await.unwrap().unwrap();
+    assert_eq!(record.cursor, Some(cursor(9, 3)));
+    assert_eq!(
+        (record.last_pull, record.user_agent.as_deref()),
+        (UnixMillis(3), Some("a"))
+    );
+    // A look-up records the pull and leaves the cursor.
+    assert!(
+        other
+            .backend
+            .record_pull(pull(5, "b"), CursorMove::Keep)
+            .await
+            .unwrap()
+    );
+    let record = node.backend.bouncer(7).await.unwrap().unwrap();
+    assert_eq!(
+        (record.last_pull, record.cursor),
+        (UnixMillis(5), Some(cursor(9, 3)))
+    );
+    assert_eq!(node.backend.bouncers().await.unwrap(), vec![record]);
+}
+
+async fn decision_deltas_and_active_blocks_read_one_instant(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "deltas").await;
+    let other = tenant(&node, "elsewhere").await;
+    let soon = T0.0 + 1000;
+    node.engine
+        .write(batch(
+            t,
+            T0,
+            vec![
+                put("192.0.2.1", None, Some("one")),
+                put("192.0.2.2", Some(soon), None),
+            ],
+        ))
+        .await
+        .unwrap();
+    node.engine
+        .write(batch(other, T0, vec![put("198.51.100.1", None, None)]))
+        .await
+        .unwrap();
+    let (head, mut chunks) = node.backend.active_blocks(t, T0, 1).await.unwrap();
+    let mut active = Vec::new();
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.unwrap();
+        assert_eq!(chunk.len(), 1, "chunks of the size asked for");
+        active.extend(chunk.into_iter().map(|r| r.target.to_string()));
+    }
+    assert_eq!(active, ["192.0.2.1/32", "192.0.2.2/32"]);
+    assert_eq!(
+        head,
+        node.backend
+            .changes_since(0, 100)
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .seq
+    );
+
+    node.engine
+        .write(batch(
+            t,
+            T0,
+            vec![remove("192.0.2.1"), put("192.0.2.3", None, None)],
+        ))
+        .await
+        .unwrap();
+    let since = StreamCursor { seq: head, at: T0 };
+    let later = UnixMillis(soon + 1);
+    let delta = node
+        .backend
+        .decision_delta(t, since, later, 100)
+        .await
+        .unwrap();
+    let changed: Vec<(ChangeOp, String)> = delta
+        .changes
+        .iter()
+        .map(|c| (c.op, c.target.to_string()))
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            (ChangeOp::Delete, "192.0.2.1/32".into()),
+            (ChangeOp::Put, "192.0.2.3/32".into())
+        ]
+    );
+    assert_eq!(delta.changes[0].name.as_deref(), Some("one"));
+    assert_eq!(delta.changes[1].source, Source::Signal);
+    let expired: Vec<String> = delta.expired.iter().map(|r| r.target.to_string()).collect();
+    assert_eq!(expired, ["192.0.2.2/32"]);
+    assert_eq!(delta.head, delta.changes[1].seq);
+    assert!(delta.oldest.is_some_and(|oldest| oldest <= head));
+    // Cut short: the head is the last change read.
+    let short = node
+        .backend
+        .decision_delta(t, since, later, 1)
+        .await
+        .unwrap();
+    assert_eq!((short.changes.len(), short.head), (1, delta.changes[0].seq));
 }

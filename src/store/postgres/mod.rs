@@ -51,10 +51,11 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row, SqlSafeStr};
 
-use super::backend::{Backend, Transaction};
+use super::backend::{Backend, RuleChunks, Transaction};
 use super::{
-    AuditEntry, Change, ChangeOp, Page, QueueStats, QueuedReport, ReportKind, RuleCount, RuleQuery,
-    Snapshot, StoreError, StoreResult,
+    AuditEntry, BouncerRecord, Change, ChangeOp, CursorMove, DecisionDelta, Page, Pull, QueueStats,
+    QueuedReport, ReportKind, RuleCount, RuleQuery, Snapshot, StoreError, StoreResult,
+    StreamCursor,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
@@ -137,6 +138,7 @@ fn migrator(schema: Option<&str>) -> Migrator {
         step(2, "reports", include_str!("schema_v2.sql")),
         step(3, "health and retention", include_str!("schema_v3.sql")),
         step(4, "rule counts", include_str!("schema_v4.sql")),
+        step(5, "bouncers", include_str!("schema_v5.sql")),
     ]);
     if let Some(schema) = schema {
         // Created after the migrator took its lock, so nodes starting together do not race
@@ -351,7 +353,7 @@ fn rule_from_row(row: PgRow) -> Result<Rule, sqlx::Error> {
 /// Columns [`change_from_row`] reads, in its order.
 macro_rules! change_columns {
     () => {
-        "seq, tenant_id, rule_id, op, action, kind, target, expires_at, at, name"
+        "seq, tenant_id, rule_id, op, action, kind, target, expires_at, at, name, source, dataset, description"
     };
 }
 
@@ -371,6 +373,42 @@ fn change_from_row(row: PgRow) -> Result<Change, sqlx::Error> {
         expires_at: row.try_get::<Option<i64>, _>(7)?.map(UnixMillis),
         at: UnixMillis(row.try_get(8)?),
         name: row.try_get(9)?,
+        source: match row.try_get::<Option<&str>, _>(10)? {
+            None => Source::Signal,
+            Some(text) => {
+                Source::parse(text).ok_or_else(|| corrupt(format!("change source {text:?}")))?
+            }
+        },
+        dataset: row.try_get(11)?,
+        description: row.try_get(12)?,
+    })
+}
+
+/// Columns [`bouncer_from_row`] reads.
+macro_rules! bouncer_columns {
+    () => {
+        "key_id, tenant_id, last_pull, user_agent, address, version, cursor_seq, cursor_at"
+    };
+}
+
+fn bouncer_from_row(row: PgRow) -> Result<BouncerRecord, sqlx::Error> {
+    let seq: Option<i64> = row.try_get(6)?;
+    let at: Option<i64> = row.try_get(7)?;
+    let cursor = match (seq, at) {
+        (Some(seq), Some(at)) => Some(StreamCursor {
+            seq: u64::try_from(seq).map_err(|_| corrupt(format!("bouncer cursor {seq}")))?,
+            at: UnixMillis(at),
+        }),
+        _ => None,
+    };
+    Ok(BouncerRecord {
+        key_id: row.try_get(0)?,
+        tenant: TenantId(row.try_get(1)?),
+        last_pull: UnixMillis(row.try_get(2)?),
+        user_agent: row.try_get(3)?,
+        address: row.try_get(4)?,
+        version: row.try_get(5)?,
+        cursor,
     })
 }
 
@@ -696,6 +734,181 @@ impl Backend for PgBackend {
             depth: depth as u64,
             oldest: oldest.map(UnixMillis),
         })
+    }
+
+    async fn bouncers(&self) -> StoreResult<Vec<BouncerRecord>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            bouncer_columns!(),
+            " FROM bouncers ORDER BY key_id"
+        ))
+        .try_map(bouncer_from_row)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn bouncer(&self, key_id: i64) -> StoreResult<Option<BouncerRecord>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            bouncer_columns!(),
+            " FROM bouncers WHERE key_id = $1"
+        ))
+        .bind(key_id)
+        .try_map(bouncer_from_row)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn record_pull(&self, pull: Pull, cursor: CursorMove) -> StoreResult<bool> {
+        let (mode, to, from) = match cursor {
+            CursorMove::Keep => (0i32, None, None),
+            CursorMove::Set(to) => (1, Some(to), None),
+            CursorMove::Advance { from, to } => (2, Some(to), from),
+        };
+        let seq = |c: Option<StreamCursor>| c.map(|c| i64::try_from(c.seq).unwrap_or(i64::MAX));
+        let written = sqlx::query(
+            "INSERT INTO bouncers (key_id, tenant_id, last_pull, user_agent, address, version,
+                                   cursor_seq, cursor_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (key_id) DO UPDATE SET
+                 tenant_id = excluded.tenant_id, last_pull = excluded.last_pull,
+                 user_agent = excluded.user_agent, address = excluded.address,
+                 version = excluded.version,
+                 cursor_seq = CASE WHEN $9 = 0 THEN bouncers.cursor_seq ELSE excluded.cursor_seq END,
+                 cursor_at = CASE WHEN $9 = 0 THEN bouncers.cursor_at ELSE excluded.cursor_at END
+             WHERE $9 <> 2 OR (bouncers.cursor_seq IS NOT DISTINCT FROM $10
+                               AND bouncers.cursor_at IS NOT DISTINCT FROM $11)",
+        )
+        .bind(pull.key_id)
+        .bind(pull.tenant.0)
+        .bind(pull.at.0)
+        .bind(pull.user_agent)
+        .bind(pull.address)
+        .bind(pull.version)
+        .bind(seq(to))
+        .bind(to.map(|c| c.at.0))
+        .bind(mode)
+        .bind(seq(from))
+        .bind(from.map(|c| c.at.0))
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(written.rows_affected() > 0)
+    }
+
+    async fn decision_delta(
+        &self,
+        tenant: TenantId,
+        since: StreamCursor,
+        now: UnixMillis,
+        limit: usize,
+    ) -> StoreResult<DecisionDelta> {
+        // One REPEATABLE READ transaction, as for a snapshot: the changes, the expired rules and
+        // the head describe one moment.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(db)?;
+        let (head, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT seq FROM feed_head WHERE id = 1), (SELECT min(seq) FROM rule_changes)",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
+        let changes = sqlx::query(concat!(
+            "SELECT ",
+            change_columns!(),
+            " FROM rule_changes WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+        ))
+        .bind(tenant.0)
+        .bind(i64::try_from(since.seq).unwrap_or(i64::MAX))
+        .bind(sql_limit(limit))
+        .try_map(change_from_row)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let expired = sqlx::query(concat!(
+            "SELECT ",
+            rule_columns!(),
+            " FROM rules WHERE expires_at > $2 AND expires_at <= $3 AND tenant_id = $1
+               AND action = 'block'"
+        ))
+        .bind(tenant.0)
+        .bind(since.at.0)
+        .bind(now.0)
+        .try_map(rule_from_row)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let head = match changes.last() {
+            Some(last) if changes.len() >= limit => last.seq,
+            _ => u64::try_from(head)
+                .map_err(|_| StoreError::Corrupt(format!("change log head {head}")))?,
+        };
+        Ok(DecisionDelta {
+            head,
+            changes,
+            expired,
+            oldest: oldest.and_then(|seq| u64::try_from(seq).ok()),
+        })
+    }
+
+    async fn active_blocks(
+        &self,
+        tenant: TenantId,
+        now: UnixMillis,
+        chunk: usize,
+    ) -> StoreResult<(u64, RuleChunks)> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .map_err(db)?;
+        let head: i64 = sqlx::query_scalar("SELECT seq FROM feed_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let head = u64::try_from(head)
+            .map_err(|_| StoreError::Corrupt(format!("change log head {head}")))?;
+        let (chunks, receiver) = tokio::sync::mpsc::channel(2);
+        let chunk = chunk.max(1);
+        tokio::spawn(async move {
+            // Pages by id, all in the one transaction, so every page sees the same instant.
+            let mut after = 0i64;
+            loop {
+                let page = sqlx::query(concat!(
+                    "SELECT ",
+                    rule_columns!(),
+                    " FROM rules WHERE tenant_id = $1 AND id > $2 AND action = 'block'
+                       AND (expires_at IS NULL OR expires_at > $3) ORDER BY id LIMIT $4"
+                ))
+                .bind(tenant.0)
+                .bind(after)
+                .bind(now.0)
+                .bind(sql_limit(chunk))
+                .try_map(rule_from_row)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db);
+                let last_page = match &page {
+                    Ok(rules) if rules.is_empty() => break,
+                    Ok(rules) => {
+                        after = rules.last().map_or(after, |r| r.id);
+                        rules.len() < chunk
+                    }
+                    Err(_) => true,
+                };
+                if chunks.send(page).await.is_err() || last_page {
+                    break;
+                }
+            }
+            let _ = tx.rollback().await;
+        });
+        Ok((head, receiver))
     }
 
     fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {

@@ -106,6 +106,9 @@ fn change(tenant: TenantId, rule_id: i64, text: &str, at: i64) -> Change {
         expires_at: Some(UnixMillis(at + 60_000)),
         name: Some(format!("rule {rule_id}")),
         at: UnixMillis(at),
+        source: Source::Signal,
+        dataset: None,
+        description: None,
     }
 }
 
@@ -999,7 +1002,7 @@ async fn nodes_starting_together_migrate_once() {
     .fetch_all(&mut admin)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
     admin.close().await.ok();
     // And they all work on the one schema.
     let acme = make_tenant(&backends[0], "acme").await;

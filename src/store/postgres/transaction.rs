@@ -318,14 +318,16 @@ impl Transaction for PgTransaction {
                 RETURNING seq
              ), logged AS (
                 INSERT INTO rule_changes (seq, tenant_id, rule_id, op, action, kind, target,
-                                          expires_at, name, at)
+                                          expires_at, name, at, source, dataset, description)
                 SELECT head.seq - cardinality($1::bigint[]) + u.ord, u.tenant_id, u.rule_id,
-                       u.op, u.action, u.kind, u.target, u.expires_at, u.name, u.at
+                       u.op, u.action, u.kind, u.target, u.expires_at, u.name, u.at,
+                       u.source, u.dataset, u.description
                 FROM head, UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[],
                                   $5::text[], $6::text[], $7::bigint[], $8::text[],
-                                  $9::bigint[])
+                                  $9::bigint[], $10::text[], $11::text[], $12::text[])
                     WITH ORDINALITY AS u(tenant_id, rule_id, op, action, kind, target,
-                                         expires_at, name, at, ord)
+                                         expires_at, name, at, source, dataset, description,
+                                         ord)
              )
              SELECT seq FROM head",
         )
@@ -348,6 +350,19 @@ impl Transaction for PgTransaction {
         )
         .bind(changes.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
         .bind(col(|c| c.at.0))
+        .bind(text(|c| c.source.as_str()))
+        .bind(
+            changes
+                .iter()
+                .map(|c| c.dataset.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            changes
+                .iter()
+                .map(|c| c.description.clone())
+                .collect::<Vec<_>>(),
+        )
         .fetch_one(&mut *self.tx)
         .await
         .map_err(db)?;

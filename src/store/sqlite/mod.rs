@@ -19,9 +19,10 @@ use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Backend, Transaction, TxOutput, TxWork};
+use super::backend::{Backend, RuleChunks, Transaction, TxOutput, TxWork};
 use super::{
-    AuditEntry, Change, Page, QueueStats, RuleCount, RuleQuery, Snapshot, StoreError, StoreResult,
+    AuditEntry, BouncerRecord, Change, CursorMove, DecisionDelta, Page, Pull, QueueStats,
+    RuleCount, RuleQuery, Snapshot, StoreError, StoreResult, StreamCursor,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Rule, RuleId, TenantId, UnixMillis};
@@ -144,6 +145,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema_v2.sql")),
         M::up(include_str!("schema_v3.sql")),
         M::up(include_str!("schema_v4.sql")),
+        M::up(include_str!("schema_v5.sql")),
     ])
 }
 
@@ -304,6 +306,69 @@ impl Backend for SqliteBackend {
 
     async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats> {
         self.read(move |c| read::queue_stats(c, tenant)).await
+    }
+
+    async fn bouncers(&self) -> StoreResult<Vec<BouncerRecord>> {
+        self.read(read::bouncers).await
+    }
+
+    async fn bouncer(&self, key_id: i64) -> StoreResult<Option<BouncerRecord>> {
+        self.read(move |c| read::bouncer(c, key_id)).await
+    }
+
+    async fn record_pull(&self, pull: Pull, cursor: CursorMove) -> StoreResult<bool> {
+        // The turn keeps this write out of another write transaction's statements.
+        let _turn = self.turn.lock().await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.calls
+            .send(Box::new(move |conn: &mut Connection| {
+                let _ = reply.send(tx::record_pull(conn, &pull, cursor));
+            }))
+            .map_err(|_| StoreError::WriterGone)?;
+        answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    async fn decision_delta(
+        &self,
+        tenant: TenantId,
+        since: StreamCursor,
+        now: UnixMillis,
+        limit: usize,
+    ) -> StoreResult<DecisionDelta> {
+        self.read(move |c| read::decision_delta(c, tenant, since, now, limit))
+            .await
+    }
+
+    async fn active_blocks(
+        &self,
+        tenant: TenantId,
+        now: UnixMillis,
+        chunk: usize,
+    ) -> StoreResult<(u64, RuleChunks)> {
+        let (head_to, head) = tokio::sync::oneshot::channel();
+        let (chunks, receiver) = tokio::sync::mpsc::channel(2);
+        let pool = self.readers.clone();
+        let chunk = chunk.max(1);
+        tokio::task::spawn_blocking(move || {
+            let outcome = pool
+                .get()
+                .map_err(StoreError::from)
+                .and_then(|conn| read::active_blocks(&conn, tenant, now, chunk, head_to, &chunks));
+            if let Err(e) = outcome {
+                let _ = chunks.blocking_send(Err(e));
+            }
+        });
+        match head.await {
+            Ok(seq) => Ok((seq?, receiver)),
+            // The reading failed before it had a head: its error is the first chunk.
+            Err(_) => {
+                let mut receiver = receiver;
+                match receiver.recv().await {
+                    Some(Err(e)) => Err(e),
+                    _ => Err(StoreError::Task("reading the rules stopped".into())),
+                }
+            }
+        }
     }
 
     async fn capacity(&self) -> StoreResult<()> {

@@ -7,7 +7,8 @@ use super::rows::{self, CHANGE_COLUMNS, KEY_COLUMNS, LIVE_KEY_COLUMNS, RULE_COLU
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, TenantId, UnixMillis};
 use crate::store::{
-    AuditEntry, Change, Page, QueueStats, RuleCount, RuleQuery, Snapshot, StoreError, StoreResult,
+    AuditEntry, BouncerRecord, Change, DecisionDelta, Page, QueueStats, RuleCount, RuleQuery,
+    Snapshot, StoreError, StoreResult, StreamCursor,
 };
 
 /// Fetches one row more than asked to learn whether a next page exists.
@@ -242,4 +243,125 @@ pub fn queue_stats(conn: &Connection, tenant: Option<TenantId>) -> StoreResult<Q
         depth: depth as u64,
         oldest: oldest.map(UnixMillis),
     })
+}
+
+const BOUNCER_COLUMNS: &str =
+    "key_id, tenant_id, last_pull, user_agent, address, version, cursor_seq, cursor_at";
+
+fn bouncer_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<BouncerRecord> {
+    let seq: Option<i64> = row.get(6)?;
+    let at: Option<i64> = row.get(7)?;
+    Ok(BouncerRecord {
+        key_id: row.get(0)?,
+        tenant: TenantId(row.get(1)?),
+        last_pull: UnixMillis(row.get(2)?),
+        user_agent: row.get(3)?,
+        address: row.get(4)?,
+        version: row.get(5)?,
+        cursor: seq.zip(at).map(|(seq, at)| StreamCursor {
+            seq: seq as u64,
+            at: UnixMillis(at),
+        }),
+    })
+}
+
+pub fn bouncers(conn: &Connection) -> StoreResult<Vec<BouncerRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {BOUNCER_COLUMNS} FROM bouncers ORDER BY key_id"
+    ))?;
+    let found = stmt.query_map([], bouncer_row)?;
+    Ok(found.collect::<Result<_, _>>()?)
+}
+
+pub fn bouncer(conn: &Connection, key_id: i64) -> StoreResult<Option<BouncerRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {BOUNCER_COLUMNS} FROM bouncers WHERE key_id = ?1"
+    ))?;
+    Ok(stmt.query_row([key_id], bouncer_row).optional()?)
+}
+
+pub fn decision_delta(
+    conn: &Connection,
+    tenant: TenantId,
+    since: StreamCursor,
+    now: UnixMillis,
+    limit: usize,
+) -> StoreResult<DecisionDelta> {
+    // One read transaction: the changes, the expired rules and the head describe one moment.
+    let tx = conn.unchecked_transaction()?;
+    let mut head = head(&tx)?;
+    let oldest: Option<i64> = tx
+        .prepare_cached("SELECT MIN(seq) FROM rule_changes")?
+        .query_row([], |row| row.get(0))?;
+    let mut changes = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {CHANGE_COLUMNS} FROM rule_changes WHERE tenant_id = ?1 AND seq > ?2
+             ORDER BY seq LIMIT ?3"
+        ))?;
+        let mut found = stmt.query(params![tenant.0, since.seq as i64, limit as i64])?;
+        while let Some(row) = found.next()? {
+            changes.push(rows::change(row)?);
+        }
+    }
+    if changes.len() >= limit
+        && let Some(last) = changes.last()
+    {
+        head = last.seq;
+    }
+    let mut expired = Vec::new();
+    {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {RULE_COLUMNS} FROM rules
+             WHERE expires_at > ?2 AND expires_at <= ?3 AND tenant_id = ?1 AND action = 'block'"
+        ))?;
+        let mut found = stmt.query(params![tenant.0, since.at.0, now.0])?;
+        while let Some(row) = found.next()? {
+            expired.push(rows::rule(row)?);
+        }
+    }
+    tx.finish()?;
+    Ok(DecisionDelta {
+        head,
+        changes,
+        expired,
+        oldest: oldest.map(|seq| seq as u64),
+    })
+}
+
+/// Reads the tenant's active block rules in one read transaction, handing on the head first
+/// and then the rules in chunks, until done or until nobody takes them any more.
+pub fn active_blocks(
+    conn: &Connection,
+    tenant: TenantId,
+    now: UnixMillis,
+    chunk: usize,
+    head_to: tokio::sync::oneshot::Sender<StoreResult<u64>>,
+    chunks: &tokio::sync::mpsc::Sender<StoreResult<Vec<Rule>>>,
+) -> StoreResult<()> {
+    let tx = conn.unchecked_transaction()?;
+    let seq = head(&tx)?;
+    if head_to.send(Ok(seq)).is_err() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {RULE_COLUMNS} FROM rules
+         WHERE tenant_id = ?1 AND action = 'block' AND (expires_at IS NULL OR expires_at > ?2)
+         ORDER BY id"
+    ))?;
+    let mut found = stmt.query(params![tenant.0, now.0])?;
+    let mut rules = Vec::with_capacity(chunk);
+    while let Some(row) = found.next()? {
+        rules.push(rows::rule(row)?);
+        if rules.len() >= chunk {
+            let full = std::mem::replace(&mut rules, Vec::with_capacity(chunk));
+            if chunks.blocking_send(Ok(full)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !rules.is_empty() {
+        let _ = chunks.blocking_send(Ok(rules));
+    }
+    Ok(())
 }

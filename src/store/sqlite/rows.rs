@@ -9,8 +9,8 @@ use crate::store::{Change, ChangeOp, StoreError, StoreResult};
 pub const RULE_COLUMNS: &str = "id, tenant_id, action, kind, target, expires_at, name, description, \
      source, created_at, updated_at, dataset, tags, reports";
 
-pub const CHANGE_COLUMNS: &str =
-    "seq, tenant_id, rule_id, op, action, kind, target, expires_at, at, name";
+pub const CHANGE_COLUMNS: &str = "seq, tenant_id, rule_id, op, action, kind, target, expires_at, at, name, source, dataset, \
+     description";
 
 pub const KEY_COLUMNS: &str =
     "k.id, k.name, k.role, t.name, k.tenant_id, k.created_at, k.revoked_at";
@@ -82,6 +82,13 @@ pub fn change(row: &Row<'_>) -> StoreResult<Change> {
         expires_at: row.get::<_, Option<i64>>(7)?.map(UnixMillis),
         at: UnixMillis(row.get(8)?),
         name: row.get(9)?,
+        source: match row.get::<_, Option<String>>(10)? {
+            None => Source::Signal,
+            Some(text) => Source::parse(&text)
+                .ok_or_else(|| StoreError::Corrupt(format!("change source {text:?}")))?,
+        },
+        dataset: row.get(11)?,
+        description: row.get(12)?,
     })
 }
 

@@ -15,7 +15,9 @@ use super::rows::{self, KEY_COLUMNS, RULE_COLUMNS, json_tags};
 use crate::keys::{ApiKey, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
 use crate::store::backend::{NewAuditEntry, Transaction};
-use crate::store::{Change, NewKey, QueuedReport, ReportKind, StoreError, StoreResult};
+use crate::store::{
+    Change, CursorMove, NewKey, Pull, QueuedReport, ReportKind, StoreError, StoreResult,
+};
 
 /// The open transaction, on the connection's own thread.
 pub(super) struct Direct<'c> {
@@ -506,8 +508,9 @@ fn update_rules(conn: &Connection, rules: &[Rule]) -> StoreResult<()> {
 /// the single writer make the numbers grow in commit order, without gaps.
 fn append_changes(conn: &Connection, changes: &mut [Change]) -> StoreResult<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at, name, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at, name, at,
+                                   source, dataset, description)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     for change in changes {
         stmt.execute(params![
@@ -519,7 +522,10 @@ fn append_changes(conn: &Connection, changes: &mut [Change]) -> StoreResult<()> 
             change.target.to_string(),
             change.expires_at.map(|t| t.0),
             change.name,
-            change.at.0
+            change.at.0,
+            change.source.as_str(),
+            change.dataset,
+            change.description
         ])?;
         change.seq = conn.last_insert_rowid() as u64;
     }
@@ -565,6 +571,42 @@ fn purge_oldest(
                 (SELECT {key} FROM {table} WHERE {key} < ?1 ORDER BY {key} LIMIT ?2)"
         ))?
         .execute(params![low, limit as i64])?)
+}
+
+/// Records a pull of decisions (see [`crate::store::backend::Backend::record_pull`]).
+pub fn record_pull(conn: &Connection, pull: &Pull, cursor: CursorMove) -> StoreResult<bool> {
+    let (mode, to, from) = match cursor {
+        CursorMove::Keep => (0, None, None),
+        CursorMove::Set(to) => (1, Some(to), None),
+        CursorMove::Advance { from, to } => (2, Some(to), from),
+    };
+    let written = conn
+        .prepare_cached(
+            "INSERT INTO bouncers (key_id, tenant_id, last_pull, user_agent, address, version,
+                                   cursor_seq, cursor_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (key_id) DO UPDATE SET
+                 tenant_id = excluded.tenant_id, last_pull = excluded.last_pull,
+                 user_agent = excluded.user_agent, address = excluded.address,
+                 version = excluded.version,
+                 cursor_seq = CASE WHEN ?9 = 0 THEN bouncers.cursor_seq ELSE excluded.cursor_seq END,
+                 cursor_at = CASE WHEN ?9 = 0 THEN bouncers.cursor_at ELSE excluded.cursor_at END
+             WHERE ?9 <> 2 OR (bouncers.cursor_seq IS ?10 AND bouncers.cursor_at IS ?11)",
+        )?
+        .execute(params![
+            pull.key_id,
+            pull.tenant.0,
+            pull.at.0,
+            pull.user_agent,
+            pull.address,
+            pull.version,
+            to.map(|c| c.seq as i64),
+            to.map(|c| c.at.0),
+            mode,
+            from.map(|c| c.seq as i64),
+            from.map(|c| c.at.0),
+        ])?;
+    Ok(written > 0)
 }
 
 #[cfg(test)]
