@@ -139,8 +139,23 @@ async fn an_operator_blocks_a_range_checks_it_and_deletes_it_in_chromium() {
     let base = app.base.clone();
     let client = browser(&driver).await;
 
-    sign_in(&client, &base, &app.admin).await;
+    // By keyboard alone: the key field has the focus, Enter sends the form; on the next page
+    // the first Tab reaches the link that skips the navigation.
+    client
+        .goto(&format!("{base}/console/sign-in"))
+        .await
+        .unwrap();
+    let field = client.active_element().await.unwrap();
+    assert_eq!(field.attr("id").await.unwrap().as_deref(), Some("key"));
+    field
+        .send_keys(&format!("{}\u{E007}", app.admin))
+        .await
+        .unwrap();
     see(&client, "h1", "Overview").await;
+    let body = client.find(Locator::Css("body")).await.unwrap();
+    body.send_keys("\u{E004}").await.unwrap();
+    let first = client.active_element().await.unwrap();
+    assert_eq!(first.attr("class").await.unwrap().as_deref(), Some("skip"));
 
     click(&client, "nav a[href='/console/rules/new']").await;
     fill(&client, "#ip", "198.51.100.0/24").await;
