@@ -1,6 +1,7 @@
 //! The console's handlers. Each reads its input, calls what the API calls for the same
 //! question (the index's answer, the store's rule pages, the engine's use cases) and renders.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use askama::Template;
@@ -958,10 +959,20 @@ async fn keys_page(
     error: Option<String>,
 ) -> Page {
     let tenant = operator.principal.tenant_id;
-    let keys = console
-        .app
-        .engine
-        .backend()
+    let backend = console.app.engine.backend();
+    let pulls: HashMap<i64, String> = backend
+        .bouncers()
+        .await?
+        .into_iter()
+        .filter(|b| b.tenant == tenant)
+        .map(|b| {
+            let seen = [b.address, b.version, b.user_agent].into_iter().flatten();
+            let mut text = vec![when(b.last_pull)];
+            text.extend(seen);
+            (b.key_id, text.join(" · "))
+        })
+        .collect();
+    let keys = backend
         .keys()
         .await?
         .into_iter()
@@ -969,6 +980,7 @@ async fn keys_page(
         .map(|k| KeyRow {
             id: k.id,
             live: k.revoked_at.is_none(),
+            last_pull: pulls.get(&k.id).cloned().unwrap_or_default(),
             name: k.name,
             role: k.role.as_str(),
             tenant: k.tenant.to_string(),

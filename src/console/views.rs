@@ -308,6 +308,8 @@ pub struct KeyRow {
     pub created: String,
     pub revoked: String,
     pub live: bool,
+    /// A bouncer's last pull of decisions with this key: when, from where, which version.
+    pub last_pull: String,
 }
 
 /// A key just made: its secret, shown on this page only.

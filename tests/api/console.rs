@@ -746,3 +746,27 @@ async fn rule_counts_are_kept_for_counts_refresh_secs() {
             .contains("Active rules: 1")
     );
 }
+
+#[tokio::test]
+async fn the_keys_page_shows_each_bouncers_last_pull() {
+    let app = spawn_app_at(UnixMillis(1_800_000_000_000)).await;
+    let bouncer = app.key(Role::Reader, "default").await;
+    let response = app
+        .http
+        .get(app.url("/v1/decisions/stream?startup=true"))
+        .header("X-Api-Key", &bouncer)
+        .header("User-Agent", "crowdsec-firewall-bouncer/v0.0.25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.admin).await;
+    let keys = browser.get("/console/keys").await;
+    let row = keys
+        .body
+        .split("<tr>")
+        .find(|row| row.contains("2027-01-15 08:00:00 UTC ·"))
+        .unwrap_or_else(|| panic!("no last pull in:\n{}", keys.body));
+    assert!(row.contains("crowdsec-firewall-bouncer/v0.0.25"), "{row}");
+}

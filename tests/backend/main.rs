@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use palisade::clock::SystemClock;
 use palisade::engine::{ChangeSink, Engine, Feed, Policies, WritePolicy};
 use palisade::keys::{self, Role, TenantName};
-use palisade::rules::{Rule, RuleAction, Source, Target, TenantId, UnixMillis};
+use palisade::rules::{Kind, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
 use palisade::store::backend::SharedBackend;
 use palisade::store::postgres::{PgBackend, PgOptions};
 use palisade::store::sqlite::SqliteBackend;
@@ -213,6 +213,7 @@ on_every_backend!(
     keys_are_made_found_and_revoked,
     quotas_hold_across_batches_and_nodes,
     retention_deletes_history_not_rules,
+    rules_are_counted_by_kind_and_action,
     bouncer_cursors_move_only_from_where_they_were_read,
     decision_deltas_and_active_blocks_read_one_instant,
 );
@@ -568,6 +569,56 @@ async fn retention_deletes_history_not_rules(db: Db) {
     behind.feed.catch_up().await.unwrap();
     assert_eq!(behind.seen.resets.lock().unwrap().len(), 2);
     assert_eq!(behind.feed.applied(), log[0].seq);
+}
+
+async fn rules_are_counted_by_kind_and_action(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "counts").await;
+    let other = tenant(&node, "counts-other").await;
+    let allow = RuleWrite::Put {
+        action: RuleAction::Allow,
+        target: ip("2001:db8::1"),
+        expires_at: None,
+        name: None,
+        description: None,
+        source: Source::Signal,
+        dataset: None,
+    };
+    let writes = vec![
+        put("192.0.2.1", None, None),
+        put("192.0.2.0/24", None, None),
+        put("2001:db8::/32", None, None),
+        put("AS64500", None, None),
+        put("FR", None, None),
+        put("198.51.100.1", Some(T0.0 + 1000), None),
+        allow,
+    ];
+    node.engine.write(batch(t, T0, writes)).await.unwrap();
+    node.engine
+        .write(batch(other, T0, vec![put("192.0.2.1", None, None)]))
+        .await
+        .unwrap();
+    let count = |counts: &[palisade::store::RuleCount], kind, range, action| {
+        counts
+            .iter()
+            .find(|c| c.kind == kind && c.range == range && c.action == action)
+            .map_or(0, |c| c.count)
+    };
+    let counts = node.backend.rule_counts(t, T0).await.unwrap();
+    assert_eq!(count(&counts, Kind::Ip, false, RuleAction::Block), 2);
+    assert_eq!(count(&counts, Kind::Ip, true, RuleAction::Block), 2);
+    assert_eq!(count(&counts, Kind::Ip, false, RuleAction::Allow), 1);
+    assert_eq!(count(&counts, Kind::Asn, false, RuleAction::Block), 1);
+    assert_eq!(count(&counts, Kind::Country, false, RuleAction::Block), 1);
+    // An expired rule no longer counts, purged or not.
+    let later = node
+        .backend
+        .rule_counts(t, UnixMillis(T0.0 + 1000))
+        .await
+        .unwrap();
+    assert_eq!(count(&later, Kind::Ip, false, RuleAction::Block), 1);
+    let theirs = node.backend.rule_counts(other, T0).await.unwrap();
+    assert_eq!(theirs.iter().map(|c| c.count).sum::<u64>(), 1);
 }
 
 async fn bouncer_cursors_move_only_from_where_they_were_read(db: Db) {

@@ -697,7 +697,8 @@ impl Backend for PgBackend {
     async fn rule_counts(&self, tenant: TenantId, now: UnixMillis) -> StoreResult<Vec<RuleCount>> {
         let rows: Vec<(String, String, bool, i64)> = sqlx::query_as(
             "SELECT kind, action,
-                    kind = 'ip' AND target NOT LIKE '%/32' AND target NOT LIKE '%/128', count(*)
+                    kind = 'ip' AND NOT (target LIKE '%/128' OR (target NOT LIKE '%:%' AND target LIKE '%/32')),
+                    count(*)
              FROM rules WHERE tenant_id = $1 AND (expires_at IS NULL OR expires_at > $2)
              GROUP BY 1, 2, 3",
         )

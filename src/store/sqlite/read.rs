@@ -225,9 +225,11 @@ pub fn rule_counts(
     Ok(counts)
 }
 
-/// Single addresses keep their `/32` or `/128` in the stored text (see `rules::Target`).
+/// Single addresses keep their `/32` (IPv4) or `/128` (IPv6, always written with a colon) in
+/// the stored text (see `rules::Target`); an IPv6 `/32` is a range.
 pub const RULE_COUNTS: &str = "SELECT kind, action,
-        kind = 'ip' AND target NOT LIKE '%/32' AND target NOT LIKE '%/128', count(*)
+        kind = 'ip' AND NOT (target LIKE '%/128' OR (target NOT LIKE '%:%' AND target LIKE '%/32')),
+        count(*)
     FROM rules WHERE tenant_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
     GROUP BY 1, 2, 3";
 
