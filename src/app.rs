@@ -146,10 +146,16 @@ impl Application {
                 .map_err(anyhow::Error::msg)?,
             clock.clone(),
         ));
+        let expand_geo = config
+            .crowdsec
+            .expand_geo(geo.has_asn_source() || geo.has_country_source());
         let bouncers = Arc::new(crate::crowdsec::pull::Bouncers::new(
             backend.clone(),
             index.clone(),
             config.crowdsec.clone(),
+            expand_geo.then(|| {
+                crate::crowdsec::geo::GeoRanges::new(expansions.clone(), range_limits.clone())
+            }),
         ));
         let state = AppState(Arc::new(Shared {
             engine: engine.clone(),
@@ -179,9 +185,7 @@ impl Application {
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
             expansions: expansions.clone(),
             range_limits,
-            expand_geo: config
-                .crowdsec
-                .expand_geo(geo.has_asn_source() || geo.has_country_source()),
+            expand_geo,
             export_turns: Arc::new(tokio::sync::Semaphore::new(config.exports.max_concurrent)),
             exports: config.exports.clone(),
             tally: Default::default(),

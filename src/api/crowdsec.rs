@@ -27,6 +27,7 @@ use crate::crowdsec::pull::{Selection, StreamAnswer};
 use crate::crowdsec::{Filter, list};
 use crate::rules::parse_ip_target;
 use crate::store::{Pull, StoreError};
+use crate::telemetry::http::LookupEndpoint;
 
 /// Longest user agent kept in a bouncer's record.
 const MAX_USER_AGENT: usize = 256;
@@ -253,7 +254,14 @@ pub async fn decisions(
     let (tenant, now) = (pull.tenant, pull.at);
     app.bouncers.record(pull).await?;
     if let Some(ip) = ip {
-        return Ok(json(app.bouncers.lookup(tenant, ip, &selection, now)));
+        let (body, verdict) = app.bouncers.lookup(tenant, ip, &selection, now);
+        app.count_decisions(
+            LookupEndpoint::Bouncer,
+            tenant,
+            now,
+            [(verdict.blocked, verdict.allowed)],
+        );
+        return Ok(json(body));
     }
     let pieces = app.bouncers.list(tenant, selection, now).await?;
     Ok(json(Body::new(Pieces(pieces))))
@@ -285,8 +293,8 @@ pub async fn stream(
     let now = pull.at;
     match app.bouncers.stream(pull, startup, &filter).await? {
         StreamAnswer::Incremental(body) => Ok(json(body)),
-        StreamAnswer::Full(chunks) => {
-            let pieces = app.bouncers.startup(chunks, filter, now);
+        StreamAnswer::Full(chunks, ranges) => {
+            let pieces = app.bouncers.startup(chunks, ranges, filter, now);
             Ok(json(Body::new(Pieces(pieces))))
         }
     }

@@ -12,6 +12,7 @@
 //! ban). A tenant has one block rule per target, so there are never two decisions for one
 //! value to merge.
 
+pub mod geo;
 pub mod pull;
 pub mod stream;
 
@@ -140,6 +141,21 @@ pub fn value(target: &Target) -> String {
     }
 }
 
+/// A decision's `duration`: the time its rule has left at `now`, rounded up so that a decision
+/// never ends before its rule does, at least a second; permanent rules get
+/// `permanent_duration_secs`.
+pub fn time_left(
+    expires_at: Option<UnixMillis>,
+    now: UnixMillis,
+    config: &CrowdsecConfig,
+) -> String {
+    let seconds = match expires_at {
+        None => u64::from(config.permanent_duration_secs),
+        Some(at) => u64::try_from(at.0.saturating_sub(now.0)).map_or(0, |ms| ms.div_ceil(1000)),
+    };
+    go_duration(seconds.max(1))
+}
+
 /// Seconds as Go's `time.Duration.String()` writes them: `1h2m3s`, `59m1s`, `5s`.
 pub fn go_duration(seconds: u64) -> String {
     let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
@@ -212,18 +228,13 @@ impl<'a> Facts<'a> {
     }
 
     pub fn decision(&self, config: &'a CrowdsecConfig, now: UnixMillis) -> Decision<'a> {
-        let seconds = match self.expires_at {
-            None => u64::from(config.permanent_duration_secs),
-            // Rounded up, so a decision never ends before its rule does.
-            Some(at) => u64::try_from(at.0.saturating_sub(now.0)).map_or(0, |ms| ms.div_ceil(1000)),
-        };
         Decision {
             id: self.id,
             origin: Cow::Borrowed(config.origin(self.source, self.dataset)),
             kind: Cow::Borrowed("ban"),
             scope: Cow::Borrowed(scope(self.target)),
             value: value(self.target),
-            duration: go_duration(seconds.max(1)),
+            duration: time_left(self.expires_at, now, config),
             scenario: Cow::Borrowed(self.scenario()),
             simulated: false,
         }

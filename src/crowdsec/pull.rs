@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
+use super::geo::{self, GeoRanges};
 use super::stream::{self, News};
 use super::{CrowdsecConfig, Decision, Facts, Filter};
-use crate::index::Index;
+use crate::export::expand::Expansion;
+use crate::index::{Index, Verdict};
 use crate::rules::{RuleAction, Target, TenantId, UnixMillis};
 use crate::store::backend::{RuleChunks, SharedBackend};
 use crate::store::{CursorMove, Pull, StoreError, StreamCursor};
@@ -64,8 +66,9 @@ impl Selection {
 
 /// The answer to a stream pull.
 pub enum StreamAnswer {
-    /// Every active decision, read in chunks (start-up, or a cursor the log no longer covers).
-    Full(RuleChunks),
+    /// Every active decision, read in chunks (start-up, or a cursor the log no longer covers),
+    /// and the ranges of the tenant's ASN and country rules when they are expanded.
+    Full(RuleChunks, Option<Arc<Expansion>>),
     /// `{"new": [...], "deleted": [...]}`, encoded.
     Incremental(Vec<u8>),
 }
@@ -76,15 +79,23 @@ pub struct Bouncers {
     config: Arc<CrowdsecConfig>,
     /// The last look-up written per key, and the user agent and address it carried.
     recorded: std::sync::Mutex<HashMap<i64, Pull>>,
+    /// ASN and country rules as ranges (`crowdsec.expand_geo`).
+    geo: Option<GeoRanges>,
 }
 
 impl Bouncers {
-    pub fn new(backend: SharedBackend, index: Arc<Index>, config: CrowdsecConfig) -> Self {
+    pub fn new(
+        backend: SharedBackend,
+        index: Arc<Index>,
+        config: CrowdsecConfig,
+        geo: Option<GeoRanges>,
+    ) -> Self {
         Self {
             backend,
             index,
             config: Arc::new(config),
             recorded: Default::default(),
+            geo,
         }
     }
 
@@ -118,17 +129,18 @@ impl Bouncers {
 
     /// The decisions covering one address, JSON (`null` for none). The same index look-up as
     /// `/v1/check`, so ASN and country rules apply too; an address on the allowlist has none.
+    /// The verdict comes along for counting.
     pub fn lookup(
         &self,
         tenant: TenantId,
         ip: IpAddr,
         selection: &Selection,
         now: UnixMillis,
-    ) -> Vec<u8> {
+    ) -> (Vec<u8>, Verdict) {
         let view = self.index.view(tenant);
         let (verdict, rules) = view.lookup(ip, now);
         if !verdict.blocked {
-            return b"null".to_vec();
+            return (b"null".to_vec(), verdict);
         }
         let decisions: Vec<Decision<'_>> = rules
             .into_iter()
@@ -137,7 +149,7 @@ impl Bouncers {
             .filter(|(rule, decision)| selection.admits(&rule.target, decision))
             .map(|(_, decision)| decision)
             .collect();
-        list_json(&decisions)
+        (list_json(&decisions), verdict)
     }
 
     /// Every active decision the selection admits, encoded as it is read.
@@ -165,6 +177,10 @@ impl Bouncers {
     ) -> Result<StreamAnswer, PullError> {
         let now = pull.at;
         let limit = self.config.max_changes_per_pull.max(1);
+        let ranges = match &self.geo {
+            Some(geo) => geo.current(pull.key_id, pull.tenant).await,
+            None => None,
+        };
         if !startup {
             let mut races = 0;
             loop {
@@ -208,26 +224,41 @@ impl Bouncers {
                     }
                     continue;
                 }
-                let news = stream::news(&delta, since, now, complete, filter, &self.config);
+                let mut news = stream::news(&delta, since, now, complete, filter, &self.config);
+                if let Some(geo) = &self.geo {
+                    let (new, deleted) = geo.news(pull.key_id, ranges, now, filter, &self.config);
+                    news.new.extend(new);
+                    news.deleted.extend(deleted);
+                }
                 return Ok(StreamAnswer::Incremental(news_json(&news)));
             }
         }
         let (head, chunks) = self.backend.active_blocks(pull.tenant, now, CHUNK).await?;
         let cursor = StreamCursor { seq: head, at: now };
+        let key_id = pull.key_id;
         self.backend
             .record_pull(pull, CursorMove::Set(cursor))
             .await?;
-        Ok(StreamAnswer::Full(chunks))
+        if let Some(geo) = &self.geo {
+            geo.sent(key_id, ranges.clone(), now);
+        }
+        Ok(StreamAnswer::Full(chunks, ranges))
     }
 
     /// Every active decision as the start of a stream, encoded as it is read.
     pub fn startup(
         &self,
         chunks: RuleChunks,
+        ranges: Option<Arc<Expansion>>,
         filter: Filter,
         now: UnixMillis,
     ) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>, StoreError>> {
-        encode(chunks, self.config.clone(), now, Listing::Stream(filter))
+        encode(
+            chunks,
+            self.config.clone(),
+            now,
+            Listing::Stream(filter, ranges),
+        )
     }
 }
 
@@ -255,8 +286,8 @@ fn news_json(news: &News<'_>) -> Vec<u8> {
 enum Listing {
     /// `[...]`, or `null` when nothing is admitted.
     Array(Selection),
-    /// `{"new": [...], "deleted": []}`.
-    Stream(Filter),
+    /// `{"new": [...], "deleted": []}`, the expanded ranges after the rules.
+    Stream(Filter, Option<Arc<Expansion>>),
 }
 
 /// Encodes the decisions of `chunks` piece by piece as they arrive; memory holds a chunk or two,
@@ -271,7 +302,7 @@ fn encode(
     tokio::spawn(async move {
         let (open, close, empty): (&[u8], &[u8], &[u8]) = match &listing {
             Listing::Array(_) => (b"[", b"]", b"null"),
-            Listing::Stream(_) => (
+            Listing::Stream(..) => (
                 br#"{"new":["#,
                 br#"],"deleted":[]}"#,
                 br#"{"new":[],"deleted":[]}"#,
@@ -291,7 +322,7 @@ fn encode(
                 let decision = Facts::of_rule(rule).decision(&config, now);
                 let admitted = match &listing {
                     Listing::Array(selection) => selection.admits(&rule.target, &decision),
-                    Listing::Stream(filter) => filter.admits(&decision),
+                    Listing::Stream(filter, _) => filter.admits(&decision),
                 };
                 if !admitted {
                     continue;
@@ -304,6 +335,31 @@ fn encode(
                     return;
                 }
                 written += 1;
+            }
+            if !piece.is_empty() && pieces.send(Ok(piece)).await.is_err() {
+                return;
+            }
+        }
+        if let Listing::Stream(filter, Some(ranges)) = &listing {
+            let mut piece = Vec::new();
+            for (net, until) in ranges.blocked_cidrs(now) {
+                let decision = geo::decision(net, until, now, &config);
+                if !filter.admits(&decision) {
+                    continue;
+                }
+                piece.extend_from_slice(if written == 0 { open } else { b"," });
+                if serde_json::to_writer(&mut piece, &decision).is_err() {
+                    let _ = pieces
+                        .send(Err(StoreError::Task("encoding a decision failed".into())))
+                        .await;
+                    return;
+                }
+                written += 1;
+                if piece.len() >= CHUNK * 160
+                    && pieces.send(Ok(std::mem::take(&mut piece))).await.is_err()
+                {
+                    return;
+                }
             }
             if !piece.is_empty() && pieces.send(Ok(piece)).await.is_err() {
                 return;

@@ -122,7 +122,11 @@ pub struct RangeLimits {
 
 impl RangeLimits {
     pub fn of(&self, key: &Principal) -> Option<usize> {
-        self.per_key.get(&key.key_id).copied().or(self.default)
+        self.of_key(key.key_id)
+    }
+
+    pub fn of_key(&self, key_id: i64) -> Option<usize> {
+        self.per_key.get(&key_id).copied().or(self.default)
     }
 }
 

@@ -762,3 +762,108 @@ async fn a_cursor_older_than_the_change_log_gets_every_decision_again() {
     );
     assert_eq!(stream(&app, &key, "").await, nothing());
 }
+
+#[tokio::test]
+async fn asn_and_country_rules_reach_the_stream_as_the_ranges_they_cover() {
+    let geo_dir = tempfile::tempdir().unwrap();
+    let (asn, country) = crate::decisions::write_geo(geo_dir.path());
+    let app = spawn_with(
+        |c| {
+            c.geo.asn = Some(asn);
+            c.geo.country = Some(country);
+        },
+        None,
+    )
+    .await;
+    let key = app.key(Role::Reader, "default").await;
+    let ip_only = app.key(Role::Reader, "default").await;
+    block(
+        &app,
+        json!([
+            {"type": "access_rules", "action": "block", "asn": "AS64500"},
+            {"type": "access_rules", "ip": "198.51.100.9", "action": "block"},
+        ]),
+    )
+    .await;
+    let (status, text) = pull(&app, "/v1/decisions/stream?startup=true", &key).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let mut started = values(&body["new"]);
+    started.sort();
+    assert_eq!(
+        started,
+        ["192.0.2.0/24", "198.51.100.9", "2001:db8:64::/48"]
+    );
+    for decision in body["new"].as_array().unwrap() {
+        check_shape(decision);
+    }
+    let range = body["new"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["value"] == "192.0.2.0/24")
+        .unwrap();
+    assert_eq!(range["scope"], "Range");
+    assert_eq!(range["scenario"], "palisade/asn-country");
+    assert_eq!(
+        seconds(range),
+        2_147_483,
+        "permanent: the fixed long duration"
+    );
+    // Nothing changed: nothing sent, not even the ranges again.
+    assert_eq!(stream(&app, &key, "").await, nothing());
+
+    // A new country rule: only its ranges; the ASN's are not repeated.
+    block(
+        &app,
+        json!([{"type": "access_rules", "action": "block", "country": "DE", "expiration": 600}]),
+    )
+    .await;
+    assert_eq!(
+        stream(&app, &key, "").await,
+        new(&[("203.0.113.0/24", 600)])
+    );
+    // The ASN rule lifted: its ranges are deleted, the country's stay.
+    block(
+        &app,
+        json!([{"type": "access_rules", "action": "unblock", "asn": "AS64500"}]),
+    )
+    .await;
+    assert_eq!(
+        stream(&app, &key, "").await,
+        deleted(&["192.0.2.0/24", "2001:db8:64::/48"])
+    );
+    assert_eq!(stream(&app, &key, "").await, nothing());
+
+    // A bouncer asking for addresses only gets no ranges.
+    let (_, text) = pull(
+        &app,
+        "/v1/decisions/stream?startup=true&scopes=ip",
+        &ip_only,
+    )
+    .await;
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(values(&body["new"]), ["198.51.100.9"]);
+}
+
+#[tokio::test]
+async fn expand_geo_off_keeps_asn_and_country_rules_out_of_the_stream() {
+    let geo_dir = tempfile::tempdir().unwrap();
+    let (asn, country) = crate::decisions::write_geo(geo_dir.path());
+    let app = spawn_with(
+        |c| {
+            c.geo.asn = Some(asn);
+            c.geo.country = Some(country);
+            c.crowdsec.expand_geo = Some(false);
+        },
+        None,
+    )
+    .await;
+    let key = app.key(Role::Reader, "default").await;
+    block(
+        &app,
+        json!([{"type": "access_rules", "action": "block", "asn": "AS64500"}]),
+    )
+    .await;
+    assert_eq!(stream(&app, &key, "?startup=true").await, nothing());
+}
