@@ -123,5 +123,70 @@ fn loads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookups, loads);
+/// ASN and country rules as the ranges they cover (what `expand=true` and bouncers are served):
+/// one large country, every country, and a country plus a large ASN inside it.
+fn expansions(c: &mut Criterion) {
+    use palisade::export::expand::expand;
+    use palisade::index::RuleRef;
+    use palisade::rules::{Asn, CountryCode, RuleAction, Target, UnixMillis};
+
+    let dir = data_dir();
+    let (asn, country) = (dir.join("asn.mmdb"), dir.join("country.mmdb"));
+    if !asn.exists() || !country.exists() {
+        return;
+    }
+    let data = load(Some(&asn), Some(&country));
+    let rule = |target| RuleRef {
+        id: 1,
+        action: RuleAction::Block,
+        target,
+        expires_at: None,
+        name: None,
+        source: palisade::rules::Source::Signal,
+        dataset: None,
+        description: None,
+    };
+    let us = || Target::Country(CountryCode::parse("US").expect("a country code"));
+    let every: Vec<RuleRef> = data
+        .countries()
+        .iter()
+        .map(|code| rule(Target::Country(*code)))
+        .collect();
+    let cases: [(&str, Vec<RuleRef>); 3] = [
+        ("US", vec![rule(us())]),
+        (
+            "US_and_AS7018",
+            vec![
+                rule(us()),
+                rule(Target::Asn(Asn::new(7018).expect("an ASN"))),
+            ],
+        ),
+        ("every_country", every),
+    ];
+    let now = UnixMillis(0);
+    let mut group = c.benchmark_group("geo_expand");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(10));
+    for (name, rules) in &cases {
+        let expansion = expand(&data, rules, now, 1);
+        let networks: usize = rules
+            .iter()
+            .map(|r| match r.target {
+                Target::Country(code) => data.country_networks(code).len(),
+                Target::Asn(asn) => data.asn_networks(asn).len(),
+                Target::Ip(_) => 0,
+            })
+            .sum();
+        eprintln!(
+            "{name}: {networks} networks in the data, {} CIDR ranges after merging",
+            expansion.cidr_count()
+        );
+        group.bench_function(*name, |b| {
+            b.iter(|| expand(&data, black_box(rules), now, 1))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookups, loads, expansions);
 criterion_main!(benches);

@@ -15,6 +15,7 @@ use crate::api::{self, AppState, Shared};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::engine::{ChangeSink, Engine, Feed, Policies};
+use crate::export::expand::Expansions;
 use crate::geo::Geo;
 use crate::health::Readiness;
 use crate::index::Index;
@@ -28,6 +29,7 @@ use crate::store::backend::SharedBackend;
 use crate::store::postgres::{PgBackend, PgOptions};
 use crate::store::sqlite::SqliteBackend;
 use crate::store::{NewKey, StoreResult};
+use crate::telemetry;
 use tokio::sync::Notify;
 
 /// How often the server re-reads the keys table, so that keys made or revoked from the command
@@ -39,6 +41,8 @@ const PURGE_BATCH: usize = 10_000;
 
 pub struct Application {
     listener: TcpListener,
+    /// `metrics_listen`: `GET /metrics` without a key.
+    metrics_listener: Option<TcpListener>,
     connection_limits: ConnectionLimits,
     state: AppState,
     tasks: BackgroundTasks,
@@ -52,6 +56,8 @@ impl Application {
     }
 
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        // Before anything records: handles made earlier would record nowhere.
+        crate::telemetry::recorder::handle();
         let geo = Arc::new(Geo::open(&config.geo).context("loading the geo data")?);
         if !geo.has_asn_source() {
             tracing::info!(
@@ -76,6 +82,9 @@ impl Application {
         );
         let readiness = Arc::new(Readiness::new());
         readiness.index_loaded();
+        let expansions = Expansions::new(index.clone(), geo.clone(), clock.clone());
+        let expansion_followers = expansions.follow(&feed, geo.subscribe());
+        let range_limits = config.crowdsec.range_limits().map_err(anyhow::Error::msg)?;
         let asn_catalog: Option<Arc<dyn AsnCatalog>> = if geo.has_asn_source() {
             Some(geo.clone())
         } else {
@@ -115,6 +124,14 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(address) => Some(
+                TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("binding metrics_listen {address}"))?,
+            ),
+            None => None,
+        };
 
         let rate_limits = Arc::new(RateLimits::new(
             config.rate_limits.reports_per_minute,
@@ -156,9 +173,18 @@ impl Application {
             )),
             body_limits: config.limits.clone(),
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
+            expansions,
+            range_limits,
+            export_turns: Arc::new(tokio::sync::Semaphore::new(config.exports.max_concurrent)),
+            exports: config.exports.clone(),
+            tally: Default::default(),
+            console: config.console.clone(),
         }));
 
+        let [follow_rules, follow_geo] = expansion_followers;
         let tasks = BackgroundTasks(vec![
+            follow_rules,
+            follow_geo,
             tokio::spawn(refresh_keys(state.clone())),
             geo.spawn_watcher(),
             tokio::spawn(follow(
@@ -188,6 +214,7 @@ impl Application {
         ]);
         Ok(Self {
             listener,
+            metrics_listener,
             connection_limits: config.server.connection_limits(),
             state,
             tasks,
@@ -205,6 +232,13 @@ impl Application {
         self.local_addr().port()
     }
 
+    /// Where `GET /metrics` answers without a key, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -217,12 +251,27 @@ impl Application {
     ) -> std::io::Result<()> {
         let Self {
             listener,
+            metrics_listener,
             connection_limits,
             state,
             tasks: _running_until_return,
             ..
         } = self;
-        server::serve(listener, api::router(state), connection_limits, shutdown).await
+        // Stopped with the tasks: a scrape during shutdown is worth nothing.
+        let _metrics = metrics_listener.map(|listener| {
+            let router = telemetry::scrape::keyless_router(state.clone());
+            BackgroundTasks(vec![tokio::spawn(async move {
+                if let Err(e) =
+                    server::serve(listener, router, connection_limits, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            })])
+        });
+        let trusted = state.trusted_proxies.clone();
+        let router = api::router(state.clone()).merge(telemetry::scrape::router(state));
+        let router = telemetry::http::instrument(router, trusted);
+        server::serve(listener, router, connection_limits, shutdown).await
     }
 }
 
@@ -363,7 +412,10 @@ async fn process_reports(engine: Arc<Engine>, clock: Arc<dyn Clock>) {
                 .await
             {
                 Ok(processed) if processed.reports == 0 => break,
-                Ok(_) => {}
+                Ok(processed) => {
+                    metrics::counter!(telemetry::names::REPORTS_APPLIED)
+                        .increment(processed.reports as u64);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "applying queued reports failed; retrying");
                     break;

@@ -41,8 +41,39 @@ pub struct Config {
     pub reports: ReportsConfig,
     pub rate_limits: RateLimitConfig,
     pub audit: AuditConfig,
-    /// CrowdSec bouncers (`/v1/decisions`, `/v1/decisions/stream`).
+    /// CrowdSec bouncers (`/v1/decisions`, `/v1/decisions/stream`) and what enforcement
+    /// points are given of ASN and country rules.
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
+    pub exports: ExportsConfig,
+    /// A second address serving only `GET /metrics`, without a key (keep it on a private
+    /// network); unset: metrics only on `listen`, for admin keys. Env `PALISADE_METRICS_LISTEN`.
+    pub metrics_listen: Option<SocketAddr>,
+    pub console: crate::console::ConsoleConfig,
+}
+
+/// `GET /v1/blocklist` and `GET /v1/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportsConfig {
+    /// Blocklist exports written at once; one more is answered 503. Each holds a thread while
+    /// its client reads.
+    pub max_concurrent: usize,
+    /// Bytes a streamed export hands to the connection at a time; at most four such chunks
+    /// wait for a slow client.
+    pub chunk_bytes: usize,
+    /// Most networks one `GET /v1/config` document may list (it is built whole, as the agent
+    /// reads it whole); a larger one is refused with 422.
+    pub agent_max_networks: usize,
+}
+
+impl Default for ExportsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent: 4,
+            chunk_bytes: 64 * 1024,
+            agent_max_networks: 2_000_000,
+        }
+    }
 }
 
 /// What the audit log keeps, and for how long.
@@ -311,6 +342,9 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             audit: AuditConfig::default(),
             crowdsec: crate::crowdsec::CrowdsecConfig::default(),
+            exports: ExportsConfig::default(),
+            metrics_listen: None,
+            console: crate::console::ConsoleConfig::default(),
         }
     }
 }
@@ -389,6 +423,7 @@ impl Config {
             ("PALISADE_GEO_COUNTRY", "geo.country"),
             ("PALISADE_CLIENT_IP_HEADER", "client_ip_header"),
             ("PALISADE_DATABASE_URL", "database.url"),
+            ("PALISADE_METRICS_LISTEN", "metrics_listen"),
         ] {
             if let Ok(path) = std::env::var(var) {
                 figment = figment.merge(Serialized::default(key, path));

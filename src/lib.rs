@@ -19,7 +19,8 @@
 //!   ASN or a country, and reloading when the files change.
 //! - [`keys`]: API keys, roles and tenants; the in-memory key ring the auth check reads.
 //! - [`engine`]: the use cases above the backends: every write (group commit, what a write does
-//!   to a rule, audit, quota) and the change feed the index and other followers read.
+//!   to a rule, audit, quota), the check of an address against the index, and the change feed
+//!   the index and other followers read.
 //! - [`crowdsec`]: CrowdSec's bouncer API: decisions on the wire, look-ups, listings and the
 //!   per-bouncer decision stream, whose cursor the store keeps.
 //! - [`index`]: the in-memory decision tables, patched from the change feed: IP rules in
@@ -27,10 +28,18 @@
 //! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
 //!   transactions of row operations) and the embedded SQLite backend. Every rule change gets a
 //!   sequence number in commit order, so anything downstream can follow "changes since N".
+//! - [`export`]: the blocklist for enforcement points that do not ask per request (firewall
+//!   sets, nginx `deny` lists, plain lists) and the geo expansion: ASN and country rules as the
+//!   address ranges they cover, cached until a rule or the geo data changes.
+//! - [`import`]: `palisade rules import`: downloaded blocklists read into rule writes.
+//! - [`console`]: the operator console at `/console/`: pages over the same engine, store and
+//!   index as the API, with sign-in sessions.
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.
+//! - [`telemetry`]: Prometheus metrics (`/metrics`), request ids and log formats.
 //! - [`health`]: readiness: the index is loaded and the store accepts writes.
+//! - [`config_check`]: `palisade config check`: a file read strictly, shown as it applies.
 //! - [`config`], [`clock`]: configuration layering and the time source (controllable in tests).
 
 /// jemalloc rather than the system allocator, configured (`.cargo/config.toml`) to ask for
@@ -42,10 +51,14 @@ pub mod api;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod config_check;
+pub mod console;
 pub mod crowdsec;
 pub mod engine;
+pub mod export;
 pub mod geo;
 pub mod health;
+pub mod import;
 pub mod index;
 pub mod json;
 pub mod keys;
@@ -55,3 +68,4 @@ pub mod rules;
 pub mod server;
 pub mod signal;
 pub mod store;
+pub mod telemetry;

@@ -1,6 +1,5 @@
 //! The `palisade` command: thin wiring around the library.
 
-use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,9 +13,14 @@ use palisade::clock::{Clock, SystemClock};
 use palisade::config::{Config, DatabaseOverride, Overrides};
 use palisade::engine::{Engine, Feed, Policies};
 use palisade::geo::Geo;
+use palisade::import::ImportOptions;
 use palisade::index::Index;
 use palisade::keys::{DEFAULT_TENANT, Role};
+use palisade::rules::TenantId;
 use palisade::rules::normalize_ip;
+use palisade::store::backend::SharedBackend;
+use palisade::telemetry::logging::LogFormat;
+use std::io::IsTerminal;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +29,15 @@ use palisade::rules::normalize_ip;
     about = "Self-hosted security-signal service"
 )]
 struct Cli {
+    /// How log lines are written (to stderr).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "PALISADE_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,6 +67,48 @@ enum Command {
     /// Inspect the configured geo data.
     #[command(subcommand)]
     Geo(GeoCommand),
+    /// Check configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage rules in bulk.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Import a blocklist (one address or CIDR a line, FireHOL netset, Spamhaus DROP, CSV, or
+    /// JSON) as rules; a running server enforces them within `store.follow_interval_ms`.
+    /// Prints a summary; exits 1 when any line was invalid (the valid ones are imported).
+    Import {
+        /// The list; `-` reads standard input.
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "auto")]
+        format: palisade::import::Format,
+        #[arg(long, value_enum, default_value = "block")]
+        action: palisade::import::ImportAction,
+        /// Seconds until the imported rules expire [default: never].
+        #[arg(long)]
+        expiration: Option<u32>,
+        /// Name given to every imported rule.
+        #[arg(long)]
+        name: Option<String>,
+        /// Dataset the rules are filed under (for listing and replacing them later).
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        #[command(flatten)]
+        location: Location,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Read FILE strictly (an unknown key or a bad value is an error naming its line) and print
+    /// the configuration the server would run with, environment applied and secrets masked.
+    /// Exits 1 when anything is wrong.
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -123,16 +178,10 @@ impl Location {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Logs go to stderr, so stdout carries only what scripts read (keys, tables).
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    let cli = Cli::parse();
+    palisade::telemetry::logging::init(cli.log_format);
 
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve { listen, location } => serve(location.load(listen)?).await,
         Command::Keys(command) => keys(command).await,
         Command::Check {
@@ -141,6 +190,138 @@ async fn main() -> anyhow::Result<()> {
             location,
         } => check(ip, &tenant, &location.load(None)?).await,
         Command::Geo(GeoCommand::Lookup { ip, location }) => geo_lookup(ip, &location.load(None)?),
+        Command::Config(ConfigCommand::Check { file }) => config_check(&file),
+        Command::Rules(RulesCommand::Import {
+            file,
+            format,
+            action,
+            expiration,
+            name,
+            dataset,
+            tenant,
+            location,
+        }) => {
+            let config = location.load(None)?;
+            let options = ImportOptions {
+                tenant: TenantId(0),
+                action: action.into(),
+                expiration,
+                name,
+                dataset,
+                guard: config.guard(),
+            };
+            import(&config, &file, format, &tenant, options).await
+        }
+    }
+}
+
+async fn tenant_id(backend: &SharedBackend, tenant: &str) -> anyhow::Result<TenantId> {
+    backend
+        .keys()
+        .await?
+        .into_iter()
+        .find(|k| k.tenant.as_str() == tenant)
+        .map(|k| k.tenant_id)
+        .with_context(|| format!("no tenant named {tenant:?}"))
+}
+
+async fn import(
+    config: &Config,
+    file: &std::path::Path,
+    format: palisade::import::Format,
+    tenant: &str,
+    mut options: ImportOptions,
+) -> anyhow::Result<()> {
+    options.validate()?;
+    let (input, size): (Box<dyn std::io::BufRead + Send>, Option<u64>) = if file.as_os_str() == "-"
+    {
+        (Box::new(std::io::BufReader::new(std::io::stdin())), None)
+    } else {
+        let opened =
+            std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let size = opened.metadata().ok().map(|m| m.len());
+        (
+            Box::new(std::io::BufReader::with_capacity(1 << 16, opened)),
+            size,
+        )
+    };
+    let engine = Arc::new(open_engine(config).await?);
+    options.tenant = tenant_id(engine.backend(), tenant).await?;
+    let bar = progress_bar(size);
+    let shown = bar.clone();
+    let started = std::time::Instant::now();
+    let summary = palisade::import::run(
+        engine,
+        input,
+        format,
+        options,
+        palisade::api::request_id(),
+        SystemClock.now(),
+        move |bytes| shown.set_position(bytes),
+    )
+    .await?;
+    bar.finish_and_clear();
+    println!(
+        "{}: {} lines in {:.1} s: {} rules added, {} refreshed, {} invalid lines{}",
+        file.display(),
+        summary.lines,
+        started.elapsed().as_secs_f64(),
+        summary.added,
+        summary.refreshed,
+        summary.invalid_count,
+        if summary.over_quota > 0 {
+            format!(", {} over the tenant's rule quota", summary.over_quota)
+        } else {
+            String::new()
+        }
+    );
+    for (line, reason) in &summary.invalid {
+        println!("  line {line}: {reason}");
+    }
+    if summary.invalid_count > summary.invalid.len() as u64 {
+        println!(
+            "  ... and {} more invalid lines",
+            summary.invalid_count - summary.invalid.len() as u64
+        );
+    }
+    if summary.invalid_count > 0 || summary.over_quota > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; hidden otherwise, so logs and pipes stay clean.
+fn progress_bar(size: Option<u64>) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    match size {
+        Some(size) => {
+            let bar = indicatif::ProgressBar::new(size);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar
+        }
+        None => indicatif::ProgressBar::new_spinner(),
+    }
+}
+
+fn config_check(file: &std::path::Path) -> anyhow::Result<()> {
+    match palisade::config_check::check(file) {
+        Ok(effective) => {
+            print!("{effective}");
+            eprintln!("{}: OK", file.display());
+            Ok(())
+        }
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("{}: {problem}", file.display());
+            }
+            std::process::exit(1);
+        }
     }
 }
 
@@ -212,13 +393,7 @@ async fn check(ip: IpAddr, tenant: &str, config: &Config) -> anyhow::Result<()> 
     let geo = Geo::open(&config.geo).context("loading the geo data")?;
     let index = Arc::new(Index::new(geo.current().clone()));
     let backend = open_backend(config).await?;
-    let tenant_id = backend
-        .keys()
-        .await?
-        .into_iter()
-        .find(|k| k.tenant.as_str() == tenant)
-        .map(|k| k.tenant_id)
-        .with_context(|| format!("no tenant named {tenant:?}"))?;
+    let tenant_id = tenant_id(&backend, tenant).await?;
     let feed = Feed::new(backend, Arc::new(SystemClock), vec![index.clone()]);
     feed.load().await.context("loading the rules")?;
     let view = index.view(tenant_id);

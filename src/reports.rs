@@ -364,6 +364,7 @@ pub fn writes(
                 name: None,
                 description: Some("false positive".into()),
                 source: Source::Report,
+                dataset: None,
             })
             .collect(),
         ReportKind::FalseRemove => targets

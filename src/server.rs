@@ -85,6 +85,7 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut exhausted_since: Option<Instant> = None;
+    let open = metrics::gauge!(crate::telemetry::names::CONNECTIONS_OPEN);
 
     loop {
         let permit = tokio::select! {
@@ -115,6 +116,8 @@ pub async fn serve(
             .serve_connection_with_upgrades(io, service)
             .into_owned();
         let conn = graceful.watch(conn);
+        open.increment(1.0);
+        let open = open.clone();
         connections.spawn(async move {
             tokio::select! {
                 result = conn => {
@@ -127,6 +130,7 @@ pub async fn serve(
                 }
             }
             drop(permit);
+            open.decrement(1.0);
         });
         // Finished connections are reaped as we go so the set does not grow.
         while connections.try_join_next().is_some() {}

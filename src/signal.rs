@@ -91,6 +91,36 @@ pub enum Problem {
     OverQuota(u64),
 }
 
+impl Problem {
+    /// A short fixed name of the problem, for metrics labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Problem::NotAnObject => "not_an_object",
+            Problem::UnknownField => "unknown_field",
+            Problem::Repeated => "repeated",
+            Problem::Required => "required",
+            Problem::BadType => "bad_type",
+            Problem::BadAction => "bad_action",
+            Problem::NoTarget => "no_target",
+            Problem::SeveralTargets => "several_targets",
+            Problem::NotAString => "not_a_string",
+            Problem::Empty => "empty",
+            Problem::BadIp => "bad_ip",
+            Problem::ZoneId => "zone_id",
+            Problem::TooBroadV4(_) | Problem::TooBroadV6(_) => "too_broad",
+            Problem::Protected(_) => "protected",
+            Problem::BadAsn => "bad_asn",
+            Problem::UnknownAsn(_) => "unknown_asn",
+            Problem::BadCountry => "bad_country",
+            Problem::BadExpiration => "bad_expiration",
+            Problem::ExpirationTooLong => "expiration_too_long",
+            Problem::TooLong(_) => "too_long",
+            Problem::NulCharacter => "nul_character",
+            Problem::OverQuota(_) => "over_quota",
+        }
+    }
+}
+
 /// An event refused: which field, why, and the value as received (`null` when absent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntryError {
@@ -146,6 +176,16 @@ pub enum BatchProblem {
 }
 
 impl BatchProblem {
+    /// A short fixed name of the problem, for metrics labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BatchProblem::NotJson { .. } => "not_json",
+            BatchProblem::NotAnArray => "not_an_array",
+            BatchProblem::Empty => "empty",
+            BatchProblem::TooMany(_) => "too_many",
+        }
+    }
+
     /// The one wording of "this body is not JSON", used by every endpoint that reads JSON.
     pub fn not_json(error: &serde_json::Error) -> Self {
         BatchProblem::NotJson {
@@ -209,6 +249,31 @@ impl Default for Guard {
     }
 }
 
+impl Guard {
+    /// Whether a rule for `net` may be written: not too broad, and, for a block, not over a
+    /// protected network.
+    pub fn check(&self, net: IpNet, block: bool) -> Result<(), Problem> {
+        match net {
+            IpNet::V4(v4) if v4.prefix_len() < self.min_prefix_v4 => {
+                return Err(Problem::TooBroadV4(self.min_prefix_v4));
+            }
+            IpNet::V6(v6) if v6.prefix_len() < self.min_prefix_v6 => {
+                return Err(Problem::TooBroadV6(self.min_prefix_v6));
+            }
+            _ => {}
+        }
+        if block
+            && let Some(protected) = self
+                .protected
+                .iter()
+                .find(|p| p.contains(&net) || net.contains(*p))
+        {
+            return Err(Problem::Protected(*protected));
+        }
+        Ok(())
+    }
+}
+
 /// What a valid event asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -240,6 +305,7 @@ impl Command {
                 name,
                 description,
                 source: Source::Signal,
+                dataset: None,
             },
             Command::Unblock { target } => RuleWrite::Remove {
                 action: RuleAction::Block,
@@ -389,25 +455,10 @@ impl SignalPolicy {
                     Err(IpTargetError::ZoneId) => return fail(Problem::ZoneId),
                     Err(IpTargetError::Invalid) => return fail(Problem::BadIp),
                 };
-                let guard = &self.guard;
-                match net {
-                    IpNet::V4(v4) if v4.prefix_len() < guard.min_prefix_v4 => {
-                        return fail(Problem::TooBroadV4(guard.min_prefix_v4));
-                    }
-                    IpNet::V6(v6) if v6.prefix_len() < guard.min_prefix_v6 => {
-                        return fail(Problem::TooBroadV6(guard.min_prefix_v6));
-                    }
-                    _ => {}
+                match self.guard.check(net, action == Action::Block) {
+                    Ok(()) => Ok(Target::Ip(net)),
+                    Err(problem) => fail(problem),
                 }
-                if action == Action::Block
-                    && let Some(protected) = guard
-                        .protected
-                        .iter()
-                        .find(|p| p.contains(&net) || net.contains(*p))
-                {
-                    return fail(Problem::Protected(*protected));
-                }
-                Ok(Target::Ip(net))
             }
             "asn" => {
                 let Some(asn) = Asn::parse(text) else {

@@ -1,5 +1,6 @@
 //! Decision look-ups: `GET /v1/check`, `POST /v1/check` and `GET /v1/forward-auth`.
 
+use crate::telemetry::http::{LookupEndpoint, count_lookup};
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
@@ -16,11 +17,11 @@ use super::auth::{Caller, ProxyCaller};
 use super::error::{ApiError, Detail, ErrorBody};
 use super::query::StrictQuery;
 use super::{AppState, CheckRoute, RawBody};
+pub use crate::engine::check::{CheckAnswer, Match, MatchView, answer, answer_bounded};
 use crate::engine::off_worker;
-use crate::index::{RuleRef, View};
 use crate::json::{BoundedList, Members, NotAnObject, Offending, value_of};
 use crate::keys::Permission;
-use crate::rules::{Asn, CountryCode, Kind, RuleAction, UnixMillis, normalize_ip};
+use crate::rules::normalize_ip;
 use crate::signal::BatchProblem;
 use serde_json::value::RawValue;
 
@@ -30,107 +31,8 @@ pub const MAX_CHECK_BATCH: usize = 10_000;
 /// Header carrying the client address forward-auth decided about.
 pub const CLIENT_IP_HEADER: &str = "x-palisade-client-ip";
 
-/// One active rule covering the address (documentation of [`Match`]'s JSON).
-#[derive(Debug, Serialize, ToSchema)]
-#[allow(dead_code)]
-pub struct MatchView {
-    id: i64,
-    kind: Kind,
-    #[schema(example = "192.0.2.0/24")]
-    target: String,
-    /// `block`, or `allow` for an allowlist entry (which wins over any block).
-    action: RuleAction,
-    expires_at: Option<String>,
-    name: Option<String>,
-}
-
-/// A matching rule, rendered only when the answer is serialised.
-#[derive(Debug, Clone, Copy)]
-pub struct Match<'a>(pub &'a RuleRef);
-
-impl Serialize for Match<'_> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let rule = &self.0;
-        let mut out = serializer.serialize_struct("Match", 6)?;
-        out.serialize_field("id", &rule.id)?;
-        out.serialize_field("kind", &rule.target.kind())?;
-        out.serialize_field("target", &rule.target.to_string())?;
-        out.serialize_field("action", &rule.action)?;
-        out.serialize_field("expires_at", &rule.expires_at.map(UnixMillis::to_rfc3339))?;
-        out.serialize_field("name", &rule.name.as_deref())?;
-        out.end()
-    }
-}
-
-/// The decision for one address. Computing it is a table look-up and a geo look-up; the text
-/// of the JSON is only made when it is sent, from the rules the index's [`View`] lends.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct CheckAnswer<'a> {
-    /// The address as decided about (IPv4-mapped IPv6 shown as IPv4).
-    #[schema(value_type = String, example = "192.0.2.7")]
-    pub ip: IpAddr,
-    pub blocked: bool,
-    /// An allowlist entry covers the address; it is then never blocked.
-    pub allowed: bool,
-    /// From the configured ASN data; `null` when unknown.
-    #[schema(value_type = Option<String>, example = "AS64500")]
-    #[serde(serialize_with = "display_opt")]
-    pub asn: Option<Asn>,
-    /// From the configured country data; `null` when unknown.
-    #[schema(value_type = Option<String>, example = "FR")]
-    #[serde(serialize_with = "display_opt")]
-    pub country: Option<CountryCode>,
-    /// Every active rule covering the address (its range, its ASN, its country), most specific
-    /// range first; at most `limits.matches_per_address` of them.
-    #[schema(value_type = Vec<MatchView>)]
-    pub matches: Vec<Match<'a>>,
-    /// Present and `true` when `matches` was cut short by the answer's size limits. The
-    /// decision (`blocked`, `allowed`) always accounts for every rule.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub matches_truncated: bool,
-}
-
-fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
-    value: &Option<T>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    match value {
-        Some(v) => serializer.collect_str(v),
-        None => serializer.serialize_none(),
-    }
-}
-
-/// The full answer for one address: decision, geo data and every matching rule.
-pub fn answer(view: &View, ip: IpAddr, now: UnixMillis) -> CheckAnswer<'_> {
-    answer_bounded(view, ip, now, usize::MAX)
-}
-
-/// As [`answer`], listing at most `max_matches` of the matching rules.
-pub fn answer_bounded(
-    view: &View,
-    ip: IpAddr,
-    now: UnixMillis,
-    max_matches: usize,
-) -> CheckAnswer<'_> {
-    let ip = normalize_ip(ip);
-    // One geo look-up for both the ASN and country shown and the ASN and country rules matched,
-    // so that they always agree.
-    let mut found = view.lookup_with_geo(ip, now);
-    let matches_truncated = found.rules.len() > max_matches;
-    found.rules.truncate(max_matches);
-    CheckAnswer {
-        ip,
-        blocked: found.verdict.blocked,
-        allowed: found.verdict.allowed,
-        asn: found.geo.asn,
-        country: found.geo.country,
-        matches: found.rules.into_iter().map(Match).collect(),
-        matches_truncated,
-    }
-}
-
-fn parse_client_ip(text: &str) -> Option<IpAddr> {
+/// An address as `GET /v1/check` reads its `ip`.
+pub fn parse_client_ip(text: &str) -> Option<IpAddr> {
     IpAddr::from_str(text.trim()).ok()
 }
 
@@ -166,7 +68,11 @@ pub async fn check_one(
     let principal = caller.require(Permission::ReadRules)?;
     let view = app.index.view(principal.tenant_id);
     let max_matches = app.body_limits.matches_per_address;
-    let answer = answer_bounded(&view, params.ip, app.clock.now(), max_matches);
+    let now = app.clock.now();
+    let answer = answer_bounded(&view, params.ip, now, max_matches);
+    count_lookup(LookupEndpoint::Check, answer.blocked, answer.allowed);
+    app.tally
+        .record(principal.tenant_id, now, 1, u64::from(answer.blocked));
     Ok(Json(answer).into_response())
 }
 
@@ -208,6 +114,7 @@ pub async fn check_many(
         app.body_limits.matches_per_batch,
     );
     let tenant = principal.tenant_id;
+    let shared = app.0.clone();
     let json = off_worker(bytes.len(), move || {
         let ips = parse_check_batch(&bytes)?;
         // One view for the whole batch: every answer sees the same rules.
@@ -217,10 +124,15 @@ pub async fn check_many(
             .into_iter()
             .map(|ip| {
                 let answer = answer_bounded(&view, ip, now, per_address.min(budget));
+                count_lookup(LookupEndpoint::CheckBatch, answer.blocked, answer.allowed);
                 budget -= answer.matches.len();
                 answer
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let blocked = results.iter().filter(|a| a.blocked).count();
+        shared
+            .tally
+            .record(tenant, now, results.len() as u64, blocked as u64);
         serde_json::to_vec(&CheckResults { results })
             .map_err(|e| ApiError::Internal(format!("encoding answers: {e}")))
     })
@@ -398,7 +310,15 @@ pub async fn forward_auth(
         &app.trusted_proxies,
         &app.client_ip_header,
     )?;
-    let verdict = app.index.decide(principal.tenant_id, ip, app.clock.now());
+    let now = app.clock.now();
+    let verdict = app.index.decide(principal.tenant_id, ip, now);
+    count_lookup(
+        LookupEndpoint::ForwardAuth,
+        verdict.blocked,
+        verdict.allowed,
+    );
+    app.tally
+        .record(principal.tenant_id, now, 1, u64::from(verdict.blocked));
     if verdict.blocked {
         return Err(ApiError::Blocked(ip));
     }

@@ -35,6 +35,9 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         super::reports::false_remove,
         super::reports::test_token,
         super::reports::queue,
+        super::exports::blocklist,
+        super::exports::agent_config,
+        super::exports::authcheck,
         super::healthz,
         super::readyz,
     ),
@@ -46,6 +49,7 @@ pub const SWAGGER_PATH: &str = "/docs/signal/swagger";
         (name = "decisions", description = "Is this client blocked?"),
         (name = "crowdsec", description = "CrowdSec's Local API for bouncers"),
         (name = "reports", description = "Abuse reports: accepted with 202, applied asynchronously"),
+        (name = "exports", description = "The blocklist for firewalls and edge agents that pull it"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

@@ -46,8 +46,23 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("The server is busy; retry shortly")]
     Busy,
+    /// An answer would be larger than a configured limit allows.
+    #[error("{0}")]
+    TooLarge(String),
     #[error("Internal error")]
     Internal(String),
+}
+
+impl From<crate::export::expand::TooManyRanges> for ApiError {
+    fn from(e: crate::export::expand::TooManyRanges) -> Self {
+        ApiError::TooLarge(e.to_string())
+    }
+}
+
+impl From<crate::export::agent::TooManyNetworks> for ApiError {
+    fn from(e: crate::export::agent::TooManyNetworks) -> Self {
+        ApiError::TooLarge(e.to_string())
+    }
 }
 
 impl From<crate::crowdsec::pull::PullError> for ApiError {
@@ -136,7 +151,7 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unprocessable(_) | ApiError::TooLarge(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(_) | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -155,7 +170,7 @@ impl ApiError {
             ApiError::Validation(_) => "ValidationError",
             ApiError::PayloadTooLarge(_) => "PayloadTooLarge",
             ApiError::BodyTimeout(_) => "RequestTimeout",
-            ApiError::Unprocessable(_) => "UnprocessableEntity",
+            ApiError::Unprocessable(_) | ApiError::TooLarge(_) => "UnprocessableEntity",
             ApiError::RateLimited(_) => "TooManyRequests",
             ApiError::Store(_) | ApiError::Busy => "ServiceUnavailable",
             ApiError::Internal(_) => "InternalError",

@@ -8,6 +8,8 @@
 //! - [`crowdsec`]: `GET|HEAD /v1/decisions`, `GET|HEAD /v1/decisions/stream`,
 //!   `POST /v1/usage-metrics` (CrowdSec's bouncer API)
 //! - [`reports`]: `POST /v1/ip`, `/v1/unban/ip`, `/v1/false/{add,remove}/ip`, `POST /test`
+//! - [`exports`]: `GET /v1/blocklist`, `GET /v1/config` (the Gen0Sec agent's feed),
+//!   `GET /v1/authcheck` (also `/authcheck`)
 //! - [`docs`]: OpenAPI document and Swagger UI under `/docs/signal/`
 
 pub mod audit;
@@ -16,10 +18,12 @@ pub mod check;
 pub mod crowdsec;
 pub mod docs;
 pub mod error;
+pub mod exports;
 pub mod query;
 pub mod reports;
 pub mod rules;
 pub mod signal;
+pub mod tally;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -81,6 +85,16 @@ pub struct Shared {
     pub bodies_in_flight: Arc<Semaphore>,
     /// A request body must arrive whole within this; a slower one is a 408.
     pub body_read_timeout: std::time::Duration,
+    /// ASN and country rules as address ranges, per tenant.
+    pub expansions: Arc<crate::export::expand::Expansions>,
+    /// How many expanded ranges each key may be given.
+    pub range_limits: crate::export::expand::RangeLimits,
+    /// Turns for blocklist exports being written (`exports.max_concurrent`).
+    pub export_turns: Arc<Semaphore>,
+    pub exports: crate::config::ExportsConfig,
+    /// Look-ups and blocks per minute, for the console's chart.
+    pub tally: tally::Tally,
+    pub console: crate::console::ConsoleConfig,
 }
 
 impl Shared {
@@ -165,9 +179,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/reports/queue", get(reports::queue))
         .route("/test", axum::routing::post(reports::test_token))
+        .route("/v1/blocklist", get(exports::blocklist))
+        .route("/v1/config", get(exports::agent_config))
+        // The agent calls `{base_url}/authcheck` with a base URL ending in `/v1`.
+        .route("/v1/authcheck", get(exports::authcheck))
+        .route("/authcheck", get(exports::authcheck))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(docs::router())
+        .merge(crate::console::router(&state))
         .fallback(|| async { ApiError::NotFound("No such endpoint".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
@@ -326,7 +346,7 @@ impl<R: BodyRoute + Send> FromRequest<AppState> for RawBody<R> {
 /// that full sheds load rather than queue it.
 pub const BODY_BUDGET_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A fresh id tying a request's audit entries together.
+/// The id tying a request's audit entries to its log lines and its answer's `X-Request-Id`.
 pub fn request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    crate::telemetry::current_request_id().unwrap_or_else(crate::telemetry::http::new_request_id)
 }

@@ -43,6 +43,15 @@ pub struct CrowdsecConfig {
     /// asking about every client do not turn each look-up into a write. Stream pulls are always
     /// written: they move the cursor.
     pub record_interval_ms: u64,
+    /// Serve ASN and country rules to bouncers as the `Range` decisions they cover. Unset: on
+    /// when geo data is configured.
+    pub expand_geo: Option<bool>,
+    /// Most CIDR ranges the expansion of ASN and country rules may come to for one key (a
+    /// bouncer's or an export's); a larger expansion is refused rather than overflowing a
+    /// firewall set ("hash is full"). Unset: no limit.
+    pub max_decisions: Option<usize>,
+    /// Per-key limits (key id -> ranges), replacing `max_decisions` for that key.
+    pub max_decisions_per_key: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for CrowdsecConfig {
@@ -53,11 +62,36 @@ impl Default for CrowdsecConfig {
             permanent_duration_secs: 2_147_483,
             max_changes_per_pull: 100_000,
             record_interval_ms: 1000,
+            expand_geo: None,
+            max_decisions: None,
+            max_decisions_per_key: Default::default(),
         }
     }
 }
 
 impl CrowdsecConfig {
+    /// Whether ASN and country rules are expanded, given whether geo data is configured.
+    pub fn expand_geo(&self, has_geo_data: bool) -> bool {
+        self.expand_geo.unwrap_or(has_geo_data)
+    }
+
+    /// The limits with `max_decisions_per_key`'s keys read as key ids.
+    pub fn range_limits(&self) -> Result<crate::export::expand::RangeLimits, String> {
+        let per_key = self
+            .max_decisions_per_key
+            .iter()
+            .map(|(id, limit)| {
+                id.parse::<i64>()
+                    .map(|id| (id, *limit))
+                    .map_err(|_| format!("crowdsec.max_decisions_per_key: {id:?} is not a key id"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(crate::export::expand::RangeLimits {
+            default: self.max_decisions,
+            per_key,
+        })
+    }
+
     fn origin<'a>(&'a self, source: Source, dataset: Option<&'a str>) -> &'a str {
         match source {
             Source::Signal => &self.signal_origin,

@@ -126,12 +126,14 @@ impl Bouncers {
         now: UnixMillis,
     ) -> Vec<u8> {
         let view = self.index.view(tenant);
-        let (verdict, rules) = view.lookup(ip, now);
-        if !verdict.blocked {
+        let found = crate::engine::check::answer(&view, ip, now);
+        if !found.blocked {
             return b"null".to_vec();
         }
-        let decisions: Vec<Decision<'_>> = rules
-            .into_iter()
+        let decisions: Vec<Decision<'_>> = found
+            .matches
+            .iter()
+            .map(|found| found.0)
             .filter(|rule| rule.action == RuleAction::Block)
             .map(|rule| (rule, Facts::of_ref(rule).decision(&self.config, now)))
             .filter(|(rule, decision)| selection.admits(&rule.target, decision))

@@ -67,6 +67,11 @@ impl Feed {
         self.applied_now.load(Ordering::Acquire)
     }
 
+    /// Batches handed on that the slowest subscriber has not read yet.
+    pub fn subscriber_backlog(&self) -> usize {
+        self.broadcast.len()
+    }
+
     /// Every change handed on from now, in batches, in order.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<[Change]>> {
         self.broadcast.subscribe()

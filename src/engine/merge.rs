@@ -32,8 +32,8 @@ pub fn key_of(write: &RuleWrite) -> (RuleAction, Target) {
 ///
 /// - A stored rule that has expired but is not purged yet starts a new life, as if it had been
 ///   purged and made again: nothing of it is kept but its id.
-/// - `Put` replaces the expiry (absent: permanent) and the source; name and description are
-///   replaced when given and kept when not.
+/// - `Put` replaces the expiry (absent: permanent) and the source; name, description and
+///   dataset are replaced when given and kept when not.
 /// - `Report` moves the expiry to the later of the two (a permanent rule stays permanent),
 ///   merges the tags, counts the report and takes the report's dataset; a rule it creates has
 ///   source `report`.
@@ -51,6 +51,7 @@ pub fn merge(stored: Option<&Rule>, write: &RuleWrite, tenant: TenantId, at: Uni
             name,
             description,
             source,
+            dataset,
             ..
         } => {
             let fresh = || NewRule {
@@ -61,7 +62,7 @@ pub fn merge(stored: Option<&Rule>, write: &RuleWrite, tenant: TenantId, at: Uni
                 name: name.clone(),
                 description: description.clone(),
                 source: *source,
-                dataset: None,
+                dataset: dataset.clone(),
                 tags: Vec::new(),
                 reports: 0,
                 created_at: at,
@@ -72,6 +73,7 @@ pub fn merge(stored: Option<&Rule>, write: &RuleWrite, tenant: TenantId, at: Uni
                     expires_at: *expires_at,
                     name: name.clone().or_else(|| rule.name.clone()),
                     description: description.clone().or_else(|| rule.description.clone()),
+                    dataset: dataset.clone().or_else(|| rule.dataset.clone()),
                     source: *source,
                     updated_at: at,
                     ..rule.clone()
@@ -163,6 +165,7 @@ mod tests {
             name: name.map(Into::into),
             description: None,
             source: Source::Signal,
+            dataset: None,
         }
     }
 

@@ -6,7 +6,9 @@
 //! - [`writer`]: group commit, and acknowledgement only after the feed has the changes.
 //! - [`feed`]: the change feed in commit order, to the index and any other subscriber.
 //! - [`use_cases`]: what adapters call: submit signals, submit a report.
+//! - [`check`]: the decision for an address, with the rules behind it, from the index.
 
+pub mod check;
 pub mod feed;
 pub mod merge;
 pub mod ops;

@@ -101,6 +101,8 @@ impl Output {
 #[derive(Debug, Default, Clone)]
 pub struct WriteOutcome {
     pub changes: Vec<Change>,
+    /// Rules the batch created (the other puts refreshed a rule in force).
+    pub created: usize,
     /// Positions of valid items refused because the tenant has reached its rule quota.
     pub over_quota: Vec<usize>,
 }
@@ -175,6 +177,8 @@ struct Rows {
     deletes: Vec<RuleId>,
     /// Per write, in order: the change it makes (rule id 0 until a create is stored).
     changes: Vec<Option<Change>>,
+    /// Rules created so far.
+    created: usize,
     /// Rules the tenant stores, kept current as writes are planned.
     count: u64,
     count_at_start: u64,
@@ -203,6 +207,7 @@ impl Rows {
             updates: Vec::new(),
             deletes: Vec::new(),
             changes: Vec::new(),
+            created: 0,
             count,
             count_at_start: count,
         })
@@ -226,6 +231,7 @@ impl Rows {
             Merged::Create(_) if self.count >= quota => return Ok(false),
             Merged::Create(new) => {
                 self.count += 1;
+                self.created += 1;
                 self.changes.push(None);
                 self.creates.push((self.changes.len() - 1, new));
                 self.pending_keys.insert(key);
@@ -327,10 +333,12 @@ async fn write(
             error,
         });
     }
+    let created = rows.created;
     let changes = rows.finish(tx).await?;
     tx.append_audit(&audit).await?;
     Ok(WriteOutcome {
         changes,
+        created,
         over_quota,
     })
 }

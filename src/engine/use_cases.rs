@@ -9,6 +9,7 @@ use crate::keys::Principal;
 use crate::rules::UnixMillis;
 use crate::signal::EntryError;
 use crate::store::{QueuedReport, ReportKind, WriteBatch};
+use crate::telemetry::names;
 
 /// Bodies from this size up are parsed and validated on the blocking pool, so that one large
 /// request never holds an async worker that look-ups are waiting on.
@@ -48,7 +49,11 @@ impl Engine {
         let policy = self.policies.signals.clone();
         let batch = off_worker(body.len(), move || policy.validate_batch(&body, now))
             .await?
-            .map_err(EngineError::NotABatch)?;
+            .map_err(|problem| {
+                metrics::counter!(names::SIGNAL_BATCHES_REFUSED, "reason" => problem.code())
+                    .increment(1);
+                EngineError::NotABatch(problem)
+            })?;
         let total = batch.items.len();
         let mut refused = batch.refused;
         // Written even when every event was refused: the audit log records what was received.
@@ -60,7 +65,11 @@ impl Engine {
                 at: now,
                 items: batch.items,
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                metrics::counter!(names::SIGNALS, "result" => "failed", "reason" => "store")
+                    .increment(total as u64);
+            })?;
         let quota = self.policies.write.rules_per_tenant;
         refused.extend(
             outcome
@@ -69,6 +78,12 @@ impl Engine {
                 .map(|index| (index, EntryError::over_quota(quota))),
         );
         refused.sort_by_key(|(index, _)| *index);
+        metrics::counter!(names::SIGNALS, "result" => "applied", "reason" => "")
+            .increment((total - refused.len()) as u64);
+        for (_, error) in &refused {
+            metrics::counter!(names::SIGNALS, "result" => "refused", "reason" => error.problem.code())
+                .increment(1);
+        }
         Ok(SignalOutcome { total, refused })
     }
 
@@ -82,13 +97,24 @@ impl Engine {
         now: UnixMillis,
     ) -> Result<i64, EngineError> {
         let policy = self.policies.reports.clone();
+        let counted = |result: &'static str, reason: String| {
+            metrics::counter!(names::REPORTS, "kind" => kind.as_str(), "result" => result, "reason" => reason)
+                .increment(1);
+        };
         let payload = off_worker(body.len(), move || {
             policy
                 .validate(kind, &body)
                 .map(|payload| serde_json::to_string(&payload))
         })
         .await?
-        .map_err(EngineError::InvalidReport)?
+        .map_err(|problems| {
+            let field = problems
+                .first()
+                .map(|p| p.field.clone())
+                .unwrap_or_default();
+            counted("refused", field);
+            EngineError::InvalidReport(problems)
+        })?
         .map_err(|e| EngineError::Internal(format!("encoding a report: {e}")))?;
         let id = self
             .enqueue_report(QueuedReport {
@@ -99,7 +125,9 @@ impl Engine {
                 payload,
                 received_at: now,
             })
-            .await?;
+            .await
+            .inspect_err(|_| counted("failed", "store".into()))?;
+        counted("queued", String::new());
         self.report_queued.notify_one();
         Ok(id)
     }

@@ -133,9 +133,14 @@ async fn run_together(
             Ok(Box::new(outputs) as TxOutput)
         })
     });
-    backend
-        .transact(work)
-        .await?
+    let started = std::time::Instant::now();
+    let result = backend.transact(work).await;
+    metrics::histogram!(crate::telemetry::names::STORE_COMMIT_DURATION)
+        .record(started.elapsed().as_secs_f64());
+    if result.is_err() {
+        metrics::counter!(crate::telemetry::names::STORE_COMMIT_FAILURES).increment(1);
+    }
+    result?
         .downcast::<Vec<Output>>()
         .map(|outputs| *outputs)
         .map_err(|_| {

@@ -90,6 +90,18 @@ impl Geo {
         self.country_path.is_some()
     }
 
+    /// When each configured file was last modified (`"asn"`, `"country"`): how old the data
+    /// is, for operators who must refresh it.
+    pub fn files_modified(&self) -> Vec<(&'static str, SystemTime)> {
+        [("asn", &self.asn_path), ("country", &self.country_path)]
+            .into_iter()
+            .filter_map(|(source, path)| {
+                let modified = std::fs::metadata(path.as_ref()?).ok()?.modified().ok()?;
+                Some((source, modified))
+            })
+            .collect()
+    }
+
     /// Number of swaps since [`Geo::open`].
     pub fn version(&self) -> u64 {
         *self.version.borrow()

@@ -37,7 +37,7 @@
 mod csv;
 mod live;
 mod mmdb;
-mod ranges;
+pub(crate) mod ranges;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -47,9 +47,10 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 
 use crate::rules::{Asn, CountryCode, normalize_ip};
-use ranges::{Family, NetIndex, Row, Table, merge_steps, overlay};
+use ranges::{NetIndex, Row, Table, merge_steps, overlay};
 
 pub use live::Geo;
+pub use ranges::Family;
 
 /// What the data says about one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

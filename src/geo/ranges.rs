@@ -12,7 +12,7 @@ use ipnet::IpNet;
 
 /// Address width in bits of one family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Family {
+pub enum Family {
     V4,
     V6,
 }

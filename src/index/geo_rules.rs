@@ -130,6 +130,17 @@ impl GeoRules {
         self.any = self.asn.span.widen(self.country.span);
     }
 
+    /// Calls `f` with every rule held, expired or not.
+    pub(super) fn each(&self, mut f: impl FnMut(&RuleRef)) {
+        for keyed in [&self.asn, &self.country] {
+            for shard in keyed.shards.iter().flatten() {
+                for rules in shard.entries.values() {
+                    rules.list.iter().for_each(|rule| f(rule));
+                }
+            }
+        }
+    }
+
     fn keyed(&mut self, map: Map) -> &mut Keyed {
         match map {
             Map::Asn => &mut self.asn,
@@ -139,6 +150,17 @@ impl GeoRules {
 
     /// Rules held, and heap bytes used by the maps. `rules` collects the rule records, as
     /// [`super::table::Table::stats`] does.
+    /// Every rule record held, once.
+    pub(super) fn for_each_rule(&self, mut visit: impl FnMut(&Arc<RuleRef>)) {
+        for keyed in [&self.asn, &self.country] {
+            for shard in keyed.shards.iter().flatten() {
+                for targeted in shard.entries.values() {
+                    targeted.list.iter().for_each(&mut visit);
+                }
+            }
+        }
+    }
+
     pub(super) fn stats(&self, rules: &mut HashMap<*const RuleRef, usize>) -> (usize, usize) {
         let mut bytes = 0;
         for keyed in [&self.asn, &self.country] {

@@ -26,11 +26,11 @@ use ipnet::IpNet;
 
 use crate::engine::ChangeSink;
 use crate::geo::{GeoData, GeoRecord};
-use crate::rules::{RuleAction, RuleId, Source, Target, TenantId, UnixMillis, normalize_ip};
+use crate::rules::{Kind, RuleAction, RuleId, Source, Target, TenantId, UnixMillis, normalize_ip};
 use crate::store::{Change, ChangeOp, Snapshot};
 use geo_rules::GeoRules;
-pub use table::Span;
 use table::{Entry, Table, TableStats};
+pub use table::{FOREVER, NONE, Span};
 
 /// What the index keeps of a rule: enough to decide and to list a match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +123,26 @@ impl IpTables {
             v4: Table::build(v4),
             v6: Table::build(v6),
         }
+    }
+}
+
+/// One tenant's IP rules at one instant, as the disjoint intervals decisions read: what an
+/// export walks. Holds that instant's tables (not the whole generation) for as long as it is
+/// kept, however the rules change meanwhile.
+#[derive(Clone)]
+pub struct IpRules(Option<Arc<IpTables>>);
+
+impl IpRules {
+    /// IPv4 intervals in address order, as `(first, last, span)`: the latest expiry of any
+    /// block and any allow rule over each. Gaps are left out; intervals of neighbouring /16s
+    /// are not joined.
+    pub fn v4(&self) -> impl Iterator<Item = (u128, u128, Span)> + '_ {
+        self.0.iter().flat_map(|tables| tables.v4.intervals())
+    }
+
+    /// As [`IpRules::v4`], for IPv6.
+    pub fn v6(&self) -> impl Iterator<Item = (u128, u128, Span)> + '_ {
+        self.0.iter().flat_map(|tables| tables.v6.intervals())
     }
 }
 
@@ -285,6 +305,30 @@ impl Index {
         }
     }
 
+    /// The IP rules of `tenant` as they stand now.
+    pub fn ip_rules(&self, tenant: TenantId) -> IpRules {
+        IpRules(
+            self.current
+                .load()
+                .tenant(tenant)
+                .map(|index| index.ip.clone()),
+        )
+    }
+
+    /// The ASN and country rules of `tenant` active at `now`, in no particular order.
+    pub fn geo_rules(&self, tenant: TenantId, now: UnixMillis) -> Vec<RuleRef> {
+        let generation = self.current.load();
+        let mut out = Vec::new();
+        if let Some(geo) = generation.tenant(tenant).and_then(|t| t.geo.as_deref()) {
+            geo.each(|rule| {
+                if rule.is_active_at(now) {
+                    out.push(rule.clone());
+                }
+            });
+        }
+        out
+    }
+
     /// Publishes `geo` as the data that ASN and country rules are matched by, beside the same
     /// tables: one swap, after which every look-up uses the new data for both the rules and the
     /// answer's ASN and country.
@@ -360,6 +404,34 @@ impl Index {
         let next = patched(&self.current.load(), &fresh);
         self.current.store(Arc::new(next));
         *seq = last_seq;
+    }
+
+    /// Rules in force at `now`, counted by tenant, kind and action (for metrics: a walk over
+    /// every table, so not for the look-up path).
+    pub fn active_rules(&self, now: UnixMillis) -> HashMap<(TenantId, Kind, RuleAction), u64> {
+        let generation = self.current.load();
+        let mut counts = HashMap::new();
+        for (slot, tenant) in generation.tenants.iter().enumerate() {
+            let Some(tenant) = tenant else {
+                continue;
+            };
+            let id = TenantId(slot as i64);
+            // A rule spread over several buckets is one rule.
+            let mut seen = std::collections::HashSet::new();
+            let mut count = |rule: &Arc<RuleRef>| {
+                if rule.is_active_at(now) && seen.insert(Arc::as_ptr(rule)) {
+                    *counts
+                        .entry((id, rule.target.kind(), rule.action))
+                        .or_insert(0) += 1;
+                }
+            };
+            tenant.ip.v4.for_each_rule(&mut count);
+            tenant.ip.v6.for_each_rule(&mut count);
+            if let Some(geo) = &tenant.geo {
+                geo.for_each_rule(&mut count);
+            }
+        }
+        counts
     }
 
     /// Prefixes held and heap bytes used, over all tenants.

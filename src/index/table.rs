@@ -57,6 +57,9 @@ pub trait Addr: Copy + Ord + Eq + Hash + Debug + Send + Sync + 'static {
 
     /// The first address of third-byte block `block` of bucket `bucket` (a /24 in IPv4).
     fn block_start(bucket: u16, block: u8) -> Self;
+
+    /// The address as a `u128` (IPv4 in the low 32 bits).
+    fn wide(self) -> u128;
 }
 
 impl Addr for u32 {
@@ -100,6 +103,10 @@ impl Addr for u32 {
 
     fn block_start(bucket: u16, block: u8) -> Self {
         Self::bucket_start(bucket) | (u32::from(block) << 8)
+    }
+
+    fn wide(self) -> u128 {
+        u128::from(self)
     }
 }
 
@@ -146,6 +153,10 @@ impl Addr for u128 {
 
     fn block_start(bucket: u16, block: u8) -> Self {
         Self::bucket_start(bucket) | (u128::from(block) << 104)
+    }
+
+    fn wide(self) -> u128 {
+        self
     }
 }
 
@@ -464,6 +475,17 @@ impl<A: Addr> Table<A> {
         found
     }
 
+    /// Every decision interval of the table in address order, as `(first, last, span)` with
+    /// addresses widened to `u128`. Buckets without rules are skipped; neighbours are not
+    /// merged across buckets.
+    pub fn intervals(&self) -> Intervals<'_, A> {
+        Intervals {
+            table: self,
+            bucket: 0,
+            current: None,
+        }
+    }
+
     /// The entries of a bucket, sorted by (start, length, rule id), read back from its prefixes.
     fn entries(&self, key: u16) -> Vec<Entry<A>> {
         let Some((nodes, rules)) = self.chunks[usize::from(key) / CHUNK]
@@ -568,6 +590,17 @@ impl<A: Addr> Table<A> {
         })
     }
 
+    /// Every rule record the table points to, once per bucket that holds it.
+    pub fn for_each_rule(&self, mut visit: impl FnMut(&Arc<RuleRef>)) {
+        for chunk in self.chunks.iter().flatten() {
+            for hot in &chunk.hot {
+                for rule in hot.rules.iter().flat_map(|list| list.iter()) {
+                    visit(rule);
+                }
+            }
+        }
+    }
+
     /// Sizes, for the memory report. `rules` collects the rule records the table points to
     /// (they are shared between buckets and tables, so the caller counts each once).
     pub fn stats(
@@ -596,6 +629,42 @@ impl<A: Addr> Table<A> {
             }
         }
         stats
+    }
+}
+
+/// See [`Table::intervals`]. Holds one bucket's position at a time.
+pub struct Intervals<'a, A: Addr> {
+    table: &'a Table<A>,
+    /// The next bucket to enter.
+    bucket: u32,
+    /// The bucket being read: its key, words, section sizes and the next interval.
+    current: Option<(u16, &'a [u64], intervals::Counts, usize)>,
+}
+
+impl<A: Addr> Iterator for Intervals<'_, A> {
+    type Item = (u128, u128, Span);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((key, words, counts, at)) = &mut self.current {
+                if let Some(item) = intervals::nth::<A>(words, *counts, *key, *at) {
+                    *at += 1;
+                    return Some(item);
+                }
+                self.current = None;
+            }
+            let key = u16::try_from(self.bucket).ok()?;
+            self.bucket += 1;
+            let Some(chunk) = self.table.chunks[usize::from(key) / CHUNK].as_deref() else {
+                // The whole chunk is empty: skip to its end.
+                self.bucket = (u32::from(key) / CHUNK as u32 + 1) * CHUNK as u32;
+                continue;
+            };
+            let hot = &chunk.hot[usize::from(key) % CHUNK];
+            if let Some(words) = hot.words.as_deref() {
+                self.current = Some((key, words, hot.counts, 0));
+            }
+        }
     }
 }
 
@@ -782,6 +851,31 @@ mod intervals {
             uniform,
             common_until,
         }
+    }
+
+    /// Interval `at` of bucket `bucket` as `(first, last, span)`, if there is one.
+    pub fn nth<A: Addr>(
+        words: &[u64],
+        counts: Counts,
+        bucket: u16,
+        at: usize,
+    ) -> Option<(u128, u128, Span)> {
+        let layout = Layout::of::<A>(counts);
+        let keys =
+            &bytemuck::cast_slice::<u64, A::Key>(&words[layout.keys..layout.numbers])[..layout.n];
+        let numbers = bytemuck::cast_slice::<u64, u32>(&words[layout.numbers..layout.spans]);
+        let first = A::from_parts(bucket, *keys.get(at)?).wide();
+        let last = match keys.get(at + 1) {
+            // Keys ascend, so the next one is above `first` and the subtraction cannot wrap.
+            Some(next) => A::from_parts(bucket, *next).wide() - 1,
+            None => A::bucket_start(bucket).broadcast(16).wide(),
+        };
+        let span_at = layout.spans + 2 * *numbers.get(at)? as usize;
+        let span = Span {
+            block_until: *words.get(span_at)? as i64,
+            allow_until: *words.get(span_at + 1)? as i64,
+        };
+        Some((first, last, span))
     }
 
     /// The expiries deciding the address at `key`.

@@ -1097,3 +1097,63 @@ proptest! {
         }
     }
 }
+
+/// The intervals an export walks: in address order, across buckets, with both expiries.
+#[test]
+fn ip_rules_walk_the_decision_intervals_in_order() {
+    let mut f = Fixture::new();
+    f.change(
+        T1,
+        1,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "10.0.0.0/15",
+        Some(5000),
+    );
+    f.change(T1, 2, ChangeOp::Put, RuleAction::Allow, "10.1.2.3/32", None);
+    f.block(3, "2001:db8::/32");
+    f.change(
+        T1,
+        4,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "1.2.3.4/32",
+        Some(7000),
+    );
+    let rules = f.index.ip_rules(T1);
+    let v4: Vec<(u128, u128, Span)> = rules
+        .v4()
+        .filter(|(_, _, span)| span.block_until != NONE || span.allow_until != NONE)
+        .collect();
+    let ip = |s: &str| u128::from(u32::from(s.parse::<std::net::Ipv4Addr>().unwrap()));
+    let block = |until| Span {
+        block_until: until,
+        allow_until: NONE,
+    };
+    assert_eq!(
+        v4,
+        [
+            (ip("1.2.3.4"), ip("1.2.3.4"), block(7000)),
+            (ip("10.0.0.0"), ip("10.0.255.255"), block(5000)),
+            (ip("10.1.0.0"), ip("10.1.2.2"), block(5000)),
+            (
+                ip("10.1.2.3"),
+                ip("10.1.2.3"),
+                Span {
+                    block_until: 5000,
+                    allow_until: FOREVER
+                }
+            ),
+            (ip("10.1.2.4"), ip("10.1.255.255"), block(5000)),
+        ]
+    );
+    let v6: Vec<_> = rules
+        .v6()
+        .filter(|(_, _, s)| s.block_until != NONE)
+        .collect();
+    assert_eq!(
+        v6,
+        [(0x2001_0db8 << 96, (0x2001_0db9 << 96) - 1, block(FOREVER))]
+    );
+    assert_eq!(f.index.ip_rules(T2).v4().count(), 0);
+}

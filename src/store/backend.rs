@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use super::{
     AuditEntry, BouncerRecord, Change, CursorMove, DecisionDelta, NewKey, Page, Pull, QueueStats,
-    QueuedReport, RuleQuery, Snapshot, StoreResult, StreamCursor,
+    QueuedReport, RuleCount, RuleQuery, Snapshot, StoreResult, StreamCursor,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
@@ -137,6 +137,10 @@ pub trait Backend: Send + Sync + 'static {
     ) -> StoreResult<Option<Rule>>;
 
     async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>>;
+
+    /// The tenant's rules active at `now`, counted by kind and action (one row per pair that
+    /// has any).
+    async fn rule_counts(&self, tenant: TenantId, now: UnixMillis) -> StoreResult<Vec<RuleCount>>;
 
     /// Audit entries, newest first; `before` is the cursor.
     async fn audit(

@@ -10,7 +10,7 @@ pub mod backend;
 pub mod postgres;
 pub mod sqlite;
 
-use crate::keys::{KeyDigest, Role, TenantName};
+use crate::keys::{ApiKey, KeyDigest, Role, TenantName};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
 
 /// Why the store failed, whatever the backend: the engine and the API see only this.
@@ -45,7 +45,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleWrite {
     /// Creates the rule for `(action, target)` or refreshes it: the expiry is always replaced
-    /// (absent means permanent); name and description are replaced when given and kept when not.
+    /// (absent means permanent); name, description and dataset are replaced when given and
+    /// kept when not.
     Put {
         action: RuleAction,
         target: Target,
@@ -53,6 +54,8 @@ pub enum RuleWrite {
         name: Option<String>,
         description: Option<String>,
         source: Source,
+        /// The list the rule came from (an imported blocklist).
+        dataset: Option<String>,
     },
     /// Removes the rule for exactly `(action, target)`; nothing to remove is not an error.
     Remove { action: RuleAction, target: Target },
@@ -112,6 +115,17 @@ pub struct QueuedReport {
     /// The validated request as JSON (see `reports::ReportPayload`).
     pub payload: String,
     pub received_at: UnixMillis,
+}
+
+/// How many active rules of one kind and action a tenant has. IP rules of one address and IP
+/// rules of a wider range are counted apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleCount {
+    pub kind: Kind,
+    /// An IP rule wider than one address.
+    pub range: bool,
+    pub action: RuleAction,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -319,6 +333,21 @@ pub struct NewKey {
     pub tenant: TenantName,
     pub digest: KeyDigest,
     pub at: UnixMillis,
+}
+
+impl NewKey {
+    /// The key as stored, once its backend has given it `id` in `tenant`.
+    pub fn stored(&self, id: i64, tenant: TenantId) -> ApiKey {
+        ApiKey {
+            id,
+            name: self.name.clone(),
+            role: self.role,
+            tenant: self.tenant.clone(),
+            tenant_id: tenant,
+            created_at: self.at,
+            revoked_at: None,
+        }
+    }
 }
 
 /// The text an audit entry keeps of an event: the event itself when it is at most

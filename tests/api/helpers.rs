@@ -23,6 +23,8 @@ pub struct TestApp {
     pub state: AppState,
     pub http: reqwest::Client,
     pub clock: Option<Arc<ManualClock>>,
+    /// `http://host:port` of the keyless metrics listener, when `metrics_listen` is set.
+    pub metrics_base: Option<String>,
     _stop: oneshot::Sender<()>,
     pub _dir: TempDir,
 }
@@ -74,6 +76,7 @@ pub async fn spawn_config(config: Config, clock: Option<Arc<ManualClock>>) -> Te
     let base = format!("http://{}", app.local_addr());
     let admin = app.bootstrap_key.clone().unwrap_or_default();
     let state = app.state().clone();
+    let metrics_base = app.metrics_addr().map(|a| format!("http://{a}"));
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -84,6 +87,7 @@ pub async fn spawn_config(config: Config, clock: Option<Arc<ManualClock>>) -> Te
         state,
         http: reqwest::Client::new(),
         clock,
+        metrics_base,
         _stop: stop,
         _dir: tempfile::tempdir().unwrap(),
     }

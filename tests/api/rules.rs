@@ -205,6 +205,9 @@ async fn docs_and_health() {
         "/v1/rules",
         "/v1/rules/{id}",
         "/v1/audit",
+        "/v1/blocklist",
+        "/v1/config",
+        "/v1/authcheck",
         "/healthz",
     ] {
         assert!(

@@ -127,6 +127,7 @@ fn put(target: &str, expires_at: Option<i64>, name: Option<&str>) -> RuleWrite {
         name: name.map(Into::into),
         description: None,
         source: Source::Signal,
+        dataset: None,
     }
 }
 

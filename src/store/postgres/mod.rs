@@ -54,7 +54,8 @@ use sqlx::{QueryBuilder, Row, SqlSafeStr};
 use super::backend::{Backend, RuleChunks, Transaction};
 use super::{
     AuditEntry, BouncerRecord, Change, ChangeOp, CursorMove, DecisionDelta, Page, Pull, QueueStats,
-    QueuedReport, ReportKind, RuleQuery, Snapshot, StoreError, StoreResult, StreamCursor,
+    QueuedReport, ReportKind, RuleCount, RuleQuery, Snapshot, StoreError, StoreResult,
+    StreamCursor,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis};
@@ -691,6 +692,32 @@ impl Backend for PgBackend {
         .await
         .map_err(db)?;
         Ok(found.map(|(_, principal)| principal))
+    }
+
+    async fn rule_counts(&self, tenant: TenantId, now: UnixMillis) -> StoreResult<Vec<RuleCount>> {
+        let rows: Vec<(String, String, bool, i64)> = sqlx::query_as(
+            "SELECT kind, action,
+                    kind = 'ip' AND target NOT LIKE '%/32' AND target NOT LIKE '%/128', count(*)
+             FROM rules WHERE tenant_id = $1 AND (expires_at IS NULL OR expires_at > $2)
+             GROUP BY 1, 2, 3",
+        )
+        .bind(tenant.0)
+        .bind(now.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(kind, action, range, count)| {
+                Ok(RuleCount {
+                    kind: Kind::parse(&kind)
+                        .ok_or_else(|| StoreError::Corrupt(format!("kind {kind}")))?,
+                    range,
+                    action: RuleAction::parse(&action)
+                        .ok_or_else(|| StoreError::Corrupt(format!("action {action}")))?,
+                    count: count as u64,
+                })
+            })
+            .collect()
     }
 
     async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats> {

@@ -485,15 +485,7 @@ impl Transaction for PgTransaction {
         .fetch_one(&mut *self.tx)
         .await
         .map_err(db)?;
-        Ok(ApiKey {
-            id,
-            name: key.name.clone(),
-            role: key.role,
-            tenant: key.tenant.clone(),
-            tenant_id: tenant,
-            created_at: key.at,
-            revoked_at: None,
-        })
+        Ok(key.stored(id, tenant))
     }
 
     async fn revoke_key(&mut self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>> {

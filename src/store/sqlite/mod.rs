@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::backend::{Backend, RuleChunks, Transaction, TxOutput, TxWork};
 use super::{
     AuditEntry, BouncerRecord, Change, CursorMove, DecisionDelta, Page, Pull, QueueStats,
-    RuleQuery, Snapshot, StoreError, StoreResult, StreamCursor,
+    RuleCount, RuleQuery, Snapshot, StoreError, StoreResult, StreamCursor,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Rule, RuleId, TenantId, UnixMillis};
@@ -268,6 +268,10 @@ impl Backend for SqliteBackend {
 
     async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>> {
         self.read(move |c| read::rules(c, tenant, &query)).await
+    }
+
+    async fn rule_counts(&self, tenant: TenantId, now: UnixMillis) -> StoreResult<Vec<RuleCount>> {
+        self.read(move |c| read::rule_counts(c, tenant, now)).await
     }
 
     async fn audit(

@@ -5,10 +5,10 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::rows::{self, CHANGE_COLUMNS, KEY_COLUMNS, LIVE_KEY_COLUMNS, RULE_COLUMNS};
 use crate::keys::{ApiKey, KeyDigest, Principal};
-use crate::rules::{Rule, RuleId, TenantId, UnixMillis};
+use crate::rules::{Kind, Rule, RuleAction, RuleId, TenantId, UnixMillis};
 use crate::store::{
-    AuditEntry, BouncerRecord, Change, DecisionDelta, Page, QueueStats, RuleQuery, Snapshot,
-    StoreResult, StreamCursor,
+    AuditEntry, BouncerRecord, Change, DecisionDelta, Page, QueueStats, RuleCount, RuleQuery,
+    Snapshot, StoreError, StoreResult, StreamCursor,
 };
 
 /// Fetches one row more than asked to learn whether a next page exists.
@@ -196,6 +196,40 @@ pub fn live_key(conn: &Connection, digest: &KeyDigest) -> StoreResult<Option<Pri
         .map(|row| rows::live_key(row).map(|(_, principal)| principal))
         .transpose()
 }
+
+pub fn rule_counts(
+    conn: &Connection,
+    tenant: TenantId,
+    now: UnixMillis,
+) -> StoreResult<Vec<RuleCount>> {
+    let mut statement = conn.prepare_cached(RULE_COUNTS)?;
+    let rows = statement.query_map(rusqlite::params![tenant.0, now.0], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, bool>(2)?,
+            row.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut counts = Vec::new();
+    for row in rows {
+        let (kind, action, range, count) = row?;
+        counts.push(RuleCount {
+            kind: Kind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("kind {kind}")))?,
+            range,
+            action: RuleAction::parse(&action)
+                .ok_or_else(|| StoreError::Corrupt(format!("action {action}")))?,
+            count: count as u64,
+        });
+    }
+    Ok(counts)
+}
+
+/// Single addresses keep their `/32` or `/128` in the stored text (see `rules::Target`).
+pub const RULE_COUNTS: &str = "SELECT kind, action,
+        kind = 'ip' AND target NOT LIKE '%/32' AND target NOT LIKE '%/128', count(*)
+    FROM rules WHERE tenant_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
+    GROUP BY 1, 2, 3";
 
 pub fn queue_stats(conn: &Connection, tenant: Option<TenantId>) -> StoreResult<QueueStats> {
     let (depth, oldest): (i64, Option<i64>) = conn.query_row(

@@ -161,15 +161,7 @@ impl Transaction for Direct<'_> {
                 &key.digest[..],
                 key.at.0
             ])?;
-        Ok(ApiKey {
-            id: self.conn.last_insert_rowid(),
-            name: key.name.clone(),
-            role: key.role,
-            tenant: key.tenant.clone(),
-            tenant_id: tenant,
-            created_at: key.at,
-            revoked_at: None,
-        })
+        Ok(key.stored(self.conn.last_insert_rowid(), tenant))
     }
 
     async fn revoke_key(&mut self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>> {

@@ -1,0 +1,398 @@
+//! The operator's commands on the real binary: `rules import` into the store a running server
+//! follows, on SQLite and PostgreSQL; `config check` of the shipped example; the systemd unit.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::helpers::{Server, start_command};
+
+/// An upper bound for something that must happen, never a measure of how fast.
+const EVENTUALLY: Duration = Duration::from_secs(20);
+
+/// Where a test's processes keep their rules.
+enum Store {
+    Sqlite,
+    Postgres { url: String, schema: String },
+}
+
+impl Store {
+    fn command(&self, data: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        command.args(args).arg("--data-dir").arg(data);
+        if let Store::Postgres { url, schema } = self {
+            command
+                .env("PALISADE_DATABASE_URL", url)
+                .env("PALISADE_DATABASE__SCHEMA", schema);
+        }
+        command.env("PALISADE_STORE__FOLLOW_INTERVAL_MS", "500");
+        command
+    }
+}
+
+fn import(store: &Store, data: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut full = vec!["rules", "import"];
+    full.extend_from_slice(args);
+    let mut command = store.command(data, &full);
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+async fn blocked(server: &Server, key: &str, ip: &str) -> bool {
+    let response = reqwest::Client::new()
+        .get(format!("{}/v1/check?ip={ip}", server.base))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["blocked"].as_bool().unwrap()
+}
+
+async fn eventually_blocked(server: &Server, key: &str, ip: &str) {
+    let start = Instant::now();
+    while !blocked(server, key, ip).await {
+        assert!(start.elapsed() < EVENTUALLY, "{ip} was never blocked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const NETSET: &str = "\
+#
+# firehol_level1 (excerpt)
+#
+192.0.2.0/24
+198.51.100.7
+# a line a person broke:
+198.51.100.300
+2001:db8:1::/48
+127.0.0.0/8
+";
+
+async fn imports_are_enforced_by_a_running_server(store: Store) {
+    let data = tempfile::tempdir().unwrap();
+    let serve = store.command(data.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    let (server, key) = start_command(serve, true);
+    let key = key.expect("a new store prints an admin key");
+    let list = data.path().join("level1.netset");
+    std::fs::write(&list, NETSET).unwrap();
+
+    let output = import(
+        &store,
+        data.path(),
+        &[
+            list.to_str().unwrap(),
+            "--format",
+            "netset",
+            "--dataset",
+            "firehol_level1",
+            "--name",
+            "level1",
+        ],
+        None,
+    );
+    // Two bad lines: exit 1, but the good lines are in.
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let summary = stdout(&output);
+    assert!(summary.contains("9 lines"), "{summary}");
+    assert!(
+        summary.contains("3 rules added, 0 refreshed, 2 invalid lines"),
+        "{summary}"
+    );
+    assert!(summary.contains("line 7: "), "{summary}");
+    assert!(
+        summary.contains("line 9: must not cover the protected range 127.0.0.0/8"),
+        "{summary}"
+    );
+    // The server (another process) enforces them without being told.
+    eventually_blocked(&server, &key, "198.51.100.7").await;
+    eventually_blocked(&server, &key, "192.0.2.200").await;
+    eventually_blocked(&server, &key, "2001:db8:1::5").await;
+    let rules: serde_json::Value = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/rules?dataset=firehol_level1&limit=100",
+            server.base
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rules = rules["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert!(rules.iter().all(|r| r["name"] == "level1"));
+
+    // Again, from standard input, auto-detected, with an expiry: the same rules refreshed.
+    let valid: String = NETSET
+        .lines()
+        .filter(|l| !l.contains("300") && !l.starts_with("127."))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let output = import(
+        &store,
+        data.path(),
+        &["-", "--expiration", "3600"],
+        Some(&valid),
+    );
+    assert!(
+        output.status.success(),
+        "{}{}",
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout(&output).contains("0 rules added, 3 refreshed, 0 invalid lines"),
+        "{}",
+        stdout(&output)
+    );
+    // No progress bar off a terminal: stdout is the summary alone.
+    assert_eq!(stdout(&output).lines().count(), 1, "{}", stdout(&output));
+}
+
+#[tokio::test]
+async fn imports_are_enforced_by_a_running_server_on_sqlite() {
+    imports_are_enforced_by_a_running_server(Store::Sqlite).await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
+async fn imports_are_enforced_by_a_running_server_on_postgres() {
+    let store = Store::Postgres {
+        url: crate::pg::url(),
+        schema: crate::pg::fresh_schema().await,
+    };
+    imports_are_enforced_by_a_running_server(store).await;
+}
+
+#[tokio::test]
+async fn each_import_format_reads_its_fixture() {
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::Sqlite;
+    // The store needs its tenant: the first start of a server makes it.
+    let serve = store.command(data.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    let (server, _) = start_command(serve, true);
+    drop(server);
+    let fixtures = [
+        (
+            "drop",
+            "; Spamhaus DROP List\n1.10.16.0/20 ; SBL256894\n1.19.0.0/16 ; SBL434604\n300.0.0.0/8 ; SBL1\n",
+            2,
+            vec![4],
+        ),
+        (
+            "csv",
+            "network,name\n203.0.113.0/24,scanners\n203.0.113.999,bad\n",
+            1,
+            vec![3],
+        ),
+        (
+            "json",
+            "[{\"target\":\"192.0.2.0/24\",\"action\":\"block\",\"name\":\"x\"},{\"target\":\"AS0\"}]",
+            1,
+            vec![2],
+        ),
+        ("plain", "198.51.100.1\n\nnonsense here\n", 1, vec![3]),
+    ];
+    for (format, text, added, bad) in fixtures {
+        let output = import(&store, data.path(), &["-", "--format", format], Some(text));
+        let summary = stdout(&output);
+        assert_eq!(output.status.code(), Some(1), "{format}: {summary}");
+        assert!(
+            summary.contains(&format!("{added} rules added")),
+            "{format}: {summary}"
+        );
+        for line in bad {
+            assert!(
+                summary.contains(&format!("line {line}: ")),
+                "{format}: {summary}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_import_options_are_refused_before_reading() {
+    let data = tempfile::tempdir().unwrap();
+    let output = import(
+        &Store::Sqlite,
+        data.path(),
+        &["-", "--dataset", "no spaces"],
+        Some("192.0.2.1\n"),
+    );
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--dataset"));
+}
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The shipped example configuration passes `config check`, as CI runs it.
+#[test]
+fn the_deploy_configuration_passes_config_check() {
+    let output = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["config", "check"])
+        .arg(repo("deploy/palisade.toml"))
+        .env_remove("PALISADE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let shown = stdout(&output);
+    assert!(shown.contains("max_connections = 10000"), "{shown}");
+}
+
+#[test]
+fn config_check_names_the_line_of_an_unknown_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("palisade.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:8080\"\n[store]\nfollow_interval = 100\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["config", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        errors.contains("line 3: unknown field `follow_interval`"),
+        "{errors}"
+    );
+}
+
+#[test]
+#[ignore = "needs systemd-analyze (package systemd); bash .ci/run runs it"]
+fn the_systemd_unit_verifies() {
+    crate::helpers::require("systemd-analyze", &["--version"]);
+    // The unit names the binary where packages put it; verify resolves it, so point it at ours.
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(repo("deploy/palisade.service")).unwrap();
+    let unit = unit.replace("/usr/bin/palisade", env!("CARGO_BIN_EXE_palisade"));
+    let path = dir.path().join("palisade.service");
+    std::fs::write(&path, unit).unwrap();
+    let output = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{errors}");
+    // verify warns without failing; a warning about this unit is a fault in it.
+    assert!(!errors.contains("palisade.service"), "{errors}");
+}
+
+/// SIGTERM while clients keep writing: the server stops accepting, answers what it took,
+/// exits 0, and every write it acknowledged is there after a restart.
+#[tokio::test]
+async fn sigterm_under_load_loses_no_acknowledged_write() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let data = tempfile::tempdir().unwrap();
+    let (mut server, key) = crate::helpers::start(data.path(), true);
+    let key = key.unwrap();
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..4u32 {
+        let (base, key, acknowledged) = (server.base.clone(), key.clone(), acknowledged.clone());
+        clients.spawn(async move {
+            let http = reqwest::Client::new();
+            let mut written = Vec::new();
+            for batch in 0u32.. {
+                let ips: Vec<String> = (0..5)
+                    .map(|n| {
+                        let i = batch * 5 + n;
+                        format!("10.{client}.{}.{}", i / 250, i % 250 + 1)
+                    })
+                    .collect();
+                let events: Vec<_> = ips.iter().map(|ip| crate::helpers::block_ip(ip)).collect();
+                let sent = http
+                    .post(format!("{base}/v1/signal"))
+                    .bearer_auth(&key)
+                    .json(&events)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == StatusCode::OK => {
+                        written.extend(ips);
+                        acknowledged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Refused or cut off while stopping: not acknowledged, so not owed.
+                    Ok(_) | Err(_) => break,
+                }
+            }
+            written
+        });
+    }
+    let start = Instant::now();
+    while acknowledged.load(Ordering::Relaxed) < 200 {
+        assert!(start.elapsed() < EVENTUALLY, "the clients made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = i32::try_from(server.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut written = Vec::new();
+    while let Some(done) = clients.join_next().await {
+        written.extend(done.unwrap());
+    }
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < EVENTUALLY * 2, "the server did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        status.success(),
+        "{status:?}\n{}",
+        server.logs.lock().unwrap()
+    );
+    drop(server);
+
+    let (server, _) = crate::helpers::start(data.path(), false);
+    let http = reqwest::Client::new();
+    let mut missing = Vec::new();
+    for ip in &written {
+        let body: serde_json::Value = http
+            .get(format!("{}/v1/check?ip={ip}", server.base))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["blocked"] != true {
+            missing.push(ip.clone());
+        }
+    }
+    assert!(written.len() >= 1000, "{}", written.len());
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+}
