@@ -6,6 +6,9 @@
 //! - `console/rules_by_target`: `GET /console/rules?q=CIDR`, an exact target.
 //! - `console/rules_covering`: `GET /console/rules?q=ADDRESS`, every rule covering it.
 //! - `console/check_blocked`, `console/check_clear`: `GET /console/check?ip=`.
+//! - `console/overview_first` (printed once): the first `GET /console/`, which counts the
+//!   rules by kind; `console/overview_counted`: later ones, which reuse that count for
+//!   `console.counts_refresh_secs`.
 //!
 //! `cargo bench --bench console`
 
@@ -63,7 +66,8 @@ fn cookie_of(response: &reqwest::Response) -> String {
 }
 
 fn csrf_of(body: &str) -> String {
-    let at = body.find(r#"name="csrf" value=""#).expect("a CSRF field") + 20;
+    let field = r#"name="csrf" value=""#;
+    let at = body.find(field).expect("a CSRF field") + field.len();
     body[at..at + body[at..].find('"').expect("a closing quote")].to_owned()
 }
 
@@ -162,7 +166,16 @@ fn bench(c: &mut Criterion) {
             "/console/check?ip=192.0.2.1".to_owned(),
             "not blocked",
         ),
+        (
+            "overview_counted",
+            "/console/".to_owned(),
+            "Active rules: 1000000",
+        ),
     ];
+    // The first overview counts the rules; later ones within counts_refresh_secs reuse that.
+    let started = std::time::Instant::now();
+    get("/console/".to_owned(), "Active rules: 1000000");
+    println!("console/overview_first (counting): {:?}", started.elapsed());
     let mut group = c.benchmark_group("console");
     for (name, path, needle) in pages {
         group.bench_function(name, |b| b.iter(|| black_box(get(path.clone(), needle))));

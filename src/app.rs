@@ -67,11 +67,16 @@ impl Application {
         // Subscribed before the index takes the data in force: a reload from then on reaches it.
         let geo_versions = geo.subscribe();
         let index = Arc::new(Index::new(geo.current().clone()));
+        let expansions = Expansions::new(index.clone(), geo.clone(), clock.clone());
         let backend = open_until_ready(&config).await?;
         let feed = Arc::new(Feed::new(
             backend.clone(),
             clock.clone(),
-            vec![index.clone() as Arc<dyn ChangeSink>],
+            // The index first: the expansions are built from it.
+            vec![
+                index.clone() as Arc<dyn ChangeSink>,
+                expansions.clone() as Arc<dyn ChangeSink>,
+            ],
         ));
         load_until_ready(&feed, config.database.url.is_some()).await?;
         let stats = index.stats();
@@ -82,8 +87,7 @@ impl Application {
         );
         let readiness = Arc::new(Readiness::new());
         readiness.index_loaded();
-        let expansions = Expansions::new(index.clone(), geo.clone(), clock.clone());
-        let expansion_followers = expansions.follow(&feed, geo.subscribe());
+        let expansions_follow_geo = expansions.follow_geo(geo.subscribe());
         let range_limits = config.crowdsec.range_limits().map_err(anyhow::Error::msg)?;
         let asn_catalog: Option<Arc<dyn AsnCatalog>> = if geo.has_asn_source() {
             Some(geo.clone())
@@ -173,18 +177,20 @@ impl Application {
             )),
             body_limits: config.limits.clone(),
             body_read_timeout: Duration::from_secs(config.server.body_read_timeout_secs.max(1)),
-            expansions,
+            expansions: expansions.clone(),
             range_limits,
+            expand_geo: config
+                .crowdsec
+                .expand_geo(geo.has_asn_source() || geo.has_country_source()),
             export_turns: Arc::new(tokio::sync::Semaphore::new(config.exports.max_concurrent)),
             exports: config.exports.clone(),
             tally: Default::default(),
             console: config.console.clone(),
         }));
 
-        let [follow_rules, follow_geo] = expansion_followers;
-        let tasks = BackgroundTasks(vec![
-            follow_rules,
-            follow_geo,
+        let (engine_for_subscriptions, clock_for_subscriptions) = (engine.clone(), clock.clone());
+        let mut tasks = BackgroundTasks(vec![
+            expansions_follow_geo,
             tokio::spawn(refresh_keys(state.clone())),
             geo.spawn_watcher(),
             tokio::spawn(follow(
@@ -212,6 +218,13 @@ impl Application {
                 Duration::from_secs(config.store.purge_interval_secs.max(1)),
             )),
         ]);
+        for subscription in config.subscriptions.iter().cloned() {
+            tasks.0.push(tokio::spawn(crate::subscriptions::run(
+                engine_for_subscriptions.clone(),
+                clock_for_subscriptions.clone(),
+                subscription,
+            )));
+        }
         Ok(Self {
             listener,
             metrics_listener,

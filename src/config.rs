@@ -44,6 +44,9 @@ pub struct Config {
     /// CrowdSec bouncers (`/v1/decisions`, `/v1/decisions/stream`) and what enforcement
     /// points are given of ASN and country rules.
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
+    /// Blocklists fetched on an interval, each kept as the rules of its dataset
+    /// (`[[subscriptions]]`).
+    pub subscriptions: Vec<crate::subscriptions::SubscriptionConfig>,
     pub exports: ExportsConfig,
     /// A second address serving only `GET /metrics`, without a key (keep it on a private
     /// network); unset: metrics only on `listen`, for admin keys. Env `PALISADE_METRICS_LISTEN`.
@@ -345,6 +348,7 @@ impl Default for Config {
             exports: ExportsConfig::default(),
             metrics_listen: None,
             console: crate::console::ConsoleConfig::default(),
+            subscriptions: Vec::new(),
         }
     }
 }
@@ -526,5 +530,36 @@ mod tests {
         let file = dir.path().join("palisade.toml");
         std::fs::write(&file, "[guard]\nmin_prefix = 12\n").unwrap();
         assert!(Config::load(Some(&file), &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn crowdsec_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("palisade.toml");
+        std::fs::write(
+            &file,
+            "[crowdsec]\nmax_decisions = 60000\n[crowdsec.max_decisions_per_key]\n\"7\" = 5\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), &Overrides::default()).unwrap();
+        let limits = config.crowdsec.range_limits().unwrap();
+        assert_eq!(limits.default, Some(60000));
+        assert_eq!(limits.per_key.get(&7), Some(&5));
+        assert!(config.crowdsec.expand_geo(true));
+        assert!(!config.crowdsec.expand_geo(false));
+        let off = crate::crowdsec::CrowdsecConfig {
+            expand_geo: Some(false),
+            ..crate::crowdsec::CrowdsecConfig::default()
+        };
+        assert!(!off.expand_geo(true));
+        let bad = crate::crowdsec::CrowdsecConfig {
+            max_decisions_per_key: [("admin".to_owned(), 1)].into(),
+            ..crate::crowdsec::CrowdsecConfig::default()
+        };
+        assert!(
+            bad.range_limits()
+                .unwrap_err()
+                .contains("\"admin\" is not a key id")
+        );
     }
 }

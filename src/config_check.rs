@@ -83,6 +83,9 @@ fn semantic_problems(config: &Config, text: &str) -> Vec<Problem> {
     if let Err(message) = config.rate_limits.per_key_ids() {
         problem("rate_limits", "per_key", message);
     }
+    if let Err(message) = config.crowdsec.range_limits() {
+        problem("crowdsec", "max_decisions_per_key", message);
+    }
     if config.guard.min_prefix_v4 > 32 {
         problem("guard", "min_prefix_v4", "must be at most 32".into());
     }
@@ -100,6 +103,23 @@ fn semantic_problems(config: &Config, text: &str) -> Vec<Problem> {
             "url",
             "must be a postgres:// or postgresql:// URL".into(),
         );
+    }
+    for (at, subscription) in config.subscriptions.iter().enumerate() {
+        if !subscription.url.starts_with("http://") {
+            let message = format!(
+                "{:?} (entry {}) must be an http:// URL",
+                subscription.url,
+                at + 1
+            );
+            problem("subscriptions", "url", message);
+        }
+        if subscription.dataset.is_empty() {
+            problem(
+                "subscriptions",
+                "dataset",
+                format!("(entry {}) must not be empty", at + 1),
+            );
+        }
     }
     for (key, path) in [("asn", &config.geo.asn), ("country", &config.geo.country)] {
         if let Some(path) = path
@@ -132,7 +152,11 @@ fn line_of(text: &str, section: &str, key: &str) -> Option<usize> {
     for (n, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if let Some(header) = trimmed.strip_prefix('[') {
-            current = header.trim_end_matches(']').trim().to_owned();
+            current = header
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .trim()
+                .to_owned();
             continue;
         }
         if current == section
@@ -273,6 +297,21 @@ mod tests {
                 ..Default::default()
             },
             metrics_listen: Some("127.0.0.1:9100".parse().unwrap()),
+            subscriptions: vec![crate::subscriptions::SubscriptionConfig {
+                url: "http://x".into(),
+                format: crate::import::Format::Auto,
+                interval: 1,
+                dataset: "d".into(),
+                action: crate::import::ImportAction::Block,
+                tenant: "t".into(),
+                max_bytes: 1,
+                timeout_secs: 1,
+            }],
+            crowdsec: crate::crowdsec::CrowdsecConfig {
+                expand_geo: Some(true),
+                max_decisions: Some(1),
+                ..Default::default()
+            },
             ..Config::default()
         })
         .unwrap();
@@ -287,6 +326,7 @@ mod tests {
         text.lines()
             .map(|line| match line.strip_prefix("# ") {
                 Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                Some(rest) if rest.starts_with('[') => rest,
                 _ => line,
             })
             .collect::<Vec<_>>()

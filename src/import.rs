@@ -35,7 +35,10 @@ pub const INVALID_SHOWN: usize = 1_000;
 /// Longest line read; a longer one is invalid (a binary file, not a list).
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Decided from the first lines.
     Auto,
@@ -46,7 +49,10 @@ pub enum Format {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ImportAction {
     Block,
     Allow,
@@ -614,7 +620,7 @@ fn read_chunks(
 }
 
 /// The first lines, for [`detect`], kept to be read again.
-fn first_lines(input: &mut dyn BufRead) -> std::io::Result<Vec<String>> {
+pub fn first_lines(input: &mut dyn BufRead) -> std::io::Result<Vec<String>> {
     let mut lines = Vec::new();
     for _ in 0..20 {
         let mut line = String::new();

@@ -34,6 +34,7 @@
 //! - [`import`]: `palisade rules import`: downloaded blocklists read into rule writes.
 //! - [`console`]: the operator console at `/console/`: pages over the same engine, store and
 //!   index as the API, with sign-in sessions.
+//! - [`subscriptions`]: blocklists fetched on an interval and kept as the rules of a dataset.
 //! - [`app`]: wiring: configuration in, a bound server out.
 //! - [`server`]: the connection loop under the API: connection cap, timeouts for clients that
 //!   stall, shutdown within a deadline.
@@ -68,4 +69,5 @@ pub mod rules;
 pub mod server;
 pub mod signal;
 pub mod store;
+pub mod subscriptions;
 pub mod telemetry;

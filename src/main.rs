@@ -101,6 +101,24 @@ enum RulesCommand {
         #[command(flatten)]
         location: Location,
     },
+    /// Write the tenant's blocklist to standard output, as `GET /v1/blocklist` serves it: what
+    /// is blocked now (allow rules taken out), streamed.
+    Export {
+        /// plain, json, nftables, ipset or nginx.
+        #[arg(long, default_value = "plain", value_parser = parse_export_format)]
+        format: palisade::export::format::Format,
+        /// Also list the ranges the tenant's ASN and country block rules cover (needs geo data).
+        #[arg(long)]
+        expand: bool,
+        #[arg(long, default_value = DEFAULT_TENANT)]
+        tenant: String,
+        #[command(flatten)]
+        location: Location,
+    },
+}
+
+fn parse_export_format(text: &str) -> Result<palisade::export::format::Format, String> {
+    text.parse()
 }
 
 #[derive(Subcommand)]
@@ -212,6 +230,12 @@ async fn main() -> anyhow::Result<()> {
             };
             import(&config, &file, format, &tenant, options).await
         }
+        Command::Rules(RulesCommand::Export {
+            format,
+            expand,
+            tenant,
+            location,
+        }) => export(&location.load(None)?, format, expand, &tenant).await,
     }
 }
 
@@ -287,6 +311,36 @@ async fn import(
     if summary.invalid_count > 0 || summary.over_quota > 0 {
         std::process::exit(1);
     }
+    Ok(())
+}
+
+async fn export(
+    config: &Config,
+    format: palisade::export::format::Format,
+    expand: bool,
+    tenant: &str,
+) -> anyhow::Result<()> {
+    let geo = Arc::new(Geo::open(&config.geo).context("loading the geo data")?);
+    let index = Arc::new(Index::new(geo.current().clone()));
+    let backend = open_backend(config).await?;
+    let tenant = tenant_id(&backend, tenant).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let feed = Feed::new(backend, clock.clone(), vec![index.clone()]);
+    feed.load().await.context("loading the rules")?;
+    let expansions = palisade::export::expand::Expansions::new(index.clone(), geo, clock.clone());
+    let expansion = expansions.get_blocking(tenant);
+    if expand {
+        expansion.within(config.crowdsec.max_decisions)?;
+    }
+    let export =
+        palisade::export::Export::new(index.ip_rules(tenant), Some(expansion), expand, clock.now());
+    tokio::task::spawn_blocking(move || {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+        export.write_to(format, &mut out)
+    })
+    .await?
+    .context("writing the export")?;
     Ok(())
 }
 

@@ -89,6 +89,9 @@ pub struct Shared {
     pub expansions: Arc<crate::export::expand::Expansions>,
     /// How many expanded ranges each key may be given.
     pub range_limits: crate::export::expand::RangeLimits,
+    /// Whether bouncers are served ASN and country rules as ranges (`crowdsec.expand_geo`,
+    /// resolved against whether geo data is configured).
+    pub expand_geo: bool,
     /// Turns for blocklist exports being written (`exports.max_concurrent`).
     pub export_turns: Arc<Semaphore>,
     pub exports: crate::config::ExportsConfig,

@@ -26,6 +26,9 @@ pub enum ConsoleError {
     NotFound(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A form body that could not be read (too large, not a form), with the status axum gave.
+    #[error("{message}")]
+    Form { status: StatusCode, message: String },
     #[error(transparent)]
     Api(#[from] ApiError),
     #[error("The page could not be rendered")]
@@ -52,6 +55,7 @@ impl ConsoleError {
             ConsoleError::TooManySessions => StatusCode::SERVICE_UNAVAILABLE,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
             ConsoleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ConsoleError::Form { status, .. } => *status,
             ConsoleError::Api(e) => e.status(),
             ConsoleError::Render(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -92,7 +96,7 @@ impl IntoResponse for ConsoleError {
             message: &message,
         };
         let mut response = match page.render() {
-            Ok(html) => (status, Html(html)).into_response(),
+            Ok(html) => (status, super::PAGE_HEADERS, Html(html)).into_response(),
             Err(_) => (status, message).into_response(),
         };
         if let ConsoleError::Api(ApiError::RateLimited(secs)) = self {

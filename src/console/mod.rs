@@ -15,6 +15,7 @@ pub mod pages;
 pub mod session;
 pub mod views;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Deref;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::AppState;
 use crate::keys::{Permission, Principal};
+use crate::rules::TenantId;
+use crate::store::{RuleCount, StoreResult};
 use error::ConsoleError;
 use session::{SESSION_COOKIE, Sessions, SignInFailures};
 
@@ -54,6 +57,10 @@ pub struct ConsoleConfig {
     pub history_scan_entries: usize,
     /// Seconds between refreshes of live lists in the browser.
     pub refresh_secs: u64,
+    /// Counting a tenant's rules reads all of them, so the overview's counts are kept: they
+    /// are counted again when the change feed has moved and the last count is at least this
+    /// many seconds old, or when it is ten times as old (rules expire without a change).
+    pub counts_refresh_secs: u64,
 }
 
 impl Default for ConsoleConfig {
@@ -67,9 +74,33 @@ impl Default for ConsoleConfig {
             page_size: 50,
             history_scan_entries: 10_000,
             refresh_secs: 5,
+            counts_refresh_secs: 10,
         }
     }
 }
+
+/// Sent with every page: scripts and styles only from the console itself, never inside another
+/// site's frame, no page (a new key's secret) kept in caches or named in a `Referer`.
+pub const PAGE_HEADERS: [(axum::http::HeaderName, axum::http::HeaderValue); 4] = [
+    (
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        axum::http::HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+        ),
+    ),
+    (
+        axum::http::header::X_FRAME_OPTIONS,
+        axum::http::HeaderValue::from_static("DENY"),
+    ),
+    (
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    ),
+    (
+        axum::http::header::REFERRER_POLICY,
+        axum::http::HeaderValue::from_static("no-referrer"),
+    ),
+];
 
 /// Client addresses whose wrong keys are remembered before the memory of them starts over.
 const FAILURES_REMEMBERED: usize = 65_536;
@@ -82,6 +113,15 @@ pub struct Inner {
     pub failures: SignInFailures,
     /// The geo data version last seen, and since when it is known to be in force.
     geo_seen: std::sync::Mutex<(u64, std::time::Duration)>,
+    /// The last count of each tenant's rules: at which change, when, and what it was.
+    counts: std::sync::Mutex<HashMap<TenantId, Counted>>,
+}
+
+#[derive(Clone)]
+struct Counted {
+    seq: u64,
+    at: Duration,
+    counts: Arc<[RuleCount]>,
 }
 
 #[derive(Clone)]
@@ -111,6 +151,7 @@ impl Console {
                 clock,
             ),
             geo_seen: std::sync::Mutex::new((app.geo.version(), app.clock.monotonic())),
+            counts: Default::default(),
             app: app.clone(),
             config,
         }))
@@ -143,6 +184,40 @@ impl Console {
             3600..86400 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
             _ => format!("{} days", secs / 86400),
         }
+    }
+
+    /// The tenant's active rules by kind and action, counted again only as often as
+    /// `console.counts_refresh_secs` allows.
+    pub async fn rule_counts(&self, tenant: TenantId) -> StoreResult<Arc<[RuleCount]>> {
+        let seq = self.app.engine.feed().applied();
+        let now = self.app.clock.monotonic();
+        let every = Duration::from_secs(self.config.counts_refresh_secs);
+        let kept = self.counted().get(&tenant).cloned();
+        if let Some(kept) = kept {
+            let age = now.saturating_sub(kept.at);
+            if age < every * 10 && (kept.seq == seq || age < every) {
+                return Ok(kept.counts);
+            }
+        }
+        let now_ms = self.app.clock.now();
+        let counts: Arc<[RuleCount]> = self
+            .app
+            .engine
+            .backend()
+            .rule_counts(tenant, now_ms)
+            .await?
+            .into();
+        let counted = Counted {
+            seq,
+            at: now,
+            counts: counts.clone(),
+        };
+        self.counted().insert(tenant, counted);
+        Ok(counts)
+    }
+
+    fn counted(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Counted>> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether the browser reached us over TLS, so cookies must say `Secure`.
@@ -284,7 +359,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ConsoleForm<T> {
         axum::Form::<T>::from_request(req, state)
             .await
             .map(|axum::Form(form)| ConsoleForm(form))
-            .map_err(|e| ConsoleError::BadRequest(e.body_text()))
+            .map_err(|e| ConsoleError::Form {
+                status: e.status(),
+                message: e.body_text(),
+            })
     }
 }
 

@@ -27,7 +27,7 @@ use crate::store::{ChangeOp, RuleQuery};
 type Page = Result<Response, ConsoleError>;
 
 fn render(status: StatusCode, page: impl Template) -> Page {
-    Ok((status, Html(page.render()?)).into_response())
+    Ok((status, super::PAGE_HEADERS, Html(page.render()?)).into_response())
 }
 
 fn see_other(location: &str) -> Response {
@@ -108,6 +108,10 @@ pub async fn sign_in(
             return refused(StatusCode::UNAUTHORIZED, csrf, error);
         }
         Err(e) => return Err(e.into()),
+    }
+    // A new session each time: a token planted in the browser before sign-in is worth nothing.
+    if let Some(earlier) = session::cookie(&peer.headers, SESSION_COOKIE) {
+        console.sessions.close(earlier);
     }
     let token = console
         .sessions
@@ -417,6 +421,23 @@ async fn list(
             }
             Ok((rows, format!("Rules covering {ip}"), None, None))
         }
+        Listing::Query(query) if query.target.is_some() && query.action.is_none() => {
+            // One rule per action at most: asking for each action is a probe of the unique
+            // (tenant, action, kind, target) index each, where one query without the action
+            // would read the tenant's rules in id order.
+            let mut rows = Vec::new();
+            for action in [RuleAction::Block, RuleAction::Allow] {
+                let exact = RuleQuery {
+                    action: Some(action),
+                    now,
+                    ..query.clone()
+                };
+                let page = app.engine.backend().rules(tenant, exact).await?;
+                rows.extend(page.items.iter().map(RuleRow::from));
+            }
+            rows.sort_by_key(|r| r.id);
+            Ok((rows, "Rules".to_owned(), None, None))
+        }
         Listing::Query(mut query) => {
             query.now = now;
             let page = app.engine.backend().rules(tenant, query).await?;
@@ -721,11 +742,7 @@ pub async fn overview(
     if headers.contains_key("hx-request") && given(&query.seen) == Some(seen.to_string().as_str()) {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let counts = app
-        .engine
-        .backend()
-        .rule_counts(tenant, app.clock.now())
-        .await?;
+    let counts = console.rule_counts(tenant).await?;
     let recent = recent_changes(&console, tenant).await?;
     let (rows, total) = count_rows(&counts);
     let page = OverviewPage {

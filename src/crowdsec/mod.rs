@@ -38,11 +38,6 @@ pub struct CrowdsecConfig {
     /// Changes one stream pull reads at most; a bouncer further behind gets the rest on its
     /// next pulls.
     pub max_changes_per_pull: usize,
-    /// A look-up (`GET /v1/decisions`) is written to its bouncer's record at most once per
-    /// this many milliseconds (unless its user agent or address changed), so that bouncers
-    /// asking about every client do not turn each look-up into a write. Stream pulls are always
-    /// written: they move the cursor.
-    pub record_interval_ms: u64,
     /// Serve ASN and country rules to bouncers as the `Range` decisions they cover. Unset: on
     /// when geo data is configured.
     pub expand_geo: Option<bool>,
@@ -52,6 +47,11 @@ pub struct CrowdsecConfig {
     pub max_decisions: Option<usize>,
     /// Per-key limits (key id -> ranges), replacing `max_decisions` for that key.
     pub max_decisions_per_key: std::collections::BTreeMap<String, usize>,
+    /// A look-up (`GET /v1/decisions`) is written to its bouncer's record at most once per
+    /// this many milliseconds (unless its user agent or address changed), so that bouncers
+    /// asking about every client do not turn each look-up into a write. Stream pulls are always
+    /// written: they move the cursor.
+    pub record_interval_ms: u64,
 }
 
 impl Default for CrowdsecConfig {
@@ -61,10 +61,10 @@ impl Default for CrowdsecConfig {
             report_origin: None,
             permanent_duration_secs: 2_147_483,
             max_changes_per_pull: 100_000,
-            record_interval_ms: 1000,
             expand_geo: None,
             max_decisions: None,
             max_decisions_per_key: Default::default(),
+            record_interval_ms: 1000,
         }
     }
 }

@@ -101,6 +101,11 @@ impl Engine {
         &self.feed
     }
 
+    /// The guard rails every rule written from outside passes.
+    pub fn guard(&self) -> &crate::signal::Guard {
+        &self.policies.signals.guard
+    }
+
     async fn submit(&self, op: Op) -> StoreResult<Output> {
         let (reply, answer) = oneshot::channel();
         self.jobs

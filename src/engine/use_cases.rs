@@ -108,11 +108,13 @@ impl Engine {
         })
         .await?
         .map_err(|problems| {
-            let field = problems
+            // Field names are the client's: only the known ones become labels.
+            let reason = problems
                 .first()
-                .map(|p| p.field.clone())
-                .unwrap_or_default();
-            counted("refused", field);
+                .map(|p| p.field.as_str())
+                .filter(|f| ["body", "addresses", "ttl", "type", "tags"].contains(f))
+                .unwrap_or("unknown_field");
+            counted("refused", reason.to_owned());
             EngineError::InvalidReport(problems)
         })?
         .map_err(|e| EngineError::Internal(format!("encoding a report: {e}")))?;

@@ -2,7 +2,8 @@
 //! know addresses (firewall bouncers, exports).
 //!
 //! A tenant's expansion is built once and kept until something it depends on changes: one of
-//! the tenant's ASN or country rules (seen on the change feed), the geo data (a reload), or the
+//! the tenant's ASN or country rules (this cache follows the change feed as a sink), the geo
+//! data (a reload), or the
 //! expiry of one of the rules it was built from. Requests in between share the same
 //! [`Expansion`]. Each build of a tenant gets a new generation number, so a follower can tell
 //! whether anything may have changed since it last looked.
@@ -11,17 +12,18 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use ipnet::IpNet;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::ranges::{Blocked, Overlay, Piece, Pieces, blocked, bounds};
 use crate::clock::Clock;
-use crate::engine::Feed;
+use crate::engine::ChangeSink;
 use crate::geo::ranges::{Row, overlay};
 use crate::geo::{Family, Geo, GeoData};
 use crate::index::{FOREVER, Index, NONE, Span};
 use crate::keys::Principal;
 use crate::rules::{RuleAction, Target, TenantId, UnixMillis};
+use crate::store::{Change, Snapshot};
 
 /// One tenant's ASN and country rules resolved to address ranges at one instant.
 #[derive(Debug)]
@@ -260,20 +262,6 @@ impl Expansions {
             .unwrap_or(self.started)
     }
 
-    /// Takes note of changes from the feed: a tenant's ASN or country rule changing forgets its
-    /// expansion.
-    pub fn apply(&self, changes: &[crate::store::Change]) {
-        let mut state = self.state();
-        for change in changes {
-            let at = state.changed.entry(change.tenant).or_insert(change.at);
-            *at = (*at).max(change.at);
-            if !matches!(change.target, Target::Ip(_)) && state.tenants.contains_key(&change.tenant)
-            {
-                state.renew(change.tenant);
-            }
-        }
-    }
-
     /// Forgets every expansion: the geo data changed, or changes may have been missed.
     pub fn invalidate_all(&self) {
         let mut state = self.state();
@@ -292,34 +280,32 @@ impl Expansions {
         Arc::new(expand(&data, &rules, now, generation))
     }
 
-    /// Follows what expansions depend on: the change feed (a tenant's ASN and country rules)
-    /// and the geo data's reloads. The tasks end when the feed closes or the geo data is
-    /// dropped.
-    pub fn follow(
-        self: &Arc<Self>,
-        feed: &Feed,
-        geo_versions: watch::Receiver<u64>,
-    ) -> [JoinHandle<()>; 2] {
-        [
-            tokio::spawn(follow_feed(self.clone(), feed.subscribe())),
-            tokio::spawn(follow_geo(self.clone(), geo_versions)),
-        ]
+    /// Follows the geo data's reloads; rule changes arrive through the change feed, of which
+    /// this cache is a [`ChangeSink`]. The task ends when the geo data is dropped.
+    pub fn follow_geo(self: &Arc<Self>, geo_versions: watch::Receiver<u64>) -> JoinHandle<()> {
+        tokio::spawn(follow_geo(self.clone(), geo_versions))
     }
 }
 
-async fn follow_feed(
-    expansions: Arc<Expansions>,
-    mut changes: broadcast::Receiver<Arc<[crate::store::Change]>>,
-) {
-    loop {
-        match changes.recv().await {
-            Ok(batch) => expansions.apply(&batch),
-            Err(broadcast::error::RecvError::Lagged(missed)) => {
-                tracing::debug!(missed, "the expansion cache missed changes; rebuilding all");
-                expansions.invalidate_all();
+/// A sink after the index: when a change reaches this cache, the index already holds it, so a
+/// build started after the change was forgotten here sees the new rules.
+impl ChangeSink for Expansions {
+    /// Notes when each tenant's rules changed; a change of a tenant's ASN or country rules
+    /// forgets its expansion.
+    fn apply(&self, changes: &[Change]) {
+        let mut state = self.state();
+        for change in changes {
+            let at = state.changed.entry(change.tenant).or_insert(change.at);
+            *at = (*at).max(change.at);
+            if !matches!(change.target, Target::Ip(_)) && state.tenants.contains_key(&change.tenant)
+            {
+                state.renew(change.tenant);
             }
-            Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+
+    fn reset(&self, _snapshot: &Snapshot) {
+        self.invalidate_all();
     }
 }
 
@@ -572,11 +558,14 @@ mod tests {
         assert!(d.generation > c.generation);
         assert_eq!(d.cidr_count(), 2);
 
-        // And new geo data.
+        // And new geo data, or the feed starting over from a snapshot.
         let e = expansions.get_blocking(TENANT);
         assert!(Arc::ptr_eq(&d, &e));
         expansions.invalidate_all();
-        assert!(expansions.get_blocking(TENANT).generation > e.generation);
+        let f = expansions.get_blocking(TENANT);
+        assert!(f.generation > e.generation);
+        expansions.reset(&crate::store::Snapshot::default());
+        assert!(expansions.get_blocking(TENANT).generation > f.generation);
         assert_eq!(expansions.last_change(TENANT), UnixMillis(0));
     }
 }

@@ -17,6 +17,11 @@ pub const SET_V6: &str = "palisade_v6";
 /// value); a rule lasting longer gets this and is renewed by the next export.
 pub const IPSET_MAX_TIMEOUT: u64 = 2_147_483;
 
+/// The longest element timeout given to nft: nft 1.0.6 refuses 100,000,000 s ("value too
+/// large"); three years stays below that on every version seen. A rule lasting longer gets this
+/// and is renewed by the next export.
+pub const NFT_MAX_TIMEOUT: u64 = 3 * 365 * 24 * 3600;
+
 /// Elements per `add element` statement of an nftables script: short lines for editors and
 /// diffs, few statements for nft.
 const NFT_BATCH: usize = 1024;
@@ -183,7 +188,7 @@ fn nftables<W: Write>(
             None => write!(out, "{}-{}", range.first(), range.last())?,
         }
         if let Some(seconds) = range.seconds_left(now) {
-            write!(out, " timeout {seconds}s")?;
+            write!(out, " timeout {}s", seconds.min(NFT_MAX_TIMEOUT))?;
         }
     }
     if open.is_some() {
@@ -252,6 +257,12 @@ mod tests {
                 until: None,
             },
             Blocked {
+                family: Family::V4,
+                start: v4("203.0.113.0"),
+                end: v4("203.0.113.255"),
+                until: Some(UnixMillis(4_102_444_800_000)),
+            },
+            Blocked {
                 family: Family::V6,
                 start: 0x2001_0db8 << 96,
                 end: (0x2001_0db8 << 96) | ((1 << 96) - 1),
@@ -272,7 +283,7 @@ mod tests {
     fn plain_and_nginx_are_one_block_a_line() {
         assert_eq!(
             text(Format::Plain),
-            "192.0.2.0/24\n198.51.100.7/32\n198.51.100.8/31\n2001:db8::/32\n"
+            "192.0.2.0/24\n198.51.100.7/32\n198.51.100.8/31\n203.0.113.0/24\n2001:db8::/32\n"
         );
         assert_eq!(
             text(Format::Nginx).lines().next(),
@@ -284,7 +295,7 @@ mod tests {
     fn json_is_an_array_with_expiries() {
         let value: serde_json::Value = serde_json::from_str(&text(Format::Json)).unwrap();
         let items = value.as_array().unwrap();
-        assert_eq!(items.len(), 4);
+        assert_eq!(items.len(), 5);
         assert_eq!(items[0]["cidr"], "192.0.2.0/24");
         assert_eq!(items[0]["expires_at"], "1970-01-01T01:00:00Z");
         assert_eq!(items[1]["expires_at"], serde_json::Value::Null);
@@ -306,7 +317,7 @@ mod tests {
         assert!(script.contains("flags interval, timeout;"), "{script}");
         assert!(
             script.contains(
-                "add element inet palisade palisade_v4 { 192.0.2.0/24 timeout 3600s, 198.51.100.7-198.51.100.9 }"
+                "add element inet palisade palisade_v4 { 192.0.2.0/24 timeout 3600s, 198.51.100.7-198.51.100.9, 203.0.113.0/24 timeout 94608000s }"
             ),
             "{script}"
         );
@@ -325,5 +336,6 @@ mod tests {
         assert!(file.contains("add palisade_v4 192.0.2.0/24 timeout 3600\n"));
         assert!(file.contains("add palisade_v4 198.51.100.8/31 timeout 0\n"));
         assert!(file.contains("add palisade_v6 2001:db8::/32 timeout 2\n"));
+        assert!(file.contains("add palisade_v4 203.0.113.0/24 timeout 2147483\n"));
     }
 }

@@ -154,6 +154,13 @@ async fn sign_in_add_a_range_check_delete_check_again() {
     assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"));
     let overview = browser.get("/console/").await;
     assert_eq!(overview.status, StatusCode::OK);
+    assert_eq!(overview.headers["x-frame-options"], "DENY");
+    assert!(
+        overview.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'none'")
+    );
     assert!(overview.body.contains("Active rules: 0"));
 
     let form = browser.get("/console/rules/new").await;
@@ -286,6 +293,22 @@ async fn the_form_shows_the_same_per_entry_errors_as_the_api() {
         .await;
     assert_eq!(empty.status, StatusCode::BAD_REQUEST);
     assert!(empty.body.contains("Give an address or range"));
+
+    // A batch too large for the API is too large here, in the same words.
+    let ips: Vec<String> = (0..1001u32)
+        .map(|i| std::net::Ipv4Addr::from(0x0A00_0000 + i).to_string())
+        .collect();
+    let page = browser
+        .post(
+            "/console/rules",
+            &[("csrf", &form.csrf()), ("ips", &ips.join("\n"))],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::BAD_REQUEST);
+    let events: Vec<_> = ips.iter().map(|ip| crate::helpers::block_ip(ip)).collect();
+    let (_, api) = app.signal(&app.admin, &json!(events)).await;
+    let message = api["details"][0]["message"].as_str().unwrap();
+    assert!(page.body.contains(message), "{message}");
 }
 
 #[tokio::test]
@@ -627,6 +650,23 @@ async fn the_cookie_is_secure_behind_a_tls_proxy_or_when_configured() {
 }
 
 #[tokio::test]
+async fn a_form_larger_than_the_signal_body_limit_is_refused() {
+    let app = spawn_with(|c| c.limits.signal_body_bytes = 2000, None).await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.admin).await;
+    let form = browser.get("/console/rules/new").await;
+    let many = (1..=200)
+        .map(|i| format!("198.51.100.{i}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let page = browser
+        .post("/console/rules", &[("csrf", &form.csrf()), ("ips", &many)])
+        .await;
+    assert_eq!(page.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(app.targets(&app.admin).await.is_empty());
+}
+
+#[tokio::test]
 async fn the_console_can_be_turned_off() {
     let app = spawn_with(|c| c.console.enabled = false, None).await;
     let mut browser = Browser::new(&app);
@@ -674,4 +714,35 @@ async fn each_tenant_sees_its_own_look_ups() {
         .await
         .unwrap();
     assert_eq!(poll.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn rule_counts_are_kept_for_counts_refresh_secs() {
+    let app = spawn_app_at(UnixMillis(1_700_000_000_000)).await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&app.admin).await;
+    assert!(
+        browser
+            .get("/console/")
+            .await
+            .body
+            .contains("Active rules: 0")
+    );
+    app.signal(&app.admin, &json!([crate::helpers::block_ip("192.0.2.1")]))
+        .await;
+    assert!(
+        browser
+            .get("/console/")
+            .await
+            .body
+            .contains("Active rules: 0")
+    );
+    app.clock.as_ref().unwrap().advance_ms(10_000);
+    assert!(
+        browser
+            .get("/console/")
+            .await
+            .body
+            .contains("Active rules: 1")
+    );
 }

@@ -272,6 +272,12 @@ fn run(script: &str) -> String {
 async fn nftables_and_ipset_exports_load_into_the_kernel() {
     let app = spawn_app().await;
     some_rules(&app).await;
+    // Ten years: longer than nft and ipset take, so the export gives their longest.
+    signal(
+        &app,
+        json!([{"type": "access_rules", "action": "block", "ip": "203.0.113.0/24", "expiration": 315_360_000}]),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let nft = dir.path().join("blocklist.nft");
     let ipset = dir.path().join("blocklist.ipset");
@@ -296,6 +302,7 @@ async fn nftables_and_ipset_exports_load_into_the_kernel() {
     assert!(listed.contains("198.51.100.0/24"), "{listed}");
     assert!(listed.contains("2001:db8::/48"), "{listed}");
     assert!(!listed.contains("192.0.2.9"), "{listed}");
+    assert!(listed.contains("203.0.113.0/24 timeout 1095d"), "{listed}");
 
     let listed = run(&format!(
         "ipset restore < {ipset}; ipset restore < {ipset}; ipset list palisade_v4; \
@@ -304,7 +311,8 @@ async fn nftables_and_ipset_exports_load_into_the_kernel() {
     assert!(listed.contains("192.0.2.7 timeout 0"), "{listed}");
     assert!(listed.contains("198.51.100.0/24 timeout 0"), "{listed}");
     assert!(listed.contains("2001:db8::/48 timeout 0"), "{listed}");
-    assert!(listed.contains("Number of entries: 12"), "{listed}");
+    assert!(listed.contains("203.0.113.0/24 timeout 214748"), "{listed}");
+    assert!(listed.contains("Number of entries: 13"), "{listed}");
 }
 
 /// The agent's types (gen0sec/synapse `src/worker/config.rs`), field for field: every field

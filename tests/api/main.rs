@@ -26,4 +26,5 @@ mod proxies;
 mod reports;
 mod rules;
 mod seed;
+mod subscriptions;
 mod validation;

@@ -396,3 +396,62 @@ async fn sigterm_under_load_loses_no_acknowledged_write() {
     assert!(written.len() >= 1000, "{}", written.len());
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 }
+
+fn export(data: &Path, format: &str) -> String {
+    let output = Store::Sqlite
+        .command(data, &["rules", "export", "--format", format])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout(&output)
+}
+
+/// What one store exports as JSON, another imports to the same blocklist.
+#[tokio::test]
+async fn an_export_imports_to_the_same_blocklist() {
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for data in [&first, &second] {
+        let serve = Store::Sqlite.command(data.path(), &["serve", "--listen", "127.0.0.1:0"]);
+        drop(start_command(serve, true));
+    }
+    let list = "192.0.2.0/25\n192.0.2.128/25\n198.51.100.7\n2001:db8:1::/48\n";
+    let output = import(
+        &Store::Sqlite,
+        first.path(),
+        &["-", "--expiration", "86400"],
+        Some(list),
+    );
+    assert!(output.status.success(), "{}", stdout(&output));
+    let allow = import(
+        &Store::Sqlite,
+        first.path(),
+        &["-", "--action", "allow"],
+        Some("198.51.100.7\n"),
+    );
+    assert!(allow.status.success(), "{}", stdout(&allow));
+
+    let json = export(first.path(), "json");
+    let output = import(
+        &Store::Sqlite,
+        second.path(),
+        &["-", "--format", "json"],
+        Some(&json),
+    );
+    assert!(output.status.success(), "{}\n{json}", stdout(&output));
+
+    let plain = export(first.path(), "plain");
+    // Neighbours joined, the allowed address taken out.
+    assert!(plain.contains("192.0.2.0/24"), "{plain}");
+    assert!(!plain.contains("198.51.100.7"), "{plain}");
+    assert_eq!(export(second.path(), "plain"), plain);
+    for format in ["nftables", "ipset", "nginx"] {
+        assert!(
+            export(second.path(), format).contains("192.0.2.0/24"),
+            "{format}"
+        );
+    }
+}
