@@ -138,12 +138,18 @@ impl Bouncers {
         now: UnixMillis,
     ) -> (Vec<u8>, Verdict) {
         let view = self.index.view(tenant);
-        let (verdict, rules) = view.lookup(ip, now);
+        let found = crate::engine::check::answer(&view, ip, now);
+        let verdict = Verdict {
+            blocked: found.blocked,
+            allowed: found.allowed,
+        };
         if !verdict.blocked {
             return (b"null".to_vec(), verdict);
         }
-        let decisions: Vec<Decision<'_>> = rules
-            .into_iter()
+        let decisions: Vec<Decision<'_>> = found
+            .matches
+            .iter()
+            .map(|found| found.0)
             .filter(|rule| rule.action == RuleAction::Block)
             .map(|rule| (rule, Facts::of_ref(rule).decision(&self.config, now)))
             .filter(|(rule, decision)| selection.admits(&rule.target, decision))
