@@ -1,4 +1,4 @@
-//! Per request: an id, a log span carrying it, and the request counted and timed by the route
+//! Per request: an id its log lines carry, and the request counted and timed by the route
 //! it matched (the route's pattern, so that metrics have one series per route, not per URI).
 
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +11,6 @@ use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use ipnet::IpNet;
-use tracing::Instrument;
 
 use super::names;
 use crate::rules::normalize_ip;
@@ -40,24 +39,15 @@ pub fn new_request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Wraps every route of `router`: ids, spans, counts and latencies. `trusted_proxies` are the
+/// Wraps every route of `router`: ids, counts and latencies. `trusted_proxies` are the
 /// peers whose `X-Request-Id` is kept; anyone else could forge one to muddle the logs.
 pub fn instrument(router: Router, trusted_proxies: Vec<IpNet>) -> Router {
-    router
-        .route_layer(axum::middleware::from_fn(mark_route))
-        .layer(axum::middleware::from_fn_with_state(
-            Arc::new(trusted_proxies),
-            track,
-        ))
-}
-
-/// Runs inside routing, where the matched route is known, and hands it out on the answer.
-async fn mark_route(matched: Option<MatchedPath>, request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    if let Some(matched) = matched {
-        response.extensions_mut().insert(matched);
-    }
-    response
+    // `Router::layer` wraps each route (and the fallback) after routing, so the matched route
+    // is known inside.
+    router.layer(axum::middleware::from_fn_with_state(
+        Arc::new(trusted_proxies),
+        track,
+    ))
 }
 
 async fn track(
@@ -72,30 +62,60 @@ async fn track(
         .map(|c| c.0.ip());
     let id: Arc<str> = request_id_of(&request, peer, &trusted).into();
     let method = method_label(request.method());
-    let span = tracing::info_span!("request", id = %id);
+    let matched = request.extensions().get::<MatchedPath>().cloned();
     request.extensions_mut().insert(RequestId(id.clone()));
     let mut response = CURRENT
         .scope(RequestId(id.clone()), next.run(request))
-        .instrument(span.clone())
         .await;
     let elapsed = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
-    let route = response
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    span.in_scope(|| tracing::debug!(method, route, status, elapsed, "answered"));
-    let labels = [
-        ("route", route),
-        ("method", method.to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!(names::HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(names::HTTP_DURATION, &labels).record(elapsed);
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        CURRENT.sync_scope(RequestId(id.clone()), || {
+            tracing::debug!(method, route, status, elapsed, "answered");
+        });
+    }
+    record(route, method, status, elapsed);
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
+}
+
+/// The handles of one route, method and status.
+type Handles = (metrics::Counter, metrics::Histogram);
+
+/// Handles by method and status, then by route.
+type HandleCache =
+    std::collections::HashMap<(&'static str, u16), std::collections::HashMap<Box<str>, Handles>>;
+
+thread_local! {
+    /// Handles made on this thread, by method and status, then route: the look-up path pays two
+    /// small hash look-ups and no allocation, instead of building label sets for the registry.
+    static HANDLES: std::cell::RefCell<HandleCache> = Default::default();
+}
+
+fn record(route: &str, method: &'static str, status: u16, elapsed: f64) {
+    HANDLES.with_borrow_mut(|handles| {
+        let by_route = handles.entry((method, status)).or_default();
+        if let Some((count, time)) = by_route.get(route) {
+            count.increment(1);
+            time.record(elapsed);
+            return;
+        }
+        let labels = [
+            ("route", route.to_owned()),
+            ("method", method.to_owned()),
+            ("status", status.to_string()),
+        ];
+        let made = (
+            metrics::counter!(names::HTTP_REQUESTS, &labels),
+            metrics::histogram!(names::HTTP_DURATION, &labels),
+        );
+        made.0.increment(1);
+        made.1.record(elapsed);
+        by_route.insert(route.into(), made);
+    });
 }
 
 /// The proxy's id when a trusted proxy sent a usable one, else a fresh one.

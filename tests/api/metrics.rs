@@ -338,7 +338,7 @@ async fn json_logs_carry_the_request_id() {
             break line;
         }
     };
-    assert_eq!(answered["span"]["id"], id.as_str(), "{answered}");
+    assert_eq!(answered["request_id"], id.as_str(), "{answered}");
     assert_eq!(answered["fields"]["route"], "/healthz");
     let _ = child.kill();
     let _ = child.wait();

@@ -455,3 +455,29 @@ async fn an_export_imports_to_the_same_blocklist() {
         );
     }
 }
+
+/// Precedence as `config check` shows it: defaults, then the file, then the environment.
+#[test]
+fn the_environment_overrides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("palisade.toml");
+    std::fs::write(&file, "[server]\nmax_connections = 7\n").unwrap();
+    let check = |env: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_palisade"));
+        command.args(["config", "check"]).arg(&file);
+        if let Some(value) = env {
+            command.env("PALISADE_SERVER__MAX_CONNECTIONS", value);
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout(&output)
+    };
+    let from_file = check(None);
+    assert!(from_file.contains("max_connections = 7"), "{from_file}");
+    assert!(from_file.contains("idle_timeout_secs = 120"), "{from_file}");
+    assert!(check(Some("5")).contains("max_connections = 5"));
+}
