@@ -264,6 +264,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(app: &AppState) -> Router<S> {
             get(pages::confirm_delete).post(pages::delete),
         )
         .route("/console/audit", get(pages::audit))
+        .route("/console/queue", get(pages::queue))
         .route("/console/keys", get(pages::keys).post(pages::create_key))
         .route("/console/keys/{id}/revoke", post(pages::revoke_key))
         .route("/console/assets/{file}", get(assets::serve))

@@ -901,6 +901,38 @@ pub struct AuditQuery {
 const AUDIT_PAGE: usize = 100;
 
 /// `GET /console/audit`: admin keys only, as `GET /v1/audit`.
+/// Reports shown on the queue page; the depth counts them all.
+const QUEUE_PAGE: usize = 100;
+
+/// Characters of a waiting report's request shown.
+const REQUEST_PREVIEW: usize = 300;
+
+pub async fn queue(State(console): State<Console>, operator: Operator) -> Page {
+    let tenant = operator.require(Permission::ReadRules)?.tenant_id;
+    let backend = console.app.engine.backend();
+    let stats = backend.queue_stats(Some(tenant)).await?;
+    let waiting = backend.waiting_reports(tenant, QUEUE_PAGE).await?;
+    let waiting = waiting
+        .into_iter()
+        .map(|report| WaitingRow {
+            id: report.id,
+            kind: report.kind.as_str(),
+            received: when(report.received_at),
+            key_id: report.key_id,
+            request: report.payload.chars().take(REQUEST_PREVIEW).collect(),
+        })
+        .collect();
+    render(
+        StatusCode::OK,
+        QueuePage {
+            layout: Layout::of(&operator, "Report queue", "queue"),
+            depth: stats.depth,
+            oldest: stats.oldest.map(when).unwrap_or_default(),
+            waiting,
+        },
+    )
+}
+
 pub async fn audit(
     State(console): State<Console>,
     operator: Operator,

@@ -300,6 +300,25 @@ pub struct AuditPage {
     pub next: Option<String>,
 }
 
+/// A report waiting for the worker.
+pub struct WaitingRow {
+    pub id: i64,
+    pub kind: &'static str,
+    pub received: String,
+    pub key_id: i64,
+    /// The start of the validated request.
+    pub request: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/queue.html")]
+pub struct QueuePage {
+    pub layout: Layout,
+    pub depth: u64,
+    pub oldest: String,
+    pub waiting: Vec<WaitingRow>,
+}
+
 pub struct KeyRow {
     pub id: i64,
     pub name: String,

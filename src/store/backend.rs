@@ -196,6 +196,13 @@ pub trait Backend: Send + Sync + 'static {
     /// Depth and oldest entry of the report queue; of one tenant, or of all.
     async fn queue_stats(&self, tenant: Option<TenantId>) -> StoreResult<QueueStats>;
 
+    /// The tenant's oldest `limit` reports waiting for the worker, oldest first.
+    async fn waiting_reports(
+        &self,
+        tenant: TenantId,
+        limit: usize,
+    ) -> StoreResult<Vec<QueuedReport>>;
+
     /// Whether the backend has room to take writes beyond what a probe's tiny write shows
     /// (SQLite: free space on the data directory's disk).
     async fn capacity(&self) -> StoreResult<()> {

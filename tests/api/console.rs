@@ -770,3 +770,21 @@ async fn the_keys_page_shows_each_bouncers_last_pull() {
         .unwrap_or_else(|| panic!("no last pull in:\n{}", keys.body));
     assert!(row.contains("crowdsec-firewall-bouncer/v0.0.25"), "{row}");
 }
+
+#[tokio::test]
+async fn the_report_queue_page_shows_what_waits() {
+    let app = spawn_app().await;
+    let reader = app.key(Role::Reader, "default").await;
+    let mut browser = Browser::new(&app);
+    let before = browser.get("/console/queue").await;
+    assert_ne!(before.status, StatusCode::OK, "signed out: no queue");
+    browser.sign_in(&reader).await;
+    let page = browser.get("/console/queue").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("0 waiting"), "{}", page.body);
+    assert!(page.body.contains("No reports waiting"), "{}", page.body);
+    assert!(
+        page.body
+            .contains(r#"href="/console/queue" aria-current="page""#)
+    );
+}

@@ -348,6 +348,24 @@ async fn reports_merge_and_are_applied_exactly_once(db: Db) {
             .await
             .unwrap();
     }
+    // What waits is listed oldest first, per tenant.
+    let other = tenant(&nodes[0], "other").await;
+    let waiting = nodes[1].backend.waiting_reports(t, 5).await.unwrap();
+    assert_eq!(waiting.len(), 5);
+    assert!(waiting.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(
+        waiting[0].payload.contains("203.0.113.0\""),
+        "{}",
+        waiting[0].payload
+    );
+    assert!(
+        nodes[1]
+            .backend
+            .waiting_reports(other, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // Every node works the queue at once, a few reports at a time.
     let workers = nodes.iter().map(|node| async move {
         let mut applied = 0;

@@ -736,6 +736,24 @@ impl Backend for PgBackend {
         })
     }
 
+    async fn waiting_reports(
+        &self,
+        tenant: TenantId,
+        limit: usize,
+    ) -> StoreResult<Vec<QueuedReport>> {
+        sqlx::query(concat!(
+            "SELECT ",
+            report_columns!(),
+            " FROM report_queue WHERE tenant_id = $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(tenant.0)
+        .bind(sql_limit(limit))
+        .try_map(report_from_row)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)
+    }
+
     async fn bouncers(&self) -> StoreResult<Vec<BouncerRecord>> {
         sqlx::query(concat!(
             "SELECT ",

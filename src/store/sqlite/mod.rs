@@ -308,6 +308,15 @@ impl Backend for SqliteBackend {
         self.read(move |c| read::queue_stats(c, tenant)).await
     }
 
+    async fn waiting_reports(
+        &self,
+        tenant: TenantId,
+        limit: usize,
+    ) -> StoreResult<Vec<super::QueuedReport>> {
+        self.read(move |c| read::waiting_reports(c, tenant, limit))
+            .await
+    }
+
     async fn bouncers(&self) -> StoreResult<Vec<BouncerRecord>> {
         self.read(read::bouncers).await
     }

@@ -3,12 +3,14 @@
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
-use super::rows::{self, CHANGE_COLUMNS, KEY_COLUMNS, LIVE_KEY_COLUMNS, RULE_COLUMNS};
+use super::rows::{
+    self, CHANGE_COLUMNS, KEY_COLUMNS, LIVE_KEY_COLUMNS, REPORT_COLUMNS, RULE_COLUMNS,
+};
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, TenantId, UnixMillis};
 use crate::store::{
-    AuditEntry, BouncerRecord, Change, DecisionDelta, Page, QueueStats, RuleCount, RuleQuery,
-    Snapshot, StoreError, StoreResult, StreamCursor,
+    AuditEntry, BouncerRecord, Change, DecisionDelta, Page, QueueStats, QueuedReport, RuleCount,
+    RuleQuery, Snapshot, StoreError, StoreResult, StreamCursor,
 };
 
 /// Fetches one row more than asked to learn whether a next page exists.
@@ -232,6 +234,22 @@ pub const RULE_COUNTS: &str = "SELECT kind, action,
         count(*)
     FROM rules WHERE tenant_id = ?1 AND (expires_at IS NULL OR expires_at > ?2)
     GROUP BY 1, 2, 3";
+
+pub fn waiting_reports(
+    conn: &Connection,
+    tenant: TenantId,
+    limit: usize,
+) -> StoreResult<Vec<QueuedReport>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {REPORT_COLUMNS} FROM report_queue WHERE tenant_id = ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let mut found = stmt.query(params![tenant.0, limit as i64])?;
+    let mut queued = Vec::new();
+    while let Some(row) = found.next()? {
+        queued.push(rows::queued_report(row)?);
+    }
+    Ok(queued)
+}
 
 pub fn queue_stats(conn: &Connection, tenant: Option<TenantId>) -> StoreResult<QueueStats> {
     let (depth, oldest): (i64, Option<i64>) = conn.query_row(

@@ -4,7 +4,7 @@ use rusqlite::Row;
 
 use crate::keys::{ApiKey, KeyDigest, Principal, Role, TenantName};
 use crate::rules::{Kind, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
-use crate::store::{Change, ChangeOp, StoreError, StoreResult};
+use crate::store::{Change, ChangeOp, QueuedReport, ReportKind, StoreError, StoreResult};
 
 pub const RULE_COLUMNS: &str = "id, tenant_id, action, kind, target, expires_at, name, description, \
      source, created_at, updated_at, dataset, tags, reports";
@@ -14,6 +14,8 @@ pub const CHANGE_COLUMNS: &str = "seq, tenant_id, rule_id, op, action, kind, tar
 
 pub const KEY_COLUMNS: &str =
     "k.id, k.name, k.role, t.name, k.tenant_id, k.created_at, k.revoked_at";
+
+pub const REPORT_COLUMNS: &str = "id, tenant_id, key_id, kind, payload, received_at";
 
 pub const LIVE_KEY_COLUMNS: &str = "k.key_hash, k.id, k.name, k.role, t.name, k.tenant_id";
 
@@ -129,4 +131,17 @@ pub fn live_key(row: &Row<'_>) -> StoreResult<(KeyDigest, Principal)> {
             tenant_id: TenantId(row.get(5)?),
         },
     ))
+}
+
+pub fn queued_report(row: &Row<'_>) -> StoreResult<QueuedReport> {
+    let kind: String = row.get(3)?;
+    Ok(QueuedReport {
+        id: row.get(0)?,
+        tenant: TenantId(row.get(1)?),
+        key_id: row.get(2)?,
+        kind: ReportKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("report kind {kind:?}")))?,
+        payload: row.get(4)?,
+        received_at: UnixMillis(row.get(5)?),
+    })
 }

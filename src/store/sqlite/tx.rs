@@ -11,13 +11,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use super::Call;
-use super::rows::{self, KEY_COLUMNS, RULE_COLUMNS, json_tags};
+use super::rows::{self, KEY_COLUMNS, REPORT_COLUMNS, RULE_COLUMNS, json_tags};
 use crate::keys::{ApiKey, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
 use crate::store::backend::{NewAuditEntry, Transaction};
-use crate::store::{
-    Change, CursorMove, NewKey, Pull, QueuedReport, ReportKind, StoreError, StoreResult,
-};
+use crate::store::{Change, CursorMove, NewKey, Pull, QueuedReport, StoreError, StoreResult};
 
 /// The open transaction, on the connection's own thread.
 pub(super) struct Direct<'c> {
@@ -196,23 +194,13 @@ impl Transaction for Direct<'_> {
 
     async fn claim_reports(&mut self, limit: usize) -> StoreResult<Vec<QueuedReport>> {
         // The only writer holds the database: nothing else can claim these meanwhile.
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, tenant_id, key_id, kind, payload, received_at FROM report_queue
-             ORDER BY id LIMIT ?1",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {REPORT_COLUMNS} FROM report_queue ORDER BY id LIMIT ?1"
+        ))?;
         let mut found = stmt.query([limit as i64])?;
         let mut queued = Vec::new();
         while let Some(row) = found.next()? {
-            let kind: String = row.get(3)?;
-            queued.push(QueuedReport {
-                id: row.get(0)?,
-                tenant: TenantId(row.get(1)?),
-                key_id: row.get(2)?,
-                kind: ReportKind::parse(&kind)
-                    .ok_or_else(|| StoreError::Corrupt(format!("report kind {kind:?}")))?,
-                payload: row.get(4)?,
-                received_at: UnixMillis(row.get(5)?),
-            });
+            queued.push(rows::queued_report(row)?);
         }
         Ok(queued)
     }
