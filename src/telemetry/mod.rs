@@ -4,7 +4,7 @@
 //! - [`http`]: per request: an id (echoed in `X-Request-Id`, on every log line of the request),
 //!   counts and latency by matched route and status.
 //! - [`scrape`]: `GET /metrics`, with the gauges that are read at scrape time (rules, queue,
-//!   feed lag, geo data age) rather than kept up to date on the hot paths.
+//!   feed lag, each bouncer's lag, geo data age) rather than kept up to date on the hot paths.
 //! - [`logging`]: the log subscriber, human or JSON.
 
 pub mod http;

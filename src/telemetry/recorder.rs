@@ -21,6 +21,8 @@ pub mod names {
     pub const REPORT_QUEUE_OLDEST_AGE: &str = "palisade_report_queue_oldest_age_seconds";
     pub const FEED_APPLIED_SEQ: &str = "palisade_feed_applied_seq";
     pub const FEED_LAG: &str = "palisade_feed_lag_changes";
+    pub const BOUNCER_LAG: &str = "palisade_bouncer_lag_changes";
+    pub const BOUNCER_PULL_AGE: &str = "palisade_bouncer_last_pull_age_seconds";
     pub const GEO_DATA_AGE: &str = "palisade_geo_data_age_seconds";
     pub const GEO_RELOADS: &str = "palisade_geo_reloads";
     pub const STORE_COMMIT_DURATION: &str = "palisade_store_commit_duration_seconds";
@@ -116,6 +118,14 @@ fn describe() {
         "The last change-log entry the decision index reflects"
     );
     describe_gauge!(
+        BOUNCER_LAG,
+        "Change numbers committed after a bouncer's stream cursor, by key id (all tenants' changes count)"
+    );
+    describe_gauge!(
+        BOUNCER_PULL_AGE,
+        "Seconds since a bouncer's last pull, by key id"
+    );
+    describe_gauge!(
         FEED_LAG,
         "Change-log entries committed but not yet handed to a consumer (capped at 1000)"
     );
@@ -163,6 +173,8 @@ mod tests {
             REPORT_QUEUE_OLDEST_AGE,
             FEED_APPLIED_SEQ,
             FEED_LAG,
+            BOUNCER_LAG,
+            BOUNCER_PULL_AGE,
             GEO_DATA_AGE,
             GEO_RELOADS,
             STORE_COMMIT_DURATION,

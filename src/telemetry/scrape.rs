@@ -74,6 +74,17 @@ async fn refresh(app: &AppState) {
     }
     metrics::gauge!(names::FEED_LAG, "consumer" => "subscribers")
         .set(feed.subscriber_backlog() as f64);
+    if let Ok(bouncers) = backend.bouncers().await {
+        for bouncer in bouncers {
+            let key = bouncer.key_id.to_string();
+            let age = (now.0 - bouncer.last_pull.0).max(0) as f64 / 1000.0;
+            metrics::gauge!(names::BOUNCER_PULL_AGE, "key_id" => key.clone()).set(age);
+            if let Some(cursor) = bouncer.cursor {
+                let behind = applied.saturating_sub(cursor.seq);
+                metrics::gauge!(names::BOUNCER_LAG, "key_id" => key).set(behind as f64);
+            }
+        }
+    }
     let wall = SystemTime::now();
     for (source, modified) in app.geo.files_modified() {
         let age = wall.duration_since(modified).unwrap_or_default();

@@ -343,3 +343,35 @@ async fn json_logs_carry_the_request_id() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test]
+async fn each_bouncers_lag_is_a_gauge() {
+    let app = spawn_app().await;
+    let url = app.url("/metrics");
+    let bouncer = app.key(Role::Reader, "default").await;
+    let pull = |query: &'static str| {
+        let request = app
+            .http
+            .get(app.url(&format!("/v1/decisions/stream{query}")))
+            .header("x-api-key", &bouncer);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+    };
+    pull("?startup=true").await;
+    let lag = |samples: &[Sample]| value(samples, "palisade_bouncer_lag_changes", &[]);
+    assert_eq!(lag(&scrape(&app.http, &url, Some(&app.admin)).await), 0.0);
+    let (status, _) = app
+        .signal(
+            &app.admin,
+            &json!([block_ip("192.0.2.1"), block_ip("192.0.2.2")]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let behind = scrape(&app.http, &url, Some(&app.admin)).await;
+    assert_eq!(lag(&behind), 2.0, "two changes since its pull");
+    assert!(value(&behind, "palisade_bouncer_last_pull_age_seconds", &[]) >= 0.0);
+    pull("").await;
+    assert_eq!(lag(&scrape(&app.http, &url, Some(&app.admin)).await), 0.0);
+}
