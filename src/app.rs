@@ -113,9 +113,16 @@ impl Application {
         ));
 
         let bootstrap_key = if backend.keys().await?.is_empty() {
-            let (secret, _) = create_key(&engine, "admin", Role::Admin, DEFAULT_TENANT, &*clock)
-                .await
-                .context("creating the first admin key")?;
+            let (secret, _) = create_key(
+                &engine,
+                "admin",
+                Role::Admin,
+                DEFAULT_TENANT,
+                &*clock,
+                crate::store::Actor::command_line(),
+            )
+            .await
+            .context("creating the first admin key")?;
             Some(secret)
         } else {
             None
@@ -363,19 +370,23 @@ pub async fn create_key(
     role: Role,
     tenant: &str,
     clock: &dyn Clock,
+    by: crate::store::Actor,
 ) -> anyhow::Result<(String, keys::ApiKey)> {
     let tenant = TenantName::parse(tenant).with_context(|| {
         format!("tenant {tenant:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -")
     })?;
     let (secret, digest) = keys::generate();
     let key = engine
-        .create_key(NewKey {
-            name: name.to_owned(),
-            role,
-            tenant,
-            digest,
-            at: clock.now(),
-        })
+        .create_key(
+            NewKey {
+                name: name.to_owned(),
+                role,
+                tenant,
+                digest,
+                at: clock.now(),
+            },
+            by,
+        )
         .await?;
     Ok((secret, key))
 }

@@ -488,7 +488,15 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
             location,
         } => {
             let engine = open_engine(&location.load(None)?).await?;
-            let (secret, key) = create_key(&engine, &name, role, &tenant, &SystemClock).await?;
+            let (secret, key) = create_key(
+                &engine,
+                &name,
+                role,
+                &tenant,
+                &SystemClock,
+                palisade::store::Actor::command_line(),
+            )
+            .await?;
             println!(
                 "Created key {} '{}' (role {}, tenant {}). It is shown only this once:",
                 key.id, key.name, key.role, key.tenant
@@ -536,7 +544,14 @@ async fn keys(command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Revoke { id, location } => {
             let engine = open_engine(&location.load(None)?).await?;
-            match engine.revoke_key(id, SystemClock.now()).await? {
+            match engine
+                .revoke_key(
+                    id,
+                    SystemClock.now(),
+                    palisade::store::Actor::command_line(),
+                )
+                .await?
+            {
                 Some(key) => println!("Revoked key {} '{}'", key.id, key.name),
                 None => anyhow::bail!("no key with id {id}"),
             }

@@ -1062,7 +1062,11 @@ pub async fn create_key(
     };
     let app = &console.app;
     let tenant = principal.tenant.as_str();
-    let (secret, key) = crate::app::create_key(&app.engine, name, role, tenant, &*app.clock)
+    let by = crate::store::Actor {
+        key_id: principal.key_id,
+        request_id: request_id(),
+    };
+    let (secret, key) = crate::app::create_key(&app.engine, name, role, tenant, &*app.clock, by)
         .await
         .map_err(|e| ApiError::Internal(format!("{e:#}")))?;
     app.reload_keys().await?;
@@ -1098,7 +1102,8 @@ pub async fn revoke_key(
     ConsoleForm(form): ConsoleForm<CsrfForm>,
 ) -> Page {
     operator.verify(form.csrf.as_deref())?;
-    let tenant = operator.require(Permission::ReadAudit)?.tenant_id;
+    let principal = operator.require(Permission::ReadAudit)?;
+    let tenant = principal.tenant_id;
     let app = &console.app;
     let not_found = || ConsoleError::NotFound("Key not found".into());
     let id: i64 = id.parse().map_err(|_| not_found())?;
@@ -1106,7 +1111,11 @@ pub async fn revoke_key(
     keys.iter()
         .find(|k| k.id == id && k.tenant_id == tenant)
         .ok_or_else(not_found)?;
-    app.engine.revoke_key(id, app.clock.now()).await?;
+    let by = crate::store::Actor {
+        key_id: principal.key_id,
+        request_id: request_id(),
+    };
+    app.engine.revoke_key(id, app.clock.now(), by).await?;
     app.reload_keys().await?;
     let notice = Some(format!("Key {id} revoked."));
     keys_page(&console, &operator, StatusCode::OK, None, notice, None).await

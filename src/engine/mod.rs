@@ -24,7 +24,7 @@ use crate::reports::{Invalid, ReportPolicy};
 use crate::rules::{RuleId, TenantId, UnixMillis};
 use crate::signal::{BatchProblem, SignalPolicy};
 use crate::store::backend::SharedBackend;
-use crate::store::{Change, NewKey, QueuedReport, StoreError, StoreResult, WriteBatch};
+use crate::store::{Actor, Change, NewKey, QueuedReport, StoreError, StoreResult, WriteBatch};
 pub use feed::{ChangeSink, Feed};
 pub use ops::{Op, Output, ProcessedReports, WriteOutcome, WritePolicy};
 pub use use_cases::{SignalOutcome, off_worker};
@@ -168,16 +168,23 @@ impl Engine {
         }
     }
 
-    pub async fn create_key(&self, key: NewKey) -> StoreResult<ApiKey> {
-        match self.submit(Op::CreateKey(key)).await? {
+    /// Makes a key, audited as `by`'s.
+    pub async fn create_key(&self, key: NewKey, by: Actor) -> StoreResult<ApiKey> {
+        match self.submit(Op::CreateKey { key, by }).await? {
             Output::Key(key) => Ok(key),
             _ => Err(unexpected()),
         }
     }
 
     /// `None`: no key with that id.
-    pub async fn revoke_key(&self, id: i64, at: UnixMillis) -> StoreResult<Option<ApiKey>> {
-        match self.submit(Op::RevokeKey { id, at }).await? {
+    /// Revokes a key, audited as `by`'s.
+    pub async fn revoke_key(
+        &self,
+        id: i64,
+        at: UnixMillis,
+        by: Actor,
+    ) -> StoreResult<Option<ApiKey>> {
+        match self.submit(Op::RevokeKey { id, at, by }).await? {
             Output::MaybeKey(key) => Ok(key),
             _ => Err(unexpected()),
         }

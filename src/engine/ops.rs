@@ -10,7 +10,7 @@ use crate::reports::{self, ReportPayload};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
 use crate::store::backend::{NewAuditEntry, Transaction};
 use crate::store::{
-    BatchItem, Change, ChangeOp, NewKey, QueuedReport, RuleWrite, StoreResult, WriteBatch,
+    Actor, BatchItem, Change, ChangeOp, NewKey, QueuedReport, RuleWrite, StoreResult, WriteBatch,
     audit_text,
 };
 
@@ -55,10 +55,14 @@ pub enum Op {
         before: UnixMillis,
         limit: usize,
     },
-    CreateKey(NewKey),
+    CreateKey {
+        key: NewKey,
+        by: Actor,
+    },
     RevokeKey {
         id: i64,
         at: UnixMillis,
+        by: Actor,
     },
     EnqueueReport(QueuedReport),
     /// Applies up to `limit` queued reports (at least one, whatever its size, but no more than
@@ -146,11 +150,19 @@ impl Op {
             Op::PurgeChanges { before, limit } => {
                 Output::Count(tx.purge_changes(*before, *limit).await?)
             }
-            Op::CreateKey(key) => {
+            Op::CreateKey { key, by } => {
                 let tenant = tx.tenant_id(&key.tenant, key.at).await?;
-                Output::Key(tx.insert_key(tenant, key).await?)
+                let made = tx.insert_key(tenant, key).await?;
+                audit_key(tx, "create_key", &made, by, key.at).await?;
+                Output::Key(made)
             }
-            Op::RevokeKey { id, at } => Output::MaybeKey(tx.revoke_key(*id, *at).await?),
+            Op::RevokeKey { id, at, by } => {
+                let revoked = tx.revoke_key(*id, *at).await?;
+                if let Some(key) = &revoked {
+                    audit_key(tx, "revoke_key", key, by, *at).await?;
+                }
+                Output::MaybeKey(revoked)
+            }
             Op::EnqueueReport(report) => Output::QueueId(enqueue(tx, policy, report).await?),
             Op::ProcessReports {
                 limit,
@@ -402,6 +414,32 @@ async fn purge(
         .collect();
     tx.append_changes(&mut changes).await?;
     Ok(changes)
+}
+
+/// Keys made and revoked are audited in the key's tenant, like rule changes: who holds access
+/// is the first thing an incident review asks.
+async fn audit_key(
+    tx: &mut dyn Transaction,
+    op: &str,
+    key: &ApiKey,
+    by: &Actor,
+    at: UnixMillis,
+) -> StoreResult<()> {
+    let event = serde_json::json!({
+        "op": op,
+        "key": {"id": key.id, "name": key.name, "role": key.role.as_str()},
+    })
+    .to_string();
+    tx.append_audit(&[NewAuditEntry {
+        tenant: key.tenant_id,
+        key_id: by.key_id,
+        request_id: by.request_id.clone(),
+        at,
+        index: None,
+        event,
+        error: None,
+    }])
+    .await
 }
 
 async fn enqueue(

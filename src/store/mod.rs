@@ -335,6 +335,25 @@ pub struct NewKey {
     pub at: UnixMillis,
 }
 
+/// Who made a change that is not a signal or a report (a key made or revoked), for its audit
+/// entry: the key that asked, and the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// 0 for the command line, which holds no key.
+    pub key_id: i64,
+    pub request_id: String,
+}
+
+impl Actor {
+    /// `palisade keys ...` on the server's machine, and the first start's admin key.
+    pub fn command_line() -> Self {
+        Self {
+            key_id: 0,
+            request_id: "command-line".into(),
+        }
+    }
+}
+
 impl NewKey {
     /// The key as stored, once its backend has given it `id` in `tenant`.
     pub fn stored(&self, id: i64, tenant: TenantId) -> ApiKey {

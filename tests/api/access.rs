@@ -3,7 +3,7 @@
 use palisade::clock::{Clock, SystemClock};
 use palisade::keys::Role;
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::{block_ip, spawn_app};
 
@@ -30,8 +30,11 @@ async fn tenants_never_see_each_other() {
     );
     let (status, _) = app.delete(&path, &globex).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // Globex's audit holds the making of its own key, nothing of acme's.
     let (_, audit) = app.get("/v1/audit", &globex).await;
-    assert_eq!(audit["entries"], json!([]));
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert_eq!(entries[0]["event"]["op"], "create_key");
 
     // The same target in another tenant is another rule; unblocking it leaves acme's alone.
     let (status, _) = app.signal(&globex, &json!([block_ip("192.0.2.1")])).await;
@@ -48,8 +51,16 @@ async fn tenants_never_see_each_other() {
 
     let (status, _) = app.get(&path, &acme).await;
     assert_eq!(status, StatusCode::OK);
+    // Acme's own signal and the making of its key; none of globex's.
     let (_, audit) = app.get("/v1/audit", &acme).await;
-    assert_eq!(audit["entries"].as_array().unwrap().len(), 1);
+    let ops: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["event"])
+        .collect();
+    assert_eq!(ops.len(), 2, "{audit}");
+    assert_eq!(ops[1]["op"], "create_key");
 }
 
 #[tokio::test]
@@ -107,7 +118,11 @@ async fn revoked_keys_are_refused() {
     let id = keys.iter().find(|k| k.role == Role::Writer).unwrap().id;
     app.state
         .engine
-        .revoke_key(id, SystemClock.now())
+        .revoke_key(
+            id,
+            SystemClock.now(),
+            palisade::store::Actor::command_line(),
+        )
         .await
         .unwrap();
     app.state.reload_keys().await.unwrap();
@@ -131,6 +146,7 @@ async fn a_new_key_works_on_the_next_request() {
         Role::Reader,
         "default",
         &SystemClock,
+        palisade::store::Actor::command_line(),
     )
     .await
     .unwrap();

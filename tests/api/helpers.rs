@@ -100,9 +100,16 @@ impl TestApp {
 
     /// Makes a key through the store and makes the server see it now, not at the next refresh.
     pub async fn key(&self, role: Role, tenant: &str) -> String {
-        let (secret, _) = create_key(&self.state.engine, "test", role, tenant, &SystemClock)
-            .await
-            .unwrap();
+        let (secret, _) = create_key(
+            &self.state.engine,
+            "test",
+            role,
+            tenant,
+            &SystemClock,
+            palisade::store::Actor::command_line(),
+        )
+        .await
+        .unwrap();
         self.state.reload_keys().await.unwrap();
         secret
     }

@@ -16,8 +16,8 @@ use palisade::store::backend::SharedBackend;
 use palisade::store::postgres::{PgBackend, PgOptions};
 use palisade::store::sqlite::SqliteBackend;
 use palisade::store::{
-    BatchItem, Change, ChangeOp, CursorMove, NewKey, Pull, QueuedReport, ReportKind, RuleQuery,
-    RuleWrite, Snapshot, StreamCursor, WriteBatch,
+    Actor, BatchItem, Change, ChangeOp, CursorMove, NewKey, Pull, QueuedReport, ReportKind,
+    RuleQuery, RuleWrite, Snapshot, StreamCursor, WriteBatch,
 };
 
 /// One database, as either backend, that several engines ("nodes") can open.
@@ -157,13 +157,16 @@ fn batch(tenant: TenantId, at: UnixMillis, writes: Vec<RuleWrite>) -> WriteBatch
 async fn tenant(node: &Node, name: &str) -> TenantId {
     let (_, digest) = keys::generate();
     node.engine
-        .create_key(NewKey {
-            name: "conformance".into(),
-            role: Role::Writer,
-            tenant: TenantName::parse(name).unwrap(),
-            digest,
-            at: T0,
-        })
+        .create_key(
+            NewKey {
+                name: "conformance".into(),
+                role: Role::Writer,
+                tenant: TenantName::parse(name).unwrap(),
+                digest,
+                at: T0,
+            },
+            Actor::command_line(),
+        )
         .await
         .unwrap()
         .tenant_id
@@ -478,13 +481,19 @@ async fn keys_are_made_found_and_revoked(db: Db) {
     let (_, digest) = keys::generate();
     let key = node
         .engine
-        .create_key(NewKey {
-            name: "ids".into(),
-            role: Role::Reader,
-            tenant: TenantName::parse("acme").unwrap(),
-            digest,
-            at: T0,
-        })
+        .create_key(
+            NewKey {
+                name: "ids".into(),
+                role: Role::Reader,
+                tenant: TenantName::parse("acme").unwrap(),
+                digest,
+                at: T0,
+            },
+            Actor {
+                key_id: 7,
+                request_id: "req-revoke".into(),
+            },
+        )
         .await
         .unwrap();
     let other = db.node(policies()).await;
@@ -500,13 +509,33 @@ async fn keys_are_made_found_and_revoked(db: Db) {
             .iter()
             .any(|(d, _)| *d == digest)
     );
-    let revoked = other.engine.revoke_key(key.id, T0).await.unwrap().unwrap();
+    let by = Actor {
+        key_id: 7,
+        request_id: "req-revoke".into(),
+    };
+    let revoked = other
+        .engine
+        .revoke_key(key.id, T0, by.clone())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(revoked.revoked_at.is_some());
+    // Both are audited in the key's tenant, as the key that asked.
+    let audit = other.backend.audit(key.tenant_id, None, 10).await.unwrap();
+    let ops: Vec<(&str, i64, &str)> = audit
+        .items
+        .iter()
+        .map(|e| (e.event.as_str(), e.key_id, e.request_id.as_str()))
+        .collect();
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(ops.iter().all(|(_, k, r)| *k == 7 && *r == "req-revoke"));
+    assert!(ops[0].0.contains(r#""op":"revoke_key""#), "{ops:?}");
+    assert!(ops[1].0.contains(r#""op":"create_key""#) && ops[1].0.contains(r#""name":"ids""#));
     assert!(node.backend.live_key(digest).await.unwrap().is_none());
     assert!(
         other
             .engine
-            .revoke_key(999_999, T0)
+            .revoke_key(999_999, T0, by)
             .await
             .unwrap()
             .is_none()
@@ -577,7 +606,8 @@ async fn retention_deletes_history_not_rules(db: Db) {
         .await
         .unwrap();
     let cutoff = UnixMillis(later.0 - 1);
-    assert_eq!(node.engine.purge_audit(cutoff, 100).await.unwrap(), 1);
+    // The first write's entry and the audited making of the tenant's key, both before it.
+    assert_eq!(node.engine.purge_audit(cutoff, 100).await.unwrap(), 2);
     assert_eq!(node.engine.purge_changes(cutoff, 100).await.unwrap(), 1);
     assert_eq!(rules(&node, t, later).await.len(), 2);
     let log = node.backend.changes_since(0, 100).await.unwrap();
