@@ -305,16 +305,9 @@ async fn decisions_are_null_when_none_match_and_crowdsec_decisions_otherwise() {
 
 #[tokio::test]
 async fn an_ip_look_up_applies_asn_and_country_rules_and_the_allowlist() {
-    let geo_dir = tempfile::tempdir().unwrap();
-    let (asn, country) = crate::decisions::write_geo(geo_dir.path());
-    let app = spawn_with(
-        |c| {
-            c.geo.asn = Some(asn);
-            c.geo.country = Some(country);
-            c.reports.allow_private = true;
-        },
-        None,
-    )
+    let (app, _geo) = crate::decisions::spawn_with_geo(|c| {
+        c.reports.allow_private = true;
+    })
     .await;
     let key = app.key(Role::Reader, "default").await;
     block(
@@ -365,22 +358,7 @@ async fn report(app: &TestApp, path: &str, body: &'static str) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    for _ in 0..400 {
-        let (_, queue) = app.get("/v1/reports/queue", &app.admin).await;
-        let seq = app.state.index.seq();
-        let behind = app
-            .state
-            .engine
-            .backend()
-            .changes_since(seq, 1)
-            .await
-            .unwrap();
-        if queue["depth"] == 0 && behind.is_empty() {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the report was not applied");
+    app.reports_processed().await;
 }
 
 /// The bouncer's record as the store keeps it.
@@ -765,16 +743,7 @@ async fn a_cursor_older_than_the_change_log_gets_every_decision_again() {
 
 #[tokio::test]
 async fn asn_and_country_rules_reach_the_stream_as_the_ranges_they_cover() {
-    let geo_dir = tempfile::tempdir().unwrap();
-    let (asn, country) = crate::decisions::write_geo(geo_dir.path());
-    let app = spawn_with(
-        |c| {
-            c.geo.asn = Some(asn);
-            c.geo.country = Some(country);
-        },
-        None,
-    )
-    .await;
+    let (app, _geo) = crate::decisions::spawn_with_geo(|_| {}).await;
     let key = app.key(Role::Reader, "default").await;
     let ip_only = app.key(Role::Reader, "default").await;
     block(
@@ -848,16 +817,9 @@ async fn asn_and_country_rules_reach_the_stream_as_the_ranges_they_cover() {
 
 #[tokio::test]
 async fn expand_geo_off_keeps_asn_and_country_rules_out_of_the_stream() {
-    let geo_dir = tempfile::tempdir().unwrap();
-    let (asn, country) = crate::decisions::write_geo(geo_dir.path());
-    let app = spawn_with(
-        |c| {
-            c.geo.asn = Some(asn);
-            c.geo.country = Some(country);
-            c.crowdsec.expand_geo = Some(false);
-        },
-        None,
-    )
+    let (app, _geo) = crate::decisions::spawn_with_geo(|c| {
+        c.crowdsec.expand_geo = Some(false);
+    })
     .await;
     let key = app.key(Role::Reader, "default").await;
     block(

@@ -56,19 +56,27 @@ pub fn write_geo(dir: &Path) -> (PathBuf, PathBuf) {
     (asn_path, country_path)
 }
 
-async fn spawn_with_geo() -> (TestApp, tempfile::TempDir) {
+/// A server with the geo fixtures of [`write_geo`] loaded, configured further by `configure`.
+pub async fn spawn_with_geo(
+    configure: impl FnOnce(&mut palisade::config::Config),
+) -> (TestApp, tempfile::TempDir) {
     let geo_dir = tempfile::tempdir().unwrap();
     let (asn, country) = write_geo(geo_dir.path());
     let app = spawn_with(
         |c| {
             c.geo.asn = Some(asn);
             c.geo.country = Some(country);
-            c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+            configure(c);
         },
         None,
     )
     .await;
     (app, geo_dir)
+}
+
+/// Geo data, and the loopback peer trusted as a proxy (forward-auth from the tests).
+async fn spawn_with_geo_behind_proxy() -> (TestApp, tempfile::TempDir) {
+    spawn_with_geo(|c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await
 }
 
 async fn check(app: &TestApp, key: &str, ip: &str) -> Value {
@@ -112,7 +120,7 @@ async fn a_rule_written_is_enforced_by_the_very_next_request() {
 
 #[tokio::test]
 async fn asn_and_country_rules_resolve_through_the_geo_data() {
-    let (app, _geo) = spawn_with_geo().await;
+    let (app, _geo) = spawn_with_geo_behind_proxy().await;
     let body = check(&app, &app.admin, "192.0.2.10").await;
     assert_eq!(
         (
@@ -298,7 +306,7 @@ async fn forward(app: &TestApp, headers: &[(&str, &str)]) -> (StatusCode, Option
 
 #[tokio::test]
 async fn forward_auth_decides_on_the_forwarded_client() {
-    let (app, _geo) = spawn_with_geo().await;
+    let (app, _geo) = spawn_with_geo_behind_proxy().await;
     app.signal(&app.admin, &json!([block_ip("203.0.113.66")]))
         .await;
     let bearer = format!("Bearer {}", app.admin);
@@ -376,7 +384,7 @@ async fn forwarding_headers_from_untrusted_peers_are_ignored() {
 
 #[tokio::test]
 async fn geo_reload_moves_asn_rules_to_the_new_networks() {
-    let (app, geo_dir) = spawn_with_geo().await;
+    let (app, geo_dir) = spawn_with_geo_behind_proxy().await;
     app.signal(
         &app.admin,
         &json!([{"type": "access_rules", "action": "block", "asn": "AS64501"}]),
@@ -450,7 +458,7 @@ async fn unblock_and_block_in_one_batch() {
 /// rules apply, never a visitor's Authorization header.
 #[tokio::test]
 async fn a_visitors_authorization_header_cannot_choose_the_tenant() {
-    let (app, _geo) = spawn_with_geo().await;
+    let (app, _geo) = spawn_with_geo_behind_proxy().await;
     let elsewhere = app.key(Role::Reader, "elsewhere").await;
     app.signal(&app.admin, &json!([block_ip("203.0.113.66")]))
         .await;

@@ -9,25 +9,8 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::decisions::write_geo;
+use crate::decisions::spawn_with_geo;
 use crate::helpers::{TestApp, block_ip, spawn_app, spawn_with};
-
-async fn spawn_with_geo(
-    configure: impl FnOnce(&mut palisade::config::Config),
-) -> (TestApp, tempfile::TempDir) {
-    let geo_dir = tempfile::tempdir().unwrap();
-    let (asn, country) = write_geo(geo_dir.path());
-    let app = spawn_with(
-        |c| {
-            c.geo.asn = Some(asn);
-            c.geo.country = Some(country);
-            configure(c);
-        },
-        None,
-    )
-    .await;
-    (app, geo_dir)
-}
 
 async fn export(app: &TestApp, key: &str, query: &str) -> (StatusCode, String) {
     let response = app

@@ -94,6 +94,27 @@ pub async fn spawn_config(config: Config, clock: Option<Arc<ManualClock>>) -> Te
 }
 
 impl TestApp {
+    /// The report worker runs in the background; waits (with a generous deadline) until it has
+    /// emptied the queue and the index has caught up with the store's change log.
+    pub async fn reports_processed(&self) {
+        for _ in 0..400 {
+            let (_, queue) = self.get("/v1/reports/queue", &self.admin).await;
+            let seq = self.state.index.seq();
+            let behind = self
+                .state
+                .engine
+                .backend()
+                .changes_since(seq, 1)
+                .await
+                .unwrap();
+            if queue["depth"] == 0 && behind.is_empty() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the report queue never drained");
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

@@ -1,8 +1,6 @@
 //! The abuse-report API over HTTP: 202 and the worker, unban, false positives, 401/403/422,
 //! rate limits on a clock the test moves, and the token check of the seed.
 
-use std::time::Duration;
-
 use palisade::keys::Role;
 use palisade::rules::UnixMillis;
 use reqwest::StatusCode;
@@ -26,27 +24,6 @@ async fn post(app: &TestApp, path: &str, key: &str, body: &str) -> (StatusCode, 
 
 async fn checked(app: &TestApp, ip: &str) -> Value {
     app.get(&format!("/v1/check?ip={ip}"), &app.admin).await.1
-}
-
-/// The worker runs in the background; wait (with a generous deadline) until it has emptied
-/// the queue and the index has caught up with the store's change log.
-async fn processed(app: &TestApp) {
-    for _ in 0..400 {
-        let (_, queue) = app.get("/v1/reports/queue", &app.admin).await;
-        let seq = app.state.index.seq();
-        let behind = app
-            .state
-            .engine
-            .backend()
-            .changes_since(seq, 1)
-            .await
-            .unwrap();
-        if queue["depth"] == 0 && behind.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("the report queue never drained");
 }
 
 #[tokio::test]
@@ -95,7 +72,7 @@ async fn report_is_accepted_then_enforced_and_merged() {
     let app = spawn_app().await;
     let (status, body) = post(&app, "/v1/ip", &app.admin, r#"{"addresses": ["8.8.4.4", "2606:4700::6810"], "ttl": 600, "type": "tor", "tags": ["ssh:bruteforce"]}"#).await;
     assert_eq!((status, body.as_str()), (StatusCode::ACCEPTED, ""));
-    processed(&app).await;
+    app.reports_processed().await;
     assert_eq!(checked(&app, "8.8.4.4").await["blocked"], true);
     assert_eq!(checked(&app, "2606:4700::6810").await["blocked"], true);
 
@@ -126,7 +103,7 @@ async fn report_is_accepted_then_enforced_and_merged() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    processed(&app).await;
+    app.reports_processed().await;
     let (_, rules) = app.get("/v1/rules?target=8.8.4.4", &app.admin).await;
     let rule = &rules["rules"][0];
     assert_eq!(rule["reports"], 2);
@@ -145,7 +122,7 @@ async fn report_is_accepted_then_enforced_and_merged() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    processed(&app).await;
+    app.reports_processed().await;
     assert_eq!(checked(&app, "8.8.4.4").await["blocked"], false);
     assert_eq!(checked(&app, "2606:4700::6810").await["blocked"], true);
 }
@@ -163,7 +140,7 @@ async fn an_allowlisted_address_inside_a_blocked_range_is_allowed() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    processed(&app).await;
+    app.reports_processed().await;
     let answer = checked(&app, "9.9.9.9").await;
     assert_eq!(
         (answer["blocked"].clone(), answer["allowed"].clone()),
@@ -192,7 +169,7 @@ async fn an_allowlisted_address_inside_a_blocked_range_is_allowed() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    processed(&app).await;
+    app.reports_processed().await;
     assert_eq!(checked(&app, "9.9.9.9").await["blocked"], true);
 }
 
@@ -410,7 +387,7 @@ async fn private_addresses_when_allowed() {
     let app = spawn_with(|c| c.reports.allow_private = true, None).await;
     let (status, _) = post(&app, "/v1/ip", &app.admin, r#"{"addresses": ["10.1.2.3"]}"#).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    processed(&app).await;
+    app.reports_processed().await;
     assert_eq!(checked(&app, "10.1.2.3").await["blocked"], true);
     // Loopback stays protected by the guard rails.
     let (status, _) = post(
@@ -476,7 +453,7 @@ async fn the_seventh_request_in_a_minute_is_429() {
         post(&app, "/v1/ip", &app.admin, body).await.0,
         StatusCode::TOO_MANY_REQUESTS
     );
-    processed(&app).await;
+    app.reports_processed().await;
     let (_, rules) = app.get("/v1/rules?target=8.8.8.8", &app.admin).await;
     assert_eq!(
         rules["rules"][0]["reports"], 8,
