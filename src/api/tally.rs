@@ -1,14 +1,19 @@
 //! Look-ups and blocks per tenant and minute over the last hour, for the console's chart. One
-//! slot per minute of the hour, reused an hour later: recording is two relaxed atomic additions
-//! under a shared lock (taken exclusively only for a tenant's first look-up). Two requests
-//! starting a new minute at once may lose a few counts of it; the chart shows a trend, not an
-//! account.
+//! slot per minute of the hour, reused an hour later. Every look-up records here, so the path
+//! takes no lock and shares no cache line between threads: the tenant's hour is found in a
+//! map swapped whole when a tenant first looks something up, and each thread adds to its own
+//! copy of the hour (see [`crate::telemetry::sharded`]); the chart sums the copies.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwap;
+use crossbeam_utils::CachePadded;
+use rustc_hash::FxBuildHasher;
 
 use crate::rules::{TenantId, UnixMillis};
+use crate::telemetry::sharded::{SLOTS, slot};
 
 pub const MINUTES: usize = 60;
 
@@ -19,6 +24,7 @@ struct Slot {
     blocks: AtomicU64,
 }
 
+/// One thread slot's view of the hour.
 struct Hour {
     slots: [Slot; MINUTES],
 }
@@ -31,10 +37,16 @@ impl Default for Hour {
     }
 }
 
+/// A tenant's hour, one copy per thread slot.
+#[derive(Default)]
+struct Hours {
+    copies: [CachePadded<Hour>; SLOTS],
+}
+
 /// Every tenant's hour (tenants are made by administrators, so they stay few).
 #[derive(Default)]
 pub struct Tally {
-    tenants: RwLock<HashMap<TenantId, Arc<Hour>>>,
+    tenants: ArcSwap<HashMap<TenantId, Arc<Hours>, FxBuildHasher>>,
 }
 
 /// One minute of the chart.
@@ -46,25 +58,32 @@ pub struct Minute {
 
 impl Tally {
     pub fn record(&self, tenant: TenantId, at: UnixMillis, lookups: u64, blocks: u64) {
-        let known = self
-            .tenants
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&tenant)
-            .cloned();
-        let hour = known.unwrap_or_else(|| {
-            let mut tenants = self.tenants.write().unwrap_or_else(|e| e.into_inner());
-            tenants.entry(tenant).or_default().clone()
+        if let Some(hours) = self.tenants.load().get(&tenant) {
+            hours.copies[slot()].record(at, lookups, blocks);
+            return;
+        }
+        self.tenants.rcu(|tenants| {
+            let mut tenants = HashMap::clone(tenants);
+            tenants.entry(tenant).or_default();
+            tenants
         });
-        hour.record(at, lookups, blocks);
+        if let Some(hours) = self.tenants.load().get(&tenant) {
+            hours.copies[slot()].record(at, lookups, blocks);
+        }
     }
 
     /// The tenant's last hour up to `now`, oldest minute first.
     pub fn last_hour(&self, tenant: TenantId, now: UnixMillis) -> [Minute; MINUTES] {
-        let tenants = self.tenants.read().unwrap_or_else(|e| e.into_inner());
-        tenants
-            .get(&tenant)
-            .map_or([Minute::default(); MINUTES], |hour| hour.last(now))
+        let mut out = [Minute::default(); MINUTES];
+        if let Some(hours) = self.tenants.load().get(&tenant) {
+            for copy in &hours.copies {
+                for (total, minute) in out.iter_mut().zip(copy.last(now)) {
+                    total.lookups += minute.lookups;
+                    total.blocks += minute.blocks;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -72,6 +91,9 @@ impl Hour {
     fn record(&self, at: UnixMillis, lookups: u64, blocks: u64) {
         let minute = at.0.div_euclid(60_000);
         let slot = &self.slots[minute.rem_euclid(MINUTES as i64) as usize];
+        // Only this copy's thread (or threads sharing its slot) writes here; two of them
+        // starting a new minute at once may lose a few counts of it: the chart shows a trend,
+        // not an account.
         if slot.minute.load(Ordering::Relaxed) != minute {
             slot.minute.store(minute, Ordering::Relaxed);
             slot.lookups.store(0, Ordering::Relaxed);

@@ -1,18 +1,26 @@
 //! Per request: an id its log lines carry, and the request counted and timed by the route
 //! it matched (the route's pattern, so that metrics have one series per route, not per URI).
 
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Instant;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::Response;
 use ipnet::IpNet;
+use rustc_hash::FxBuildHasher;
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
 
 use super::names;
+use super::sharded::{Counter, Histogram, write_header, write_histogram, write_sample};
 use crate::rules::normalize_ip;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -20,10 +28,35 @@ pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id"
 /// Longest request id taken from a proxy; longer ones are replaced by a fresh one.
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
 
-/// The id of the request being served: in the request's extensions, on every log line of the
-/// request, in its audit entries and in the `X-Request-Id` of its answer.
+/// The id of the request being served: on every log line of the request, in its audit entries
+/// and in the `X-Request-Id` of its answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestId(pub Arc<str>);
+pub struct RequestId(Repr);
+
+/// Fresh ids are kept inline, so that giving one to a request allocates nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Repr {
+    Fresh([u8; 16]),
+    /// From a trusted proxy, checked by [`usable`].
+    Given(Arc<str>),
+}
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            // Fresh ids are hex digits, ASCII.
+            Repr::Fresh(digits) => std::str::from_utf8(digits).unwrap_or_default(),
+            Repr::Given(given) => given,
+        }
+    }
+
+    fn header_value(&self) -> Option<HeaderValue> {
+        match &self.0 {
+            Repr::Fresh(digits) => HeaderValue::from_bytes(digits).ok(),
+            Repr::Given(given) => HeaderValue::from_str(given).ok(),
+        }
+    }
+}
 
 tokio::task_local! {
     static CURRENT: RequestId;
@@ -31,12 +64,36 @@ tokio::task_local! {
 
 /// The id of the request this task serves, if it serves one.
 pub fn current_request_id() -> Option<String> {
-    CURRENT.try_with(|id| id.0.to_string()).ok()
+    CURRENT.try_with(|id| id.as_str().to_owned()).ok()
 }
 
-/// A fresh id.
+/// A fresh id: 16 hex digits of a random number.
 pub fn new_request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
+    fresh_id().as_str().to_owned()
+}
+
+thread_local! {
+    /// A random start per thread; ids are its successive values mixed, so they are distinct
+    /// within a thread and collide across threads only by chance (one in 2^64), at the cost of
+    /// an addition and a few multiplications instead of a draw from the system's generator.
+    static NEXT_ID: std::cell::Cell<u64> = std::cell::Cell::new(rand::random());
+}
+
+fn fresh_id() -> RequestId {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let counter = NEXT_ID.with(|next| {
+        let value = next.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        next.set(value);
+        value
+    });
+    // SplitMix64's finaliser, a bijection: consecutive counters give unrelated-looking ids.
+    let mut value = counter;
+    value = (value ^ (value >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    value = (value ^ (value >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    value ^= value >> 31;
+    RequestId(Repr::Fresh(std::array::from_fn(|i| {
+        HEX[((value >> (60 - 4 * i)) & 0xf) as usize]
+    })))
 }
 
 /// Wraps every route of `router`: ids, counts and latencies. `trusted_proxies` are the
@@ -44,82 +101,144 @@ pub fn new_request_id() -> String {
 pub fn instrument(router: Router, trusted_proxies: Vec<IpNet>) -> Router {
     // `Router::layer` wraps each route (and the fallback) after routing, so the matched route
     // is known inside.
-    router.layer(axum::middleware::from_fn_with_state(
-        Arc::new(trusted_proxies),
-        track,
-    ))
+    router.layer(Instrument {
+        trusted: Arc::new(trusted_proxies),
+    })
 }
 
-async fn track(
-    State(trusted): State<Arc<Vec<IpNet>>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let started = Instant::now();
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let id: Arc<str> = request_id_of(&request, peer, &trusted).into();
-    let method = method_label(request.method());
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let mut response = CURRENT
-        .scope(RequestId(id.clone()), next.run(request))
-        .await;
-    let elapsed = started.elapsed().as_secs_f64();
-    let status = response.status().as_u16();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        CURRENT.sync_scope(RequestId(id.clone()), || {
-            tracing::debug!(method, route, status, elapsed, "answered");
-        });
-    }
-    record(route, method, status, elapsed);
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID_HEADER, value);
-    }
-    response
+/// The layer of [`instrument`]. A service of its own rather than `middleware::from_fn`, which
+/// boxes every request's future and clones the route's service per request: the look-up
+/// routes measurably paid for that.
+#[derive(Clone)]
+struct Instrument {
+    trusted: Arc<Vec<IpNet>>,
 }
 
-/// The handles of one route, method and status.
-type Handles = (metrics::Counter, metrics::Histogram);
+impl<S> Layer<S> for Instrument {
+    type Service = Instrumented<S>;
 
-/// Handles by method and status, then by route.
-type HandleCache =
-    std::collections::HashMap<(&'static str, u16), std::collections::HashMap<Box<str>, Handles>>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Instrumented {
+            inner,
+            trusted: self.trusted.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Instrumented<S> {
+    inner: S,
+    trusted: Arc<Vec<IpNet>>,
+}
+
+impl<S> Service<Request> for Instrumented<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let id = request_id_of(&request, peer, &self.trusted);
+        let method = method_label(request.method());
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        Tracked {
+            inner: CURRENT.scope(id.clone(), self.inner.call(request)),
+            started,
+            id,
+            method,
+            route,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request being answered: counted, timed and given its id header when the answer is
+    /// ready.
+    struct Tracked<F> {
+        #[pin]
+        inner: TaskLocalFuture<RequestId, F>,
+        started: Instant,
+        id: RequestId,
+        method: &'static str,
+        route: Option<MatchedPath>,
+    }
+}
+
+impl<F> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        let elapsed = this.started.elapsed();
+        let status = response.status().as_u16();
+        let route = this.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let method = *this.method;
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let seconds = elapsed.as_secs_f64();
+            CURRENT.sync_scope(this.id.clone(), || {
+                tracing::debug!(method, route, status, elapsed = seconds, "answered");
+            });
+        }
+        record(route, method, status, elapsed);
+        if let Some(value) = this.id.header_value() {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// Every route, method and status answered so far, for the scrape.
+type SeriesMap = BTreeMap<(String, &'static str, u16), Arc<Histogram>>;
+
+static SERIES: Mutex<SeriesMap> = Mutex::new(BTreeMap::new());
+
+/// A thread's handles on the series it has recorded into, by where the route's name lives,
+/// the method and the status. The router keeps one allocation per route name, so its address
+/// finds the series without hashing the name; the name is still compared on every hit, since
+/// an address can be reused by another router's route after the first is dropped.
+type SeriesCache = HashMap<(usize, &'static str, u16), (Box<str>, Arc<Histogram>), FxBuildHasher>;
 
 thread_local! {
-    /// Handles made on this thread, by method and status, then route: the look-up path pays two
-    /// small hash look-ups and no allocation, instead of building label sets for the registry.
-    static HANDLES: std::cell::RefCell<HandleCache> = Default::default();
+    static CACHED: std::cell::RefCell<SeriesCache> = Default::default();
 }
 
-fn record(route: &str, method: &'static str, status: u16, elapsed: f64) {
-    HANDLES.with_borrow_mut(|handles| {
-        let by_route = handles.entry((method, status)).or_default();
-        if let Some((count, time)) = by_route.get(route) {
-            count.increment(1);
-            time.record(elapsed);
+fn record(route: &str, method: &'static str, status: u16, elapsed: Duration) {
+    let key = (route.as_ptr() as usize, method, status);
+    CACHED.with_borrow_mut(|cached| {
+        if let Some((name, series)) = cached.get(&key)
+            && **name == *route
+        {
+            series.record(elapsed);
             return;
         }
-        let labels = [
-            ("route", route.to_owned()),
-            ("method", method.to_owned()),
-            ("status", status.to_string()),
-        ];
-        let made = (
-            metrics::counter!(names::HTTP_REQUESTS, &labels),
-            metrics::histogram!(names::HTTP_DURATION, &labels),
-        );
-        made.0.increment(1);
-        made.1.record(elapsed);
-        by_route.insert(route.into(), made);
+        let series = SERIES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((route.to_owned(), method, status))
+            .or_default()
+            .clone();
+        series.record(elapsed);
+        cached.insert(key, (route.into(), series));
     });
 }
 
 /// The proxy's id when a trusted proxy sent a usable one, else a fresh one.
-fn request_id_of(request: &Request, peer: Option<IpAddr>, trusted: &[IpNet]) -> String {
+fn request_id_of(request: &Request, peer: Option<IpAddr>, trusted: &[IpNet]) -> RequestId {
     let from_proxy = peer
         .map(normalize_ip)
         .is_some_and(|peer| trusted.iter().any(|net| net.contains(&peer)));
@@ -130,9 +249,9 @@ fn request_id_of(request: &Request, peer: Option<IpAddr>, trusted: &[IpNet]) -> 
             .and_then(|v| v.to_str().ok())
         && usable(given)
     {
-        return given.to_owned();
+        return RequestId(Repr::Given(given.into()));
     }
-    new_request_id()
+    fresh_id()
 }
 
 /// Short and made of characters that need no quoting in any log format.
@@ -158,13 +277,6 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Decisions by endpoint, counted through handles made once: the look-up path pays one atomic
-/// add, no registry look-up.
-pub struct LookupCounters {
-    /// Indexed by `[endpoint][outcome]`.
-    counters: [[metrics::Counter; 3]; 4],
-}
-
 /// Where a decision was asked for.
 #[derive(Debug, Clone, Copy)]
 pub enum LookupEndpoint {
@@ -175,44 +287,75 @@ pub enum LookupEndpoint {
     Bouncer = 3,
 }
 
-impl LookupCounters {
-    fn new() -> Self {
-        let make = |endpoint: &'static str| {
-            ["block", "allow", "none"].map(|decision| {
-                metrics::counter!(names::LOOKUPS, "endpoint" => endpoint, "decision" => decision)
-            })
-        };
-        Self {
-            counters: [
-                make("check"),
-                make("check_batch"),
-                make("forward_auth"),
-                make("bouncer"),
-            ],
-        }
-    }
+const ENDPOINTS: [&str; 4] = ["check", "check_batch", "forward_auth", "bouncer"];
+const OUTCOMES: [&str; 3] = ["block", "allow", "none"];
 
-    pub fn count(&self, endpoint: LookupEndpoint, blocked: bool, allowed: bool) {
-        let outcome = match (blocked, allowed) {
-            (true, _) => 0,
-            (false, true) => 1,
-            (false, false) => 2,
-        };
-        self.counters[endpoint as usize][outcome].increment(1);
-    }
-}
-
-static LOOKUPS: std::sync::OnceLock<LookupCounters> = std::sync::OnceLock::new();
+/// Decisions by `[endpoint][outcome]`.
+static LOOKUPS: LazyLock<[[Counter; 3]; 4]> = LazyLock::new(Default::default);
 
 /// Counts one decision.
 pub fn count_lookup(endpoint: LookupEndpoint, blocked: bool, allowed: bool) {
-    LOOKUPS
-        .get_or_init(|| {
-            // The handles bind to the recorder in force when they are made.
-            super::recorder::handle();
-            LookupCounters::new()
-        })
-        .count(endpoint, blocked, allowed);
+    let outcome = match (blocked, allowed) {
+        (true, _) => 0,
+        (false, true) => 1,
+        (false, false) => 2,
+    };
+    LOOKUPS[endpoint as usize][outcome].add(1);
+}
+
+/// Appends the request and decision series to the exposition text.
+pub fn render(out: &mut String) {
+    let series: Vec<_> = SERIES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(key, histogram)| (key.clone(), histogram.snapshot()))
+        .collect();
+    let labelled = |(route, method, status): &(String, &'static str, u16)| {
+        (route.clone(), *method, status.to_string())
+    };
+    write_header(
+        out,
+        names::HTTP_REQUESTS,
+        "counter",
+        "HTTP requests answered, by matched route, method and status",
+    );
+    for (key, snapshot) in &series {
+        let (route, method, status) = labelled(key);
+        let labels = [
+            ("route", route.as_str()),
+            ("method", method),
+            ("status", &status),
+        ];
+        write_sample(out, names::HTTP_REQUESTS, &labels, snapshot.count as f64);
+    }
+    write_header(
+        out,
+        names::HTTP_DURATION,
+        "histogram",
+        "Time to answer an HTTP request, by matched route, method and status",
+    );
+    for (key, snapshot) in &series {
+        let (route, method, status) = labelled(key);
+        let labels = [
+            ("route", route.as_str()),
+            ("method", method),
+            ("status", &status),
+        ];
+        write_histogram(out, names::HTTP_DURATION, &labels, snapshot);
+    }
+    write_header(
+        out,
+        names::LOOKUPS,
+        "counter",
+        "Decisions made, by endpoint and outcome (block, allow, none)",
+    );
+    for (endpoint, counters) in ENDPOINTS.iter().zip(LOOKUPS.iter()) {
+        for (decision, counter) in OUTCOMES.iter().zip(counters) {
+            let labels = [("endpoint", *endpoint), ("decision", *decision)];
+            write_sample(out, names::LOOKUPS, &labels, counter.get() as f64);
+        }
+    }
 }
 
 #[cfg(test)]

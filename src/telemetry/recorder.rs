@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use super::sharded::SECONDS_BUCKETS;
+
 /// Every metric Palisade exports. The Grafana dashboard in `deploy/` uses these names.
 pub mod names {
     pub const HTTP_REQUESTS: &str = "palisade_http_requests_total";
@@ -30,13 +32,6 @@ pub mod names {
     pub const BUILD_INFO: &str = "palisade_build_info";
 }
 
-/// Latency buckets in seconds: look-ups answer in tens of microseconds, commits take
-/// milliseconds, a stalled store takes seconds.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-];
-
 /// Histogram samples are kept until folded into their buckets; folding every few seconds keeps
 /// that memory small under load even when nobody scrapes.
 const UPKEEP: Duration = Duration::from_secs(5);
@@ -49,7 +44,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
                 .ok()?;
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -76,15 +71,6 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     use names::*;
-    describe_counter!(
-        HTTP_REQUESTS,
-        "HTTP requests answered, by matched route, method and status"
-    );
-    describe_histogram!(
-        HTTP_DURATION,
-        Unit::Seconds,
-        "Time to answer an HTTP request, by matched route, method and status"
-    );
     describe_gauge!(CONNECTIONS_OPEN, "Open client connections");
     describe_counter!(
         SIGNALS,
@@ -101,10 +87,6 @@ fn describe() {
     describe_counter!(
         REPORTS_APPLIED,
         "Queued reports applied by the report worker"
-    );
-    describe_counter!(
-        LOOKUPS,
-        "Decisions made, by endpoint and outcome (block, allow, none)"
     );
     describe_gauge!(RULES_ACTIVE, "Rules in force, by tenant, kind and action");
     describe_gauge!(REPORT_QUEUE_DEPTH, "Reports waiting to be applied");
@@ -147,9 +129,17 @@ fn describe() {
     describe_gauge!(BUILD_INFO, "Always 1; the version is in the label");
 }
 
-/// The exposition text, or `None` when another recorder holds the metrics.
+/// The exposition text, or `None` when another recorder holds the metrics. The per-request
+/// series are kept apart from the recorder (see [`super::sharded`]) and written after its own.
 pub fn render() -> Option<String> {
-    handle().map(PrometheusHandle::render)
+    handle().map(|handle| {
+        let mut text = handle.render();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        super::http::render(&mut text);
+        text
+    })
 }
 
 #[cfg(test)]
