@@ -46,6 +46,7 @@ pub struct Application {
     connection_limits: ConnectionLimits,
     state: AppState,
     tasks: BackgroundTasks,
+    report_worker: ReportWorker,
     /// Set when this start created the first admin key; shown to the operator once.
     pub bootstrap_key: Option<String>,
 }
@@ -199,6 +200,7 @@ impl Application {
             console: config.console.clone(),
         }));
 
+        let report_worker = ReportWorker::spawn(engine.clone(), clock.clone());
         let (engine_for_subscriptions, clock_for_subscriptions) = (engine.clone(), clock.clone());
         let mut tasks = BackgroundTasks(vec![
             expansions_follow_geo,
@@ -209,7 +211,6 @@ impl Application {
                 backend.change_signal(),
                 Duration::from_millis(config.store.follow_interval_ms.max(10)),
             )),
-            tokio::spawn(process_reports(engine.clone(), clock.clone())),
             tokio::spawn(watch_report_queue(backend.clone(), clock.clone())),
             tokio::spawn(follow_geo_data(geo, geo_versions, index)),
             tokio::spawn(probe_store(
@@ -242,6 +243,7 @@ impl Application {
             connection_limits: config.server.connection_limits(),
             state,
             tasks,
+            report_worker,
             bootstrap_key,
         })
     }
@@ -279,6 +281,7 @@ impl Application {
             connection_limits,
             state,
             tasks: _running_until_return,
+            mut report_worker,
             ..
         } = self;
         // Stopped with the tasks: a scrape during shutdown is worth nothing.
@@ -295,7 +298,28 @@ impl Application {
         let trusted = state.trusted_proxies.clone();
         let router = api::router(state.clone()).merge(telemetry::scrape::router(state));
         let router = telemetry::http::instrument(router, trusted);
-        server::serve(listener, router, connection_limits, shutdown).await
+        let deadline = connection_limits.shutdown_timeout;
+        let began = Arc::new(std::sync::OnceLock::new());
+        let stop_reports = report_worker.stop.clone();
+        let shutdown = {
+            let began = began.clone();
+            async move {
+                shutdown.await;
+                let _ = began.set(tokio::time::Instant::now());
+                // The worker finishes the report it holds while requests drain.
+                let _ = stop_reports.send(true);
+            }
+        };
+        let served = server::serve(listener, router, connection_limits, shutdown).await;
+        let _ = report_worker.stop.send(true);
+        let until = began.get().map_or_else(tokio::time::Instant::now, |at| *at) + deadline;
+        match tokio::time::timeout_at(until, &mut report_worker.task).await {
+            Ok(_) => tracing::info!("the report worker finished its report and stopped"),
+            Err(_) => tracing::warn!(
+                "the report worker did not finish within server.shutdown_timeout_secs; its report stays queued and is applied after the next start"
+            ),
+        }
+        served
     }
 }
 
@@ -427,14 +451,48 @@ const REPORT_BATCH: usize = 256;
 /// not be held long by a backlog.
 const REPORT_ADDRESSES_PER_COMMIT: usize = 10_000;
 
+/// The task applying queued reports, and how to ask it to stop.
+struct ReportWorker {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ReportWorker {
+    fn spawn(engine: Arc<Engine>, clock: Arc<dyn Clock>) -> Self {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(process_reports(engine, clock, stopping));
+        Self { stop, task }
+    }
+}
+
+impl Drop for ReportWorker {
+    /// A server dropped without running, or past its shutdown deadline.
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// Turns queued reports into rule changes. Each report leaves the queue in the transaction that
 /// applies it, so a crash at any point means it is applied after restart, and never twice.
-async fn process_reports(engine: Arc<Engine>, clock: Arc<dyn Clock>) {
+/// Asked to stop, it finishes the transaction it is in and takes no more.
+async fn process_reports(
+    engine: Arc<Engine>,
+    clock: Arc<dyn Clock>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
     let wake = engine.report_queued().clone();
     loop {
         // A queue left by a previous run, or a missed wake-up, waits at most a second.
-        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+        tokio::select! {
+            changed = stopping.changed() => if changed.is_err() || *stopping.borrow() {
+                return;
+            },
+            _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()) => {}
+        }
         loop {
+            if *stopping.borrow() {
+                return;
+            }
             match engine
                 .process_reports(REPORT_BATCH, REPORT_ADDRESSES_PER_COMMIT, clock.now())
                 .await

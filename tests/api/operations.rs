@@ -397,6 +397,97 @@ async fn sigterm_under_load_loses_no_acknowledged_write() {
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 }
 
+/// SIGTERM while the report worker works through a queue: it finishes the report it is
+/// applying (it is not cut off and rolled back), exits 0, and after a restart the reports
+/// it left are applied.
+#[tokio::test]
+async fn sigterm_lets_the_report_worker_finish_its_report() {
+    const REPORTS: usize = 12;
+    const ADDRESSES: usize = 10_000;
+    let address = |report: usize, n: usize| format!("11.{report}.{}.{}", n / 250, n % 250 + 1);
+    let data = tempfile::tempdir().unwrap();
+    let limits = |command: &mut Command| {
+        command.env("PALISADE_RATE_LIMITS__REPORTS_PER_MINUTE", "1000");
+    };
+    let (mut server, key) = crate::helpers::start_with(data.path(), true, limits);
+    let key = key.unwrap();
+    let http = reqwest::Client::new();
+    for report in 0..REPORTS {
+        let addresses: Vec<String> = (0..ADDRESSES).map(|n| address(report, n)).collect();
+        let response = http
+            .post(format!("{}/v1/ip", server.base))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"addresses": addresses, "ttl": 3600}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    let depth = |base: String, key: String| async move {
+        let queue: serde_json::Value = reqwest::Client::new()
+            .get(format!("{base}/v1/reports/queue"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        queue["depth"].as_u64().unwrap()
+    };
+    let start = Instant::now();
+    // Stopped once the worker is under way, with reports still waiting.
+    while depth(server.base.clone(), key.clone()).await == REPORTS as u64 {
+        assert!(start.elapsed() < EVENTUALLY, "the worker never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let pid = i32::try_from(server.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < EVENTUALLY * 2, "the server did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The log reader thread may still be copying the last lines.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = server.logs.lock().unwrap().clone();
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(
+        logs.contains("the report worker finished its report and stopped"),
+        "{logs}"
+    );
+    drop(server);
+
+    let (server, _) = crate::helpers::start_with(data.path(), false, limits);
+    let start = Instant::now();
+    while depth(server.base.clone(), key.clone()).await > 0 {
+        assert!(start.elapsed() < EVENTUALLY * 3, "the queue never drained");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for report in 0..REPORTS {
+        let ips: Vec<String> = (0..ADDRESSES).map(|n| address(report, n)).collect();
+        let body: serde_json::Value = http
+            .post(format!("{}/v1/check", server.base))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({ "ips": ips }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let results = body["results"].as_array().unwrap();
+        let unblocked = results.iter().filter(|r| r["blocked"] != true).count();
+        assert_eq!(
+            unblocked, 0,
+            "report {report}: {unblocked} addresses not applied"
+        );
+    }
+}
+
 fn export(data: &Path, format: &str) -> String {
     let output = Store::Sqlite
         .command(data, &["rules", "export", "--format", format])
