@@ -488,6 +488,184 @@ async fn sigterm_lets_the_report_worker_finish_its_report() {
     }
 }
 
+/// The instructions of a container file, continuation lines joined: `(INSTRUCTION, arguments)`.
+fn container_instructions(text: &str) -> Vec<(String, String)> {
+    let mut joined = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if current.is_empty() && (line.is_empty() || line.starts_with('#')) {
+            continue;
+        }
+        match line.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                joined.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    joined
+        .into_iter()
+        .map(|line| {
+            let (word, rest) = line.split_once(' ').unwrap_or((&line, ""));
+            (word.to_uppercase(), rest.trim().to_owned())
+        })
+        .collect()
+}
+
+/// No container engine runs where CI does, so the container file is checked for what it relies
+/// on: the files it copies exist, it builds this package's binary with the locked dependencies
+/// and a toolchain new enough, it runs as a user that is not root and stops with the signal the
+/// server drains on, and the binary started as the image starts it (its entrypoint, command,
+/// environment and configuration file) comes up, prints the first admin key and is ready.
+#[test]
+fn the_container_file_runs_what_it_builds() {
+    let text = std::fs::read_to_string(repo("deploy/Containerfile")).unwrap();
+    let instructions = container_instructions(&text);
+    let all = |word: &str| -> Vec<String> {
+        instructions
+            .iter()
+            .filter(|(w, _)| w == word)
+            .map(|(_, rest)| rest.clone())
+            .collect()
+    };
+    let one = |word: &str| -> String {
+        let found = all(word);
+        assert_eq!(found.len(), 1, "{word}: {found:?}");
+        found[0].clone()
+    };
+
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
+    let wanted: Vec<u32> = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"')
+        .split('.')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let build_image = all("FROM")
+        .into_iter()
+        .find(|from| from.contains("/rust:"))
+        .expect("a Rust build stage");
+    let tag = build_image.split(':').nth(1).unwrap();
+    let given: Vec<u32> = tag
+        .split(['-', ' '])
+        .next()
+        .unwrap()
+        .split('.')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(
+        given >= wanted,
+        "{build_image} is older than rust-version {wanted:?}"
+    );
+    assert!(
+        all("RUN")
+            .iter()
+            .any(|run| run.contains("cargo build --release --locked --bin palisade")),
+        "{text}"
+    );
+
+    let mut config_file = None;
+    for copy in all("COPY") {
+        let words: Vec<&str> = copy.split_whitespace().collect();
+        let (sources, target) = words.split_at(words.len() - 1);
+        if sources[0].starts_with("--from=") {
+            assert_eq!(sources[1], "/src/target/release/palisade", "{copy}");
+            assert_eq!(target[0], "/usr/bin/palisade", "{copy}");
+            continue;
+        }
+        for source in sources {
+            assert!(repo(source).exists(), "COPY of a missing {source}");
+            if source.ends_with(".toml") {
+                config_file = Some((repo(source), target[0].to_owned()));
+            }
+        }
+    }
+    let (config_file, config_in_image) = config_file.expect("a configuration file copied in");
+    assert_ne!(one("USER"), "root");
+    assert_eq!(one("STOPSIGNAL"), "SIGTERM");
+    let entrypoint: Vec<String> = serde_json::from_str(&one("ENTRYPOINT")).unwrap();
+    assert_eq!(entrypoint, ["/usr/bin/palisade"]);
+    let command: Vec<String> = serde_json::from_str(&one("CMD")).unwrap();
+
+    let mut environment = Vec::new();
+    for env in all("ENV") {
+        for pair in env.split_whitespace() {
+            let (name, value) = pair.split_once('=').unwrap();
+            environment.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    let listen = environment
+        .iter()
+        .find(|(name, _)| name == "PALISADE_LISTEN")
+        .map(|(_, value)| value.clone())
+        .expect("PALISADE_LISTEN");
+    let port = listen.rsplit(':').next().unwrap();
+    assert_eq!(one("EXPOSE"), port, "EXPOSE and PALISADE_LISTEN disagree");
+
+    // Started as the image starts it, with the image's paths mapped to this machine's.
+    let data = tempfile::tempdir().unwrap();
+    let mut started = Command::new(env!("CARGO_BIN_EXE_palisade"));
+    started.args(&command).env_remove("PALISADE_DATABASE_URL");
+    for (name, value) in &environment {
+        let value = match name.as_str() {
+            "PALISADE_LISTEN" => "127.0.0.1:0".to_owned(),
+            "PALISADE_DATA_DIR" => data.path().display().to_string(),
+            "PALISADE_CONFIG" => {
+                assert_eq!(
+                    value, &config_in_image,
+                    "PALISADE_CONFIG names another file"
+                );
+                config_file.display().to_string()
+            }
+            _ => value.clone(),
+        };
+        started.env(name, value);
+    }
+    let mut child = started
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut output = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut printed = String::new();
+    while !printed.contains("pal_") {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut output, &mut line).unwrap() == 0 {
+            let _ = child.kill();
+            let mut errors = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut errors).unwrap();
+            panic!("the image's command printed no admin key:\n{printed}\n{errors}");
+        }
+        printed.push_str(&line);
+    }
+    // JSON log lines, as the image asks for: the listening line carries the address.
+    let mut logs = std::io::BufReader::new(child.stderr.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut logs, &mut line).unwrap() > 0);
+        let parsed: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if let Some(address) = parsed["fields"]["address"].as_str() {
+            break address.to_owned();
+        }
+    };
+    let ready = std::net::TcpStream::connect(&address).and_then(|mut stream| {
+        use std::io::{Read, Write};
+        stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer)?;
+        Ok(answer)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let ready = ready.unwrap();
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+}
+
 fn export(data: &Path, format: &str) -> String {
     let output = Store::Sqlite
         .command(data, &["rules", "export", "--format", format])
