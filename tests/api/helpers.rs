@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use palisade::api::AppState;
 use palisade::app::{Application, create_key};
@@ -226,6 +227,30 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// SIGTERM, then waits for the exit, failing the test when it takes longer than `within`.
+    /// Returns the exit status and everything logged by then.
+    pub async fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                started.elapsed() < within,
+                "the server did not stop:\n{}",
+                self.logs.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // The thread copying the log may still hold the last lines.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let logs = self.logs.lock().unwrap().clone();
+        (status, logs)
+    }
+
     /// SIGKILL: no shutdown code runs.
     pub fn kill_9(mut self) {
         self.child.kill().unwrap();

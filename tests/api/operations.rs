@@ -355,25 +355,13 @@ async fn sigterm_under_load_loses_no_acknowledged_write() {
         assert!(start.elapsed() < EVENTUALLY, "the clients made no progress");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let pid = i32::try_from(server.child.id()).unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // The clients run on this runtime's other tasks while the server stops.
+    let (status, logs) = server.terminate(EVENTUALLY * 2).await;
+    assert!(status.success(), "{status:?}\n{logs}");
     let mut written = Vec::new();
     while let Some(done) = clients.join_next().await {
         written.extend(done.unwrap());
     }
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < EVENTUALLY * 2, "the server did not stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(
-        status.success(),
-        "{status:?}\n{}",
-        server.logs.lock().unwrap()
-    );
     drop(server);
 
     let (server, _) = crate::helpers::start(data.path(), false);
@@ -441,19 +429,7 @@ async fn sigterm_lets_the_report_worker_finish_its_report() {
         assert!(start.elapsed() < EVENTUALLY, "the worker never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let pid = i32::try_from(server.child.id()).unwrap();
-    // SAFETY: kill(2) on our own child's pid.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(start.elapsed() < EVENTUALLY * 2, "the server did not stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    // The log reader thread may still be copying the last lines.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let logs = server.logs.lock().unwrap().clone();
+    let (status, logs) = server.terminate(EVENTUALLY * 2).await;
     assert!(status.success(), "{status:?}\n{logs}");
     assert!(
         logs.contains("the report worker finished its report and stopped"),
