@@ -105,13 +105,19 @@ fn semantic_problems(config: &Config, text: &str) -> Vec<Problem> {
         );
     }
     for (at, subscription) in config.subscriptions.iter().enumerate() {
-        if !subscription.url.starts_with("http://") {
+        if !subscription.url.starts_with("https://") && !subscription.url.starts_with("http://") {
             let message = format!(
-                "{:?} (entry {}) must be an http:// URL",
+                "{:?} (entry {}) must be an https:// or http:// URL",
                 subscription.url,
                 at + 1
             );
             problem("subscriptions", "url", message);
+        }
+        if let Some(path) = &subscription.ca_file
+            && std::fs::metadata(path).is_err()
+        {
+            let message = format!("{} (entry {}) cannot be read", path.display(), at + 1);
+            problem("subscriptions", "ca_file", message);
         }
         if subscription.dataset.is_empty() {
             problem(
@@ -306,6 +312,7 @@ mod tests {
                 tenant: "t".into(),
                 max_bytes: 1,
                 timeout_secs: 1,
+                ca_file: Some("c".into()),
             }],
             crowdsec: crate::crowdsec::CrowdsecConfig {
                 expand_geo: Some(true),

@@ -27,7 +27,7 @@ pub const LAST_SUCCESS: &str = "palisade_subscription_last_success_timestamp_sec
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubscriptionConfig {
-    /// `http://` URL of the list.
+    /// `https://` (or `http://`) URL of the list.
     pub url: String,
     /// How the list is written; `auto` decides from its first lines.
     #[serde(default = "auto")]
@@ -47,6 +47,10 @@ pub struct SubscriptionConfig {
     /// Seconds a fetch may take, from connecting to the last byte.
     #[serde(default = "timeout")]
     pub timeout_secs: u64,
+    /// PEM file of the certificate authorities trusted for this list's HTTPS server instead of
+    /// the system's (a mirror behind a private CA). Unset: the system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn auto() -> Format {
@@ -104,12 +108,45 @@ pub struct Round {
     pub removed: usize,
 }
 
+/// Redirects followed at most, as browsers and curl allow a handful.
+const MAX_REDIRECTS: usize = 5;
+
+/// The subscription's HTTP client. A redirect from HTTPS to plain HTTP is refused: it would
+/// let anyone on the path rewrite a list fetched over TLS.
+fn client(config: &SubscriptionConfig) -> anyhow::Result<reqwest::Client> {
+    use anyhow::Context;
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|url| url.scheme() == "https");
+        if downgrade {
+            attempt.error("refused a redirect from https to http")
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    });
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(config.timeout_secs.max(1)))
+        .redirect(redirects);
+    if let Some(path) = &config.ca_file {
+        let pem =
+            std::fs::read(path).with_context(|| format!("reading ca_file {}", path.display()))?;
+        let roots = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("ca_file {} is not PEM certificates", path.display()))?;
+        anyhow::ensure!(
+            !roots.is_empty(),
+            "ca_file {} holds no certificate",
+            path.display()
+        );
+        builder = builder.tls_certs_only(roots);
+    }
+    Ok(builder.build()?)
+}
+
 /// Runs one subscription until aborted.
 pub async fn run(engine: Arc<Engine>, clock: Arc<dyn Clock>, config: SubscriptionConfig) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(config.timeout_secs.max(1)))
-        .build()
-    {
+    let client = match client(&config) {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(dataset = config.dataset, error = %e, "cannot make an HTTP client; subscription off");

@@ -99,6 +99,7 @@ async fn a_changed_list_adds_and_removes_exactly_the_difference() {
                 tenant: "default".into(),
                 max_bytes: 1024 * 1024,
                 timeout_secs: 10,
+                ca_file: None,
             }]
         },
         None,
@@ -145,4 +146,136 @@ async fn a_changed_list_adds_and_removes_exactly_the_difference() {
     })
     .await;
     assert_eq!(dataset(&app).await, second);
+}
+
+/// An HTTPS server for `list` whose certificate a CA made for the test signed, also answering
+/// `/moved` with a redirect to `plain_url`. Returns its list URL and the CA's certificate (PEM).
+async fn tls_list_server(list: Shared, plain_url: String) -> (String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Palisade test list CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/level1.netset", listener.local_addr().unwrap());
+    let router = axum::Router::new()
+        .route("/level1.netset", axum::routing::get(serve_list))
+        .route(
+            "/moved",
+            axum::routing::get(move || async move { axum::response::Redirect::to(&plain_url) }),
+        )
+        .with_state(list);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, router) = (acceptor.clone(), router.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(router),
+                )
+                .await;
+            });
+        }
+    });
+    (url, ca.as_ref().pem())
+}
+
+async fn targets(app: &TestApp, dataset: &str) -> BTreeSet<String> {
+    let (status, body) = app
+        .get(
+            &format!("/v1/rules?dataset={dataset}&limit=1000"),
+            &app.admin,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    body["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["target"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Over HTTPS, a list is taken only from a server the configured CAs vouch for, and a redirect
+/// from https to http is refused rather than followed.
+#[tokio::test]
+async fn https_lists_come_only_from_servers_the_trusted_cas_vouch_for() {
+    let tls_list: Shared = Default::default();
+    let plain_list: Shared = Default::default();
+    for list in [&tls_list, &plain_list] {
+        let mut list = list.lock().unwrap();
+        list.status = 200;
+        list.etag = "\"v1\"".into();
+        list.body = "192.0.2.1\n198.51.100.0/24\n".into();
+    }
+    let plain_url = list_server(plain_list.clone()).await;
+    let (url, ca) = tls_list_server(tls_list.clone(), plain_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    let moved = url.replace("/level1.netset", "/moved");
+    let subscription =
+        |url: &str, dataset: &str, ca_file: Option<std::path::PathBuf>| SubscriptionConfig {
+            url: url.to_owned(),
+            format: Format::Auto,
+            interval: 1,
+            dataset: dataset.into(),
+            action: ImportAction::Block,
+            tenant: "default".into(),
+            max_bytes: 1024 * 1024,
+            timeout_secs: 10,
+            ca_file,
+        };
+    let app = spawn_with(
+        |c| {
+            c.subscriptions = vec![
+                subscription(&url, "level1", Some(ca_file.clone())),
+                // The system's roots do not include the test's CA.
+                subscription(&url, "untrusted", None),
+                subscription(&moved, "downgraded", Some(ca_file.clone())),
+            ]
+        },
+        None,
+    )
+    .await;
+    eventually("the list is fetched over https", async || {
+        targets(&app, "level1").await == set(&["192.0.2.1/32", "198.51.100.0/24"])
+    })
+    .await;
+    // By the list's third fetch every subscription has had a round or more.
+    eventually("a second round", async || {
+        tls_list.lock().unwrap().requests >= 3
+    })
+    .await;
+    assert!(targets(&app, "untrusted").await.is_empty());
+    assert!(targets(&app, "downgraded").await.is_empty());
+    assert_eq!(
+        plain_list.lock().unwrap().requests,
+        0,
+        "the redirect to http was followed"
+    );
 }
