@@ -20,7 +20,9 @@ use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 use super::names;
-use super::sharded::{Counter, Histogram, write_header, write_histogram, write_sample};
+use super::sharded::{
+    Counter, Histogram, HistogramSnapshot, write_header, write_histogram, write_sample,
+};
 use crate::rules::normalize_ip;
 
 pub const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
@@ -303,31 +305,31 @@ pub fn count_lookup(endpoint: LookupEndpoint, blocked: bool, allowed: bool) {
     LOOKUPS[endpoint as usize][outcome].add(1);
 }
 
+fn series_labels([route, method, status]: &[String; 3]) -> [(&'static str, &str); 3] {
+    [("route", route), ("method", method), ("status", status)]
+}
+
 /// Appends the request and decision series to the exposition text.
 pub fn render(out: &mut String) {
-    let series: Vec<_> = SERIES
+    // Label values and a snapshot per series, taken once for both families.
+    let series: Vec<([String; 3], HistogramSnapshot)> = SERIES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .map(|(key, histogram)| (key.clone(), histogram.snapshot()))
+        .map(|((route, method, status), histogram)| {
+            let values = [route.clone(), (*method).to_owned(), status.to_string()];
+            (values, histogram.snapshot())
+        })
         .collect();
-    let labelled = |(route, method, status): &(String, &'static str, u16)| {
-        (route.clone(), *method, status.to_string())
-    };
     write_header(
         out,
         names::HTTP_REQUESTS,
         "counter",
         "HTTP requests answered, by matched route, method and status",
     );
-    for (key, snapshot) in &series {
-        let (route, method, status) = labelled(key);
-        let labels = [
-            ("route", route.as_str()),
-            ("method", method),
-            ("status", &status),
-        ];
-        write_sample(out, names::HTTP_REQUESTS, &labels, snapshot.count as f64);
+    for (values, snapshot) in &series {
+        let count = snapshot.count as f64;
+        write_sample(out, names::HTTP_REQUESTS, &series_labels(values), count);
     }
     write_header(
         out,
@@ -335,14 +337,8 @@ pub fn render(out: &mut String) {
         "histogram",
         "Time to answer an HTTP request, by matched route, method and status",
     );
-    for (key, snapshot) in &series {
-        let (route, method, status) = labelled(key);
-        let labels = [
-            ("route", route.as_str()),
-            ("method", method),
-            ("status", &status),
-        ];
-        write_histogram(out, names::HTTP_DURATION, &labels, snapshot);
+    for (values, snapshot) in &series {
+        write_histogram(out, names::HTTP_DURATION, &series_labels(values), snapshot);
     }
     write_header(
         out,
