@@ -227,6 +227,19 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// `GET path` with `key`, the answer parsed as JSON whatever its status.
+    pub async fn get_json(&self, path: &str, key: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// SIGTERM, then waits for the exit, failing the test when it takes longer than `within`.
     /// Returns the exit status and everything logged by then.
     pub async fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, String) {

@@ -125,18 +125,9 @@ async fn imports_are_enforced_by_a_running_server(store: Store) {
     eventually_blocked(&server, &key, "198.51.100.7").await;
     eventually_blocked(&server, &key, "192.0.2.200").await;
     eventually_blocked(&server, &key, "2001:db8:1::5").await;
-    let rules: serde_json::Value = reqwest::Client::new()
-        .get(format!(
-            "{}/v1/rules?dataset=firehol_level1&limit=100",
-            server.base
-        ))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules = server
+        .get_json("/v1/rules?dataset=firehol_level1&limit=100", &key)
+        .await;
     let rules = rules["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 3, "{rules:?}");
     assert!(rules.iter().all(|r| r["name"] == "level1"));
@@ -365,18 +356,9 @@ async fn sigterm_under_load_loses_no_acknowledged_write() {
     drop(server);
 
     let (server, _) = crate::helpers::start(data.path(), false);
-    let http = reqwest::Client::new();
     let mut missing = Vec::new();
     for ip in &written {
-        let body: serde_json::Value = http
-            .get(format!("{}/v1/check?ip={ip}", server.base))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = server.get_json(&format!("/v1/check?ip={ip}"), &key).await;
         if body["blocked"] != true {
             missing.push(ip.clone());
         }
@@ -411,21 +393,13 @@ async fn sigterm_lets_the_report_worker_finish_its_report() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::ACCEPTED);
     }
-    let depth = |base: String, key: String| async move {
-        let queue: serde_json::Value = reqwest::Client::new()
-            .get(format!("{base}/v1/reports/queue"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let depth = async |server: &Server| {
+        let queue = server.get_json("/v1/reports/queue", &key).await;
         queue["depth"].as_u64().unwrap()
     };
     let start = Instant::now();
     // Stopped once the worker is under way, with reports still waiting.
-    while depth(server.base.clone(), key.clone()).await == REPORTS as u64 {
+    while depth(&server).await == REPORTS as u64 {
         assert!(start.elapsed() < EVENTUALLY, "the worker never started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -439,7 +413,7 @@ async fn sigterm_lets_the_report_worker_finish_its_report() {
 
     let (server, _) = crate::helpers::start_with(data.path(), false, limits);
     let start = Instant::now();
-    while depth(server.base.clone(), key.clone()).await > 0 {
+    while depth(&server).await > 0 {
         assert!(start.elapsed() < EVENTUALLY * 3, "the queue never drained");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
