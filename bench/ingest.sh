@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-15}
 cargo build --release --quiet --bin palisade --example load
 bin=${BIN:-./target/release/palisade}
-for pattern in sequential spread; do
+for pattern in ${PATTERNS:-sequential spread}; do
   data=$(mktemp -d)
   args=(serve --data-dir "$data" --listen 127.0.0.1:18097)
   if [ -n "${DATABASE_URL:-}" ]; then
