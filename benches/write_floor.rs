@@ -1,4 +1,4 @@
-//! What SQLite itself costs per ingested event, for the rows Palisade writes and for less,
+//! What the database itself costs per ingested event, for the rows Palisade writes and for less,
 //! beside the engine's own commit in the same run: the floor any change to the write path
 //! is measured against.
 //!
@@ -13,8 +13,11 @@
 //!   the rule, its change-log row and its audit row.
 //! - `floor/append_only`: one change-log row per event and no rule row: the cost of a
 //!   log-structured layout that keeps rules by key somewhere else.
-//! - `engine/commit_4000`: the engine's writer committing four 1000-event batches sent together (reads of the
-//!   stored keys, merge, quota, the three rows per event).
+//! - `engine/commit_4000`: the engine's writer committing four 1000-event batches sent
+//!   together (reads of the stored keys, merge, quota, the three rows per event).
+//!
+//! With `PALISADE_TEST_DATABASE_URL` set, the same on PostgreSQL (`floor_pg/*`,
+//! `engine/commit_4000_pg`), each in a schema of its own.
 //!
 //! `cargo bench --bench write_floor`
 
@@ -30,6 +33,7 @@ use palisade::engine::{Engine, Feed, Policies};
 use palisade::rules::{TenantId, UnixMillis};
 use palisade::signal::{SignalPolicy, parse_batch};
 use palisade::store::backend::SharedBackend;
+use palisade::store::postgres::{PgBackend, PgOptions};
 use palisade::store::sqlite::{DB_FILE, SqliteBackend, SqliteOptions};
 use palisade::store::{BatchItem, WriteBatch};
 use rusqlite::{Connection, params};
@@ -38,11 +42,13 @@ const PREFILL: u32 = 500_000;
 const GROUP: u32 = 4_000;
 const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
 
-/// The load generator's scattered addresses: 11.0.0.0-126.255.255.255, no two alike in
-/// practice (a multiply-xorshift bijection, then a modulo).
+/// Scattered addresses as the load generator sends them, but never two alike (a repeated key
+/// would be an update, or a constraint error in the bare-statement cases): a multiply and
+/// an xor-shift, both bijections on 30 bits, over 11.0.0.0-74.255.255.255.
 fn scattered(n: u32) -> Ipv4Addr {
-    let x = n.wrapping_mul(0x9E37_79B1);
-    Ipv4Addr::from((11u32 << 24) + (x ^ (x >> 15)) % (116u32 << 24))
+    const BITS: u32 = (1 << 30) - 1;
+    let x = n.wrapping_mul(0x9E37_79B1) & BITS;
+    Ipv4Addr::from((11u32 << 24) + (x ^ (x >> 15)))
 }
 
 /// A file with Palisade's schema and nothing in it, and a connection set up as the server's
@@ -139,7 +145,56 @@ fn report_writes(name: &str, bytes_before: u64, events: u64) {
     );
 }
 
+/// Whether the command line's filters (criterion's positional arguments) select the case
+/// `id`: each case fills a store first, which a filtered-out case should not pay for.
+fn wanted(id: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|filter| id.contains(filter.as_str()))
+}
+
+/// Event `n` as a client sends it (and the audit keeps it).
+fn audit_event(n: u32) -> String {
+    format!(
+        r#"{{"type":"access_rules","action":"block","ip":"{}","expiration":3600,"description":"bench","name":"bench"}}"#,
+        scattered(n)
+    )
+}
+
+/// The row layouts measured on each database.
+fn layouts() -> [(&'static str, Rows); 3] {
+    let all = Rows {
+        rule: true,
+        change: true,
+        audit: true,
+    };
+    [
+        (
+            "rule_rows",
+            Rows {
+                change: false,
+                audit: false,
+                ..all
+            },
+        ),
+        ("rule_change_audit_rows", all),
+        (
+            "append_only",
+            Rows {
+                rule: false,
+                audit: false,
+                ..all
+            },
+        ),
+    ]
+}
+
 fn floor_case(c: &mut Criterion, name: &str, rows: Rows) {
+    if !wanted(&format!("floor/{name}")) {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut conn = fresh_file(dir.path());
     for first in (0..PREFILL).step_by(100_000) {
@@ -170,14 +225,7 @@ fn floor_case(c: &mut Criterion, name: &str, rows: Rows) {
 }
 
 fn batch(first: u32, count: u32, policy: &SignalPolicy) -> WriteBatch {
-    let events: Vec<String> = (first..first + count)
-        .map(|n| {
-            format!(
-                r#"{{"type":"access_rules","action":"block","ip":"{}","expiration":3600,"description":"bench","name":"bench"}}"#,
-                scattered(n)
-            )
-        })
-        .collect();
+    let events: Vec<String> = (first..first + count).map(audit_event).collect();
     let body = format!("[{}]", events.join(","));
     let items = parse_batch(body.as_bytes())
         .unwrap()
@@ -199,24 +247,32 @@ fn batch(first: u32, count: u32, policy: &SignalPolicy) -> WriteBatch {
     }
 }
 
-fn engine_case(c: &mut Criterion) {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+/// The engine over `backend` (nothing follows its feed).
+fn engine_over(backend: SharedBackend) -> Engine {
+    let feed = Arc::new(Feed::new(
+        backend.clone(),
+        Arc::new(SystemClock),
+        Vec::new(),
+    ));
+    let policies = Policies {
+        write: Config::default().write_policy(),
+        ..Policies::default()
+    };
+    Engine::start(backend, feed, policies)
+}
+
+/// `counts_writes`: the storage writes are this process's (not a database server's).
+fn engine_case(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    engine: Engine,
+    counts_writes: bool,
+) {
+    if !wanted(&format!("engine/{name}")) {
+        return;
+    }
     let policy = SignalPolicy::default();
-    let dir = tempfile::tempdir().unwrap();
-    let engine = runtime.block_on(async {
-        let backend: SharedBackend =
-            Arc::new(SqliteBackend::open(dir.path(), SqliteOptions::default()).unwrap());
-        let feed = Arc::new(Feed::new(
-            backend.clone(),
-            Arc::new(SystemClock),
-            Vec::new(),
-        ));
-        let policies = Policies {
-            write: Config::default().write_policy(),
-            ..Policies::default()
-        };
-        Engine::start(backend, feed, policies)
-    });
     // Four clients' batches in flight together, as the HTTP benchmark sends them: the writer
     // commits them as one group.
     let commit_group = |batches: Vec<WriteBatch>| {
@@ -242,7 +298,7 @@ fn engine_case(c: &mut Criterion) {
     group.throughput(Throughput::Elements(u64::from(GROUP)));
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(8));
-    group.bench_function("commit_4000", |b| {
+    group.bench_function(name, |b| {
         b.iter_batched(
             || {
                 next += GROUP;
@@ -253,39 +309,177 @@ fn engine_case(c: &mut Criterion) {
         )
     });
     group.finish();
-    report_writes(
-        "engine/commit_4000",
-        bytes_before,
-        u64::from(next - PREFILL),
-    );
+    if counts_writes {
+        report_writes(
+            &format!("engine/{name}"),
+            bytes_before,
+            u64::from(next - PREFILL),
+        );
+    }
 }
 
 fn bench(c: &mut Criterion) {
-    let all = Rows {
-        rule: true,
-        change: true,
-        audit: true,
-    };
-    floor_case(
-        c,
-        "rule_rows",
-        Rows {
-            change: false,
-            audit: false,
-            ..all
-        },
-    );
-    floor_case(c, "rule_change_audit_rows", all);
-    floor_case(
-        c,
-        "append_only",
-        Rows {
-            rule: false,
-            audit: false,
-            ..all
-        },
-    );
-    engine_case(c);
+    for (name, rows) in layouts() {
+        floor_case(c, name, rows);
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = runtime.block_on(async {
+        engine_over(Arc::new(
+            SqliteBackend::open(dir.path(), SqliteOptions::default()).unwrap(),
+        ))
+    });
+    engine_case(c, &runtime, "commit_4000", sqlite, true);
+    if let Ok(url) = std::env::var("PALISADE_TEST_DATABASE_URL") {
+        postgres_cases(c, &runtime, &url);
+    }
+}
+
+/// A schema of its own on the PostgreSQL server at `url`, migrated.
+fn pg_schema(runtime: &tokio::runtime::Runtime, url: &str) -> (PgBackend, String) {
+    let schema = format!("bench_floor_{}_{}", std::process::id(), rand_suffix());
+    let backend = runtime
+        .block_on(PgBackend::connect(
+            url,
+            PgOptions {
+                schema: Some(schema.clone()),
+                ..PgOptions::default()
+            },
+        ))
+        .unwrap();
+    (backend, schema)
+}
+
+fn rand_suffix() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+}
+
+/// The same cases on PostgreSQL, where each table gets one `INSERT .. SELECT FROM UNNEST`
+/// per transaction as the backend writes them: `floor_pg/*` for each layout and
+/// `engine/commit_4000_pg`. Storage writes are the server's, not counted here.
+fn postgres_cases(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &str) {
+    for (name, rows) in layouts() {
+        if !wanted(&format!("floor_pg/{name}")) {
+            continue;
+        }
+        let (backend, schema) = pg_schema(runtime, url);
+        drop(backend);
+        let pool = runtime.block_on(async {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .after_connect({
+                    let schema = schema.clone();
+                    move |conn, _| {
+                        let schema = schema.clone();
+                        Box::pin(async move {
+                            sqlx::Executor::execute(
+                                conn,
+                                sqlx::AssertSqlSafe(format!("SET search_path = {schema}")),
+                            )
+                            .await
+                            .map(|_| ())
+                        })
+                    }
+                })
+                .connect(url)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO tenants (id, name, created_at) OVERRIDING SYSTEM VALUE
+                 VALUES (1, 'default', 0) ON CONFLICT DO NOTHING",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            pool
+        });
+        let write = |first: u32, count: u32| {
+            runtime.block_on(pg_rows(&pool, rows, first, count));
+        };
+        for first in (0..PREFILL).step_by(50_000) {
+            write(first, 50_000);
+        }
+        let mut next = PREFILL;
+        let mut group = c.benchmark_group("floor_pg");
+        group.throughput(Throughput::Elements(u64::from(GROUP)));
+        group.sample_size(20);
+        group.measurement_time(Duration::from_secs(8));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iterations| {
+                let started = Instant::now();
+                for _ in 0..iterations {
+                    write(next, GROUP);
+                    next += GROUP;
+                }
+                started.elapsed()
+            })
+        });
+        group.finish();
+    }
+    let (backend, _) = pg_schema(runtime, url);
+    let engine = runtime.block_on(async { engine_over(Arc::new(backend)) });
+    engine_case(c, runtime, "commit_4000_pg", engine, false);
+}
+
+async fn pg_rows(pool: &sqlx::PgPool, rows: Rows, first: u32, count: u32) {
+    let targets: Vec<String> = (first..first + count)
+        .map(|n| format!("{}/32", scattered(n)))
+        .collect();
+    // Numbers of its own for the change log (the backend takes them from its feed head).
+    let ids: Vec<i64> = (first..first + count).map(i64::from).collect();
+    let mut tx = pool.begin().await.unwrap();
+    if rows.rule {
+        sqlx::query(
+            "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
+                                source, dataset, tags, reports, created_at, updated_at)
+             SELECT 1, 'block', 'ip', target, $2, 'bench', 'bench', 'signal', NULL, '[]', 0,
+                    $3, $3
+             FROM UNNEST($1::text[]) AS u(target)",
+        )
+        .bind(&targets)
+        .bind(NOW.0 + 3_600_000)
+        .bind(NOW.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    if rows.change {
+        sqlx::query(
+            "INSERT INTO rule_changes (seq, tenant_id, rule_id, op, action, kind, target,
+                                       expires_at, name, at, source, dataset, description)
+             SELECT rule_id, 1, rule_id, 'put', 'block', 'ip', target, $3, 'bench', $4, 'signal', NULL,
+                    'bench'
+             FROM UNNEST($1::bigint[], $2::text[]) AS u(rule_id, target)",
+        )
+        .bind(&ids)
+        .bind(&targets)
+        .bind(NOW.0 + 3_600_000)
+        .bind(NOW.0)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    if rows.audit {
+        let events: Vec<String> = (first..first + count).map(audit_event).collect();
+        let positions: Vec<i64> = (first..first + count)
+            .map(|n| i64::from(n % 1000))
+            .collect();
+        sqlx::query(
+            "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+             SELECT 1, 1, 'bench', $1, entry_index, event, NULL
+             FROM UNNEST($2::bigint[], $3::text[]) AS u(entry_index, event)",
+        )
+        .bind(NOW.0)
+        .bind(&positions)
+        .bind(&events)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    }
+    tx.commit().await.unwrap();
 }
 
 criterion_group!(benches, bench);
