@@ -2,7 +2,9 @@
 # Ingest over HTTP: 4 clients x 1000-event batches into a fresh server, for each address pattern.
 # The server is BIN (default: this tree's release build); with DATABASE_URL set it runs on that
 # PostgreSQL database (a fresh schema), else on SQLite in a temporary directory.
-# usage: [BIN=path/to/palisade] [DATABASE_URL=postgres://...] bash bench/ingest.sh [seconds]
+# PATTERNS picks the address patterns (default: both). The PostgreSQL schema is dropped after.
+# usage: [BIN=path/to/palisade] [DATABASE_URL=postgres://...] [PATTERNS=spread]
+#        bash bench/ingest.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
@@ -29,4 +31,7 @@ for pattern in ${PATTERNS:-sequential spread}; do
   ps -L -o comm=,time= -p "$server" | sort -k2 -r | head -4 | tr '\n' ';'; echo
   kill "$server"; wait "$server" 2>/dev/null || true
   rm -rf "$data"
+  if [ -n "${DATABASE_URL:-}" ]; then
+    psql "$DATABASE_URL" -qc "DROP SCHEMA $PALISADE_DATABASE__SCHEMA CASCADE" 2>/dev/null || true
+  fi
 done

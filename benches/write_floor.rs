@@ -134,15 +134,27 @@ fn bytes_written() -> u64 {
         .unwrap_or(0)
 }
 
-/// Prints the storage writes per event of what ran since `(bytes, events)` were taken: with
-/// scattered keys, each event dirties a page of the key index, so this bounds the rate a disk
-/// of known bandwidth can take.
-fn report_writes(name: &str, bytes_before: u64, events: u64) {
-    let bytes = bytes_written().saturating_sub(bytes_before);
+/// Prints the bytes written per event since `before` was read from `written`: with scattered
+/// keys each event dirties a page of the key index, so this bounds the rate a disk of known
+/// bandwidth can take. `what` says whose writes `written` counts.
+fn report_writes(name: &str, what: &str, written: &dyn Fn() -> u64, before: u64, events: u64) {
+    let bytes = written().saturating_sub(before);
     println!(
-        "{name}: {:.1} KiB written to storage per event ({events} events)",
+        "{name}: {:.1} KiB {what} per event ({events} events)",
         bytes as f64 / 1024.0 / events.max(1) as f64
     );
+}
+
+/// Bytes of WAL the PostgreSQL server has generated so far.
+fn pg_wal_bytes(runtime: &tokio::runtime::Runtime, pool: &sqlx::PgPool) -> u64 {
+    runtime.block_on(async {
+        let bytes: i64 =
+            sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        bytes as u64
+    })
 }
 
 /// Whether the command line's filters (criterion's positional arguments) select the case
@@ -219,6 +231,8 @@ fn floor_case(c: &mut Criterion, name: &str, rows: Rows) {
     group.finish();
     report_writes(
         &format!("floor/{name}"),
+        "written to storage",
+        &bytes_written,
         bytes_before,
         u64::from(next - PREFILL),
     );
@@ -261,13 +275,13 @@ fn engine_over(backend: SharedBackend) -> Engine {
     Engine::start(backend, feed, policies)
 }
 
-/// `counts_writes`: the storage writes are this process's (not a database server's).
+/// `written`: bytes written so far by the database, and what they are.
 fn engine_case(
     c: &mut Criterion,
     runtime: &tokio::runtime::Runtime,
     name: &str,
     engine: Engine,
-    counts_writes: bool,
+    written: (&str, &dyn Fn() -> u64),
 ) {
     if !wanted(&format!("engine/{name}")) {
         return;
@@ -293,7 +307,7 @@ fn engine_case(
         commit_group(batches(first));
     }
     let mut next = PREFILL;
-    let bytes_before = bytes_written();
+    let bytes_before = written.1();
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(u64::from(GROUP)));
     group.sample_size(20);
@@ -309,13 +323,13 @@ fn engine_case(
         )
     });
     group.finish();
-    if counts_writes {
-        report_writes(
-            &format!("engine/{name}"),
-            bytes_before,
-            u64::from(next - PREFILL),
-        );
-    }
+    report_writes(
+        &format!("engine/{name}"),
+        written.0,
+        written.1,
+        bytes_before,
+        u64::from(next - PREFILL),
+    );
 }
 
 fn bench(c: &mut Criterion) {
@@ -329,7 +343,13 @@ fn bench(c: &mut Criterion) {
             SqliteBackend::open(dir.path(), SqliteOptions::default()).unwrap(),
         ))
     });
-    engine_case(c, &runtime, "commit_4000", sqlite, true);
+    engine_case(
+        c,
+        &runtime,
+        "commit_4000",
+        sqlite,
+        ("written to storage", &bytes_written),
+    );
     if let Ok(url) = std::env::var("PALISADE_TEST_DATABASE_URL") {
         postgres_cases(c, &runtime, &url);
     }
@@ -403,6 +423,7 @@ fn postgres_cases(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &st
             write(first, 50_000);
         }
         let mut next = PREFILL;
+        let wal_before = pg_wal_bytes(runtime, &pool);
         let mut group = c.benchmark_group("floor_pg");
         group.throughput(Throughput::Elements(u64::from(GROUP)));
         group.sample_size(20);
@@ -418,10 +439,38 @@ fn postgres_cases(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &st
             })
         });
         group.finish();
+        report_writes(
+            &format!("floor_pg/{name}"),
+            "of WAL",
+            &|| pg_wal_bytes(runtime, &pool),
+            wal_before,
+            u64::from(next - PREFILL),
+        );
+        drop_schema(runtime, &pool, &schema);
     }
-    let (backend, _) = pg_schema(runtime, url);
+    if !wanted("engine/commit_4000_pg") {
+        return;
+    }
+    let (backend, schema) = pg_schema(runtime, url);
     let engine = runtime.block_on(async { engine_over(Arc::new(backend)) });
-    engine_case(c, runtime, "commit_4000_pg", engine, false);
+    let pool = runtime.block_on(sqlx::PgPool::connect(url)).unwrap();
+    engine_case(
+        c,
+        runtime,
+        "commit_4000_pg",
+        engine,
+        ("of WAL", &|| pg_wal_bytes(runtime, &pool)),
+    );
+    drop_schema(runtime, &pool, &schema);
+}
+
+/// Leaves the database as it was: each case's 500,000 rules and more would otherwise stay.
+fn drop_schema(runtime: &tokio::runtime::Runtime, pool: &sqlx::PgPool, schema: &str) {
+    runtime
+        .block_on(
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(pool),
+        )
+        .unwrap();
 }
 
 async fn pg_rows(pool: &sqlx::PgPool, rows: Rows, first: u32, count: u32) {
