@@ -111,11 +111,9 @@ fn write_rows(conn: &mut Connection, rows: Rows, first: u32, count: u32) {
                 change.execute(params![id, target, expires, NOW.0]).unwrap();
             }
             if rows.audit {
-                let event = format!(
-                    r#"{{"type":"access_rules","action":"block","ip":"{}","expiration":3600,"description":"bench","name":"bench"}}"#,
-                    scattered(n)
-                );
-                audit.execute(params![NOW.0, n % 1000, event]).unwrap();
+                audit
+                    .execute(params![NOW.0, n % 1000, audit_event(n)])
+                    .unwrap();
             }
         }
     }
