@@ -11,16 +11,16 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+mod support;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use palisade::clock::SystemClock;
-use palisade::config::Config;
-use palisade::engine::{Engine, Feed, Policies};
+use palisade::engine::Engine;
 use palisade::index::{Index, NoGeo};
-use palisade::rules::{TenantId, UnixMillis};
-use palisade::signal::{SignalPolicy, parse_batch};
+use palisade::rules::UnixMillis;
+use palisade::signal::SignalPolicy;
+use palisade::store::WriteBatch;
 use palisade::store::backend::SharedBackend;
 use palisade::store::sqlite::{SqliteBackend, SqliteOptions};
-use palisade::store::{BatchItem, WriteBatch};
 
 const NOW: UnixMillis = UnixMillis(1_800_000_000_000);
 
@@ -37,39 +37,13 @@ fn batch_body(first: u32) -> String {
 }
 
 fn batch(body: &str, policy: &SignalPolicy) -> WriteBatch {
-    let items = parse_batch(body.as_bytes())
-        .unwrap()
-        .into_iter()
-        .map(|raw| BatchItem {
-            event: raw.get().to_owned(),
-            write: policy
-                .validate(raw, NOW)
-                .map(|c| c.into_write())
-                .map_err(|e| e.field_message()),
-        })
-        .collect();
-    WriteBatch {
-        tenant: TenantId(1),
-        key_id: 1,
-        request_id: "bench".into(),
-        at: NOW,
-        items,
-    }
+    support::write_batch(body, policy, NOW)
 }
 
 /// An engine writing to a SQLite file in `dir`; nothing follows its feed.
 fn engine(dir: &std::path::Path, options: SqliteOptions) -> (Engine, SharedBackend) {
     let backend: SharedBackend = Arc::new(SqliteBackend::open(dir, options).unwrap());
-    let feed = Arc::new(Feed::new(
-        backend.clone(),
-        Arc::new(SystemClock),
-        Vec::new(),
-    ));
-    let policies = Policies {
-        write: Config::default().write_policy(),
-        ..Policies::default()
-    };
-    (Engine::start(backend.clone(), feed, policies), backend)
+    (support::engine_over(backend.clone()), backend)
 }
 
 fn bench(c: &mut Criterion) {

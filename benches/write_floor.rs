@@ -26,16 +26,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use palisade::clock::SystemClock;
-use palisade::config::Config;
-use palisade::engine::{Engine, Feed, Policies};
-use palisade::rules::{TenantId, UnixMillis};
-use palisade::signal::{SignalPolicy, parse_batch};
-use palisade::store::backend::SharedBackend;
+use palisade::engine::Engine;
+use palisade::rules::UnixMillis;
+use palisade::signal::SignalPolicy;
+use palisade::store::WriteBatch;
 use palisade::store::postgres::{PgBackend, PgOptions};
 use palisade::store::sqlite::{DB_FILE, SqliteBackend, SqliteOptions};
-use palisade::store::{BatchItem, WriteBatch};
 use rusqlite::{Connection, params};
 
 const PREFILL: u32 = 500_000;
@@ -207,12 +206,29 @@ fn floor_case(c: &mut Criterion, name: &str, rows: Rows) {
     }
     let dir = tempfile::tempdir().unwrap();
     let mut conn = fresh_file(dir.path());
-    for first in (0..PREFILL).step_by(100_000) {
-        write_rows(&mut conn, rows, first, 100_000);
+    time_layout(
+        c,
+        ("floor", name),
+        ("written to storage", &bytes_written),
+        |first, count| write_rows(&mut conn, rows, first, count),
+    );
+}
+
+/// Fills a store through `write(first, count)` to `PREFILL` rules, then times `GROUP` more at
+/// a time and prints the bytes `written` counts per event.
+fn time_layout(
+    c: &mut Criterion,
+    (group_name, name): (&str, &str),
+    written: (&str, &dyn Fn() -> u64),
+    mut write: impl FnMut(u32, u32),
+) {
+    const CHUNK: u32 = 50_000;
+    for first in (0..PREFILL).step_by(CHUNK as usize) {
+        write(first, CHUNK);
     }
     let mut next = PREFILL;
-    let bytes_before = bytes_written();
-    let mut group = c.benchmark_group("floor");
+    let bytes_before = written.1();
+    let mut group = c.benchmark_group(group_name);
     group.throughput(Throughput::Elements(u64::from(GROUP)));
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(8));
@@ -220,7 +236,7 @@ fn floor_case(c: &mut Criterion, name: &str, rows: Rows) {
         b.iter_custom(|iterations| {
             let started = Instant::now();
             for _ in 0..iterations {
-                write_rows(&mut conn, rows, next, GROUP);
+                write(next, GROUP);
                 next += GROUP;
             }
             started.elapsed()
@@ -228,9 +244,9 @@ fn floor_case(c: &mut Criterion, name: &str, rows: Rows) {
     });
     group.finish();
     report_writes(
-        &format!("floor/{name}"),
-        "written to storage",
-        &bytes_written,
+        &format!("{group_name}/{name}"),
+        written.0,
+        written.1,
         bytes_before,
         u64::from(next - PREFILL),
     );
@@ -238,39 +254,7 @@ fn floor_case(c: &mut Criterion, name: &str, rows: Rows) {
 
 fn batch(first: u32, count: u32, policy: &SignalPolicy) -> WriteBatch {
     let events: Vec<String> = (first..first + count).map(audit_event).collect();
-    let body = format!("[{}]", events.join(","));
-    let items = parse_batch(body.as_bytes())
-        .unwrap()
-        .into_iter()
-        .map(|raw| BatchItem {
-            event: raw.get().to_owned(),
-            write: policy
-                .validate(raw, NOW)
-                .map(|c| c.into_write())
-                .map_err(|e| e.field_message()),
-        })
-        .collect();
-    WriteBatch {
-        tenant: TenantId(1),
-        key_id: 1,
-        request_id: "bench".into(),
-        at: NOW,
-        items,
-    }
-}
-
-/// The engine over `backend` (nothing follows its feed).
-fn engine_over(backend: SharedBackend) -> Engine {
-    let feed = Arc::new(Feed::new(
-        backend.clone(),
-        Arc::new(SystemClock),
-        Vec::new(),
-    ));
-    let policies = Policies {
-        write: Config::default().write_policy(),
-        ..Policies::default()
-    };
-    Engine::start(backend, feed, policies)
+    support::write_batch(&format!("[{}]", events.join(",")), policy, NOW)
 }
 
 /// `written`: bytes written so far by the database, and what they are.
@@ -337,7 +321,7 @@ fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sqlite = runtime.block_on(async {
-        engine_over(Arc::new(
+        support::engine_over(Arc::new(
             SqliteBackend::open(dir.path(), SqliteOptions::default()).unwrap(),
         ))
     });
@@ -414,35 +398,11 @@ fn postgres_cases(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &st
             .unwrap();
             pool
         });
-        let write = |first: u32, count: u32| {
-            runtime.block_on(pg_rows(&pool, rows, first, count));
-        };
-        for first in (0..PREFILL).step_by(50_000) {
-            write(first, 50_000);
-        }
-        let mut next = PREFILL;
-        let wal_before = pg_wal_bytes(runtime, &pool);
-        let mut group = c.benchmark_group("floor_pg");
-        group.throughput(Throughput::Elements(u64::from(GROUP)));
-        group.sample_size(20);
-        group.measurement_time(Duration::from_secs(8));
-        group.bench_function(name, |b| {
-            b.iter_custom(|iterations| {
-                let started = Instant::now();
-                for _ in 0..iterations {
-                    write(next, GROUP);
-                    next += GROUP;
-                }
-                started.elapsed()
-            })
-        });
-        group.finish();
-        report_writes(
-            &format!("floor_pg/{name}"),
-            "of WAL",
-            &|| pg_wal_bytes(runtime, &pool),
-            wal_before,
-            u64::from(next - PREFILL),
+        time_layout(
+            c,
+            ("floor_pg", name),
+            ("of WAL", &|| pg_wal_bytes(runtime, &pool)),
+            |first, count| runtime.block_on(pg_rows(&pool, rows, first, count)),
         );
         drop_schema(runtime, &pool, &schema);
     }
@@ -450,7 +410,7 @@ fn postgres_cases(c: &mut Criterion, runtime: &tokio::runtime::Runtime, url: &st
         return;
     }
     let (backend, schema) = pg_schema(runtime, url);
-    let engine = runtime.block_on(async { engine_over(Arc::new(backend)) });
+    let engine = runtime.block_on(async { support::engine_over(Arc::new(backend)) });
     let pool = runtime.block_on(sqlx::PgPool::connect(url)).unwrap();
     engine_case(
         c,
