@@ -4,8 +4,9 @@
 //!
 //! Every case starts from a fresh file with Palisade's schema holding `PREFILL` rules for
 //! scattered /32 addresses (about what ten seconds of the HTTP ingest benchmark leaves), then
-//! times transactions of 4,000 more scattered addresses (four clients' 1000-event batches,
-//! one group commit), committed with `synchronous = FULL` as the server does:
+//! times groups of 4,000 more scattered addresses (four clients' 1000-event batches; the bare
+//! statements commit each group in one transaction), with `synchronous = FULL` as the server
+//! commits:
 //!
 //! - `floor/rule_rows`: one `rules` row per event (its row, its unique key, its tenant and
 //!   expiry indexes) and nothing else.
@@ -269,8 +270,9 @@ fn engine_case(
         return;
     }
     let policy = SignalPolicy::default();
-    // Four clients' batches in flight together, as the HTTP benchmark sends them: the writer
-    // commits them as one group.
+    // Four clients' batches in flight together, as the HTTP benchmark sends them; the writer
+    // groups whatever has queued when it starts a commit (merging them into one batch of 4,000
+    // measured the same).
     let commit_group = |batches: Vec<WriteBatch>| {
         runtime.block_on(async {
             for written in
