@@ -181,6 +181,9 @@ impl Op {
 struct Rows {
     tenant: TenantId,
     stored: HashMap<(RuleAction, Target), Rule>,
+    /// Rules stored when the rows were loaded, for the first write of their key: that write
+    /// is the create that made them.
+    inserted: HashMap<(RuleAction, Target), Rule>,
     /// Keys written since the last flush: a second write to one of them flushes first, so
     /// that it merges into the row the first one made.
     pending_keys: std::collections::HashSet<(RuleAction, Target)>,
@@ -197,23 +200,54 @@ struct Rows {
 }
 
 impl Rows {
-    async fn load(
+    /// Reads the stored rules the writes' keys have. When the tenant has room for a rule per
+    /// key, the rules the first write of each key would create are stored first, where their
+    /// key is free, and only the keys that were taken are read: one step per new rule instead
+    /// of a read and a write. (Each key holds one rule at most, so creates within that room
+    /// can never pass the quota, which is checked write by write otherwise.)
+    async fn load<'w>(
         tx: &mut dyn Transaction,
         tenant: TenantId,
-        writes: impl Iterator<Item = &RuleWrite>,
+        writes: impl Iterator<Item = &'w RuleWrite>,
+        at: UnixMillis,
+        quota: u64,
     ) -> StoreResult<Self> {
-        let keys: std::collections::HashSet<(RuleAction, Target)> = writes.map(key_of).collect();
-        let keys: Vec<(RuleAction, Target)> = keys.into_iter().collect();
+        let mut keys = std::collections::HashSet::new();
+        let first_writes: Vec<&RuleWrite> =
+            writes.filter(|write| keys.insert(key_of(write))).collect();
+        let count = tx.rule_count(tenant).await?;
+        let mut inserted = HashMap::new();
+        let mut to_read = Vec::new();
+        if count.saturating_add(first_writes.len() as u64) <= quota {
+            let mut creates = Vec::new();
+            for write in first_writes {
+                match merge(None, write, tenant, at) {
+                    Merged::Create(new) => creates.push(new),
+                    _ => to_read.push(key_of(write)),
+                }
+            }
+            let ids = tx.insert_absent_rules(&creates).await?;
+            for (new, id) in creates.into_iter().zip(ids) {
+                match id {
+                    Some(id) => {
+                        inserted.insert((new.action, new.target), new.with_id(id));
+                    }
+                    None => to_read.push((new.action, new.target)),
+                }
+            }
+        } else {
+            to_read = keys.into_iter().collect();
+        }
         let stored = tx
-            .rules_by_key(tenant, &keys)
+            .rules_by_key(tenant, &to_read)
             .await?
             .into_iter()
             .map(|rule| ((rule.action, rule.target), rule))
             .collect();
-        let count = tx.rule_count(tenant).await?;
         Ok(Self {
             tenant,
             stored,
+            inserted,
             pending_keys: Default::default(),
             creates: Vec::new(),
             updates: Vec::new(),
@@ -235,6 +269,14 @@ impl Rows {
         quota: u64,
     ) -> StoreResult<bool> {
         let key = key_of(write);
+        if let Some(rule) = self.inserted.remove(&key) {
+            self.count += 1;
+            self.created += 1;
+            self.changes
+                .push(Some(Change::of(&rule, ChangeOp::Put, rule.updated_at)));
+            self.stored.insert(key, rule);
+            return Ok(true);
+        }
         if self.pending_keys.contains(&key) {
             self.flush(tx).await?;
         }
@@ -317,7 +359,7 @@ async fn write(
         .items
         .iter()
         .filter_map(|item| item.write.as_ref().ok());
-    let mut rows = Rows::load(tx, batch.tenant, writes).await?;
+    let mut rows = Rows::load(tx, batch.tenant, writes, batch.at, policy.rules_per_tenant).await?;
     let mut over_quota = Vec::new();
     let mut audit = Vec::with_capacity(batch.items.len());
     for (index, BatchItem { event, write }) in batch.items.iter().enumerate() {
@@ -506,7 +548,7 @@ async fn process_reports(
         ..Default::default()
     };
     for (tenant, writes) in by_tenant {
-        let mut rows = Rows::load(tx, tenant, writes.iter()).await?;
+        let mut rows = Rows::load(tx, tenant, writes.iter(), at, policy.rules_per_tenant).await?;
         for write in &writes {
             if !rows.plan(tx, write, at, policy.rules_per_tenant).await? {
                 processed.over_quota += 1;

@@ -54,6 +54,11 @@ pub trait Transaction: Send {
     /// Stores new rules; returns their ids, in order. Ids are never reused.
     async fn insert_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<RuleId>>;
 
+    /// Stores each of `rules` whose key (tenant, action, target) no stored rule has, and leaves
+    /// the stored rule alone where one has it. Returns, in order, the id of each rule stored
+    /// and `None` for each key that was taken. The keys of `rules` are distinct.
+    async fn insert_absent_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>>;
+
     /// Rewrites stored rules (found by id) with these fields.
     async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()>;
 

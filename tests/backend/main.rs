@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use palisade::clock::SystemClock;
 use palisade::engine::{ChangeSink, Engine, Feed, Policies, WritePolicy};
 use palisade::keys::{self, Role, TenantName};
-use palisade::rules::{Kind, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
+use palisade::rules::{Kind, NewRule, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
 use palisade::store::backend::SharedBackend;
 use palisade::store::postgres::{PgBackend, PgOptions};
 use palisade::store::sqlite::SqliteBackend;
@@ -219,6 +219,8 @@ on_every_backend!(
     rules_are_counted_by_kind_and_action,
     bouncer_cursors_move_only_from_where_they_were_read,
     decision_deltas_and_active_blocks_read_one_instant,
+    new_rules_are_stored_only_where_their_key_is_free,
+    a_rule_created_in_a_batch_is_refreshed_or_removed_by_later_writes_of_it,
 );
 
 async fn writes_merge_into_rules(db: Db) {
@@ -810,4 +812,123 @@ async fn decision_deltas_and_active_blocks_read_one_instant(db: Db) {
         .await
         .unwrap();
     assert_eq!((short.changes.len(), short.head), (1, delta.changes[0].seq));
+}
+
+async fn new_rules_are_stored_only_where_their_key_is_free(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "absent").await;
+    node.engine
+        .write(batch(
+            t,
+            T0,
+            vec![
+                put("192.0.2.1", None, Some("kept")),
+                put("192.0.2.2", Some(T0.0 + 1_000), Some("expired")),
+            ],
+        ))
+        .await
+        .unwrap();
+    let before = rules(&node, t, T0).await;
+    let later = UnixMillis(T0.0 + 5_000);
+    let new = |target: &str| NewRule {
+        tenant: t,
+        action: RuleAction::Block,
+        target: ip(target),
+        expires_at: None,
+        name: Some("new".into()),
+        description: None,
+        source: Source::Signal,
+        dataset: None,
+        tags: Vec::new(),
+        reports: 0,
+        created_at: later,
+        updated_at: later,
+    };
+    let mut tx = node.backend.begin().await.unwrap();
+    let ids = tx
+        .insert_absent_rules(&[
+            new("192.0.2.3"),
+            new("192.0.2.1"),
+            new("192.0.2.2"),
+            new("192.0.2.4"),
+        ])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let [Some(third), None, None, Some(fourth)] = ids[..] else {
+        panic!("free keys stored, taken keys (live or expired) left alone: {ids:?}");
+    };
+    assert!(fourth > third, "ids grow in input order");
+    assert!(third > before.iter().map(|r| r.id).max().unwrap());
+    let mut after = node.backend.snapshot(T0).await.unwrap().rules;
+    after.sort_by_key(|r| r.id);
+    let names: Vec<(String, Option<String>)> = after
+        .iter()
+        .map(|r| (r.target.to_string(), r.name.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("192.0.2.1/32".to_string(), Some("kept".to_string())),
+            ("192.0.2.2/32".into(), Some("expired".into())),
+            ("192.0.2.3/32".into(), Some("new".into())),
+            ("192.0.2.4/32".into(), Some("new".into())),
+        ]
+    );
+    assert_eq!(
+        after[0],
+        before.iter().find(|r| r.id == after[0].id).unwrap().clone()
+    );
+}
+
+async fn a_rule_created_in_a_batch_is_refreshed_or_removed_by_later_writes_of_it(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "same-batch").await;
+    let outcome = node
+        .engine
+        .write(batch(
+            t,
+            T0,
+            vec![
+                put("192.0.2.1", None, Some("gone")),
+                put("192.0.2.2", Some(T0.0 + 60_000), Some("kept")),
+                remove("192.0.2.1"),
+                put("192.0.2.2", None, None),
+            ],
+        ))
+        .await
+        .unwrap();
+    let ops: Vec<(ChangeOp, String)> = outcome
+        .changes
+        .iter()
+        .map(|c| (c.op, c.target.to_string()))
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            (ChangeOp::Put, "192.0.2.1/32".into()),
+            (ChangeOp::Put, "192.0.2.2/32".into()),
+            (ChangeOp::Delete, "192.0.2.1/32".into()),
+            (ChangeOp::Put, "192.0.2.2/32".into()),
+        ]
+    );
+    assert_eq!(outcome.created, 2);
+    assert_eq!(outcome.changes[0].rule_id, outcome.changes[2].rule_id);
+    let stored = rules(&node, t, T0).await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (
+            stored[0].target,
+            stored[0].expires_at,
+            stored[0].name.as_deref()
+        ),
+        (ip("192.0.2.2"), None, Some("kept"))
+    );
+    assert_eq!(stored[0].id, outcome.changes[1].rule_id);
+    let mut tx = node.backend.begin().await.unwrap();
+    assert_eq!(
+        tx.rule_count(t).await.unwrap(),
+        1,
+        "the quota counts what is stored"
+    );
 }

@@ -76,11 +76,11 @@ impl PgTransaction {
 }
 
 /// The ids of `rules` in their order, from the `(id, tenant, action, kind, target)` rows their
-/// insert returned (in any order).
+/// insert returned (in any order); `None` for a rule no row was returned for.
 fn ids_in_order(
     rules: &[NewRule],
     found: Vec<(i64, i64, String, String, String)>,
-) -> StoreResult<Vec<RuleId>> {
+) -> StoreResult<Vec<Option<RuleId>>> {
     let mut position: HashMap<(i64, RuleAction, Target), usize> = rules
         .iter()
         .enumerate()
@@ -99,9 +99,75 @@ fn ids_in_order(
             }
         }
     }
-    ids.into_iter()
-        .map(|id| id.ok_or_else(|| StoreError::Database("an inserted rule has no id".into())))
-        .collect()
+    Ok(ids)
+}
+
+/// The insert of new rules, in input order (so ids grow along the slice), with `$conflict`
+/// between the rows and `RETURNING`.
+macro_rules! insert_rules_sql {
+    ($conflict:literal) => {
+        concat!(
+            "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
+                                source, dataset, tags, reports, created_at, updated_at)
+             SELECT tenant_id, action, kind, target, expires_at, name, description, source,
+                    dataset, tags::jsonb, reports, created_at, updated_at
+             FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                         $11::bigint[], $12::bigint[], $13::bigint[])
+                 WITH ORDINALITY AS u(tenant_id, action, kind, target, expires_at, name,
+                                      description, source, dataset, tags, reports, created_at,
+                                      updated_at, ord)
+             ORDER BY ord ",
+            $conflict,
+            " RETURNING id, tenant_id, action, kind, target"
+        )
+    };
+}
+
+impl PgTransaction {
+    /// Runs one of the [`insert_rules_sql`] statements; the id of each rule, `None` for the
+    /// rows the statement did not store.
+    async fn insert(
+        &mut self,
+        rules: &[NewRule],
+        sql: &'static str,
+    ) -> StoreResult<Vec<Option<RuleId>>> {
+        if rules.is_empty() {
+            return Ok(Vec::new());
+        }
+        let col = |f: fn(&NewRule) -> i64| rules.iter().map(f).collect::<Vec<i64>>();
+        let text = |f: fn(&NewRule) -> String| rules.iter().map(f).collect::<Vec<String>>();
+        let opt_text = |f: fn(&NewRule) -> Option<String>| {
+            rules.iter().map(f).collect::<Vec<Option<String>>>()
+        };
+        // The ids are matched to their input position through the rule's unique key rather
+        // than by trusting the order RETURNING happens to produce. (Matching in SQL, joining
+        // back to the input, doubled the statement's time: the planner cannot tell how long
+        // the arrays are.)
+        let found: Vec<(i64, i64, String, String, String)> = sqlx::query_as(sql)
+            .bind(col(|r| r.tenant.0))
+            .bind(text(|r| r.action.as_str().to_owned()))
+            .bind(text(|r| r.target.kind().as_str().to_owned()))
+            .bind(text(|r| r.target.to_string()))
+            .bind(
+                rules
+                    .iter()
+                    .map(|r| r.expires_at.map(|t| t.0))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(opt_text(|r| r.name.clone()))
+            .bind(opt_text(|r| r.description.clone()))
+            .bind(text(|r| r.source.as_str().to_owned()))
+            .bind(opt_text(|r| r.dataset.clone()))
+            .bind(text(|r| json_tags(&r.tags)))
+            .bind(col(|r| i64::from(r.reports)))
+            .bind(col(|r| r.created_at.0))
+            .bind(col(|r| r.updated_at.0))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(db)?;
+        ids_in_order(rules, found)
+    }
 }
 
 #[async_trait]
@@ -175,54 +241,19 @@ impl Transaction for PgTransaction {
     }
 
     async fn insert_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
-        if rules.is_empty() {
-            return Ok(Vec::new());
-        }
-        let col = |f: fn(&NewRule) -> i64| rules.iter().map(f).collect::<Vec<i64>>();
-        let text = |f: fn(&NewRule) -> String| rules.iter().map(f).collect::<Vec<String>>();
-        let opt_text = |f: fn(&NewRule) -> Option<String>| {
-            rules.iter().map(f).collect::<Vec<Option<String>>>()
-        };
-        // Rows are inserted in input order (so ids grow along the slice). The ids are matched
-        // to their input position through the rule's unique key rather than by trusting the
-        // order RETURNING happens to produce. (Matching in SQL, joining back to the input,
-        // doubled the statement's time: the planner cannot tell how long the arrays are.)
-        let found: Vec<(i64, i64, String, String, String)> = sqlx::query_as(
-            "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
-                                source, dataset, tags, reports, created_at, updated_at)
-             SELECT tenant_id, action, kind, target, expires_at, name, description, source,
-                    dataset, tags::jsonb, reports, created_at, updated_at
-             FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
-                         $11::bigint[], $12::bigint[], $13::bigint[])
-                 WITH ORDINALITY AS u(tenant_id, action, kind, target, expires_at, name,
-                                      description, source, dataset, tags, reports, created_at,
-                                      updated_at, ord)
-             ORDER BY ord
-             RETURNING id, tenant_id, action, kind, target",
+        self.insert(rules, insert_rules_sql!(""))
+            .await?
+            .into_iter()
+            .map(|id| id.ok_or_else(|| StoreError::Database("an inserted rule has no id".into())))
+            .collect()
+    }
+
+    async fn insert_absent_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
+        self.insert(
+            rules,
+            insert_rules_sql!("ON CONFLICT (tenant_id, action, kind, target) DO NOTHING"),
         )
-        .bind(col(|r| r.tenant.0))
-        .bind(text(|r| r.action.as_str().to_owned()))
-        .bind(text(|r| r.target.kind().as_str().to_owned()))
-        .bind(text(|r| r.target.to_string()))
-        .bind(
-            rules
-                .iter()
-                .map(|r| r.expires_at.map(|t| t.0))
-                .collect::<Vec<_>>(),
-        )
-        .bind(opt_text(|r| r.name.clone()))
-        .bind(opt_text(|r| r.description.clone()))
-        .bind(text(|r| r.source.as_str().to_owned()))
-        .bind(opt_text(|r| r.dataset.clone()))
-        .bind(text(|r| json_tags(&r.tags)))
-        .bind(col(|r| i64::from(r.reports)))
-        .bind(col(|r| r.created_at.0))
-        .bind(col(|r| r.updated_at.0))
-        .fetch_all(&mut *self.tx)
         .await
-        .map_err(db)?;
-        ids_in_order(rules, found)
     }
 
     async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()> {

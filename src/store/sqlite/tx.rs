@@ -72,6 +72,10 @@ impl Transaction for Direct<'_> {
         insert_rules(self.conn, rules)
     }
 
+    async fn insert_absent_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
+        insert_absent_rules(self.conn, rules)
+    }
+
     async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()> {
         update_rules(self.conn, rules)
     }
@@ -316,6 +320,12 @@ impl Transaction for SqliteTransaction {
             .await
     }
 
+    async fn insert_absent_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
+        let rules = rules.to_vec();
+        self.on_thread(move |tx| Box::pin(async move { tx.insert_absent_rules(&rules).await }))
+            .await
+    }
+
     async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()> {
         let rules = rules.to_vec();
         self.on_thread(move |tx| Box::pin(async move { tx.update_rules(&rules).await }))
@@ -441,32 +451,52 @@ fn rules_by_key(
     Ok(stored)
 }
 
+/// The columns a new rule is stored with, as `?1`..`?13` of [`rule_params`].
+const NEW_RULE_INSERT: &str =
+    "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
+                        source, dataset, tags, reports, created_at, updated_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
 fn insert_rules(conn: &Connection, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
-                            source, dataset, tags, reports, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-    )?;
+    let mut stmt = conn.prepare_cached(NEW_RULE_INSERT)?;
     let mut ids = Vec::with_capacity(rules.len());
     for rule in rules {
-        stmt.execute(params![
-            rule.tenant.0,
-            rule.action.as_str(),
-            rule.target.kind().as_str(),
-            rule.target.to_string(),
-            rule.expires_at.map(|t| t.0),
-            rule.name,
-            rule.description,
-            rule.source.as_str(),
-            rule.dataset,
-            json_tags(&rule.tags),
-            rule.reports,
-            rule.created_at.0,
-            rule.updated_at.0
-        ])?;
+        stmt.execute(rule_params(rule))?;
         ids.push(conn.last_insert_rowid());
     }
     Ok(ids)
+}
+
+/// One descent of the key index per rule, where a look-up followed by an insert takes two.
+/// (`ON CONFLICT` on the key only: other constraints still fail loudly.)
+fn insert_absent_rules(conn: &Connection, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{NEW_RULE_INSERT} ON CONFLICT (tenant_id, action, kind, target) DO NOTHING"
+    ))?;
+    let mut ids = Vec::with_capacity(rules.len());
+    for rule in rules {
+        let stored = stmt.execute(rule_params(rule))? == 1;
+        ids.push(stored.then(|| conn.last_insert_rowid()));
+    }
+    Ok(ids)
+}
+
+fn rule_params(rule: &NewRule) -> impl rusqlite::Params + '_ {
+    (
+        rule.tenant.0,
+        rule.action.as_str(),
+        rule.target.kind().as_str(),
+        rule.target.to_string(),
+        rule.expires_at.map(|t| t.0),
+        &rule.name,
+        &rule.description,
+        rule.source.as_str(),
+        &rule.dataset,
+        json_tags(&rule.tags),
+        rule.reports,
+        rule.created_at.0,
+        rule.updated_at.0,
+    )
 }
 
 fn update_rules(conn: &Connection, rules: &[Rule]) -> StoreResult<()> {
