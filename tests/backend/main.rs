@@ -172,6 +172,14 @@ async fn tenant(node: &Node, name: &str) -> TenantId {
         .tenant_id
 }
 
+/// What each change did, and to which target.
+fn ops_and_targets(changes: &[Change]) -> Vec<(ChangeOp, String)> {
+    changes
+        .iter()
+        .map(|c| (c.op, c.target.to_string()))
+        .collect()
+}
+
 async fn rules(node: &Node, tenant: TenantId, now: UnixMillis) -> Vec<Rule> {
     let query = RuleQuery {
         limit: 1000,
@@ -241,13 +249,8 @@ async fn writes_merge_into_rules(db: Db) {
         ))
         .await
         .unwrap();
-    let ops: Vec<(ChangeOp, String)> = outcome
-        .changes
-        .iter()
-        .map(|c| (c.op, c.target.to_string()))
-        .collect();
     assert_eq!(
-        ops,
+        ops_and_targets(&outcome.changes),
         [
             (ChangeOp::Put, "192.0.2.1/32".into()),
             (ChangeOp::Put, "192.0.2.2/32".into()),
@@ -898,13 +901,8 @@ async fn a_rule_created_in_a_batch_is_refreshed_or_removed_by_later_writes_of_it
         ))
         .await
         .unwrap();
-    let ops: Vec<(ChangeOp, String)> = outcome
-        .changes
-        .iter()
-        .map(|c| (c.op, c.target.to_string()))
-        .collect();
     assert_eq!(
-        ops,
+        ops_and_targets(&outcome.changes),
         [
             (ChangeOp::Put, "192.0.2.1/32".into()),
             (ChangeOp::Put, "192.0.2.2/32".into()),
