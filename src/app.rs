@@ -131,7 +131,8 @@ impl Application {
         let keys = Arc::new(ArcSwap::from_pointee(KeyRing::new(
             backend.live_keys().await?,
         )));
-        readiness.store_probed(engine.probe(clock.now()).await.map_err(|e| e.to_string()));
+        let probe_timeout = Duration::from_millis(config.store.probe_timeout_ms.max(1));
+        readiness.store_probed(probe_once(&engine, &*clock, probe_timeout).await);
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -218,6 +219,7 @@ impl Application {
                 readiness,
                 clock.clone(),
                 Duration::from_secs(config.store.probe_interval_secs.max(1)),
+                probe_timeout,
             )),
             tokio::spawn(keep_history(
                 engine.clone(),
@@ -547,13 +549,25 @@ async fn probe_store(
     readiness: Arc<Readiness>,
     clock: Arc<dyn Clock>,
     every: Duration,
+    within: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let outcome = engine.probe(clock.now()).await.map_err(|e| e.to_string());
-        readiness.store_probed(outcome);
+        readiness.store_probed(probe_once(&engine, &*clock, within).await);
+    }
+}
+
+/// One write probe; one that has not finished `within` counts as failed (it still runs to its
+/// end in the writer, and the next probe waits behind it).
+async fn probe_once(engine: &Engine, clock: &dyn Clock, within: Duration) -> Result<(), String> {
+    match tokio::time::timeout(within, engine.probe(clock.now())).await {
+        Ok(outcome) => outcome.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "a write did not finish within {} ms",
+            within.as_millis()
+        )),
     }
 }
 

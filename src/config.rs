@@ -286,6 +286,10 @@ pub struct StoreConfig {
     pub min_free_disk_mib: u64,
     /// Seconds between the write probes behind `/readyz`.
     pub probe_interval_secs: u64,
+    /// A write probe that has not finished after this many milliseconds makes the node not
+    /// ready: a store that hangs (a lock held elsewhere, a database that stopped answering)
+    /// takes writes no better than one that refuses them.
+    pub probe_timeout_ms: u64,
     /// Milliseconds between reads of the change log for what other processes (the command
     /// line) or nodes committed; a backend that signals commits is read at once as well.
     pub follow_interval_ms: u64,
@@ -362,6 +366,7 @@ impl Default for StoreConfig {
             change_log_retention_days: 7,
             min_free_disk_mib: 64,
             probe_interval_secs: 5,
+            probe_timeout_ms: 3000,
             follow_interval_ms: 500,
         }
     }

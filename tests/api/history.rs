@@ -128,6 +128,105 @@ async fn a_healthy_node_is_ready() {
     assert_eq!(body, json!({"status": "ready", "problems": []}));
 }
 
+/// The store's write lock, held by another connection the way a stuck administrator's session
+/// or a long migration would hold it, until `release`.
+enum HeldLock {
+    Sqlite(rusqlite::Connection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl HeldLock {
+    async fn take(config: &Config) -> Self {
+        use sqlx::Connection;
+        match (&config.database.url, &config.database.schema) {
+            (Some(url), Some(schema)) => {
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                for statement in [
+                    format!("SET search_path TO \"{schema}\""),
+                    "BEGIN".into(),
+                    // Every write transaction takes this row first.
+                    "SELECT seq FROM feed_head WHERE id = 1 FOR UPDATE".into(),
+                ] {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+                        .execute(&mut conn)
+                        .await
+                        .unwrap();
+                }
+                Self::Postgres(conn)
+            }
+            _ => {
+                let conn = rusqlite::Connection::open(config.data_dir.join("palisade.db")).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                Self::Sqlite(conn)
+            }
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            Self::Sqlite(conn) => conn.execute_batch("ROLLBACK").unwrap(),
+            Self::Postgres(mut conn) => {
+                sqlx::raw_sql("ROLLBACK").execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+/// A store that hangs rather than refuses (its write lock held elsewhere) makes the node not
+/// ready within the probe's time limit, and ready again once it answers.
+#[tokio::test]
+async fn a_store_that_stops_answering_makes_the_node_not_ready_until_it_answers() {
+    let mut config = None;
+    let app = spawn_with(
+        |c| {
+            c.store.probe_interval_secs = 1;
+            c.store.probe_timeout_ms = 500;
+            config = Some(c.clone());
+        },
+        None,
+    )
+    .await;
+    let config = config.unwrap();
+    let readiness = || async {
+        let response = app.http.get(app.url("/readyz")).send().await.unwrap();
+        let status = response.status();
+        (status, response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(readiness().await.0, StatusCode::OK);
+    let lock = HeldLock::take(&config).await;
+    let mut seen = Vec::new();
+    let problems = loop {
+        let (status, body) = readiness().await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break body["problems"].clone();
+        }
+        seen.push(status);
+        assert!(
+            seen.len() < 300,
+            "still ready 30 s after the store stopped answering"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        problems,
+        json!(["the store does not accept writes: a write did not finish within 500 ms"])
+    );
+    // Look-ups keep answering from memory meanwhile.
+    let (status, _) = app.get("/v1/check?ip=192.0.2.1", &app.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    lock.release().await;
+    for waited in 0.. {
+        if readiness().await.0 == StatusCode::OK {
+            break;
+        }
+        assert!(
+            waited < 300,
+            "not ready 30 s after the store answered again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_data_directory_is_private() {
     // About the embedded store's files, whichever backend the suite runs on.
