@@ -229,6 +229,7 @@ on_every_backend!(
     decision_deltas_and_active_blocks_read_one_instant,
     new_rules_are_stored_only_where_their_key_is_free,
     a_rule_created_in_a_batch_is_refreshed_or_removed_by_later_writes_of_it,
+    a_large_batch_is_logged_and_audited_row_for_row,
 );
 
 async fn writes_merge_into_rules(db: Db) {
@@ -929,4 +930,57 @@ async fn a_rule_created_in_a_batch_is_refreshed_or_removed_by_later_writes_of_it
         1,
         "the quota counts what is stored"
     );
+}
+
+/// A batch larger than the rows one statement appends: every change is stored under the number
+/// its acknowledgement gave it, and every event is audited once, in order, with its outcome.
+async fn a_large_batch_is_logged_and_audited_row_for_row(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "large").await;
+    let head = node.feed.applied();
+    let items = (0..150)
+        .map(|i| BatchItem {
+            event: format!("event {i}"),
+            write: if i % 7 == 3 {
+                Err(format!("refused {i}"))
+            } else {
+                Ok(put(&format!("10.9.{}.{}", i / 100, i % 100), None, None))
+            },
+        })
+        .collect();
+    let large = WriteBatch {
+        items,
+        request_id: "large".into(),
+        ..batch(t, T0, Vec::new())
+    };
+    let outcome = node.engine.write(large).await.unwrap();
+    let logged = node.backend.changes_since(head, 1000).await.unwrap();
+    let numbered = |changes: &[Change]| -> Vec<(u64, String)> {
+        changes
+            .iter()
+            .map(|c| (c.seq, c.target.to_string()))
+            .collect()
+    };
+    assert_eq!(numbered(&outcome.changes), numbered(&logged));
+    // Numbered one after the other, in the batch's order.
+    let expected: Vec<(u64, String)> = (0..150)
+        .filter(|i| i % 7 != 3)
+        .zip(head + 1..)
+        .map(|(i, seq)| (seq, format!("10.9.{}.{}/32", i / 100, i % 100)))
+        .collect();
+    assert_eq!(numbered(&logged), expected);
+    let mut audited = node.backend.audit(t, None, 1000).await.unwrap().items;
+    audited.retain(|e| e.request_id == "large");
+    audited.reverse();
+    let audited: Vec<(Option<u32>, String, Option<String>)> = audited
+        .into_iter()
+        .map(|e| (e.index, e.event, e.error))
+        .collect();
+    let expected: Vec<(Option<u32>, String, Option<String>)> = (0..150)
+        .map(|i| {
+            let error = (i % 7 == 3).then(|| format!("refused {i}"));
+            (Some(i), format!("event {i}"), error)
+        })
+        .collect();
+    assert_eq!(audited, expected);
 }

@@ -168,6 +168,9 @@ impl SqliteBackend {
         // Inserts into large indexes touch pages all over the file; with SQLite's 2 MB default
         // cache, a group commit spills and rewrites the same pages several times.
         conn.pragma_update(None, "cache_size", -(options.cache_mib as i64) * 1024)?;
+        // Every statement the writer runs stays prepared (there are a few dozen): rusqlite's
+        // default of 16 would have maintenance and key writes evict the ingest's statements.
+        conn.set_prepared_statement_cache_capacity(64);
         migrations().to_latest(&mut conn)?;
         // Checkpoint every 64 MB of WAL rather than every 4 MB: a page that many commits touch
         // (an index leaf) is copied back once per checkpoint, not once per 4 MB of writes.

@@ -4,6 +4,7 @@
 //! writes runs that way on the thread, in one hop (see `SqliteBackend::transact`).
 //! [`SqliteTransaction`] is the same transaction driven from elsewhere, one operation per hop.
 
+use std::sync::LazyLock;
 use std::sync::mpsc::Sender;
 
 use async_trait::async_trait;
@@ -113,22 +114,15 @@ impl Transaction for Direct<'_> {
     }
 
     async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for e in entries {
-            stmt.execute(params![
-                e.tenant.0,
-                e.key_id,
-                e.request_id,
-                e.at.0,
-                e.index,
-                e.event,
-                e.error
-            ])?;
-        }
-        Ok(())
+        append_rows(self.conn, &AUDIT_APPEND, entries, |stmt, at, e| {
+            stmt.raw_bind_parameter(at, e.tenant.0)?;
+            stmt.raw_bind_parameter(at + 1, e.key_id)?;
+            stmt.raw_bind_parameter(at + 2, &e.request_id)?;
+            stmt.raw_bind_parameter(at + 3, e.at.0)?;
+            stmt.raw_bind_parameter(at + 4, e.index)?;
+            stmt.raw_bind_parameter(at + 5, &e.event)?;
+            stmt.raw_bind_parameter(at + 6, &e.error)
+        })
     }
 
     async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
@@ -523,29 +517,96 @@ fn update_rules(conn: &Connection, rules: &[Rule]) -> StoreResult<()> {
 }
 
 /// Appends to the change log; the row id is the change's sequence number. AUTOINCREMENT and
-/// the single writer make the numbers grow in commit order, without gaps.
+/// the single writer make the numbers grow in commit order, without gaps: the rows of one
+/// call are numbered one after the other, up to the last row id inserted.
 fn append_changes(conn: &Connection, changes: &mut [Change]) -> StoreResult<()> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at, name, at,
-                                   source, dataset, description)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-    )?;
-    for change in changes {
-        stmt.execute(params![
-            change.tenant.0,
-            change.rule_id,
-            change.op.as_str(),
-            change.action.as_str(),
-            change.target.kind().as_str(),
-            change.target.to_string(),
-            change.expires_at.map(|t| t.0),
-            change.name,
-            change.at.0,
-            change.source.as_str(),
-            change.dataset,
-            change.description
-        ])?;
-        change.seq = conn.last_insert_rowid() as u64;
+    append_rows(conn, &CHANGE_APPEND, changes, |stmt, at, change| {
+        stmt.raw_bind_parameter(at, change.tenant.0)?;
+        stmt.raw_bind_parameter(at + 1, change.rule_id)?;
+        stmt.raw_bind_parameter(at + 2, change.op.as_str())?;
+        stmt.raw_bind_parameter(at + 3, change.action.as_str())?;
+        stmt.raw_bind_parameter(at + 4, change.target.kind().as_str())?;
+        stmt.raw_bind_parameter(at + 5, change.target.to_string())?;
+        stmt.raw_bind_parameter(at + 6, change.expires_at.map(|t| t.0))?;
+        stmt.raw_bind_parameter(at + 7, &change.name)?;
+        stmt.raw_bind_parameter(at + 8, change.at.0)?;
+        stmt.raw_bind_parameter(at + 9, change.source.as_str())?;
+        stmt.raw_bind_parameter(at + 10, &change.dataset)?;
+        stmt.raw_bind_parameter(at + 11, &change.description)
+    })?;
+    let last = conn.last_insert_rowid() as u64;
+    let first = (last + 1).saturating_sub(changes.len() as u64);
+    for (seq, change) in (first..).zip(changes.iter_mut()) {
+        change.seq = seq;
+    }
+    Ok(())
+}
+
+/// Rows per `INSERT` of an append. SQLite pays some work per statement run (opening a cursor
+/// on the table and on each index, writing back the AUTOINCREMENT counter), and rows appended
+/// one statement each pay it once per row; measured on the audit and change rows of an
+/// ingest, 64 rows per statement took a quarter off the database's time for dense addresses.
+const ROWS_PER_APPEND: usize = 64;
+
+/// The two forms of an append's `INSERT`: one row, and `ROWS_PER_APPEND` rows.
+struct Append {
+    one_row: String,
+    many_rows: String,
+    columns: usize,
+}
+
+impl Append {
+    fn new(into: &str, columns: usize) -> Self {
+        let row = format!("({})", vec!["?"; columns].join(", "));
+        Self {
+            one_row: format!("{into} VALUES {row}"),
+            many_rows: format!("{into} VALUES {}", vec![row; ROWS_PER_APPEND].join(", ")),
+            columns,
+        }
+    }
+}
+
+static CHANGE_APPEND: LazyLock<Append> = LazyLock::new(|| {
+    Append::new(
+        "INSERT INTO rule_changes (tenant_id, rule_id, op, action, kind, target, expires_at,
+                                   name, at, source, dataset, description)",
+        12,
+    )
+});
+
+static AUDIT_APPEND: LazyLock<Append> = LazyLock::new(|| {
+    Append::new(
+        "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)",
+        7,
+    )
+});
+
+/// Inserts `rows` in order, `ROWS_PER_APPEND` per statement and the rest one by one (a
+/// statement per leftover count would crowd the writer's statement cache); `bind` binds one
+/// row's columns from the parameter index it is given.
+fn append_rows<T>(
+    conn: &Connection,
+    append: &Append,
+    rows: &[T],
+    bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> StoreResult<()> {
+    let mut full = rows.chunks_exact(ROWS_PER_APPEND);
+    if full.len() > 0 {
+        let mut stmt = conn.prepare_cached(&append.many_rows)?;
+        for chunk in &mut full {
+            for (i, row) in chunk.iter().enumerate() {
+                bind(&mut stmt, 1 + i * append.columns, row)?;
+            }
+            stmt.raw_execute()?;
+        }
+    }
+    let rest = full.remainder();
+    if !rest.is_empty() {
+        let mut stmt = conn.prepare_cached(&append.one_row)?;
+        for row in rest {
+            bind(&mut stmt, 1, row)?;
+            stmt.raw_execute()?;
+        }
     }
     Ok(())
 }
