@@ -212,11 +212,16 @@ impl Rows {
         at: UnixMillis,
         quota: u64,
     ) -> StoreResult<Self> {
-        let mut keys = std::collections::HashSet::new();
-        let first_writes: Vec<&RuleWrite> =
-            writes.filter(|write| keys.insert(key_of(write))).collect();
+        // Sized up front: growing them rehashes every key several times over a large batch.
+        let writes: Vec<&RuleWrite> = writes.collect();
+        let mut keys = std::collections::HashSet::with_capacity(writes.len());
+        let first_writes: Vec<&RuleWrite> = writes
+            .into_iter()
+            .filter(|write| keys.insert(key_of(write)))
+            .collect();
+        let distinct = keys.len();
         let count = tx.rule_count(tenant).await?;
-        let mut inserted = HashMap::new();
+        let mut inserted = HashMap::with_capacity(distinct);
         let mut to_read = Vec::new();
         if count.saturating_add(first_writes.len() as u64) <= quota {
             let mut creates = Vec::new();
@@ -238,12 +243,14 @@ impl Rows {
         } else {
             to_read = keys.into_iter().collect();
         }
-        let stored = tx
-            .rules_by_key(tenant, &to_read)
-            .await?
-            .into_iter()
-            .map(|rule| ((rule.action, rule.target), rule))
-            .collect();
+        // Room for the rules created below as well, which join the stored ones.
+        let mut stored = HashMap::with_capacity(distinct);
+        stored.extend(
+            tx.rules_by_key(tenant, &to_read)
+                .await?
+                .into_iter()
+                .map(|rule| ((rule.action, rule.target), rule)),
+        );
         Ok(Self {
             tenant,
             stored,

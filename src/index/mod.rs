@@ -500,7 +500,8 @@ impl ChangeSink for Index {
 fn patched(base: &Generation, changes: &[&Change]) -> Generation {
     // Of several changes to one rule only the last matters. The target is part of the
     // key as well, so that even a reused id could not hide the removal of another target.
-    let mut latest: HashMap<(TenantId, RuleId, RuleAction, Target), &Change> = HashMap::new();
+    let mut latest: HashMap<(TenantId, RuleId, RuleAction, Target), &Change> =
+        HashMap::with_capacity(changes.len());
     for change in changes {
         latest.insert(
             (change.tenant, change.rule_id, change.action, change.target),

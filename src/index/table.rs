@@ -780,7 +780,7 @@ mod intervals {
         let mut keys: Vec<A::Key> = Vec::new();
         let mut numbers: Vec<u32> = Vec::new();
         let mut spans: Vec<Span> = Vec::new();
-        let mut numbered: HashMap<Span, u32> = HashMap::new();
+        let mut numbered: HashMap<Span, u32> = HashMap::with_capacity(starts.len());
         for start in starts {
             let span = prefixes
                 .deepest(start)
