@@ -146,6 +146,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema_v3.sql")),
         M::up(include_str!("schema_v4.sql")),
         M::up(include_str!("schema_v5.sql")),
+        M::up(include_str!("schema_v6.sql")),
     ])
 }
 
@@ -397,5 +398,93 @@ impl Backend for SqliteBackend {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use super::migrations;
+
+    /// The rebuild of `rules` keyed by target keeps every row, its id and the AUTOINCREMENT
+    /// counter: ids of rules deleted before the upgrade are not handed out again.
+    #[test]
+    fn rules_keyed_by_target_keep_ids_and_the_id_counter() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrations().to_version(&mut conn, 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at,
+                                tags, reports, dataset, expires_at, name, description)
+             VALUES (1, 'block', 'ip', '192.0.2.1/32', 'signal', 1, 2, '[\"a\"]', 3, 'd', 9,
+                     'n', 'x'),
+                    (1, 'allow', 'ip', '192.0.2.1/32', 'signal', 1, 2, '[]', 0, NULL, NULL,
+                     NULL, NULL),
+                    (1, 'block', 'asn', '13335', 'report', 1, 2, '[]', 0, NULL, NULL, NULL,
+                     NULL);
+             DELETE FROM rules WHERE id = 3;",
+        )
+        .unwrap();
+        let rows = |conn: &Connection| -> Vec<String> {
+            conn.prepare(
+                "SELECT id || ' ' || tenant_id || ' ' || action || ' ' || kind || ' ' || target
+                        || ' ' || source || ' ' || tags || ' ' || reports || ' '
+                        || coalesce(dataset, '-') || ' ' || coalesce(expires_at, '-') || ' '
+                        || coalesce(name, '-') || ' ' || coalesce(description, '-')
+                 FROM rules ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        };
+        let before = rows(&conn);
+        migrations().to_latest(&mut conn).unwrap();
+        assert_eq!(rows(&conn), before);
+        assert_eq!(before.len(), 2);
+        conn.execute(
+            "INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at)
+             VALUES (1, 'block', 'ip', '192.0.2.2/32', 'signal', 1, 1)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            conn.last_insert_rowid(),
+            4,
+            "id 3 was used before the upgrade"
+        );
+        let duplicate = conn.execute(
+            "INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at)
+             VALUES (1, 'block', 'ip', '192.0.2.2/32', 'signal', 1, 1)",
+            [],
+        );
+        assert!(duplicate.is_err(), "one rule per key");
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_list('rules') ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexes,
+            [
+                "rules_by_expiry",
+                "rules_by_tenant",
+                "sqlite_autoindex_rules_1"
+            ]
+        );
+        let key: Vec<String> = conn
+            .prepare(
+                "SELECT name FROM pragma_index_info('sqlite_autoindex_rules_1') ORDER BY seqno",
+            )
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(key, ["target", "tenant_id", "action", "kind"]);
+        migrations().validate().unwrap();
     }
 }
