@@ -139,6 +139,11 @@ fn migrator(schema: Option<&str>) -> Migrator {
         step(3, "health and retention", include_str!("schema_v3.sql")),
         step(4, "rule counts", include_str!("schema_v4.sql")),
         step(5, "bouncers", include_str!("schema_v5.sql")),
+        step(
+            6,
+            "rule key led by the target",
+            include_str!("schema_v6.sql"),
+        ),
     ]);
     if let Some(schema) = schema {
         // Created after the migrator took its lock, so nodes starting together do not race

@@ -1002,7 +1002,7 @@ async fn nodes_starting_together_migrate_once() {
     .fetch_all(&mut admin)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
     admin.close().await.ok();
     // And they all work on the one schema.
     let acme = make_tenant(&backends[0], "acme").await;
@@ -1090,6 +1090,63 @@ async fn rule_counts_are_backfilled() {
     assert_eq!(tenant_counts(&mut conn).await, want);
     conn.close().await.ok();
 
+    backend.close().await;
+    schema.drop().await;
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
+async fn the_rule_key_is_led_by_the_target_after_an_upgrade() {
+    let schema = TestSchema::new().await;
+    let connect = sqlx::postgres::PgConnectOptions::from_str(&schema.url)
+        .unwrap()
+        .options([("search_path", schema.name.as_str())]);
+    let mut conn = PgConnection::connect_with(&connect).await.unwrap();
+    migrator(Some(&schema.name))
+        .run_to(5, &mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO tenants (name, created_at) VALUES ('a', 0);
+         INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at)
+         SELECT id, 'block', 'ip', '192.0.2.1/32', 'signal', 0, 0 FROM tenants",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let backend = schema.backend().await;
+    let keys: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint
+         WHERE conrelid = 'rules'::regclass AND contype = 'u'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(keys, ["UNIQUE (target, tenant_id, action, kind)"]);
+    // The key still holds one rule per (tenant, action, kind, target), and the engine's
+    // ON CONFLICT still finds it.
+    let mut tx = backend.begin().await.unwrap();
+    let a = tx
+        .tenant_id(&tenant_name("a"), UnixMillis(0))
+        .await
+        .unwrap();
+    let rule = NewRule {
+        tenant: a,
+        action: RuleAction::Block,
+        target: Target::parse_any("192.0.2.1").unwrap(),
+        expires_at: None,
+        name: None,
+        description: None,
+        source: Source::Signal,
+        dataset: None,
+        tags: Vec::new(),
+        reports: 0,
+        created_at: UnixMillis(1),
+        updated_at: UnixMillis(1),
+    };
+    assert_eq!(tx.insert_absent_rules(&[rule]).await.unwrap(), [None]);
+    drop(tx);
+    conn.close().await.ok();
     backend.close().await;
     schema.drop().await;
 }
