@@ -373,7 +373,7 @@ impl SignalPolicy {
             }
             None => {}
         }
-        let event: Map<String, Value> = members.into_first().into_iter().collect();
+        let event = Event(members.into_first());
 
         match event.get("type") {
             None | Some(Value::Null) => {
@@ -409,7 +409,7 @@ impl SignalPolicy {
         })
     }
 
-    fn target(&self, event: &Map<String, Value>, action: Action) -> Result<Target, EntryError> {
+    fn target(&self, event: &Event, action: Action) -> Result<Target, EntryError> {
         // Null and "" count as not provided, so clients that serialise every field of a struct
         // (`"asn": ""` next to a real `ip`) are not refused for it.
         let provided: Vec<&str> = TARGET_FIELDS
@@ -434,7 +434,7 @@ impl SignalPolicy {
             several => {
                 let given: Map<String, Value> = several
                     .iter()
-                    .map(|f| ((*f).to_owned(), event[*f].clone()))
+                    .map(|f| ((*f).to_owned(), event.get(f).cloned().unwrap_or_default()))
                     .collect();
                 return Err(EntryError::new(
                     "target",
@@ -443,7 +443,7 @@ impl SignalPolicy {
                 ));
             }
         };
-        let raw = &event[field];
+        let raw = event.get(field).unwrap_or(&Value::Null);
         let fail = |problem| Err(EntryError::new(field, problem, raw.clone()));
         let Value::String(text) = raw else {
             return fail(Problem::NotAString);
@@ -481,7 +481,20 @@ impl SignalPolicy {
     }
 }
 
-fn expiration(event: &Map<String, Value>) -> Result<Option<u32>, EntryError> {
+/// An event's members, each key once (repeated keys were refused before): a handful, so a scan
+/// finds one sooner than a map could be built for them.
+struct Event(Vec<(String, Value)>);
+
+impl Event {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value)
+    }
+}
+
+fn expiration(event: &Event) -> Result<Option<u32>, EntryError> {
     let raw = match event.get("expiration") {
         None | Some(Value::Null) => return Ok(None),
         Some(raw) => raw,
@@ -496,7 +509,7 @@ fn expiration(event: &Map<String, Value>) -> Result<Option<u32>, EntryError> {
 }
 
 fn bounded_text(
-    event: &Map<String, Value>,
+    event: &Event,
     field: &str,
     max_chars: usize,
 ) -> Result<Option<String>, EntryError> {
