@@ -414,7 +414,7 @@ impl SignalPolicy {
         // (`"asn": ""` next to a real `ip`) are not refused for it.
         let provided: Vec<&str> = TARGET_FIELDS
             .into_iter()
-            .filter(|field| match event.get(*field) {
+            .filter(|field| match event.get(field) {
                 None | Some(Value::Null) => false,
                 Some(Value::String(s)) => !s.is_empty(),
                 Some(_) => true,
@@ -425,7 +425,7 @@ impl SignalPolicy {
             [] => {
                 let empty = TARGET_FIELDS
                     .into_iter()
-                    .find(|field| matches!(event.get(*field), Some(Value::String(_))));
+                    .find(|field| matches!(event.get(field), Some(Value::String(_))));
                 return Err(match empty {
                     Some(field) => EntryError::new(field, Problem::Empty, Value::from("")),
                     None => EntryError::new("target", Problem::NoTarget, Value::Null),
