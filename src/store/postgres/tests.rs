@@ -55,6 +55,20 @@ impl TestSchema {
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.url))
     }
 
+    /// A connection to the schema, migrated only up to `version` (a store made by an older
+    /// release).
+    async fn at_version(&self, version: i64) -> PgConnection {
+        let connect = sqlx::postgres::PgConnectOptions::from_str(&self.url)
+            .unwrap()
+            .options([("search_path", self.name.as_str())]);
+        let mut conn = PgConnection::connect_with(&connect).await.unwrap();
+        migrator(Some(&self.name))
+            .run_to(version, &mut conn)
+            .await
+            .unwrap();
+        conn
+    }
+
     async fn drop(self) {
         let mut admin = self.admin().await;
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -1048,14 +1062,7 @@ async fn a_failed_migration_releases_the_migration_lock() {
 async fn rule_counts_are_backfilled() {
     let schema = TestSchema::new().await;
     // A store at version 3, from before tenants counted their rules.
-    let connect = sqlx::postgres::PgConnectOptions::from_str(&schema.url)
-        .unwrap()
-        .options([("search_path", schema.name.as_str())]);
-    let mut conn = PgConnection::connect_with(&connect).await.unwrap();
-    migrator(Some(&schema.name))
-        .run_to(3, &mut conn)
-        .await
-        .unwrap();
+    let mut conn = schema.at_version(3).await;
     sqlx::raw_sql(
         "INSERT INTO tenants (name, created_at) VALUES ('a', 0), ('b', 0), ('c', 0);
          INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at)
@@ -1098,14 +1105,7 @@ async fn rule_counts_are_backfilled() {
 #[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
 async fn the_rule_key_is_led_by_the_target_after_an_upgrade() {
     let schema = TestSchema::new().await;
-    let connect = sqlx::postgres::PgConnectOptions::from_str(&schema.url)
-        .unwrap()
-        .options([("search_path", schema.name.as_str())]);
-    let mut conn = PgConnection::connect_with(&connect).await.unwrap();
-    migrator(Some(&schema.name))
-        .run_to(5, &mut conn)
-        .await
-        .unwrap();
+    let mut conn = schema.at_version(5).await;
     sqlx::raw_sql(
         "INSERT INTO tenants (name, created_at) VALUES ('a', 0);
          INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at)
@@ -1130,20 +1130,7 @@ async fn the_rule_key_is_led_by_the_target_after_an_upgrade() {
         .tenant_id(&tenant_name("a"), UnixMillis(0))
         .await
         .unwrap();
-    let rule = NewRule {
-        tenant: a,
-        action: RuleAction::Block,
-        target: Target::parse_any("192.0.2.1").unwrap(),
-        expires_at: None,
-        name: None,
-        description: None,
-        source: Source::Signal,
-        dataset: None,
-        tags: Vec::new(),
-        reports: 0,
-        created_at: UnixMillis(1),
-        updated_at: UnixMillis(1),
-    };
+    let rule = new_rule(a, "192.0.2.1");
     assert_eq!(tx.insert_absent_rules(&[rule]).await.unwrap(), [None]);
     drop(tx);
     conn.close().await.ok();
