@@ -781,14 +781,25 @@ mod intervals {
         let mut numbers: Vec<u32> = Vec::new();
         let mut spans: Vec<Span> = Vec::new();
         let mut numbered: HashMap<Span, u32> = HashMap::with_capacity(starts.len());
+        // Neighbouring intervals mostly repeat one of the last two spans seen (rules that share
+        // an expiry, and the gaps between them): those are numbered without hashing.
+        let mut recent: [Option<(Span, u32)>; 2] = [None; 2];
         for start in starts {
             let span = prefixes
                 .deepest(start)
                 .map_or(Span::EMPTY, |node| prefixes.nodes[node].chain);
-            let number = *numbered.entry(span).or_insert_with(|| {
-                spans.push(span);
-                spans.len() as u32 - 1
-            });
+            let seen = recent.iter().flatten().find(|(s, _)| *s == span);
+            let number = match seen {
+                Some(&(_, number)) => number,
+                None => {
+                    let number = *numbered.entry(span).or_insert_with(|| {
+                        spans.push(span);
+                        spans.len() as u32 - 1
+                    });
+                    recent = [Some((span, number)), recent[0]];
+                    number
+                }
+            };
             if numbers.last() != Some(&number) {
                 keys.push(start.key());
                 numbers.push(number);
