@@ -241,8 +241,8 @@ struct Prefixes<'a, A> {
 impl<'a, A: Addr> Prefixes<'a, A> {
     /// `entries` sorted by (start, length).
     fn of(entries: &'a [Entry<A>]) -> Self {
-        let mut starts: Vec<A> = Vec::new();
-        let mut nodes: Vec<Node> = Vec::new();
+        let mut starts: Vec<A> = Vec::with_capacity(entries.len());
+        let mut nodes: Vec<Node> = Vec::with_capacity(entries.len());
         let mut stack: Vec<u32> = Vec::new();
         let mut i = 0;
         while i < entries.len() {
@@ -284,9 +284,10 @@ impl<'a, A: Addr> Prefixes<'a, A> {
         }
     }
 
-    /// The deepest prefix containing `addr`.
-    fn deepest(&self, addr: A) -> Option<usize> {
-        let after = self.starts.partition_point(|s| *s <= addr);
+    /// The deepest prefix containing `addr`, given `after`: the number of prefixes that start
+    /// at or before it. Callers visit addresses in order and keep `after` as they go, rather
+    /// than searching for it each time.
+    fn deepest(&self, addr: A, after: usize) -> Option<usize> {
         let mut n = after.checked_sub(1)?;
         // The deepest containing prefix, if any, is this one or one of its ancestors.
         loop {
@@ -581,7 +582,13 @@ impl<A: Addr> Table<A> {
         }
         self.rewritten(keys, |key, mut entries| {
             if let Some(ids) = removes.get(&key) {
-                entries.retain(|e| ids.binary_search(&e.rule.id).is_err());
+                // Most removals name rules just created, whose ids lie above every id stored:
+                // the range check spares the search for each entry of a large bucket.
+                let (lowest, highest) = (ids[0], ids[ids.len() - 1]);
+                entries.retain(|e| {
+                    let id = e.rule.id;
+                    id < lowest || id > highest || ids.binary_search(&id).is_err()
+                });
             }
             if let Some(new) = adds.remove(&key) {
                 entries.extend(new);
@@ -766,7 +773,8 @@ mod intervals {
     ) -> Decision {
         let low = A::bucket_start(bucket_key);
         let high = low.broadcast(16);
-        let mut starts = vec![low];
+        let mut starts = Vec::with_capacity(2 * prefixes.starts.len() + 1);
+        starts.push(low);
         for (start, node) in prefixes.starts.iter().zip(&prefixes.nodes) {
             starts.push((*start).max(low));
             let end = start.broadcast(node.len);
@@ -784,9 +792,14 @@ mod intervals {
         // Neighbouring intervals mostly repeat one of the last two spans seen (rules that share
         // an expiry, and the gaps between them): those are numbered without hashing.
         let mut recent: [Option<(Span, u32)>; 2] = [None; 2];
+        // The prefixes that start at or before `start`: both lists are sorted.
+        let mut after = 0;
         for start in starts {
+            while prefixes.starts.get(after).is_some_and(|s| *s <= start) {
+                after += 1;
+            }
             let span = prefixes
-                .deepest(start)
+                .deepest(start, after)
                 .map_or(Span::EMPTY, |node| prefixes.nodes[node].chain);
             let seen = recent.iter().flatten().find(|(s, _)| *s == span);
             let number = match seen {
