@@ -61,6 +61,17 @@ impl Target {
         }
     }
 
+    /// The canonical text (see the `Display` impl) in one allocation of the longest text's size,
+    /// where `to_string` grows its buffer twice or more: the store writes a target's text for
+    /// every rule and change.
+    pub fn text(&self) -> String {
+        use std::fmt::Write;
+        // `ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128`.
+        let mut text = String::with_capacity(43);
+        write!(text, "{self}").expect("writing to a String does not fail");
+        text
+    }
+
     /// Parses a target of any kind, for filters where the caller did not say which kind.
     pub fn parse_any(text: &str) -> Option<Self> {
         if let Ok(net) = parse_ip_target(text) {
@@ -320,6 +331,7 @@ mod properties {
             prop_assert!(net.contains(&IpAddr::V4(Ipv4Addr::from(addr))));
             prop_assert_eq!(parse_ip_target(&net.to_string()).unwrap(), net);
             prop_assert_eq!(Target::Ip(net).to_string(), net.to_string());
+            prop_assert_eq!(Target::Ip(net).text(), net.to_string());
         }
 
         #[test]
@@ -329,6 +341,7 @@ mod properties {
             prop_assert!(net.contains(&normalize_ip(IpAddr::V6(v6))));
             prop_assert_eq!(parse_ip_target(&net.to_string()).unwrap(), net);
             prop_assert_eq!(net.trunc(), net);
+            prop_assert_eq!(Target::Ip(net).text(), net.to_string());
         }
 
         /// An IPv4-mapped address or range is the same target as the IPv4 one.

@@ -148,7 +148,7 @@ impl PgTransaction {
             .bind(col(|r| r.tenant.0))
             .bind(text(|r| r.action.as_str().to_owned()))
             .bind(text(|r| r.target.kind().as_str().to_owned()))
-            .bind(text(|r| r.target.to_string()))
+            .bind(text(|r| r.target.text()))
             .bind(
                 rules
                     .iter()
@@ -367,12 +367,7 @@ impl Transaction for PgTransaction {
         .bind(text(|c| c.op.as_str()))
         .bind(text(|c| c.action.as_str()))
         .bind(text(|c| c.target.kind().as_str()))
-        .bind(
-            changes
-                .iter()
-                .map(|c| c.target.to_string())
-                .collect::<Vec<_>>(),
-        )
+        .bind(changes.iter().map(|c| c.target.text()).collect::<Vec<_>>())
         .bind(
             changes
                 .iter()

@@ -436,7 +436,7 @@ fn rules_by_key(
             tenant.0,
             action.as_str(),
             target.kind().as_str(),
-            target.to_string()
+            target.text()
         ])?;
         if let Some(row) = found.next()? {
             stored.push(rows::rule(row)?);
@@ -480,7 +480,7 @@ fn rule_params(rule: &NewRule) -> impl rusqlite::Params + '_ {
         rule.tenant.0,
         rule.action.as_str(),
         rule.target.kind().as_str(),
-        rule.target.to_string(),
+        rule.target.text(),
         rule.expires_at.map(|t| t.0),
         &rule.name,
         &rule.description,
@@ -526,7 +526,7 @@ fn append_changes(conn: &Connection, changes: &mut [Change]) -> StoreResult<()> 
         stmt.raw_bind_parameter(at + 2, change.op.as_str())?;
         stmt.raw_bind_parameter(at + 3, change.action.as_str())?;
         stmt.raw_bind_parameter(at + 4, change.target.kind().as_str())?;
-        stmt.raw_bind_parameter(at + 5, change.target.to_string())?;
+        stmt.raw_bind_parameter(at + 5, change.target.text())?;
         stmt.raw_bind_parameter(at + 6, change.expires_at.map(|t| t.0))?;
         stmt.raw_bind_parameter(at + 7, &change.name)?;
         stmt.raw_bind_parameter(at + 8, change.at.0)?;
