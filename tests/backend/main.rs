@@ -934,17 +934,26 @@ async fn a_rule_created_in_a_batch_is_refreshed_or_removed_by_later_writes_of_it
 
 /// A batch larger than the rows one statement appends: every change is stored under the number
 /// its acknowledgement gave it, and every event is audited once, in order, with its outcome.
+/// Rows are written in statements of several rows that keep their parameters from one run to
+/// the next, so the names and expiries vary here in patterns that neither repeat row after row
+/// nor every 64 rows: a value left over from an earlier row would show.
 async fn a_large_batch_is_logged_and_audited_row_for_row(db: Db) {
     let node = db.node(policies()).await;
     let t = tenant(&node, "large").await;
     let head = node.feed.applied();
+    let target = |i: u32| format!("10.9.{}.{}", i / 100, i % 100);
+    let name = |i: u32| (!i.is_multiple_of(5)).then(|| format!("name {}", i % 3));
+    let expiry = |i: u32| {
+        i.is_multiple_of(2)
+            .then_some(T0.0 + 60_000 * i64::from(1 + i % 9))
+    };
     let items = (0..150)
         .map(|i| BatchItem {
             event: format!("event {i}"),
             write: if i % 7 == 3 {
                 Err(format!("refused {i}"))
             } else {
-                Ok(put(&format!("10.9.{}.{}", i / 100, i % 100), None, None))
+                Ok(put(&target(i), expiry(i), name(i).as_deref()))
             },
         })
         .collect();
@@ -955,20 +964,36 @@ async fn a_large_batch_is_logged_and_audited_row_for_row(db: Db) {
     };
     let outcome = node.engine.write(large).await.unwrap();
     let logged = node.backend.changes_since(head, 1000).await.unwrap();
-    let numbered = |changes: &[Change]| -> Vec<(u64, String)> {
+    type Logged = (u64, String, Option<String>, Option<i64>);
+    let numbered = |changes: &[Change]| -> Vec<Logged> {
         changes
             .iter()
-            .map(|c| (c.seq, c.target.to_string()))
+            .map(|c| {
+                let expiry = c.expires_at.map(|t| t.0);
+                (c.seq, c.target.to_string(), c.name.clone(), expiry)
+            })
             .collect()
     };
     assert_eq!(numbered(&outcome.changes), numbered(&logged));
     // Numbered one after the other, in the batch's order.
-    let expected: Vec<(u64, String)> = (0..150)
+    let expected: Vec<Logged> = (0..150)
         .filter(|i| i % 7 != 3)
         .zip(head + 1..)
-        .map(|(i, seq)| (seq, format!("10.9.{}.{}/32", i / 100, i % 100)))
+        .map(|(i, seq)| (seq, format!("{}/32", target(i)), name(i), expiry(i)))
         .collect();
     assert_eq!(numbered(&logged), expected);
+    let mut stored: Vec<(String, Option<String>, Option<i64>)> = rules(&node, t, T0)
+        .await
+        .into_iter()
+        .map(|r| (r.target.to_string(), r.name, r.expires_at.map(|t| t.0)))
+        .collect();
+    stored.sort();
+    let mut expected: Vec<(String, Option<String>, Option<i64>)> = (0..150)
+        .filter(|i| i % 7 != 3)
+        .map(|i| (format!("{}/32", target(i)), name(i), expiry(i)))
+        .collect();
+    expected.sort();
+    assert_eq!(stored, expected);
     let mut audited = node.backend.audit(t, None, 1000).await.unwrap().items;
     audited.retain(|e| e.request_id == "large");
     audited.reverse();

@@ -8,7 +8,8 @@ use std::sync::LazyLock;
 use std::sync::mpsc::Sender;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use super::Call;
@@ -114,14 +115,14 @@ impl Transaction for Direct<'_> {
     }
 
     async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()> {
-        append_rows(self.conn, &AUDIT_APPEND, entries, |stmt, at, e| {
-            stmt.raw_bind_parameter(at, e.tenant.0)?;
-            stmt.raw_bind_parameter(at + 1, e.key_id)?;
-            stmt.raw_bind_parameter(at + 2, &e.request_id)?;
-            stmt.raw_bind_parameter(at + 3, e.at.0)?;
-            stmt.raw_bind_parameter(at + 4, e.index)?;
-            stmt.raw_bind_parameter(at + 5, &e.event)?;
-            stmt.raw_bind_parameter(at + 6, &e.error)
+        append_rows(self.conn, &AUDIT_APPEND, entries, |mut row| {
+            row.column(0, |e| e.tenant.0)?;
+            row.column(1, |e| e.key_id)?;
+            row.column(2, |e| &e.request_id)?;
+            row.column(3, |e| e.at.0)?;
+            row.column(4, |e| e.index)?;
+            row.column(5, |e| &e.event)?;
+            row.column(6, |e| &e.error)
         })
     }
 
@@ -454,9 +455,12 @@ const NEW_RULE_INSERT: &str =
 fn insert_rules(conn: &Connection, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
     let mut stmt = conn.prepare_cached(NEW_RULE_INSERT)?;
     let mut ids = Vec::with_capacity(rules.len());
+    let mut previous = None;
     for rule in rules {
-        stmt.execute(rule_params(rule))?;
+        bind_rule(RowBinding::new(&mut stmt, 1, rule, previous))?;
+        stmt.raw_execute()?;
         ids.push(conn.last_insert_rowid());
+        previous = Some(rule);
     }
     Ok(ids)
 }
@@ -468,29 +472,95 @@ fn insert_absent_rules(conn: &Connection, rules: &[NewRule]) -> StoreResult<Vec<
         "{NEW_RULE_INSERT} ON CONFLICT (tenant_id, action, kind, target) DO NOTHING"
     ))?;
     let mut ids = Vec::with_capacity(rules.len());
+    let mut previous = None;
     for rule in rules {
-        let stored = stmt.execute(rule_params(rule))? == 1;
+        bind_rule(RowBinding::new(&mut stmt, 1, rule, previous))?;
+        let stored = stmt.raw_execute()? == 1;
         ids.push(stored.then(|| conn.last_insert_rowid()));
+        previous = Some(rule);
     }
     Ok(ids)
 }
 
-fn rule_params(rule: &NewRule) -> impl rusqlite::Params + '_ {
-    (
-        rule.tenant.0,
-        rule.action.as_str(),
-        rule.target.kind().as_str(),
-        rule.target.text(),
-        rule.expires_at.map(|t| t.0),
-        &rule.name,
-        &rule.description,
-        rule.source.as_str(),
-        &rule.dataset,
-        json_tags(&rule.tags),
-        rule.reports,
-        rule.created_at.0,
-        rule.updated_at.0,
-    )
+/// `?1`..`?13` of [`NEW_RULE_INSERT`].
+fn bind_rule(mut row: RowBinding<'_, '_, '_, NewRule>) -> rusqlite::Result<()> {
+    row.column(0, |r| r.tenant.0)?;
+    row.column(1, |r| r.action.as_str())?;
+    row.column(2, |r| r.target.kind().as_str())?;
+    row.column(3, |r| TargetText(r.target))?;
+    row.column(4, |r| r.expires_at.map(|t| t.0))?;
+    row.column(5, |r| &r.name)?;
+    row.column(6, |r| &r.description)?;
+    row.column(7, |r| r.source.as_str())?;
+    row.column(8, |r| &r.dataset)?;
+    row.column(9, |r| TagsJson(&r.tags))?;
+    row.column(10, |r| r.reports)?;
+    row.column(11, |r| r.created_at.0)?;
+    row.column(12, |r| r.updated_at.0)
+}
+
+/// One row's columns, bound from parameter `at` on. A statement keeps its parameters from run
+/// to run, and most columns repeat from one row of a batch to the next (the tenant, action,
+/// source, times): a column whose value equals the one `previous` (the row last bound to the
+/// same parameters) had is left as it is. Binding costs several hundred instructions a value,
+/// and an ingested event binds about thirty.
+struct RowBinding<'s, 'c, 'r, T> {
+    stmt: &'s mut rusqlite::Statement<'c>,
+    at: usize,
+    row: &'r T,
+    previous: Option<&'r T>,
+}
+
+impl<'s, 'c, 'r, T> RowBinding<'s, 'c, 'r, T> {
+    fn new(
+        stmt: &'s mut rusqlite::Statement<'c>,
+        at: usize,
+        row: &'r T,
+        previous: Option<&'r T>,
+    ) -> Self {
+        Self {
+            stmt,
+            at,
+            row,
+            previous,
+        }
+    }
+
+    /// Binds the row's column `offset` (from 0) to `value` of it.
+    fn column<V: ToSql + PartialEq>(
+        &mut self,
+        offset: usize,
+        value: impl Fn(&'r T) -> V,
+    ) -> rusqlite::Result<()> {
+        let bound = value(self.row);
+        if self
+            .previous
+            .is_some_and(|previous| value(previous) == bound)
+        {
+            return Ok(());
+        }
+        self.stmt.raw_bind_parameter(self.at + offset, bound)
+    }
+}
+
+/// A target bound as its stored text; compared as a target, without making the text.
+#[derive(PartialEq)]
+struct TargetText(Target);
+
+impl ToSql for TargetText {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.0.text()))
+    }
+}
+
+/// Tags bound as their stored JSON; compared as tags.
+#[derive(PartialEq)]
+struct TagsJson<'a>(&'a [String]);
+
+impl ToSql for TagsJson<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(json_tags(self.0)))
+    }
 }
 
 fn update_rules(conn: &Connection, rules: &[Rule]) -> StoreResult<()> {
@@ -520,19 +590,19 @@ fn update_rules(conn: &Connection, rules: &[Rule]) -> StoreResult<()> {
 /// the single writer make the numbers grow in commit order, without gaps: the rows of one
 /// call are numbered one after the other, up to the last row id inserted.
 fn append_changes(conn: &Connection, changes: &mut [Change]) -> StoreResult<()> {
-    append_rows(conn, &CHANGE_APPEND, changes, |stmt, at, change| {
-        stmt.raw_bind_parameter(at, change.tenant.0)?;
-        stmt.raw_bind_parameter(at + 1, change.rule_id)?;
-        stmt.raw_bind_parameter(at + 2, change.op.as_str())?;
-        stmt.raw_bind_parameter(at + 3, change.action.as_str())?;
-        stmt.raw_bind_parameter(at + 4, change.target.kind().as_str())?;
-        stmt.raw_bind_parameter(at + 5, change.target.text())?;
-        stmt.raw_bind_parameter(at + 6, change.expires_at.map(|t| t.0))?;
-        stmt.raw_bind_parameter(at + 7, &change.name)?;
-        stmt.raw_bind_parameter(at + 8, change.at.0)?;
-        stmt.raw_bind_parameter(at + 9, change.source.as_str())?;
-        stmt.raw_bind_parameter(at + 10, &change.dataset)?;
-        stmt.raw_bind_parameter(at + 11, &change.description)
+    append_rows(conn, &CHANGE_APPEND, changes, |mut row| {
+        row.column(0, |c| c.tenant.0)?;
+        row.column(1, |c| c.rule_id)?;
+        row.column(2, |c| c.op.as_str())?;
+        row.column(3, |c| c.action.as_str())?;
+        row.column(4, |c| c.target.kind().as_str())?;
+        row.column(5, |c| TargetText(c.target))?;
+        row.column(6, |c| c.expires_at.map(|t| t.0))?;
+        row.column(7, |c| &c.name)?;
+        row.column(8, |c| c.at.0)?;
+        row.column(9, |c| c.source.as_str())?;
+        row.column(10, |c| &c.dataset)?;
+        row.column(11, |c| &c.description)
     })?;
     let last = conn.last_insert_rowid() as u64;
     let first = (last + 1).saturating_sub(changes.len() as u64);
@@ -583,29 +653,34 @@ static AUDIT_APPEND: LazyLock<Append> = LazyLock::new(|| {
 
 /// Inserts `rows` in order, `ROWS_PER_APPEND` per statement and the rest one by one (a
 /// statement per leftover count would crowd the writer's statement cache); `bind` binds one
-/// row's columns from the parameter index it is given.
+/// row's columns.
 fn append_rows<T>(
     conn: &Connection,
     append: &Append,
     rows: &[T],
-    bind: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+    bind: impl for<'s, 'c, 'r> Fn(RowBinding<'s, 'c, 'r, T>) -> rusqlite::Result<()>,
 ) -> StoreResult<()> {
     let mut full = rows.chunks_exact(ROWS_PER_APPEND);
     if full.len() > 0 {
         let mut stmt = conn.prepare_cached(&append.many_rows)?;
+        let mut previous: Option<&[T]> = None;
         for chunk in &mut full {
             for (i, row) in chunk.iter().enumerate() {
-                bind(&mut stmt, 1 + i * append.columns, row)?;
+                let at = 1 + i * append.columns;
+                bind(RowBinding::new(&mut stmt, at, row, previous.map(|p| &p[i])))?;
             }
             stmt.raw_execute()?;
+            previous = Some(chunk);
         }
     }
     let rest = full.remainder();
     if !rest.is_empty() {
         let mut stmt = conn.prepare_cached(&append.one_row)?;
+        let mut previous = None;
         for row in rest {
-            bind(&mut stmt, 1, row)?;
+            bind(RowBinding::new(&mut stmt, 1, row, previous))?;
             stmt.raw_execute()?;
+            previous = Some(row);
         }
     }
     Ok(())
