@@ -5,7 +5,7 @@
 # counter, a header) or per event can be compared between binaries. Threads run one at a time
 # under valgrind, so cache-line contention between cores does not show here; bench/http.sh
 # shows it, within its noise. Needs valgrind and wrk, and ../shared/geo for geo data.
-# usage: [BIN=path/to/palisade] bash bench/instructions.sh [seconds]
+# usage: [BIN=path/to/palisade] [PATTERN=sequential|spread] bash bench/instructions.sh [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
@@ -45,10 +45,13 @@ count() {
 }
 count healthz http://127.0.0.1:18099/healthz
 count check -s bench/check.lua http://127.0.0.1:18099
-# Dense new blocks, away from the rules above: the writer's work for rows it creates, without
-# the page misses of scattered keys (which cost time, not instructions).
+# Dense new blocks by default, away from the rules above: the writer's work for rows it
+# creates, without the page misses of scattered keys (which cost time, not instructions).
+# PATTERN=spread counts scattered addresses instead, where patching the index touches a
+# bucket per event.
 callgrind_control -z "$server" >/dev/null
 events=$(./target/release/examples/load ingest --url http://127.0.0.1:18099 --clients 1 \
-  --batch 1000 --seconds "$secs" --pattern sequential --base 100.0.0.0 | awk '/events committed/ {print $2}')
+  --batch 1000 --seconds "$secs" --pattern "${PATTERN:-sequential}" --base 100.0.0.0 |
+  awk '/events committed/ {print $2}')
 total=$(counted ingest)
 echo "ingest: $events events, $((total / events)) instructions per event"
