@@ -453,33 +453,40 @@ const NEW_RULE_INSERT: &str =
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
 fn insert_rules(conn: &Connection, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
-    let mut stmt = conn.prepare_cached(NEW_RULE_INSERT)?;
     let mut ids = Vec::with_capacity(rules.len());
-    let mut previous = None;
-    for rule in rules {
-        bind_rule(RowBinding::new(&mut stmt, 1, rule, previous))?;
-        stmt.raw_execute()?;
-        ids.push(conn.last_insert_rowid());
-        previous = Some(rule);
-    }
+    insert_each(conn, NEW_RULE_INSERT, rules, |_| {
+        ids.push(conn.last_insert_rowid())
+    })?;
     Ok(ids)
 }
 
 /// One descent of the key index per rule, where a look-up followed by an insert takes two.
 /// (`ON CONFLICT` on the key only: other constraints still fail loudly.)
 fn insert_absent_rules(conn: &Connection, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "{NEW_RULE_INSERT} ON CONFLICT (tenant_id, action, kind, target) DO NOTHING"
-    ))?;
+    let sql = format!("{NEW_RULE_INSERT} ON CONFLICT (tenant_id, action, kind, target) DO NOTHING");
     let mut ids = Vec::with_capacity(rules.len());
+    insert_each(conn, &sql, rules, |stored| {
+        ids.push((stored == 1).then(|| conn.last_insert_rowid()))
+    })?;
+    Ok(ids)
+}
+
+/// Runs `sql`, a form of [`NEW_RULE_INSERT`], once per rule in order; `inserted` is told how
+/// many rows each run stored.
+fn insert_each(
+    conn: &Connection,
+    sql: &str,
+    rules: &[NewRule],
+    mut inserted: impl FnMut(usize),
+) -> StoreResult<()> {
+    let mut stmt = conn.prepare_cached(sql)?;
     let mut previous = None;
     for rule in rules {
         bind_rule(RowBinding::new(&mut stmt, 1, rule, previous))?;
-        let stored = stmt.raw_execute()? == 1;
-        ids.push(stored.then(|| conn.last_insert_rowid()));
+        inserted(stmt.raw_execute()?);
         previous = Some(rule);
     }
-    Ok(ids)
+    Ok(())
 }
 
 /// `?1`..`?13` of [`NEW_RULE_INSERT`].
