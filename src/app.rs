@@ -343,6 +343,7 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<SharedBackend> {
             schema: config.database.schema.clone(),
             pool_size: config.database.pool_size.max(2),
             application_name: config.database.application_name.clone(),
+            acquire_timeout: Duration::from_millis(config.database.acquire_timeout_ms),
             ..PgOptions::default()
         };
         let backend = PgBackend::connect(url, options)

@@ -253,6 +253,10 @@ pub struct DatabaseConfig {
     pub pool_size: u32,
     /// This node's name in `pg_stat_activity`.
     pub application_name: String,
+    /// How long a request waits for a database connection, in milliseconds, before it answers
+    /// 503. While the database is down every write waits this long: short enough that clients
+    /// see the outage, long enough to ride over a brief restart or a full pool.
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -262,6 +266,7 @@ impl Default for DatabaseConfig {
             schema: None,
             pool_size: 8,
             application_name: "palisade".into(),
+            acquire_timeout_ms: 5000,
         }
     }
 }

@@ -95,6 +95,13 @@ fn semantic_problems(config: &Config, text: &str) -> Vec<Problem> {
     if config.server.max_connections == 0 {
         problem("server", "max_connections", "must be at least 1".into());
     }
+    if config.database.acquire_timeout_ms == 0 {
+        problem(
+            "database",
+            "acquire_timeout_ms",
+            "must be at least 1".into(),
+        );
+    }
     if let Some(url) = &config.database.url
         && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
     {
@@ -247,6 +254,13 @@ mod tests {
         assert!(problems[0].to_string().contains("guard.min_prefix_v4"));
         let problems = check_text("client_ip_header = \"not a header\"\n").unwrap_err();
         assert_eq!(problems[0].line, Some(1), "{problems:?}");
+        let problems = check_text("[database]\nacquire_timeout_ms = 0\n").unwrap_err();
+        assert!(
+            problems[0]
+                .to_string()
+                .contains("database.acquire_timeout_ms"),
+            "{problems:?}"
+        );
     }
 
     #[test]

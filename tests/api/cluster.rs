@@ -55,7 +55,10 @@ impl Cluster {
                 format!("palisade-{name}"),
             )
             .env("PALISADE_STORE__FOLLOW_INTERVAL_MS", "200")
-            .env("PALISADE_STORE__PROBE_INTERVAL_SECS", "1");
+            .env("PALISADE_STORE__PROBE_INTERVAL_SECS", "1")
+            // Far shorter than any outage these tests make, so every write sent while the
+            // database is down is refused rather than held until it is back.
+            .env("PALISADE_DATABASE__ACQUIRE_TIMEOUT_MS", "500");
         command
     }
 
