@@ -100,6 +100,9 @@ pub struct PgBackend {
     /// Where the pool's connections go, for the listener's own connection.
     connect: PgConnectOptions,
     channel: String,
+    /// Names this backend in the notifications its commits send, so its own listener can
+    /// tell them from other processes' (see [`Announcer`]).
+    origin: Arc<str>,
     /// Local turn-taking of write transactions (see the module documentation).
     write_turn: Arc<tokio::sync::Mutex<()>>,
     /// Started on the first call of [`Backend::change_signal`]: tools that never follow the log
@@ -218,6 +221,7 @@ impl PgBackend {
             pool,
             connect,
             channel: channel_name(options.schema.as_deref()),
+            origin: format!("{:016x}", rand::random::<u64>()).into(),
             write_turn: Arc::new(tokio::sync::Mutex::new(())),
             listener: OnceLock::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -507,7 +511,11 @@ fn sql_limit(n: usize) -> i64 {
 impl Backend for PgBackend {
     async fn begin(&self) -> StoreResult<Box<dyn Transaction>> {
         let turn = Arc::clone(&self.write_turn).lock_owned().await;
-        let tx = PgTransaction::begin(&self.pool, turn, self.channel.clone()).await?;
+        let announcer = Announcer {
+            channel: self.channel.clone(),
+            origin: Arc::clone(&self.origin),
+        };
+        let tx = PgTransaction::begin(&self.pool, turn, announcer).await?;
         Ok(Box::new(tx))
     }
 
@@ -940,6 +948,7 @@ impl Backend for PgBackend {
             let task = self.runtime.spawn(listen(
                 self.connect.clone(),
                 self.channel.clone(),
+                Arc::clone(&self.origin),
                 Arc::clone(&signal),
             ));
             Listener {
@@ -959,10 +968,37 @@ fn wake(signal: &tokio::sync::Notify) {
     signal.notify_one();
 }
 
+/// Where a write transaction announces its commit: a notification on the schema's channel
+/// whose payload is `"<origin> <new head>"`.
+pub(super) struct Announcer {
+    pub channel: String,
+    pub origin: Arc<str>,
+}
+
+impl Announcer {
+    fn payload(&self, head: i64) -> String {
+        format!("{} {head}", self.origin)
+    }
+}
+
+/// Whether a notification's payload was sent by the backend named `origin`.
+fn sent_by(payload: &str, origin: &str) -> bool {
+    payload
+        .split_once(' ')
+        .is_some_and(|(from, _)| from == origin)
+}
+
 /// Listens on `channel` for as long as the backend lives, waking `signal` on every
 /// notification and after every (re)connection: what was sent while no connection listened is
-/// lost, so followers must re-read the log then.
-async fn listen(connect: PgConnectOptions, channel: String, signal: Arc<tokio::sync::Notify>) {
+/// lost, so followers must re-read the log then. Notifications this backend's own commits sent
+/// wake nobody: the writer hands those changes on itself, and a follower woken by them would
+/// race it to read the same rows back from the log.
+async fn listen(
+    connect: PgConnectOptions,
+    channel: String,
+    origin: Arc<str>,
+    signal: Arc<tokio::sync::Notify>,
+) {
     // A pool of one, used by the listener only to reconnect.
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -993,7 +1029,11 @@ async fn listen(connect: PgConnectOptions, channel: String, signal: Arc<tokio::s
         wake(&signal);
         loop {
             match listener.try_recv().await {
-                Ok(Some(_)) => wake(&signal),
+                Ok(Some(notification)) => {
+                    if !sent_by(notification.payload(), &origin) {
+                        wake(&signal);
+                    }
+                }
                 // The connection was lost; the listener reconnected and listens again.
                 Ok(None) => {
                     tracing::info!("the change listener reconnected");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
-use super::{PgBackend, PgOptions, migrator};
+use super::{Announcer, PgBackend, PgOptions, migrator, sent_by};
 use crate::keys::{Role, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
 use crate::store::backend::{Backend, NewAuditEntry};
@@ -1429,4 +1429,18 @@ async fn batches_of_a_thousand_rows() {
 
     backend.close().await;
     schema.drop().await;
+}
+
+#[test]
+fn a_backend_knows_its_own_announcements() {
+    let announcer = Announcer {
+        channel: "palisade_changes".into(),
+        origin: "0123456789abcdef".into(),
+    };
+    let payload = announcer.payload(42);
+    assert!(sent_by(&payload, "0123456789abcdef"));
+    assert!(!sent_by(&payload, "fedcba9876543210"));
+    // A payload of an older version (the head only) is never taken for one's own.
+    assert!(!sent_by("42", "42"));
+    assert!(!sent_by("", "0123456789abcdef"));
 }

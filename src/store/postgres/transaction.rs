@@ -12,8 +12,8 @@ use sqlx::{Postgres, Row};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    db, json_tags, key_columns, key_from_row, parse_action, parse_target, report_columns,
-    report_from_row, rule_columns, rule_from_row, sql_limit,
+    Announcer, db, json_tags, key_columns, key_from_row, parse_action, parse_target,
+    report_columns, report_from_row, rule_columns, rule_from_row, sql_limit,
 };
 use crate::keys::{ApiKey, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
@@ -25,7 +25,7 @@ pub(super) struct PgTransaction {
     /// This process's turn to write, held until the transaction ends.
     turn: OwnedMutexGuard<()>,
     /// Where commits that appended changes announce them.
-    channel: String,
+    announcer: Announcer,
     /// The last change number handed out, read under the `feed_head` lock.
     head: i64,
     /// Whether this transaction appended changes (and so must announce them).
@@ -37,7 +37,7 @@ impl PgTransaction {
     pub(super) async fn begin(
         pool: &PgPool,
         turn: OwnedMutexGuard<()>,
-        channel: String,
+        announcer: Announcer,
     ) -> StoreResult<Self> {
         // READ COMMITTED whatever the server's default: each statement then sees everything
         // committed before it, so what the lock below waited for is visible after it. (Under
@@ -68,7 +68,7 @@ impl PgTransaction {
         Ok(Self {
             tx,
             turn,
-            channel,
+            announcer,
             head,
             appended: false,
         })
@@ -602,16 +602,16 @@ impl Transaction for PgTransaction {
         let PgTransaction {
             mut tx,
             turn,
-            channel,
+            announcer,
             head,
             appended,
         } = *self;
         if appended {
             // Delivered when (and only if) the transaction commits, to listeners of this
-            // schema's channel; the payload is the new head, for logs.
+            // schema's channel.
             sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(&channel)
-                .bind(head.to_string())
+                .bind(&announcer.channel)
+                .bind(announcer.payload(head))
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
