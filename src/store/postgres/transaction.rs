@@ -4,7 +4,7 @@
 //! the slice goes over as one array per column and comes apart again in `UNNEST`. An empty
 //! slice costs no round trip at all.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgRow};
@@ -12,8 +12,8 @@ use sqlx::{Postgres, Row};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    Announcer, db, json_tags, key_columns, key_from_row, parse_action, parse_target,
-    report_columns, report_from_row, rule_columns, rule_from_row, sql_limit,
+    Announcer, db, json_tags, key_columns, key_from_row, report_columns, report_from_row,
+    rule_columns, rule_from_row, sql_limit,
 };
 use crate::keys::{ApiKey, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
@@ -76,21 +76,38 @@ impl PgTransaction {
 }
 
 /// The ids of `rules` in their order, from the `(id, tenant, action, kind, target)` rows their
-/// insert returned (in any order); `None` for a rule no row was returned for.
+/// insert returned (in any order); `None` for a rule no row was returned for. `targets` are the
+/// rules' stored target texts, as bound: a returned row carries the same text, so rows are
+/// matched by text without parsing it back.
 fn ids_in_order(
     rules: &[NewRule],
-    found: Vec<(i64, i64, String, String, String)>,
+    targets: &[String],
+    found: &[PgRow],
 ) -> StoreResult<Vec<Option<RuleId>>> {
-    let mut position: HashMap<(i64, RuleAction, Target), usize> = rules
+    let mut position: FxHashMap<(i64, &str, &str, &str), usize> = rules
         .iter()
+        .zip(targets)
         .enumerate()
-        .map(|(i, r)| ((r.tenant.0, r.action, r.target), i))
+        .map(|(i, (r, target))| {
+            let key = (
+                r.tenant.0,
+                r.action.as_str(),
+                r.target.kind().as_str(),
+                target.as_str(),
+            );
+            (key, i)
+        })
         .collect();
     let mut ids = vec![None; rules.len()];
-    for (id, tenant, action, kind, target) in found {
-        let action = parse_action(&action).map_err(db)?;
-        let target = parse_target(&kind, &target).map_err(db)?;
-        match position.remove(&(tenant, action, target)) {
+    for row in found {
+        let id: i64 = row.try_get(0).map_err(db)?;
+        let key = (
+            row.try_get(1).map_err(db)?,
+            row.try_get(2).map_err(db)?,
+            row.try_get(3).map_err(db)?,
+            row.try_get(4).map_err(db)?,
+        );
+        match position.remove(&key) {
             Some(at) => ids[at] = Some(id),
             None => {
                 return Err(StoreError::Database(format!(
@@ -136,37 +153,37 @@ impl PgTransaction {
             return Ok(Vec::new());
         }
         let col = |f: fn(&NewRule) -> i64| rules.iter().map(f).collect::<Vec<i64>>();
-        let text = |f: fn(&NewRule) -> String| rules.iter().map(f).collect::<Vec<String>>();
-        let opt_text = |f: fn(&NewRule) -> Option<String>| {
-            rules.iter().map(f).collect::<Vec<Option<String>>>()
-        };
+        let word = |f: fn(&NewRule) -> &'static str| rules.iter().map(f).collect::<Vec<_>>();
+        let opt_text =
+            |f: for<'r> fn(&'r NewRule) -> Option<&'r str>| rules.iter().map(f).collect::<Vec<_>>();
+        let targets: Vec<String> = rules.iter().map(|r| r.target.text()).collect();
         // The ids are matched to their input position through the rule's unique key rather
         // than by trusting the order RETURNING happens to produce. (Matching in SQL, joining
         // back to the input, doubled the statement's time: the planner cannot tell how long
         // the arrays are.)
-        let found: Vec<(i64, i64, String, String, String)> = sqlx::query_as(sql)
+        let found = sqlx::query(sql)
             .bind(col(|r| r.tenant.0))
-            .bind(text(|r| r.action.as_str().to_owned()))
-            .bind(text(|r| r.target.kind().as_str().to_owned()))
-            .bind(text(|r| r.target.text()))
+            .bind(word(|r| r.action.as_str()))
+            .bind(word(|r| r.target.kind().as_str()))
+            .bind(targets.as_slice())
             .bind(
                 rules
                     .iter()
                     .map(|r| r.expires_at.map(|t| t.0))
                     .collect::<Vec<_>>(),
             )
-            .bind(opt_text(|r| r.name.clone()))
-            .bind(opt_text(|r| r.description.clone()))
-            .bind(text(|r| r.source.as_str().to_owned()))
-            .bind(opt_text(|r| r.dataset.clone()))
-            .bind(text(|r| json_tags(&r.tags)))
+            .bind(opt_text(|r| r.name.as_deref()))
+            .bind(opt_text(|r| r.description.as_deref()))
+            .bind(word(|r| r.source.as_str()))
+            .bind(opt_text(|r| r.dataset.as_deref()))
+            .bind(rules.iter().map(|r| json_tags(&r.tags)).collect::<Vec<_>>())
             .bind(col(|r| i64::from(r.reports)))
             .bind(col(|r| r.created_at.0))
             .bind(col(|r| r.updated_at.0))
             .fetch_all(&mut *self.tx)
             .await
             .map_err(db)?;
-        ids_in_order(rules, found)
+        ids_in_order(rules, &targets, &found)
     }
 }
 
