@@ -28,8 +28,9 @@
 //!
 //! # Followers
 //! A transaction that appended changes sends `pg_notify` on a channel named after the schema
-//! just before it commits; [`Backend::change_signal`] wakes on those. Notifications sent while
-//! the listening connection was down are lost, so the signal also fires after every reconnect:
+//! just before it commits; [`Backend::change_signal`] wakes on those, except on the ones this
+//! backend sent itself (its writer hands its own changes on). Notifications sent while the
+//! listening connection was down are lost, so the signal also fires after every reconnect:
 //! followers re-read the log by number whenever it fires.
 //!
 //! # Schema
@@ -99,10 +100,8 @@ pub struct PgBackend {
     pool: PgPool,
     /// Where the pool's connections go, for the listener's own connection.
     connect: PgConnectOptions,
-    channel: String,
-    /// Names this backend in the notifications its commits send, so its own listener can
-    /// tell them from other processes' (see [`Announcer`]).
-    origin: Arc<str>,
+    /// How this backend's commits announce themselves, and how its listener knows its own.
+    announcer: Arc<Announcer>,
     /// Local turn-taking of write transactions (see the module documentation).
     write_turn: Arc<tokio::sync::Mutex<()>>,
     /// Started on the first call of [`Backend::change_signal`]: tools that never follow the log
@@ -220,8 +219,10 @@ impl PgBackend {
         Ok(PgBackend {
             pool,
             connect,
-            channel: channel_name(options.schema.as_deref()),
-            origin: format!("{:016x}", rand::random::<u64>()).into(),
+            announcer: Arc::new(Announcer {
+                channel: channel_name(options.schema.as_deref()),
+                origin: format!("{:016x}", rand::random::<u64>()),
+            }),
             write_turn: Arc::new(tokio::sync::Mutex::new(())),
             listener: OnceLock::new(),
             runtime: tokio::runtime::Handle::current(),
@@ -511,10 +512,7 @@ fn sql_limit(n: usize) -> i64 {
 impl Backend for PgBackend {
     async fn begin(&self) -> StoreResult<Box<dyn Transaction>> {
         let turn = Arc::clone(&self.write_turn).lock_owned().await;
-        let announcer = Announcer {
-            channel: self.channel.clone(),
-            origin: Arc::clone(&self.origin),
-        };
+        let announcer = Arc::clone(&self.announcer);
         let tx = PgTransaction::begin(&self.pool, turn, announcer).await?;
         Ok(Box::new(tx))
     }
@@ -947,8 +945,7 @@ impl Backend for PgBackend {
             let signal = Arc::new(tokio::sync::Notify::new());
             let task = self.runtime.spawn(listen(
                 self.connect.clone(),
-                self.channel.clone(),
-                Arc::clone(&self.origin),
+                Arc::clone(&self.announcer),
                 Arc::clone(&signal),
             ));
             Listener {
@@ -969,34 +966,33 @@ fn wake(signal: &tokio::sync::Notify) {
 }
 
 /// Where a write transaction announces its commit: a notification on the schema's channel
-/// whose payload is `"<origin> <new head>"`.
+/// whose payload is `"<origin> <new head>"`, the origin naming the backend that sent it.
 pub(super) struct Announcer {
     pub channel: String,
-    pub origin: Arc<str>,
+    pub origin: String,
 }
 
 impl Announcer {
     fn payload(&self, head: i64) -> String {
         format!("{} {head}", self.origin)
     }
+
+    /// Whether a notification's payload was sent by this backend.
+    fn sent(&self, payload: &str) -> bool {
+        payload
+            .split_once(' ')
+            .is_some_and(|(from, _)| from == self.origin)
+    }
 }
 
-/// Whether a notification's payload was sent by the backend named `origin`.
-fn sent_by(payload: &str, origin: &str) -> bool {
-    payload
-        .split_once(' ')
-        .is_some_and(|(from, _)| from == origin)
-}
-
-/// Listens on `channel` for as long as the backend lives, waking `signal` on every
+/// Listens on the announcer's channel for as long as the backend lives, waking `signal` on every
 /// notification and after every (re)connection: what was sent while no connection listened is
 /// lost, so followers must re-read the log then. Notifications this backend's own commits sent
 /// wake nobody: the writer hands those changes on itself, and a follower woken by them would
 /// race it to read the same rows back from the log.
 async fn listen(
     connect: PgConnectOptions,
-    channel: String,
-    origin: Arc<str>,
+    announcer: Arc<Announcer>,
     signal: Arc<tokio::sync::Notify>,
 ) {
     // A pool of one, used by the listener only to reconnect.
@@ -1018,7 +1014,7 @@ async fn listen(
                 continue;
             }
         };
-        if let Err(e) = listener.listen(&channel).await {
+        if let Err(e) = listener.listen(&announcer.channel).await {
             tracing::warn!(error = %e, "cannot listen for changes; retrying");
             drop(listener);
             tokio::time::sleep(retry).await;
@@ -1030,7 +1026,7 @@ async fn listen(
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
-                    if !sent_by(notification.payload(), &origin) {
+                    if !announcer.sent(notification.payload()) {
                         wake(&signal);
                     }
                 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
-use super::{Announcer, PgBackend, PgOptions, migrator, sent_by};
+use super::{Announcer, PgBackend, PgOptions, migrator};
 use crate::keys::{Role, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
 use crate::store::backend::{Backend, NewAuditEntry};
@@ -1437,10 +1437,14 @@ fn a_backend_knows_its_own_announcements() {
         channel: "palisade_changes".into(),
         origin: "0123456789abcdef".into(),
     };
+    let other = Announcer {
+        channel: "palisade_changes".into(),
+        origin: "fedcba9876543210".into(),
+    };
     let payload = announcer.payload(42);
-    assert!(sent_by(&payload, "0123456789abcdef"));
-    assert!(!sent_by(&payload, "fedcba9876543210"));
+    assert!(announcer.sent(&payload));
+    assert!(!other.sent(&payload));
     // A payload of an older version (the head only) is never taken for one's own.
-    assert!(!sent_by("42", "42"));
-    assert!(!sent_by("", "0123456789abcdef"));
+    assert!(!announcer.sent("42"));
+    assert!(!announcer.sent(""));
 }

@@ -4,6 +4,8 @@
 //! the slice goes over as one array per column and comes apart again in `UNNEST`. An empty
 //! slice costs no round trip at all.
 
+use std::sync::Arc;
+
 use rustc_hash::FxHashMap;
 
 use async_trait::async_trait;
@@ -25,7 +27,7 @@ pub(super) struct PgTransaction {
     /// This process's turn to write, held until the transaction ends.
     turn: OwnedMutexGuard<()>,
     /// Where commits that appended changes announce them.
-    announcer: Announcer,
+    announcer: Arc<Announcer>,
     /// The last change number handed out, read under the `feed_head` lock.
     head: i64,
     /// Whether this transaction appended changes (and so must announce them).
@@ -37,7 +39,7 @@ impl PgTransaction {
     pub(super) async fn begin(
         pool: &PgPool,
         turn: OwnedMutexGuard<()>,
-        announcer: Announcer,
+        announcer: Arc<Announcer>,
     ) -> StoreResult<Self> {
         // READ COMMITTED whatever the server's default: each statement then sees everything
         // committed before it, so what the lock below waited for is visible after it. (Under
