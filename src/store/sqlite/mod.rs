@@ -2,8 +2,10 @@
 //!
 //! One thread owns the only writing connection and runs the operations of the open write
 //! transaction, in order ([`tx`]). Reads go to a small pool of read-only connections, which WAL
-//! lets run beside the writer ([`read`]).
+//! lets run beside the writer ([`read`]), and another thread copies the WAL back into the
+//! database file ([`checkpoint`]).
 
+mod checkpoint;
 mod read;
 mod rows;
 mod tx;
@@ -33,8 +35,9 @@ pub const DB_FILE: &str = "palisade.db";
 /// while the server runs) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// WAL size, in 4 KiB pages, at which the writer copies the WAL back into the database.
-const WAL_CHECKPOINT_PAGES: i64 = 16_384;
+/// WAL size, in 4 KiB pages, at which the writer copies the WAL back into the database itself:
+/// only when the [`checkpoint`] thread has fallen this far behind.
+const WAL_CHECKPOINT_PAGES: i64 = 65_536;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -109,6 +112,7 @@ pub struct SqliteBackend {
     readers: Pool<SqliteConnectionManager>,
     path: PathBuf,
     min_free_bytes: u64,
+    _checkpointer: checkpoint::Checkpointer,
 }
 
 /// Creates the data directory (0700) and the database file (0600) before SQLite does, so that
@@ -173,9 +177,8 @@ impl SqliteBackend {
         // default of 16 would have maintenance and key writes evict the ingest's statements.
         conn.set_prepared_statement_cache_capacity(64);
         migrations().to_latest(&mut conn)?;
-        // Checkpoint every 64 MB of WAL rather than every 4 MB: a page that many commits touch
-        // (an index leaf) is copied back once per checkpoint, not once per 4 MB of writes.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        let checkpointer = checkpoint::Checkpointer::start(&path, synchronous)?;
 
         let manager = SqliteConnectionManager::file(&path).with_init(|c| {
             c.busy_timeout(BUSY_TIMEOUT)?;
@@ -201,6 +204,7 @@ impl SqliteBackend {
             readers,
             path,
             min_free_bytes: options.min_free_bytes,
+            _checkpointer: checkpointer,
         })
     }
 
