@@ -35,8 +35,9 @@ pub const DB_FILE: &str = "palisade.db";
 /// while the server runs) before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// WAL size, in 4 KiB pages, at which the writer copies the WAL back into the database itself:
-/// only when the [`checkpoint`] thread has fallen this far behind.
+/// WAL size, in 4 KiB pages, at which the writer copies the rest of the WAL back into the
+/// database itself and starts it again: under writes without pauses, where the [`checkpoint`]
+/// thread copies most of it but finds no pause to start it again.
 const WAL_CHECKPOINT_PAGES: i64 = 65_536;
 
 impl From<rusqlite::Error> for StoreError {
