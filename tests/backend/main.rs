@@ -224,6 +224,7 @@ on_every_backend!(
     keys_are_made_found_and_revoked,
     quotas_hold_across_batches_and_nodes,
     retention_deletes_history_not_rules,
+    retention_takes_the_oldest_entries_and_stops_at_a_newer_one,
     rules_are_counted_by_kind_and_action,
     bouncer_cursors_move_only_from_where_they_were_read,
     decision_deltas_and_active_blocks_read_one_instant,
@@ -623,6 +624,53 @@ async fn retention_deletes_history_not_rules(db: Db) {
     behind.feed.catch_up().await.unwrap();
     assert_eq!(behind.seen.resets.lock().unwrap().len(), 2);
     assert_eq!(behind.feed.applied(), log[0].seq);
+}
+
+/// Entries are purged in the order they were made, up to the first one made at or after the
+/// cutoff: an entry made under a clock that stepped back waits for the newer ones before it.
+async fn retention_takes_the_oldest_entries_and_stops_at_a_newer_one(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "retention-order").await;
+    let later = UnixMillis(T0.0 + 10 * 86_400_000);
+    let old = vec![
+        put("192.0.2.1", None, None),
+        put("192.0.2.2", None, None),
+        put("192.0.2.3", None, None),
+    ];
+    for (at, writes) in [
+        (T0, old),
+        (later, vec![put("192.0.2.4", None, None)]),
+        (T0, vec![put("192.0.2.5", None, None)]),
+    ] {
+        node.engine.write(batch(t, at, writes)).await.unwrap();
+    }
+    let cutoff = UnixMillis(later.0 - 1);
+    assert_eq!(node.engine.purge_changes(cutoff, 2).await.unwrap(), 2);
+    assert_eq!(node.engine.purge_changes(cutoff, 100).await.unwrap(), 1);
+    assert_eq!(node.engine.purge_changes(cutoff, 100).await.unwrap(), 0);
+    let targets: Vec<String> = node
+        .backend
+        .changes_since(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.target.text())
+        .collect();
+    assert_eq!(targets, ["192.0.2.4/32", "192.0.2.5/32"]);
+    // The key's making and the first batch's three events.
+    assert_eq!(node.engine.purge_audit(cutoff, 3).await.unwrap(), 3);
+    assert_eq!(node.engine.purge_audit(cutoff, 100).await.unwrap(), 1);
+    assert_eq!(node.engine.purge_audit(cutoff, 100).await.unwrap(), 0);
+    let left: Vec<UnixMillis> = node
+        .backend
+        .audit(t, None, 10)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|e| e.at)
+        .collect();
+    assert_eq!(left, [T0, later]);
 }
 
 async fn rules_are_counted_by_kind_and_action(db: Db) {

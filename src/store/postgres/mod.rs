@@ -146,6 +146,7 @@ fn migrator(schema: Option<&str>) -> Migrator {
             "rule key led by the target",
             include_str!("schema_v6.sql"),
         ),
+        step(7, "retention by primary key", include_str!("schema_v7.sql")),
     ]);
     if let Some(schema) = schema {
         // Created after the migrator took its lock, so nodes starting together do not race

@@ -189,6 +189,38 @@ impl PgTransaction {
     }
 }
 
+/// Deletes up to `$2` rows of `$table` made before `$1`, oldest first: the rows below the first
+/// one made at or after `$1`, in the order of their key, which grows with `at` (SQLite's
+/// `purge_oldest` finds the same boundary). Reads at most `$2` rows whatever the table holds, so
+/// a round of retention with nothing to delete costs next to nothing under the write lock.
+macro_rules! purge_oldest_sql {
+    ($table:literal, $key:literal) => {
+        concat!(
+            "WITH oldest AS (SELECT ",
+            $key,
+            ", at FROM ",
+            $table,
+            " ORDER BY ",
+            $key,
+            " LIMIT $2)
+             DELETE FROM ",
+            $table,
+            "
+             WHERE ",
+            $key,
+            " IN (SELECT ",
+            $key,
+            " FROM oldest)
+               AND ",
+            $key,
+            " < COALESCE((SELECT min(",
+            $key,
+            ") FROM oldest WHERE at >= $1),
+                                         9223372036854775807)"
+        )
+    };
+}
+
 #[async_trait]
 impl Transaction for PgTransaction {
     async fn rules_by_key(
@@ -472,30 +504,24 @@ impl Transaction for PgTransaction {
     }
 
     async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
-        let done = sqlx::query(
-            "DELETE FROM audit WHERE id IN
-                (SELECT id FROM audit WHERE at < $1 ORDER BY at LIMIT $2)",
-        )
-        .bind(before.0)
-        .bind(sql_limit(limit))
-        .execute(&mut *self.tx)
-        .await
-        .map_err(db)?;
+        let done = sqlx::query(purge_oldest_sql!("audit", "id"))
+            .bind(before.0)
+            .bind(sql_limit(limit))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db)?;
         Ok(done.rows_affected() as usize)
     }
 
     async fn purge_changes(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
         // feed_head keeps its number, so purging the newest entries never makes a number
         // available again.
-        let done = sqlx::query(
-            "DELETE FROM rule_changes WHERE seq IN
-                (SELECT seq FROM rule_changes WHERE at < $1 ORDER BY at LIMIT $2)",
-        )
-        .bind(before.0)
-        .bind(sql_limit(limit))
-        .execute(&mut *self.tx)
-        .await
-        .map_err(db)?;
+        let done = sqlx::query(purge_oldest_sql!("rule_changes", "seq"))
+            .bind(before.0)
+            .bind(sql_limit(limit))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db)?;
         Ok(done.rows_affected() as usize)
     }
 

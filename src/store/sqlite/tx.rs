@@ -693,9 +693,11 @@ fn append_rows<T>(
     Ok(())
 }
 
-/// Deletes up to `limit` rows of `table` made before `before`, oldest first. Rows are made in
-/// the order of their row id `key`, so the first row made at or after `before` is found by a
-/// binary search over row ids (each step one look-up by id), and everything below it goes.
+/// Deletes up to `limit` rows of `table` made before `before`, oldest first: the rows below the
+/// first one made at or after `before`, in the order of their row id `key`, which grows with
+/// `at`. A row made under a clock that stepped back waits for the newer rows before it, so no
+/// row made at or after `before` ever goes. Reads at most `limit` rows whatever the table
+/// holds. (PostgreSQL's `purge_oldest_sql` is the same statement.)
 fn purge_oldest(
     conn: &Connection,
     table: &str,
@@ -703,35 +705,15 @@ fn purge_oldest(
     before: UnixMillis,
     limit: usize,
 ) -> StoreResult<usize> {
-    let first_at_or_after = |from: i64| -> StoreResult<Option<(i64, i64)>> {
-        Ok(conn
-            .prepare_cached(&format!(
-                "SELECT {key}, at FROM {table} WHERE {key} >= ?1 ORDER BY {key} LIMIT 1"
-            ))?
-            .query_row([from], |row| Ok((row.get(0)?, row.get(1)?)))
-            .optional()?)
-    };
-    let Some((oldest, oldest_at)) = first_at_or_after(i64::MIN)? else {
-        return Ok(0);
-    };
-    if oldest_at >= before.0 {
-        return Ok(0);
-    }
-    // Every row below `low` is old; every row from `high` up is not (or there is none).
-    let (mut low, mut high) = (oldest + 1, i64::MAX);
-    while low < high {
-        let middle = low + (high - low) / 2;
-        match first_at_or_after(middle)? {
-            Some((id, at)) if at < before.0 => low = id + 1,
-            _ => high = middle,
-        }
-    }
     Ok(conn
         .prepare_cached(&format!(
-            "DELETE FROM {table} WHERE {key} IN
-                (SELECT {key} FROM {table} WHERE {key} < ?1 ORDER BY {key} LIMIT ?2)"
+            "WITH oldest AS (SELECT {key}, at FROM {table} ORDER BY {key} LIMIT ?2)
+             DELETE FROM {table}
+             WHERE {key} IN (SELECT {key} FROM oldest)
+               AND {key} < COALESCE((SELECT min({key}) FROM oldest WHERE at >= ?1),
+                                    9223372036854775807)"
         ))?
-        .execute(params![low, limit as i64])?)
+        .execute(params![before.0, limit as i64])?)
 }
 
 /// Records a pull of decisions (see [`crate::store::backend::Backend::record_pull`]).
@@ -811,5 +793,37 @@ mod tests {
             purge_oldest(&conn, "log", "seq", UnixMillis(1000), 10).unwrap(),
             0
         );
+    }
+
+    #[test]
+    fn a_row_made_after_the_instant_holds_back_the_rows_behind_it() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE log (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL);
+             INSERT INTO log VALUES (1, 10), (2, 10), (3, 50), (4, 10), (5, 10);",
+        )
+        .unwrap();
+        let left = |c: &Connection| -> Vec<i64> {
+            c.prepare("SELECT seq FROM log ORDER BY seq")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        assert_eq!(
+            purge_oldest(&conn, "log", "seq", UnixMillis(40), 1000).unwrap(),
+            2
+        );
+        assert_eq!(left(&conn), [3, 4, 5]);
+        assert_eq!(
+            purge_oldest(&conn, "log", "seq", UnixMillis(40), 1000).unwrap(),
+            0
+        );
+        assert_eq!(
+            purge_oldest(&conn, "log", "seq", UnixMillis(60), 1).unwrap(),
+            1
+        );
+        assert_eq!(left(&conn), [4, 5]);
     }
 }
