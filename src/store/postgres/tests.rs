@@ -450,6 +450,73 @@ async fn rules_are_listed_with_filters_and_pages() {
     schema.drop().await;
 }
 
+/// An append that PostgreSQL refuses part-way through its rows fails the write, commits nothing,
+/// and leaves the connection fit for the next transaction.
+#[tokio::test]
+#[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
+async fn a_refused_append_commits_nothing() {
+    let schema = TestSchema::new().await;
+    let backend = schema.backend().await;
+    let acme = make_tenant(&backend, "acme").await;
+    // A change numbered as the next write's second change would be, made behind the lock's
+    // back: that write's append runs into it.
+    let mut admin = schema.admin().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO \"{}\".rule_changes (seq, tenant_id, rule_id, op, action, kind, target, at,
+                                          source)
+         VALUES (2, $1, 1, 'put', 'block', 'ip', '192.0.2.1/32', 0, 'signal')",
+        schema.name
+    )))
+    .bind(acme.0)
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    admin.close().await.ok();
+    let mut tx = backend.begin().await.unwrap();
+    tx.append_audit(&[NewAuditEntry {
+        tenant: acme,
+        key_id: 1,
+        request_id: "refused".into(),
+        at: UnixMillis(T0),
+        index: None,
+        event: "{}".into(),
+        error: None,
+    }])
+    .await
+    .unwrap();
+    let mut changes = vec![
+        change(acme, 1, "192.0.2.1/32", T0),
+        change(acme, 2, "192.0.2.2/32", T0),
+    ];
+    assert!(tx.append_changes(&mut changes).await.is_err());
+    drop(tx);
+    // Nothing of it stayed, and the next write goes through.
+    assert!(
+        backend
+            .audit(acme, None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let mut tx = backend.begin().await.unwrap();
+    let mut next = vec![change(acme, 3, "192.0.2.3/32", T0)];
+    tx.append_changes(&mut next).await.unwrap();
+    assert_eq!(next[0].seq, 1);
+    tx.commit().await.unwrap();
+    let seqs: Vec<u64> = backend
+        .changes_since(0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+
+    backend.close().await;
+    schema.drop().await;
+}
+
 #[tokio::test]
 #[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
 async fn changes_and_audit_round_trip() {
@@ -476,8 +543,15 @@ async fn changes_and_audit_round_trip() {
     ];
     tx.append_changes(&mut first).await.unwrap();
     assert_eq!(first.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    // Control characters, backslashes, quotes and text beyond ASCII arrive as written.
+    let awkward = "tab\tnewline\nreturn\r backslash\\ \\N quote\" é 🛡";
     let mut second = vec![
-        change(acme, 8, "2001:db8::/32", T0 + 3),
+        Change {
+            name: Some(awkward.into()),
+            description: Some(awkward.into()),
+            dataset: Some("\\N".into()),
+            ..change(acme, 8, "2001:db8::/32", T0 + 3)
+        },
         change(acme, 9, "198.51.100.7/32", T0 + 4),
     ];
     tx.append_changes(&mut second).await.unwrap();
@@ -496,7 +570,7 @@ async fn changes_and_audit_round_trip() {
             request_id: format!("req-{}", i / 3),
             at: UnixMillis(T0 + i),
             index: (i < 3).then_some(i as u32),
-            event: format!(r#"{{"n":{i}}}"#),
+            event: format!(r#"{{"n":{i},"note":"{awkward}"}}"#),
             error: (i == 1).then(|| "not an address".to_owned()),
         })
         .collect();
