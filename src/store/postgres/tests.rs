@@ -450,8 +450,8 @@ async fn rules_are_listed_with_filters_and_pages() {
     schema.drop().await;
 }
 
-/// An append that PostgreSQL refuses part-way through its rows fails the write, commits nothing,
-/// and leaves the connection fit for the next transaction.
+/// An append that PostgreSQL refuses fails the write, commits nothing (not even the audit
+/// entries written before it), and leaves the store fit for the next transaction.
 #[tokio::test]
 #[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
 async fn a_refused_append_commits_nothing() {
@@ -636,6 +636,17 @@ async fn changes_and_audit_round_trip() {
     assert_eq!(third[0].seq, 6);
     tx.commit().await.unwrap();
     assert_eq!(backend.changes_since(0, 100).await.unwrap(), third);
+
+    // A purge sees the changes its own transaction appended before it, and numbers go on.
+    let mut tx = backend.begin().await.unwrap();
+    let mut fourth = vec![change(acme, 11, "192.0.2.10/32", T0 + 6)];
+    tx.append_changes(&mut fourth).await.unwrap();
+    assert_eq!(tx.purge_changes(UnixMillis(T0 + 7), 10).await.unwrap(), 2);
+    let mut fifth = vec![change(acme, 12, "192.0.2.11/32", T0 + 8)];
+    tx.append_changes(&mut fifth).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((fourth[0].seq, fifth[0].seq), (7, 8));
+    assert_eq!(backend.changes_since(0, 100).await.unwrap(), fifth);
 
     backend.close().await;
     schema.drop().await;
