@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, Row};
+use sqlx::{AssertSqlSafe, Postgres, Row};
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
@@ -189,36 +189,18 @@ impl PgTransaction {
     }
 }
 
-/// Deletes up to `$2` rows of `$table` made before `$1`, oldest first: the rows below the first
-/// one made at or after `$1`, in the order of their key, which grows with `at` (SQLite's
-/// `purge_oldest` finds the same boundary). Reads at most `$2` rows whatever the table holds, so
+/// Deletes up to `$2` rows of `table` made before `$1`, oldest first: the rows below the first
+/// one made at or after `$1`, in the order of their `key`, which grows with `at` (SQLite's
+/// `purge_oldest` is the same statement). Reads at most `$2` rows whatever the table holds, so
 /// a round of retention with nothing to delete costs next to nothing under the write lock.
-macro_rules! purge_oldest_sql {
-    ($table:literal, $key:literal) => {
-        concat!(
-            "WITH oldest AS (SELECT ",
-            $key,
-            ", at FROM ",
-            $table,
-            " ORDER BY ",
-            $key,
-            " LIMIT $2)
-             DELETE FROM ",
-            $table,
-            "
-             WHERE ",
-            $key,
-            " IN (SELECT ",
-            $key,
-            " FROM oldest)
-               AND ",
-            $key,
-            " < COALESCE((SELECT min(",
-            $key,
-            ") FROM oldest WHERE at >= $1),
-                                         9223372036854775807)"
-        )
-    };
+fn purge_oldest_sql(table: &'static str, key: &'static str) -> AssertSqlSafe<String> {
+    AssertSqlSafe(format!(
+        "WITH oldest AS (SELECT {key}, at FROM {table} ORDER BY {key} LIMIT $2)
+         DELETE FROM {table}
+         WHERE {key} IN (SELECT {key} FROM oldest)
+           AND {key} < COALESCE((SELECT min({key}) FROM oldest WHERE at >= $1),
+                                9223372036854775807)"
+    ))
 }
 
 #[async_trait]
@@ -504,7 +486,7 @@ impl Transaction for PgTransaction {
     }
 
     async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
-        let done = sqlx::query(purge_oldest_sql!("audit", "id"))
+        let done = sqlx::query(purge_oldest_sql("audit", "id"))
             .bind(before.0)
             .bind(sql_limit(limit))
             .execute(&mut *self.tx)
@@ -516,7 +498,7 @@ impl Transaction for PgTransaction {
     async fn purge_changes(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
         // feed_head keeps its number, so purging the newest entries never makes a number
         // available again.
-        let done = sqlx::query(purge_oldest_sql!("rule_changes", "seq"))
+        let done = sqlx::query(purge_oldest_sql("rule_changes", "seq"))
             .bind(before.0)
             .bind(sql_limit(limit))
             .execute(&mut *self.tx)
