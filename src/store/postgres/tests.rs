@@ -126,6 +126,19 @@ fn change(tenant: TenantId, rule_id: i64, text: &str, at: i64) -> Change {
     }
 }
 
+/// An applied request's entry, as made at `T0` by key 1.
+fn audit_entry(tenant: TenantId, request_id: &str) -> NewAuditEntry {
+    NewAuditEntry {
+        tenant,
+        key_id: 1,
+        request_id: request_id.into(),
+        at: UnixMillis(T0),
+        index: None,
+        event: "{}".into(),
+        error: None,
+    }
+}
+
 async fn make_tenant(backend: &PgBackend, name: &str) -> TenantId {
     let mut tx = backend.begin().await.unwrap();
     let id = tx
@@ -473,17 +486,9 @@ async fn a_refused_append_commits_nothing() {
     .unwrap();
     admin.close().await.ok();
     let mut tx = backend.begin().await.unwrap();
-    tx.append_audit(&[NewAuditEntry {
-        tenant: acme,
-        key_id: 1,
-        request_id: "refused".into(),
-        at: UnixMillis(T0),
-        index: None,
-        event: "{}".into(),
-        error: None,
-    }])
-    .await
-    .unwrap();
+    tx.append_audit(&[audit_entry(acme, "refused")])
+        .await
+        .unwrap();
     let mut changes = vec![
         change(acme, 1, "192.0.2.1/32", T0),
         change(acme, 2, "192.0.2.2/32", T0),
@@ -888,17 +893,7 @@ async fn a_dropped_transaction_is_rolled_back() {
     tx.append_changes(&mut [change(acme, ids[0], "192.0.2.0/24", T0)])
         .await
         .unwrap();
-    tx.append_audit(&[NewAuditEntry {
-        tenant: acme,
-        key_id: 1,
-        request_id: "r".into(),
-        at: UnixMillis(T0),
-        index: None,
-        event: "{}".into(),
-        error: None,
-    }])
-    .await
-    .unwrap();
+    tx.append_audit(&[audit_entry(acme, "r")]).await.unwrap();
     tx.add_rule_count(acme, 1).await.unwrap();
     tx.tenant_id(&tenant_name("newcomer"), UnixMillis(T0))
         .await
