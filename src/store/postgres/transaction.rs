@@ -189,18 +189,33 @@ impl PgTransaction {
     }
 }
 
-/// Deletes up to `$2` rows of `table` made before `$1`, oldest first: the rows below the first
-/// one made at or after `$1`, in the order of their `key`, which grows with `at` (SQLite's
-/// `purge_oldest` is the same statement). Reads at most `$2` rows whatever the table holds, so
-/// a round of retention with nothing to delete costs next to nothing under the write lock.
-fn purge_oldest_sql(table: &'static str, key: &'static str) -> AssertSqlSafe<String> {
-    AssertSqlSafe(format!(
-        "WITH oldest AS (SELECT {key}, at FROM {table} ORDER BY {key} LIMIT $2)
-         DELETE FROM {table}
-         WHERE {key} IN (SELECT {key} FROM oldest)
-           AND {key} < COALESCE((SELECT min({key}) FROM oldest WHERE at >= $1),
-                                9223372036854775807)"
-    ))
+impl PgTransaction {
+    /// Deletes up to `limit` rows of `table` made before `before`, oldest first: the rows below
+    /// the first one made at or after `before`, in the order of their `key`, which grows with
+    /// `at` (SQLite's `purge_oldest` is the same statement). Reads at most `limit` rows whatever
+    /// the table holds, so a round of retention with nothing to delete costs next to nothing
+    /// under the write lock.
+    async fn purge_oldest(
+        &mut self,
+        table: &'static str,
+        key: &'static str,
+        before: UnixMillis,
+        limit: usize,
+    ) -> StoreResult<usize> {
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "WITH oldest AS (SELECT {key}, at FROM {table} ORDER BY {key} LIMIT $2)
+             DELETE FROM {table}
+             WHERE {key} IN (SELECT {key} FROM oldest)
+               AND {key} < COALESCE((SELECT min({key}) FROM oldest WHERE at >= $1),
+                                    9223372036854775807)"
+        )))
+        .bind(before.0)
+        .bind(sql_limit(limit))
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db)?;
+        Ok(done.rows_affected() as usize)
+    }
 }
 
 #[async_trait]
@@ -486,25 +501,14 @@ impl Transaction for PgTransaction {
     }
 
     async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
-        let done = sqlx::query(purge_oldest_sql("audit", "id"))
-            .bind(before.0)
-            .bind(sql_limit(limit))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db)?;
-        Ok(done.rows_affected() as usize)
+        self.purge_oldest("audit", "id", before, limit).await
     }
 
     async fn purge_changes(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
         // feed_head keeps its number, so purging the newest entries never makes a number
         // available again.
-        let done = sqlx::query(purge_oldest_sql("rule_changes", "seq"))
-            .bind(before.0)
-            .bind(sql_limit(limit))
-            .execute(&mut *self.tx)
+        self.purge_oldest("rule_changes", "seq", before, limit)
             .await
-            .map_err(db)?;
-        Ok(done.rows_affected() as usize)
     }
 
     async fn tenant_id(&mut self, name: &TenantName, at: UnixMillis) -> StoreResult<TenantId> {

@@ -697,7 +697,7 @@ fn append_rows<T>(
 /// first one made at or after `before`, in the order of their row id `key`, which grows with
 /// `at`. A row made under a clock that stepped back waits for the newer rows before it, so no
 /// row made at or after `before` ever goes. Reads at most `limit` rows whatever the table
-/// holds. (PostgreSQL runs the same statement: `purge_oldest_sql`.)
+/// holds. (PostgreSQL runs the same statement: `PgTransaction::purge_oldest`.)
 fn purge_oldest(
     conn: &Connection,
     table: &str,
