@@ -11,11 +11,12 @@
 //! - `floor/rule_rows`: one `rules` row per event (its row, its unique key, its tenant and
 //!   expiry indexes) and nothing else.
 //! - `floor/rule_change_audit_rows`: what the engine writes per event, as bare statements:
-//!   the rule, its change-log row and its audit row.
+//!   the rule, its change-log row and, per 1000 events, the request's audit record.
 //! - `floor/append_only`: one change-log row per event and no rule row: the cost of a
 //!   log-structured layout that keeps rules by key somewhere else.
 //! - `engine/commit_4000`: the engine's writer committing four 1000-event batches sent
-//!   together (reads of the stored keys, merge, quota, the three rows per event).
+//!   together (reads of the stored keys, merge, quota, two rows per event and an audit record
+//!   per batch).
 //!
 //! With `PALISADE_TEST_DATABASE_URL` set, the same on PostgreSQL (`floor_pg/*`,
 //! `engine/commit_4000_pg`), each in a schema of its own.
@@ -34,6 +35,7 @@ use palisade::engine::Engine;
 use palisade::rules::UnixMillis;
 use palisade::signal::SignalPolicy;
 use palisade::store::WriteBatch;
+use palisade::store::audit::AuditEntries;
 use palisade::store::postgres::{PgBackend, PgOptions};
 use palisade::store::sqlite::{DB_FILE, SqliteBackend, SqliteOptions};
 use rusqlite::{Connection, params};
@@ -95,8 +97,9 @@ fn write_rows(conn: &mut Connection, rows: Rows, first: u32, count: u32) {
             .unwrap();
         let mut audit = tx
             .prepare_cached(
-                "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-                 VALUES (1, 1, 'bench', ?1, ?2, ?3, NULL)",
+                "INSERT INTO audit_records (tenant_id, key_id, request_id, at, entry_count,
+                                            entries)
+                 VALUES (1, 1, 'bench', ?1, 1000, ?2)",
             )
             .unwrap();
         for n in first..first + count {
@@ -110,10 +113,8 @@ fn write_rows(conn: &mut Connection, rows: Rows, first: u32, count: u32) {
             if rows.change {
                 change.execute(params![id, target, expires, NOW.0]).unwrap();
             }
-            if rows.audit {
-                audit
-                    .execute(params![NOW.0, n % 1000, audit_event(n)])
-                    .unwrap();
+            if let Some(entries) = rows.audit.then(|| audit_record(n)).flatten() {
+                audit.execute(params![NOW.0, entries]).unwrap();
             }
         }
     }
@@ -163,6 +164,19 @@ fn wanted(id: &str) -> bool {
         .filter(|arg| !arg.starts_with('-'))
         .collect();
     filters.is_empty() || filters.iter().any(|filter| id.contains(filter.as_str()))
+}
+
+/// The audit record of the 1000-event request that event `n` ends, as the engine packs it;
+/// `None` for the other events.
+fn audit_record(n: u32) -> Option<String> {
+    if n % 1000 != 999 {
+        return None;
+    }
+    let mut entries = AuditEntries::with_capacity(1000, 1000 * 110);
+    for m in n - 999..=n {
+        entries.push(Some(m % 1000), &audit_event(m), None);
+    }
+    Some(entries.into_text())
 }
 
 /// Event `n` as a client sends it (and the audit keeps it).
@@ -472,18 +486,13 @@ async fn pg_rows(pool: &sqlx::PgPool, rows: Rows, first: u32, count: u32) {
         .unwrap();
     }
     if rows.audit {
-        let events: Vec<String> = (first..first + count).map(audit_event).collect();
-        let positions: Vec<i64> = (first..first + count)
-            .map(|n| i64::from(n % 1000))
-            .collect();
+        let records: Vec<String> = (first..first + count).filter_map(audit_record).collect();
         sqlx::query(
-            "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-             SELECT 1, 1, 'bench', $1, entry_index, event, NULL
-             FROM UNNEST($2::bigint[], $3::text[]) AS u(entry_index, event)",
+            "INSERT INTO audit_records (tenant_id, key_id, request_id, at, entry_count, entries)
+             SELECT 1, 1, 'bench', $1, 1000, entries FROM UNNEST($2::text[]) AS u(entries)",
         )
         .bind(NOW.0)
-        .bind(&positions)
-        .bind(&events)
+        .bind(&records)
         .execute(&mut *tx)
         .await
         .unwrap();

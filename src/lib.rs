@@ -26,8 +26,9 @@
 //! - [`index`]: the in-memory decision tables, patched from the change feed: IP rules in
 //!   prefix tables, ASN and country rules matched through the geo data it holds beside them.
 //! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
-//!   transactions of row operations) and the embedded SQLite backend. Every rule change gets a
-//!   sequence number in commit order, so anything downstream can follow "changes since N".
+//!   transactions of row operations), the embedded SQLite backend and PostgreSQL. Every rule
+//!   change gets a sequence number in commit order, so anything downstream can follow "changes
+//!   since N". The audit log is stored as one record per request ([`store::audit`]).
 //! - [`export`]: the blocklist for enforcement points that do not ask per request (firewall
 //!   sets, nginx `deny` lists, plain lists) and the geo expansion: ASN and country rules as the
 //!   address ranges they cover, cached until a rule or the geo data changes.

@@ -8,7 +8,8 @@ use super::merge::{Merged, key_of, merge};
 use crate::keys::ApiKey;
 use crate::reports::{self, ReportPayload};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
-use crate::store::backend::{NewAuditEntry, Transaction};
+use crate::store::audit::{AuditEntries, MAX_RECORD_ENTRIES, NewAuditRecord};
+use crate::store::backend::Transaction;
 use crate::store::{
     Actor, BatchItem, Change, ChangeOp, NewKey, QueuedReport, RuleWrite, StoreResult, WriteBatch,
     audit_text,
@@ -368,31 +369,42 @@ async fn write(
         .filter_map(|item| item.write.as_ref().ok());
     let mut rows = Rows::load(tx, batch.tenant, writes, batch.at, policy.rules_per_tenant).await?;
     let mut over_quota = Vec::new();
-    let mut audit = Vec::with_capacity(batch.items.len());
-    for (index, BatchItem { event, write }) in batch.items.iter().enumerate() {
-        let error = match write {
-            Ok(write) => {
-                if rows
-                    .plan(tx, write, batch.at, policy.rules_per_tenant)
-                    .await?
-                {
-                    None
-                } else {
-                    over_quota.push(index);
-                    Some(over_quota_reason(policy.rules_per_tenant))
+    // One audit record per request, or per `MAX_RECORD_ENTRIES` events of a larger batch.
+    let mut audit = Vec::with_capacity(batch.items.len().div_ceil(MAX_RECORD_ENTRIES));
+    for (first, items) in (0..)
+        .step_by(MAX_RECORD_ENTRIES)
+        .zip(batch.items.chunks(MAX_RECORD_ENTRIES))
+    {
+        let event_bytes = items
+            .iter()
+            .map(|item| item.event.len().min(policy.audit_event_bytes))
+            .sum();
+        let mut entries = AuditEntries::with_capacity(items.len(), event_bytes);
+        for (index, BatchItem { event, write }) in (first..).zip(items) {
+            let error = match write {
+                Ok(write) => {
+                    if rows
+                        .plan(tx, write, batch.at, policy.rules_per_tenant)
+                        .await?
+                    {
+                        None
+                    } else {
+                        over_quota.push(index);
+                        Some(over_quota_reason(policy.rules_per_tenant))
+                    }
                 }
-            }
-            Err(reason) => Some(reason.clone()),
-        };
-        audit.push(NewAuditEntry {
-            tenant: batch.tenant,
-            key_id: batch.key_id,
-            request_id: batch.request_id.clone(),
-            at: batch.at,
-            index: Some(index as u32),
-            event: audit_text(event, policy.audit_event_bytes).into_owned(),
-            error,
-        });
+                Err(reason) => Some(reason.clone()),
+            };
+            let text = audit_text(event, policy.audit_event_bytes);
+            entries.push(Some(index as u32), &text, error.as_deref());
+        }
+        audit.push(NewAuditRecord::new(
+            batch.tenant,
+            batch.key_id,
+            batch.request_id.clone(),
+            batch.at,
+            entries,
+        ));
     }
     let created = rows.created;
     let changes = rows.finish(tx).await?;
@@ -425,15 +437,14 @@ async fn delete_rule(
     let mut changes = [Change::of(&rule, ChangeOp::Delete, at)];
     tx.append_changes(&mut changes).await?;
     let event = serde_json::json!({ "op": "delete_rule", "id": id }).to_string();
-    tx.append_audit(&[NewAuditEntry {
+    tx.append_audit(&[NewAuditRecord::single(
         tenant,
         key_id,
-        request_id: request_id.to_owned(),
+        request_id.to_owned(),
         at,
-        index: None,
-        event: audit_text(&event, policy.audit_event_bytes).into_owned(),
-        error: None,
-    }])
+        &audit_text(&event, policy.audit_event_bytes),
+        None,
+    )])
     .await?;
     let [change] = changes;
     Ok(Some(change))
@@ -479,15 +490,14 @@ async fn audit_key(
         "key": {"id": key.id, "name": key.name, "role": key.role.as_str()},
     })
     .to_string();
-    tx.append_audit(&[NewAuditEntry {
-        tenant: key.tenant_id,
-        key_id: by.key_id,
-        request_id: by.request_id.clone(),
+    tx.append_audit(&[NewAuditRecord::single(
+        key.tenant_id,
+        by.key_id,
+        by.request_id.clone(),
         at,
-        index: None,
-        event,
-        error: None,
-    }])
+        &event,
+        None,
+    )])
     .await
 }
 
@@ -502,15 +512,14 @@ async fn enqueue(
         report.kind.as_str(),
         report.payload
     );
-    tx.append_audit(&[NewAuditEntry {
-        tenant: report.tenant,
-        key_id: report.key_id,
-        request_id: format!("report-{id}"),
-        at: report.received_at,
-        index: None,
-        event: audit_text(&event, policy.audit_event_bytes).into_owned(),
-        error: None,
-    }])
+    tx.append_audit(&[NewAuditRecord::single(
+        report.tenant,
+        report.key_id,
+        format!("report-{id}"),
+        report.received_at,
+        &audit_text(&event, policy.audit_event_bytes),
+        None,
+    )])
     .await?;
     Ok(id)
 }

@@ -10,27 +10,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::audit::{self, AuditRecord, NewAuditRecord};
 use super::{
     AuditEntry, BouncerRecord, Change, CursorMove, DecisionDelta, NewKey, Page, Pull, QueueStats,
     QueuedReport, RuleCount, RuleQuery, Snapshot, StoreResult, StreamCursor,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
-
-/// An audit entry to append: what a key sent and what became of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewAuditEntry {
-    pub tenant: TenantId,
-    pub key_id: i64,
-    pub request_id: String,
-    pub at: UnixMillis,
-    /// Position in the request's batch; `None` for requests that are not batches.
-    pub index: Option<u32>,
-    /// The event as received (already capped by the engine).
-    pub event: String,
-    /// `None`: applied. `Some(reason)`: refused.
-    pub error: Option<String>,
-}
 
 /// One write transaction. The engine opens it, reads and writes rows through it, and commits
 /// it; dropped without [`Transaction::commit`], it is rolled back. Write transactions of one
@@ -75,9 +61,10 @@ pub trait Transaction: Send {
     /// number below one they have seen that they did not see.
     async fn append_changes(&mut self, changes: &mut [Change]) -> StoreResult<()>;
 
-    async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()>;
+    /// Appends audit records, numbering them in order, each above every record stored before.
+    async fn append_audit(&mut self, records: &[NewAuditRecord]) -> StoreResult<()>;
 
-    /// Deletes up to `limit` audit entries made before `before`, oldest first.
+    /// Deletes up to `limit` audit records made before `before`, oldest first.
     async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize>;
 
     /// Deletes up to `limit` change-log entries made before `before`, oldest first.
@@ -153,7 +140,26 @@ pub trait Backend: Send + Sync + 'static {
         tenant: TenantId,
         before: Option<i64>,
         limit: usize,
-    ) -> StoreResult<Page<AuditEntry>>;
+    ) -> StoreResult<Page<AuditEntry>> {
+        audit::page(self, tenant, before, limit).await
+    }
+
+    /// The ids and entry counts of up to `limit` of the tenant's audit records numbered at
+    /// most `at_most`, newest first.
+    async fn audit_record_sizes(
+        &self,
+        tenant: TenantId,
+        at_most: i64,
+        limit: usize,
+    ) -> StoreResult<Vec<(i64, usize)>>;
+
+    /// The tenant's audit records numbered `oldest` to `newest`, newest first.
+    async fn audit_records(
+        &self,
+        tenant: TenantId,
+        oldest: i64,
+        newest: i64,
+    ) -> StoreResult<Vec<AuditRecord>>;
 
     /// The change log after `seq`, oldest first.
     async fn changes_since(&self, seq: u64, limit: usize) -> StoreResult<Vec<Change>>;

@@ -6,6 +6,7 @@
 //! [`crate::engine::feed`]), so a node that reads the change log of a shared database sees
 //! exactly what the writing node saw.
 
+pub mod audit;
 pub mod backend;
 pub mod postgres;
 pub mod sqlite;
@@ -311,6 +312,20 @@ pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass back to get the next page; `None` on the last page.
     pub next_cursor: Option<i64>,
+}
+
+impl<T> Page<T> {
+    /// A page of at most `limit` of `items`, read with one item more than a page holds: when
+    /// that one is there, the page is not the last, and its last item's cursor is the next.
+    pub fn of(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> i64) -> Self {
+        let next_cursor = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(cursor_of)
+        } else {
+            None
+        };
+        Self { items, next_cursor }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

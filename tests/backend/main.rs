@@ -12,12 +12,13 @@ use palisade::clock::SystemClock;
 use palisade::engine::{ChangeSink, Engine, Feed, Policies, WritePolicy};
 use palisade::keys::{self, Role, TenantName};
 use palisade::rules::{Kind, NewRule, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
+use palisade::store::audit::MAX_RECORD_ENTRIES;
 use palisade::store::backend::SharedBackend;
 use palisade::store::postgres::{PgBackend, PgOptions};
 use palisade::store::sqlite::SqliteBackend;
 use palisade::store::{
-    Actor, BatchItem, Change, ChangeOp, CursorMove, NewKey, Pull, QueuedReport, ReportKind,
-    RuleQuery, RuleWrite, Snapshot, StreamCursor, WriteBatch,
+    Actor, AuditEntry, BatchItem, Change, ChangeOp, CursorMove, NewKey, Pull, QueuedReport,
+    ReportKind, RuleQuery, RuleWrite, Snapshot, StreamCursor, WriteBatch,
 };
 
 /// One database, as either backend, that several engines ("nodes") can open.
@@ -231,6 +232,7 @@ on_every_backend!(
     new_rules_are_stored_only_where_their_key_is_free,
     a_rule_created_in_a_batch_is_refreshed_or_removed_by_later_writes_of_it,
     a_large_batch_is_logged_and_audited_row_for_row,
+    audit_pages_run_across_records_without_gaps_or_repeats,
 );
 
 async fn writes_merge_into_rules(db: Db) {
@@ -657,8 +659,9 @@ async fn retention_takes_the_oldest_entries_and_stops_at_a_newer_one(db: Db) {
         .map(|c| c.target.text())
         .collect();
     assert_eq!(targets, ["192.0.2.4/32", "192.0.2.5/32"]);
-    // The key's making and the first batch's three events.
-    assert_eq!(node.engine.purge_audit(cutoff, 3).await.unwrap(), 3);
+    // The key's making, then the first batch (one record for its three events); the batch
+    // made at T0 after the later one waits for it.
+    assert_eq!(node.engine.purge_audit(cutoff, 1).await.unwrap(), 1);
     assert_eq!(node.engine.purge_audit(cutoff, 100).await.unwrap(), 1);
     assert_eq!(node.engine.purge_audit(cutoff, 100).await.unwrap(), 0);
     let left: Vec<UnixMillis> = node
@@ -1056,4 +1059,73 @@ async fn a_large_batch_is_logged_and_audited_row_for_row(db: Db) {
         })
         .collect();
     assert_eq!(audited, expected);
+}
+
+/// A request's events are stored as one audit record (several for a batch larger than a
+/// record holds), and read back one entry per event: pages of any size, ending anywhere in a
+/// record, give every entry once, newest first.
+async fn audit_pages_run_across_records_without_gaps_or_repeats(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "audit-pages").await;
+    let sizes = [3, 1, MAX_RECORD_ENTRIES + 5, 2];
+    for (n, size) in sizes.into_iter().enumerate() {
+        let items = (0..size)
+            .map(|i| BatchItem {
+                event: format!(r#"{{"n":{n},"i":{i}}}"#),
+                write: Ok(put(&format!("10.{n}.{}.{}", i / 256, i % 256), None, None)),
+            })
+            .collect();
+        let request = WriteBatch {
+            items,
+            request_id: format!("request-{n}"),
+            ..batch(t, UnixMillis(T0.0 + n as i64), Vec::new())
+        };
+        node.engine.write(request).await.unwrap();
+    }
+    let all = node.backend.audit(t, None, 5000).await.unwrap();
+    assert_eq!(all.next_cursor, None);
+    assert!(all.items.windows(2).all(|w| w[0].id > w[1].id));
+    let ours: Vec<(String, Option<u32>, String)> = all
+        .items
+        .iter()
+        .filter(|e| e.request_id.starts_with("request-"))
+        .map(|e| (e.request_id.clone(), e.index, e.event.clone()))
+        .collect();
+    let expected: Vec<(String, Option<u32>, String)> = sizes
+        .into_iter()
+        .enumerate()
+        .flat_map(|(n, size)| {
+            (0..size).map(move |i| {
+                let event = format!(r#"{{"n":{n},"i":{i}}}"#);
+                (format!("request-{n}"), Some(i as u32), event)
+            })
+        })
+        .rev()
+        .collect();
+    assert_eq!(ours, expected);
+    for limit in [
+        1,
+        2,
+        3,
+        4,
+        7,
+        MAX_RECORD_ENTRIES,
+        MAX_RECORD_ENTRIES + 1,
+        4000,
+    ] {
+        let (mut paged, mut before) = (Vec::new(), None);
+        loop {
+            let page = node.backend.audit(t, before, limit).await.unwrap();
+            assert!(page.items.len() <= limit);
+            paged.extend(page.items);
+            match page.next_cursor {
+                Some(cursor) => before = Some(cursor),
+                None => break,
+            }
+        }
+        // Compared by ids first, so that a failure shows where rather than every entry.
+        let ids = |entries: &[AuditEntry]| entries.iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(&paged), ids(&all.items), "pages of {limit}");
+        assert_eq!(paged, all.items, "pages of {limit}");
+    }
 }

@@ -52,9 +52,10 @@ use sqlx::migrate::{MigrateError, Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{QueryBuilder, Row, SqlSafeStr};
 
+use super::audit::AuditRecord;
 use super::backend::{Backend, RuleChunks, Transaction};
 use super::{
-    AuditEntry, BouncerRecord, Change, ChangeOp, CursorMove, DecisionDelta, Page, Pull, QueueStats,
+    BouncerRecord, Change, ChangeOp, CursorMove, DecisionDelta, Page, Pull, QueueStats,
     QueuedReport, ReportKind, RuleCount, RuleQuery, Snapshot, StoreError, StoreResult,
     StreamCursor,
 };
@@ -147,6 +148,7 @@ fn migrator(schema: Option<&str>) -> Migrator {
             include_str!("schema_v6.sql"),
         ),
         step(7, "retention by primary key", include_str!("schema_v7.sql")),
+        step(8, "audit records", include_str!("schema_v8.sql")),
     ]);
     if let Some(schema) = schema {
         // Created after the migrator took its lock, so nodes starting together do not race
@@ -493,17 +495,6 @@ fn report_from_row(row: PgRow) -> Result<QueuedReport, sqlx::Error> {
     })
 }
 
-/// Fetches one row more than asked to learn whether a next page exists.
-fn paginate<T>(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> i64) -> Page<T> {
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(cursor_of)
-    } else {
-        None
-    };
-    Page { items, next_cursor }
-}
-
 /// A count or limit as SQL takes it.
 fn sql_limit(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -586,40 +577,56 @@ impl Backend for PgBackend {
             .fetch_all(&self.pool)
             .await
             .map_err(db)?;
-        Ok(paginate(items, query.limit, |r| r.id))
+        Ok(Page::of(items, query.limit, |r| r.id))
     }
 
-    async fn audit(
+    async fn audit_record_sizes(
         &self,
         tenant: TenantId,
-        before: Option<i64>,
+        at_most: i64,
         limit: usize,
-    ) -> StoreResult<Page<AuditEntry>> {
-        let items = sqlx::query(
-            "SELECT id, at, key_id, request_id, entry_index, event, error FROM audit
-             WHERE tenant_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+    ) -> StoreResult<Vec<(i64, usize)>> {
+        sqlx::query(
+            "SELECT id, entry_count FROM audit_records
+             WHERE tenant_id = $1 AND id <= $2 ORDER BY id DESC LIMIT $3",
         )
         .bind(tenant.0)
-        .bind(before.unwrap_or(i64::MAX))
-        .bind(sql_limit(limit).saturating_add(1))
+        .bind(at_most)
+        .bind(sql_limit(limit))
         .try_map(|row: PgRow| {
-            let index: Option<i64> = row.try_get(4)?;
-            Ok(AuditEntry {
+            let count: i32 = row.try_get(1)?;
+            Ok((row.try_get(0)?, count.max(0) as usize))
+        })
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    async fn audit_records(
+        &self,
+        tenant: TenantId,
+        oldest: i64,
+        newest: i64,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        sqlx::query(
+            "SELECT id, at, key_id, request_id, entries FROM audit_records
+             WHERE tenant_id = $1 AND id BETWEEN $2 AND $3 ORDER BY id DESC",
+        )
+        .bind(tenant.0)
+        .bind(oldest)
+        .bind(newest)
+        .try_map(|row: PgRow| {
+            Ok(AuditRecord {
                 id: row.try_get(0)?,
                 at: UnixMillis(row.try_get(1)?),
                 key_id: row.try_get(2)?,
                 request_id: row.try_get(3)?,
-                index: index
-                    .map(|i| u32::try_from(i).map_err(|_| corrupt(format!("audit index {i}"))))
-                    .transpose()?,
-                event: row.try_get(5)?,
-                error: row.try_get(6)?,
+                entries: row.try_get(4)?,
             })
         })
         .fetch_all(&self.pool)
         .await
-        .map_err(db)?;
-        Ok(paginate(items, limit, |e| e.id))
+        .map_err(db)
     }
 
     async fn changes_since(&self, seq: u64, limit: usize) -> StoreResult<Vec<Change>> {

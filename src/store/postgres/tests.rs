@@ -13,7 +13,8 @@ use sqlx::{Connection, Row};
 use super::{Announcer, PgBackend, PgOptions, migrator};
 use crate::keys::{Role, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
-use crate::store::backend::{Backend, NewAuditEntry};
+use crate::store::audit::{AuditEntries, NewAuditRecord};
+use crate::store::backend::Backend;
 use crate::store::{
     Change, ChangeOp, NewKey, QueueStats, QueuedReport, ReportKind, RuleQuery, StoreError,
 };
@@ -127,16 +128,8 @@ fn change(tenant: TenantId, rule_id: i64, text: &str, at: i64) -> Change {
 }
 
 /// An applied request's entry, as made at `T0` by key 1.
-fn audit_entry(tenant: TenantId, request_id: &str) -> NewAuditEntry {
-    NewAuditEntry {
-        tenant,
-        key_id: 1,
-        request_id: request_id.into(),
-        at: UnixMillis(T0),
-        index: None,
-        event: "{}".into(),
-        error: None,
-    }
+fn audit_entry(tenant: TenantId, request_id: &str) -> NewAuditRecord {
+    NewAuditRecord::single(tenant, 1, request_id.into(), UnixMillis(T0), "{}", None)
 }
 
 async fn make_tenant(backend: &PgBackend, name: &str) -> TenantId {
@@ -568,22 +561,55 @@ async fn changes_and_audit_round_trip() {
     assert_eq!(backend.changes_since(3, 1).await.unwrap(), all[3..4]);
     assert!(backend.changes_since(5, 100).await.unwrap().is_empty());
 
-    let entries: Vec<NewAuditEntry> = (0..5)
-        .map(|i| NewAuditEntry {
-            tenant: acme,
-            key_id: 11,
-            request_id: format!("req-{}", i / 3),
-            at: UnixMillis(T0 + i),
-            index: (i < 3).then_some(i as u32),
-            event: format!(r#"{{"n":{i},"note":"{awkward}"}}"#),
-            error: (i == 1).then(|| "not an address".to_owned()),
+    // One record of a three-event batch, then three of one event each.
+    type Entry = (Option<u32>, String, Option<String>);
+    let event = |i: i64| format!(r#"{{"n":{i},"note":"{awkward}"}}"#);
+    let batch: Vec<Entry> = (0..3)
+        .map(|i| {
+            (
+                Some(i as u32),
+                event(i),
+                (i == 1).then(|| "not an address".into()),
+            )
+        })
+        .collect();
+    let mut records: Vec<(i64, Vec<Entry>)> = vec![(0, batch)];
+    records.extend((3..6).map(|i| (i - 2, vec![(None, event(i), None)])));
+    let records: Vec<NewAuditRecord> = records
+        .iter()
+        .map(|(n, entries)| {
+            let mut packed = AuditEntries::with_capacity(entries.len(), 0);
+            for (index, event, error) in entries {
+                packed.push(*index, event, error.as_deref());
+            }
+            NewAuditRecord::new(acme, 11, format!("req-{n}"), UnixMillis(T0 + n), packed)
+        })
+        .collect();
+    let want: Vec<_> = (0..6)
+        .map(|i: i64| {
+            let n = (i - 2).max(0);
+            let (index, error) = match i {
+                0..3 => (
+                    Some(i as u32),
+                    (i == 1).then(|| "not an address".to_owned()),
+                ),
+                _ => (None, None),
+            };
+            (
+                11,
+                format!("req-{n}"),
+                UnixMillis(T0 + n),
+                index,
+                event(i),
+                error,
+            )
         })
         .collect();
     let mut tx = backend.begin().await.unwrap();
-    tx.append_audit(&entries).await.unwrap();
-    tx.append_audit(&[NewAuditEntry {
+    tx.append_audit(&records).await.unwrap();
+    tx.append_audit(&[NewAuditRecord {
         tenant: other,
-        ..entries[0].clone()
+        ..records[0].clone()
     }])
     .await
     .unwrap();
@@ -608,14 +634,9 @@ async fn changes_and_audit_round_trip() {
         .rev()
         .map(|e| (e.key_id, e.request_id, e.at, e.index, e.event, e.error))
         .collect();
-    let want: Vec<_> = entries
-        .iter()
-        .cloned()
-        .map(|e| (e.key_id, e.request_id, e.at, e.index, e.event, e.error))
-        .collect();
     assert_eq!(read, want);
 
-    // Retention: oldest first, in the order entries were made (of every tenant), at most
+    // Retention: oldest records first, in the order they were made (of every tenant), at most
     // `limit`.
     let mut tx = backend.begin().await.unwrap();
     assert_eq!(tx.purge_audit(UnixMillis(T0 + 3), 2).await.unwrap(), 2);
@@ -629,8 +650,8 @@ async fn changes_and_audit_round_trip() {
         .into_iter()
         .map(|e| e.at.0 - T0)
         .collect();
-    // The two entries made first went.
-    assert_eq!(left, [4, 3, 2]);
+    // The two records made first went: the batch and the entry after it.
+    assert_eq!(left, [3, 2]);
     assert_eq!(backend.changes_since(0, 100).await.unwrap(), all[2..]);
 
     // Purging the newest changes does not make their numbers available again.
@@ -1097,7 +1118,7 @@ async fn nodes_starting_together_migrate_once() {
     .fetch_all(&mut admin)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
     admin.close().await.ok();
     // And they all work on the one schema.
     let acme = make_tenant(&backends[0], "acme").await;
@@ -1452,19 +1473,18 @@ async fn batches_of_a_thousand_rows() {
                 rule
             })
             .collect();
-        let audit: Vec<NewAuditEntry> = rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| NewAuditEntry {
-                tenant: acme,
-                key_id: 1,
-                request_id: format!("batch-{b}"),
-                at: UnixMillis(T0),
-                index: Some(i as u32),
-                event: format!(r#"{{"type":"ip","action":"block","ip":"{}"}}"#, rule.target),
-                error: None,
-            })
-            .collect();
+        let mut entries = AuditEntries::with_capacity(ROWS, ROWS * 48);
+        for (i, rule) in rules.iter().enumerate() {
+            let event = format!(r#"{{"type":"ip","action":"block","ip":"{}"}}"#, rule.target);
+            entries.push(Some(i as u32), &event, None);
+        }
+        let audit = [NewAuditRecord::new(
+            acme,
+            1,
+            format!("batch-{b}"),
+            UnixMillis(T0),
+            entries,
+        )];
 
         let started = Instant::now();
         let mut tx = backend.begin().await.unwrap();
@@ -1528,4 +1548,80 @@ fn a_backend_knows_its_own_announcements() {
     // A payload of an older version (the head only) is never taken for one's own.
     assert!(!announcer.sent("42"));
     assert!(!announcer.sent(""));
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
+async fn audit_entries_of_an_older_store_become_records_of_their_own() {
+    let schema = TestSchema::new().await;
+    // A store at version 7, from before the audit log kept one row per request.
+    let mut conn = schema.at_version(7).await;
+    sqlx::raw_sql(
+        r#"INSERT INTO tenants (name, created_at) VALUES ('acme', 0);
+           INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+           VALUES (1, 4, 'req-a', 10, 0, '{"ip":"192.0.2.1"}', NULL),
+                  (1, 4, 'req-a', 10, 1, '{"ip":"x \" \\ é"}', 'ip: not an address'),
+                  (1, 5, 'command-line', 20, NULL, E'{"op":"create_key"}\n', NULL)"#,
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.ok();
+
+    let backend = schema.backend().await;
+    let read: Vec<_> = backend
+        .audit(TenantId(1), None, 10)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.key_id, e.request_id, e.at.0, e.index, e.event, e.error))
+        .collect();
+    let want = vec![
+        (
+            5,
+            "command-line".to_owned(),
+            20,
+            None,
+            "{\"op\":\"create_key\"}\n".to_owned(),
+            None,
+        ),
+        (
+            4,
+            "req-a".into(),
+            10,
+            Some(1),
+            r#"{"ip":"x \" \\ é"}"#.into(),
+            Some("ip: not an address".to_owned()),
+        ),
+        (
+            4,
+            "req-a".into(),
+            10,
+            Some(0),
+            r#"{"ip":"192.0.2.1"}"#.into(),
+            None,
+        ),
+    ];
+    assert_eq!(read, want);
+
+    // Records made after the move are numbered above the moved ones.
+    let mut tx = backend.begin().await.unwrap();
+    tx.append_audit(&[audit_entry(TenantId(1), "after")])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let page = backend.audit(TenantId(1), None, 1).await.unwrap();
+    assert_eq!(page.items[0].request_id, "after");
+    assert!(
+        page.next_cursor.unwrap()
+            > backend
+                .audit(TenantId(1), page.next_cursor, 1)
+                .await
+                .unwrap()
+                .items[0]
+                .id
+    );
+    backend.close().await;
+    schema.drop().await;
 }

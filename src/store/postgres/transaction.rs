@@ -19,7 +19,8 @@ use super::{
 };
 use crate::keys::{ApiKey, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
-use crate::store::backend::{NewAuditEntry, Transaction};
+use crate::store::audit::NewAuditRecord;
+use crate::store::backend::Transaction;
 use crate::store::{Change, NewKey, QueuedReport, StoreError, StoreResult};
 
 pub(super) struct PgTransaction {
@@ -457,43 +458,28 @@ impl Transaction for PgTransaction {
         Ok(())
     }
 
-    async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()> {
-        if entries.is_empty() {
+    async fn append_audit(&mut self, records: &[NewAuditRecord]) -> StoreResult<()> {
+        if records.is_empty() {
             return Ok(());
         }
-        let col = |f: fn(&NewAuditEntry) -> i64| entries.iter().map(f).collect::<Vec<i64>>();
-        // In input order, so a batch's entries get growing ids in the order of its events.
+        let col = |f: fn(&NewAuditRecord) -> i64| records.iter().map(f).collect::<Vec<i64>>();
+        let text = |f: fn(&NewAuditRecord) -> &str| records.iter().map(f).collect::<Vec<&str>>();
+        // In input order, so records get growing ids in the order they were made.
         sqlx::query(
-            "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-             SELECT tenant_id, key_id, request_id, at, entry_index, event, error
+            "INSERT INTO audit_records (tenant_id, key_id, request_id, at, entry_count, entries)
+             SELECT tenant_id, key_id, request_id, at, entry_count, entries
              FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[],
-                         $6::text[], $7::text[])
-                 WITH ORDINALITY AS u(tenant_id, key_id, request_id, at, entry_index, event,
-                                      error, ord)
+                         $6::text[])
+                 WITH ORDINALITY AS u(tenant_id, key_id, request_id, at, entry_count, entries,
+                                      ord)
              ORDER BY ord",
         )
-        .bind(col(|e| e.tenant.0))
-        .bind(col(|e| e.key_id))
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.request_id.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(col(|e| e.at.0))
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.index.map(i64::from))
-                .collect::<Vec<_>>(),
-        )
-        .bind(entries.iter().map(|e| e.event.as_str()).collect::<Vec<_>>())
-        .bind(
-            entries
-                .iter()
-                .map(|e| e.error.as_deref())
-                .collect::<Vec<_>>(),
-        )
+        .bind(col(|r| r.tenant.0))
+        .bind(col(|r| r.key_id))
+        .bind(text(|r| &r.request_id))
+        .bind(col(|r| r.at.0))
+        .bind(col(|r| i64::from(r.entry_count)))
+        .bind(text(|r| &r.entries))
         .execute(&mut *self.tx)
         .await
         .map_err(db)?;
@@ -501,7 +487,8 @@ impl Transaction for PgTransaction {
     }
 
     async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
-        self.purge_oldest("audit", "id", before, limit).await
+        self.purge_oldest("audit_records", "id", before, limit)
+            .await
     }
 
     async fn purge_changes(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {

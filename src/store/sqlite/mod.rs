@@ -21,10 +21,11 @@ use rusqlite::Connection;
 use rusqlite_migration::{M, Migrations};
 use serde::{Deserialize, Serialize};
 
+use super::audit::AuditRecord;
 use super::backend::{Backend, RuleChunks, Transaction, TxOutput, TxWork};
 use super::{
-    AuditEntry, BouncerRecord, Change, CursorMove, DecisionDelta, Page, Pull, QueueStats,
-    RuleCount, RuleQuery, Snapshot, StoreError, StoreResult, StreamCursor,
+    BouncerRecord, Change, CursorMove, DecisionDelta, Page, Pull, QueueStats, RuleCount, RuleQuery,
+    Snapshot, StoreError, StoreResult, StreamCursor,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Rule, RuleId, TenantId, UnixMillis};
@@ -152,6 +153,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema_v4.sql")),
         M::up(include_str!("schema_v5.sql")),
         M::up(include_str!("schema_v6.sql")),
+        M::up(include_str!("schema_v7.sql")),
     ])
 }
 
@@ -283,13 +285,23 @@ impl Backend for SqliteBackend {
         self.read(move |c| read::rule_counts(c, tenant, now)).await
     }
 
-    async fn audit(
+    async fn audit_record_sizes(
         &self,
         tenant: TenantId,
-        before: Option<i64>,
+        at_most: i64,
         limit: usize,
-    ) -> StoreResult<Page<AuditEntry>> {
-        self.read(move |c| read::audit(c, tenant, before, limit))
+    ) -> StoreResult<Vec<(i64, usize)>> {
+        self.read(move |c| read::audit_record_sizes(c, tenant, at_most, limit))
+            .await
+    }
+
+    async fn audit_records(
+        &self,
+        tenant: TenantId,
+        oldest: i64,
+        newest: i64,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        self.read(move |c| read::audit_records(c, tenant, oldest, newest))
             .await
     }
 
@@ -410,7 +422,10 @@ impl Backend for SqliteBackend {
 mod tests {
     use rusqlite::Connection;
 
-    use super::migrations;
+    use super::{SqliteBackend, migrations};
+    use crate::rules::{TenantId, UnixMillis};
+    use crate::store::audit::{NewAuditRecord, entry_id};
+    use crate::store::backend::Backend;
 
     /// The rebuild of `rules` keyed by target keeps every row, its id and the AUTOINCREMENT
     /// counter: ids of rules deleted before the upgrade are not handed out again.
@@ -491,5 +506,69 @@ mod tests {
             .collect();
         assert_eq!(key, ["target", "tenant_id", "action", "kind"]);
         migrations().validate().unwrap();
+    }
+
+    /// Every audit entry of an older store becomes a record of its own, keeping its text, its
+    /// error and its place; records made after are numbered above.
+    #[tokio::test]
+    async fn audit_entries_of_an_older_store_become_records_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+        migrations().to_version(&mut conn, 6).unwrap();
+        conn.execute_batch(
+            r#"INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+               VALUES (1, 4, 'req-a', 10, 0, '{"ip":"192.0.2.1"}', NULL),
+                      (1, 4, 'req-a', 10, 1, '{"ip":"x \" \\ é"}', 'ip: not an address'),
+                      (1, 5, 'command-line', 20, NULL, '{"op":"create_key"}' || char(10), NULL),
+                      (2, 6, 'req-b', 30, 0, '{}', NULL);"#,
+        )
+        .unwrap();
+        drop(conn);
+        let backend = SqliteBackend::open(dir.path(), Default::default()).unwrap();
+        let read: Vec<_> = backend
+            .audit(TenantId(1), None, 10)
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| (e.key_id, e.request_id, e.at.0, e.index, e.event, e.error))
+            .collect();
+        let want = vec![
+            (
+                5,
+                "command-line".to_owned(),
+                20,
+                None,
+                "{\"op\":\"create_key\"}\n".to_owned(),
+                None,
+            ),
+            (
+                4,
+                "req-a".into(),
+                10,
+                Some(1),
+                r#"{"ip":"x \" \\ é"}"#.into(),
+                Some("ip: not an address".to_owned()),
+            ),
+            (
+                4,
+                "req-a".into(),
+                10,
+                Some(0),
+                r#"{"ip":"192.0.2.1"}"#.into(),
+                None,
+            ),
+        ];
+        assert_eq!(read, want);
+        let mut tx = backend.begin().await.unwrap();
+        let after =
+            NewAuditRecord::single(TenantId(1), 0, "after".into(), UnixMillis(40), "{}", None);
+        tx.append_audit(&[after]).await.unwrap();
+        tx.commit().await.unwrap();
+        let newest = &backend.audit(TenantId(1), None, 1).await.unwrap().items[0];
+        assert_eq!(
+            (newest.id, newest.request_id.as_str()),
+            (entry_id(5, 0), "after")
+        );
     }
 }

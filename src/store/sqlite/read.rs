@@ -8,21 +8,11 @@ use super::rows::{
 };
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Kind, Rule, RuleAction, RuleId, TenantId, UnixMillis};
+use crate::store::audit::AuditRecord;
 use crate::store::{
-    AuditEntry, BouncerRecord, Change, DecisionDelta, Page, QueueStats, QueuedReport, RuleCount,
-    RuleQuery, Snapshot, StoreError, StoreResult, StreamCursor,
+    BouncerRecord, Change, DecisionDelta, Page, QueueStats, QueuedReport, RuleCount, RuleQuery,
+    Snapshot, StoreError, StoreResult, StreamCursor,
 };
-
-/// Fetches one row more than asked to learn whether a next page exists.
-fn paginate<T>(mut items: Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> i64) -> Page<T> {
-    let next_cursor = if items.len() > limit {
-        items.truncate(limit);
-        items.last().map(cursor_of)
-    } else {
-        None
-    };
-    Page { items, next_cursor }
-}
 
 pub fn rule(
     conn: &Connection,
@@ -86,36 +76,49 @@ pub fn rules(conn: &Connection, tenant: TenantId, query: &RuleQuery) -> StoreRes
     while let Some(row) = found.next()? {
         items.push(rows::rule(row)?);
     }
-    Ok(paginate(items, query.limit, |r| r.id))
+    Ok(Page::of(items, query.limit, |r| r.id))
 }
 
-pub fn audit(
+pub fn audit_record_sizes(
     conn: &Connection,
     tenant: TenantId,
-    before: Option<i64>,
+    at_most: i64,
     limit: usize,
-) -> StoreResult<Page<AuditEntry>> {
+) -> StoreResult<Vec<(i64, usize)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, at, key_id, request_id, entry_index, event, error FROM audit
-         WHERE tenant_id = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3",
+        "SELECT id, entry_count FROM audit_records
+         WHERE tenant_id = ?1 AND id <= ?2 ORDER BY id DESC LIMIT ?3",
     )?;
-    let items = stmt
-        .query_map(
-            params![tenant.0, before.unwrap_or(i64::MAX), limit as i64 + 1],
-            |row| {
-                Ok(AuditEntry {
-                    id: row.get(0)?,
-                    at: UnixMillis(row.get(1)?),
-                    key_id: row.get(2)?,
-                    request_id: row.get(3)?,
-                    index: row.get::<_, Option<i64>>(4)?.map(|i| i as u32),
-                    event: row.get(5)?,
-                    error: row.get(6)?,
-                })
-            },
-        )?
+    let sizes = stmt
+        .query_map(params![tenant.0, at_most, limit as i64], |row| {
+            Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as usize))
+        })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(paginate(items, limit, |e| e.id))
+    Ok(sizes)
+}
+
+pub fn audit_records(
+    conn: &Connection,
+    tenant: TenantId,
+    oldest: i64,
+    newest: i64,
+) -> StoreResult<Vec<AuditRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, at, key_id, request_id, entries FROM audit_records
+         WHERE tenant_id = ?1 AND id BETWEEN ?2 AND ?3 ORDER BY id DESC",
+    )?;
+    let records = stmt
+        .query_map(params![tenant.0, oldest, newest], |row| {
+            Ok(AuditRecord {
+                id: row.get(0)?,
+                at: UnixMillis(row.get(1)?),
+                key_id: row.get(2)?,
+                request_id: row.get(3)?,
+                entries: row.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(records)
 }
 
 pub fn changes_since(conn: &Connection, seq: u64, limit: usize) -> StoreResult<Vec<Change>> {

@@ -16,7 +16,8 @@ use super::Call;
 use super::rows::{self, KEY_COLUMNS, REPORT_COLUMNS, RULE_COLUMNS, json_tags};
 use crate::keys::{ApiKey, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
-use crate::store::backend::{NewAuditEntry, Transaction};
+use crate::store::audit::NewAuditRecord;
+use crate::store::backend::Transaction;
 use crate::store::{Change, CursorMove, NewKey, Pull, QueuedReport, StoreError, StoreResult};
 
 /// The open transaction, on the connection's own thread.
@@ -114,20 +115,19 @@ impl Transaction for Direct<'_> {
         append_changes(self.conn, changes)
     }
 
-    async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()> {
-        append_rows(self.conn, &AUDIT_APPEND, entries, |mut row| {
-            row.column(0, |e| e.tenant.0)?;
-            row.column(1, |e| e.key_id)?;
-            row.column(2, |e| &e.request_id)?;
-            row.column(3, |e| e.at.0)?;
-            row.column(4, |e| e.index)?;
-            row.column(5, |e| &e.event)?;
-            row.column(6, |e| &e.error)
+    async fn append_audit(&mut self, records: &[NewAuditRecord]) -> StoreResult<()> {
+        append_rows(self.conn, &AUDIT_APPEND, records, |mut row| {
+            row.column(0, |r| r.tenant.0)?;
+            row.column(1, |r| r.key_id)?;
+            row.column(2, |r| &r.request_id)?;
+            row.column(3, |r| r.at.0)?;
+            row.column(4, |r| r.entry_count)?;
+            row.column(5, |r| &r.entries)
         })
     }
 
     async fn purge_audit(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
-        purge_oldest(self.conn, "audit", "id", before, limit)
+        purge_oldest(self.conn, "audit_records", "id", before, limit)
     }
 
     async fn purge_changes(&mut self, before: UnixMillis, limit: usize) -> StoreResult<usize> {
@@ -357,9 +357,9 @@ impl Transaction for SqliteTransaction {
         Ok(())
     }
 
-    async fn append_audit(&mut self, entries: &[NewAuditEntry]) -> StoreResult<()> {
-        let entries = entries.to_vec();
-        self.on_thread(move |tx| Box::pin(async move { tx.append_audit(&entries).await }))
+    async fn append_audit(&mut self, records: &[NewAuditRecord]) -> StoreResult<()> {
+        let records = records.to_vec();
+        self.on_thread(move |tx| Box::pin(async move { tx.append_audit(&records).await }))
             .await
     }
 
@@ -653,8 +653,8 @@ static CHANGE_APPEND: LazyLock<Append> = LazyLock::new(|| {
 
 static AUDIT_APPEND: LazyLock<Append> = LazyLock::new(|| {
     Append::new(
-        "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)",
-        7,
+        "INSERT INTO audit_records (tenant_id, key_id, request_id, at, entry_count, entries)",
+        6,
     )
 });
 
