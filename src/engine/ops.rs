@@ -190,7 +190,7 @@ struct Rows {
     pending_keys: std::collections::HashSet<(RuleAction, Target)>,
     creates: Vec<(usize, NewRule)>,
     updates: Vec<Rule>,
-    deletes: Vec<RuleId>,
+    deletes: Vec<(TenantId, RuleId)>,
     /// Per write, in order: the change it makes (rule id 0 until a create is stored).
     changes: Vec<Option<Change>>,
     /// Rules created so far.
@@ -310,7 +310,7 @@ impl Rows {
                 self.changes
                     .push(Some(Change::of(&rule, ChangeOp::Delete, at)));
                 self.stored.remove(&key);
-                self.deletes.push(rule.id);
+                self.deletes.push((rule.tenant, rule.id));
                 self.pending_keys.insert(key);
             }
         }
@@ -432,7 +432,7 @@ async fn delete_rule(
     else {
         return Ok(None);
     };
-    tx.delete_rules(&[rule.id]).await?;
+    tx.delete_rules(&[(tenant, rule.id)]).await?;
     tx.add_rule_count(tenant, -1).await?;
     let mut changes = [Change::of(&rule, ChangeOp::Delete, at)];
     tx.append_changes(&mut changes).await?;
@@ -459,8 +459,8 @@ async fn purge(
     if expired.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<RuleId> = expired.iter().map(|rule| rule.id).collect();
-    tx.delete_rules(&ids).await?;
+    let keys: Vec<(TenantId, RuleId)> = expired.iter().map(|rule| (rule.tenant, rule.id)).collect();
+    tx.delete_rules(&keys).await?;
     let mut per_tenant: HashMap<TenantId, i64> = HashMap::new();
     for rule in &expired {
         *per_tenant.entry(rule.tenant).or_default() -= 1;

@@ -45,10 +45,11 @@ pub trait Transaction: Send {
     /// and `None` for each key that was taken. The keys of `rules` are distinct.
     async fn insert_absent_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>>;
 
-    /// Rewrites stored rules (found by id) with these fields.
+    /// Rewrites stored rules (found by tenant and id) with these fields.
     async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()>;
 
-    async fn delete_rules(&mut self, ids: &[RuleId]) -> StoreResult<()>;
+    /// Deletes stored rules, found by tenant and id (PostgreSQL keys rules by both).
+    async fn delete_rules(&mut self, rules: &[(TenantId, RuleId)]) -> StoreResult<()>;
 
     /// How many rules `tenant` stores (expired and not yet purged included).
     async fn rule_count(&mut self, tenant: TenantId) -> StoreResult<u64>;

@@ -149,6 +149,11 @@ fn migrator(schema: Option<&str>) -> Migrator {
         ),
         step(7, "retention by primary key", include_str!("schema_v7.sql")),
         step(8, "audit records", include_str!("schema_v8.sql")),
+        step(
+            9,
+            "rules keyed by tenant and id",
+            include_str!("schema_v9.sql"),
+        ),
     ]);
     if let Some(schema) = schema {
         // Created after the migrator took its lock, so nodes starting together do not race

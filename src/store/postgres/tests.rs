@@ -247,9 +247,16 @@ async fn rules_round_trip() {
             .is_empty()
     );
 
-    tx.delete_rules(&[ids[1], ids[3]]).await.unwrap();
+    // A rule is found by its tenant and id: another tenant's id deletes nothing.
+    tx.delete_rules(&[(acme, ids[1]), (other, ids[3]), (other, ids[0])])
+        .await
+        .unwrap();
     assert_eq!(tx.rule_by_id(acme, ids[1]).await.unwrap(), None);
     assert_eq!(tx.rule_by_id(other, ids[3]).await.unwrap(), None);
+    assert_eq!(
+        tx.rule_by_id(acme, ids[0]).await.unwrap(),
+        Some(changed.clone())
+    );
 
     assert_eq!(tx.rule_count(acme).await.unwrap(), 0);
     tx.add_rule_count(acme, 3).await.unwrap();
@@ -270,7 +277,7 @@ async fn rules_round_trip() {
 
     // The newest rule deleted, its id is still not given again.
     let mut tx = backend.begin().await.unwrap();
-    tx.delete_rules(&[ids[2]]).await.unwrap();
+    tx.delete_rules(&[(acme, ids[2])]).await.unwrap();
     tx.commit().await.unwrap();
     let mut tx = backend.begin().await.unwrap();
     let again = tx.insert_rules(&[country.clone()]).await.unwrap();
@@ -1118,7 +1125,28 @@ async fn nodes_starting_together_migrate_once() {
     .fetch_all(&mut admin)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    // Rules keyed by tenant and id, which listings read in order too; no index beside it.
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = 'rules'
+         ORDER BY indexname",
+    )
+    .bind(&schema.name)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    let columns: Vec<&str> = indexes
+        .iter()
+        .map(|def| def.split_once(" USING btree ").unwrap().1)
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "(expires_at) WHERE (expires_at IS NOT NULL)",
+            "(tenant_id, id)",
+            "(target, tenant_id, action, kind)"
+        ]
+    );
     admin.close().await.ok();
     // And they all work on the one schema.
     let acme = make_tenant(&backends[0], "acme").await;

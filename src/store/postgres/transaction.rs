@@ -320,10 +320,11 @@ impl Transaction for PgTransaction {
                     tags = u.tags::jsonb, reports = u.reports, created_at = u.created_at,
                     updated_at = u.updated_at
              FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[])
+                         $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[],
+                         $11::bigint[])
                  AS u(id, expires_at, name, description, source, dataset, tags, reports,
-                      created_at, updated_at)
-             WHERE rules.id = u.id",
+                      created_at, updated_at, tenant_id)
+             WHERE rules.tenant_id = u.tenant_id AND rules.id = u.id",
         )
         .bind(col(|r| r.id))
         .bind(
@@ -340,21 +341,28 @@ impl Transaction for PgTransaction {
         .bind(col(|r| i64::from(r.reports)))
         .bind(col(|r| r.created_at.0))
         .bind(col(|r| r.updated_at.0))
+        .bind(col(|r| r.tenant.0))
         .execute(&mut *self.tx)
         .await
         .map_err(db)?;
         Ok(())
     }
 
-    async fn delete_rules(&mut self, ids: &[RuleId]) -> StoreResult<()> {
-        if ids.is_empty() {
+    async fn delete_rules(&mut self, rules: &[(TenantId, RuleId)]) -> StoreResult<()> {
+        if rules.is_empty() {
             return Ok(());
         }
-        sqlx::query("DELETE FROM rules WHERE id = ANY($1::bigint[])")
-            .bind(ids)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db)?;
+        let tenants: Vec<i64> = rules.iter().map(|(tenant, _)| tenant.0).collect();
+        let ids: Vec<i64> = rules.iter().map(|&(_, id)| id).collect();
+        sqlx::query(
+            "DELETE FROM rules USING UNNEST($1::bigint[], $2::bigint[]) AS d(tenant_id, id)
+             WHERE rules.tenant_id = d.tenant_id AND rules.id = d.id",
+        )
+        .bind(tenants)
+        .bind(ids)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(db)?;
         Ok(())
     }
 

@@ -83,11 +83,12 @@ impl Transaction for Direct<'_> {
         update_rules(self.conn, rules)
     }
 
-    async fn delete_rules(&mut self, ids: &[RuleId]) -> StoreResult<()> {
+    async fn delete_rules(&mut self, rules: &[(TenantId, RuleId)]) -> StoreResult<()> {
+        // The id alone is the row id here.
         let mut stmt = self
             .conn
             .prepare_cached("DELETE FROM rules WHERE id = ?1")?;
-        for id in ids {
+        for (_, id) in rules {
             stmt.execute([id])?;
         }
         Ok(())
@@ -327,9 +328,9 @@ impl Transaction for SqliteTransaction {
             .await
     }
 
-    async fn delete_rules(&mut self, ids: &[RuleId]) -> StoreResult<()> {
-        let ids = ids.to_vec();
-        self.on_thread(move |tx| Box::pin(async move { tx.delete_rules(&ids).await }))
+    async fn delete_rules(&mut self, rules: &[(TenantId, RuleId)]) -> StoreResult<()> {
+        let rules = rules.to_vec();
+        self.on_thread(move |tx| Box::pin(async move { tx.delete_rules(&rules).await }))
             .await
     }
 
