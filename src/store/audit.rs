@@ -205,6 +205,61 @@ pub async fn page<B: Backend + ?Sized>(
     Ok(Page::of(items, limit, |e| e.id))
 }
 
+/// `(key_id, request_id, at, index, event, error)`, as an older store kept an audit entry.
+#[cfg(test)]
+type OlderEntry = (
+    i64,
+    &'static str,
+    i64,
+    Option<u32>,
+    &'static str,
+    Option<&'static str>,
+);
+
+/// Entries as an older store kept them, one row per event, oldest first, of tenant 1. The tests of both backends' migrations
+/// store them the old way and read them back.
+#[cfg(test)]
+pub(crate) const OLDER_ENTRIES: [OlderEntry; 3] = [
+    (4, "req-a", 10, Some(0), r#"{"ip":"192.0.2.1"}"#, None),
+    (
+        4,
+        "req-a",
+        10,
+        Some(1),
+        r#"{"ip":"x \" \\ é"}"#,
+        Some("ip: not an address"),
+    ),
+    (
+        5,
+        "command-line",
+        20,
+        None,
+        "{\"op\":\"create_key\"}\n",
+        None,
+    ),
+];
+
+/// What a page of the whole log says of [`OLDER_ENTRIES`]: the same, newest first.
+#[cfg(test)]
+pub(crate) fn assert_older_entries_read_back(page: &Page<AuditEntry>) {
+    let read: Vec<_> = page
+        .items
+        .iter()
+        .map(|e| {
+            (
+                e.key_id,
+                e.request_id.as_str(),
+                e.at.0,
+                e.index,
+                e.event.as_str(),
+                e.error.as_deref(),
+            )
+        })
+        .collect();
+    let want: Vec<_> = OLDER_ENTRIES.iter().rev().copied().collect();
+    assert_eq!(read, want);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

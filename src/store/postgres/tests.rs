@@ -13,7 +13,9 @@ use sqlx::{Connection, Row};
 use super::{Announcer, PgBackend, PgOptions, migrator};
 use crate::keys::{Role, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, Source, Target, TenantId, UnixMillis};
-use crate::store::audit::{AuditEntries, NewAuditRecord};
+use crate::store::audit::{
+    AuditEntries, NewAuditRecord, OLDER_ENTRIES, assert_older_entries_read_back,
+};
 use crate::store::backend::Backend;
 use crate::store::{
     Change, ChangeOp, NewKey, QueueStats, QueuedReport, ReportKind, RuleQuery, StoreError,
@@ -1584,54 +1586,29 @@ async fn audit_entries_of_an_older_store_become_records_of_their_own() {
     let schema = TestSchema::new().await;
     // A store at version 7, from before the audit log kept one row per request.
     let mut conn = schema.at_version(7).await;
-    sqlx::raw_sql(
-        r#"INSERT INTO tenants (name, created_at) VALUES ('acme', 0);
-           INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-           VALUES (1, 4, 'req-a', 10, 0, '{"ip":"192.0.2.1"}', NULL),
-                  (1, 4, 'req-a', 10, 1, '{"ip":"x \" \\ é"}', 'ip: not an address'),
-                  (1, 5, 'command-line', 20, NULL, E'{"op":"create_key"}\n', NULL)"#,
-    )
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    sqlx::query("INSERT INTO tenants (name, created_at) VALUES ('acme', 0)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for (key_id, request_id, at, index, event, error) in OLDER_ENTRIES {
+        sqlx::query(
+            "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+             VALUES (1, $1, $2, $3, $4, $5, $6)",
+        )
+        .bind(key_id)
+        .bind(request_id)
+        .bind(at)
+        .bind(index.map(i64::from))
+        .bind(event)
+        .bind(error)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
     conn.close().await.ok();
 
     let backend = schema.backend().await;
-    let read: Vec<_> = backend
-        .audit(TenantId(1), None, 10)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|e| (e.key_id, e.request_id, e.at.0, e.index, e.event, e.error))
-        .collect();
-    let want = vec![
-        (
-            5,
-            "command-line".to_owned(),
-            20,
-            None,
-            "{\"op\":\"create_key\"}\n".to_owned(),
-            None,
-        ),
-        (
-            4,
-            "req-a".into(),
-            10,
-            Some(1),
-            r#"{"ip":"x \" \\ é"}"#.into(),
-            Some("ip: not an address".to_owned()),
-        ),
-        (
-            4,
-            "req-a".into(),
-            10,
-            Some(0),
-            r#"{"ip":"192.0.2.1"}"#.into(),
-            None,
-        ),
-    ];
-    assert_eq!(read, want);
+    assert_older_entries_read_back(&backend.audit(TenantId(1), None, 10).await.unwrap());
 
     // Records made after the move are numbered above the moved ones.
     let mut tx = backend.begin().await.unwrap();

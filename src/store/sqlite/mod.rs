@@ -424,7 +424,9 @@ mod tests {
 
     use super::{SqliteBackend, migrations};
     use crate::rules::{TenantId, UnixMillis};
-    use crate::store::audit::{NewAuditRecord, entry_id};
+    use crate::store::audit::{
+        NewAuditRecord, OLDER_ENTRIES, assert_older_entries_read_back, entry_id,
+    };
     use crate::store::backend::Backend;
 
     /// The rebuild of `rules` keyed by target keeps every row, its id and the AUTOINCREMENT
@@ -515,51 +517,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join(super::DB_FILE)).unwrap();
         migrations().to_version(&mut conn, 6).unwrap();
-        conn.execute_batch(
-            r#"INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
-               VALUES (1, 4, 'req-a', 10, 0, '{"ip":"192.0.2.1"}', NULL),
-                      (1, 4, 'req-a', 10, 1, '{"ip":"x \" \\ é"}', 'ip: not an address'),
-                      (1, 5, 'command-line', 20, NULL, '{"op":"create_key"}' || char(10), NULL),
-                      (2, 6, 'req-b', 30, 0, '{}', NULL);"#,
-        )
-        .unwrap();
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO audit (tenant_id, key_id, request_id, at, entry_index, event, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .unwrap();
+        for (key_id, request_id, at, index, event, error) in OLDER_ENTRIES {
+            insert
+                .execute(rusqlite::params![
+                    1, key_id, request_id, at, index, event, error
+                ])
+                .unwrap();
+        }
+        // Another tenant's entry, which the first tenant's log does not show.
+        insert
+            .execute(rusqlite::params![2, 6, "req-b", 30, 0, "{}", None::<&str>])
+            .unwrap();
+        drop(insert);
         drop(conn);
         let backend = SqliteBackend::open(dir.path(), Default::default()).unwrap();
-        let read: Vec<_> = backend
-            .audit(TenantId(1), None, 10)
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .map(|e| (e.key_id, e.request_id, e.at.0, e.index, e.event, e.error))
-            .collect();
-        let want = vec![
-            (
-                5,
-                "command-line".to_owned(),
-                20,
-                None,
-                "{\"op\":\"create_key\"}\n".to_owned(),
-                None,
-            ),
-            (
-                4,
-                "req-a".into(),
-                10,
-                Some(1),
-                r#"{"ip":"x \" \\ é"}"#.into(),
-                Some("ip: not an address".to_owned()),
-            ),
-            (
-                4,
-                "req-a".into(),
-                10,
-                Some(0),
-                r#"{"ip":"192.0.2.1"}"#.into(),
-                None,
-            ),
-        ];
-        assert_eq!(read, want);
+        assert_older_entries_read_back(&backend.audit(TenantId(1), None, 10).await.unwrap());
         let mut tx = backend.begin().await.unwrap();
         let after =
             NewAuditRecord::single(TenantId(1), 0, "after".into(), UnixMillis(40), "{}", None);
