@@ -233,6 +233,7 @@ on_every_backend!(
     a_rule_created_in_a_batch_is_refreshed_or_removed_by_later_writes_of_it,
     a_large_batch_is_logged_and_audited_row_for_row,
     audit_pages_run_across_records_without_gaps_or_repeats,
+    a_node_finds_the_rules_other_nodes_wrote_and_forgets_what_was_rolled_back,
 );
 
 async fn writes_merge_into_rules(db: Db) {
@@ -1128,4 +1129,118 @@ async fn audit_pages_run_across_records_without_gaps_or_repeats(db: Db) {
         assert_eq!(ids(&paged), ids(&all.items), "pages of {limit}");
         assert_eq!(paged, all.items, "pages of {limit}");
     }
+}
+
+/// Writes find the rule of their key whichever node (or process) stored, changed or deleted
+/// it, also when retention purged the log of those changes before this node wrote again; a
+/// rule stored in a transaction that was rolled back does not take its key.
+async fn a_node_finds_the_rules_other_nodes_wrote_and_forgets_what_was_rolled_back(db: Db) {
+    let a = db.node(policies()).await;
+    let b = db.node(policies()).await;
+    let t = tenant(&a, "keys").await;
+    // Both nodes have written (and so know the keys stored so far) before the other writes.
+    write_at(&a, t, T0, vec![put("192.0.2.1", None, None)]).await;
+    write_at(&b, t, T0, vec![put("192.0.2.2", None, None)]).await;
+    write_at(
+        &a,
+        t,
+        T0,
+        vec![remove("192.0.2.2"), put("192.0.2.3", None, None)],
+    )
+    .await;
+    let merged = write_at(&b, t, T0, vec![put("192.0.2.3", None, Some("named on b"))]).await;
+    assert_eq!(merged.created, 0, "b merged into a's rule");
+    let again = write_at(&b, t, T0, vec![put("192.0.2.2", None, None)]).await;
+    assert_eq!(again.created, 1, "a deleted b's rule");
+    for node in [&a, &b] {
+        let found = rules_of(node, t, "192.0.2.3", None).await;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name.as_deref(), Some("named on b"));
+        assert!(
+            rules_of(node, t, "192.0.2.3", Some(RuleAction::Allow))
+                .await
+                .is_empty()
+        );
+        assert!(rules_of(node, t, "192.0.2.9", None).await.is_empty());
+    }
+
+    // A writes, and the log of it is purged before b writes again.
+    let later = UnixMillis(T0.0 + 86_400_000);
+    write_at(&a, t, later, vec![put("192.0.2.4", None, None)]).await;
+    let purged = a
+        .engine
+        .purge_changes(UnixMillis(later.0 + 1), 1000)
+        .await
+        .unwrap();
+    assert!(purged >= 5, "{purged}");
+    let merged = write_at(
+        &b,
+        t,
+        later,
+        vec![put("192.0.2.4", None, Some("named on b"))],
+    )
+    .await;
+    assert_eq!(merged.created, 0, "b read the keys again");
+
+    // A rule stored in a transaction rolled back leaves its key free.
+    let new = NewRule {
+        tenant: t,
+        action: RuleAction::Block,
+        target: ip("192.0.2.5"),
+        expires_at: None,
+        name: None,
+        description: None,
+        source: Source::Signal,
+        dataset: None,
+        tags: Vec::new(),
+        reports: 0,
+        created_at: later,
+        updated_at: later,
+    };
+    let mut tx = b.backend.begin().await.unwrap();
+    assert!(tx.insert_absent_rules(std::slice::from_ref(&new)).await.unwrap()[0].is_some());
+    drop(tx);
+    let created = write_at(&b, t, later, vec![put("192.0.2.5", None, None)]).await;
+    assert_eq!(created.created, 1);
+    let mut tx = b.backend.begin().await.unwrap();
+    assert_eq!(tx.insert_absent_rules(&[new]).await.unwrap(), [None]);
+    drop(tx);
+
+    let mut stored: Vec<String> = rules(&a, t, later)
+        .await
+        .iter()
+        .map(|r| r.target.to_string())
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        [
+            "192.0.2.1/32",
+            "192.0.2.2/32",
+            "192.0.2.3/32",
+            "192.0.2.4/32",
+            "192.0.2.5/32"
+        ]
+    );
+}
+
+async fn write_at(
+    node: &Node,
+    t: TenantId,
+    at: UnixMillis,
+    writes: Vec<RuleWrite>,
+) -> palisade::engine::WriteOutcome {
+    node.engine.write(batch(t, at, writes)).await.unwrap()
+}
+
+/// The tenant's rules listed by target (and action, when given).
+async fn rules_of(node: &Node, t: TenantId, target: &str, action: Option<RuleAction>) -> Vec<Rule> {
+    let query = RuleQuery {
+        target: Some(ip(target)),
+        action,
+        limit: 10,
+        now: T0,
+        ..RuleQuery::default()
+    };
+    node.backend.rules(t, query).await.unwrap().items
 }

@@ -8,6 +8,7 @@
 mod checkpoint;
 mod read;
 mod rows;
+mod rule_keys;
 mod tx;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +29,8 @@ use super::{
     Snapshot, StoreError, StoreResult, StreamCursor,
 };
 use crate::keys::{ApiKey, KeyDigest, Principal};
-use crate::rules::{Rule, RuleId, TenantId, UnixMillis};
+use crate::rules::{Rule, RuleAction, RuleId, TenantId, UnixMillis};
+use rule_keys::RuleKeys;
 
 pub const DB_FILE: &str = "palisade.db";
 
@@ -114,6 +116,8 @@ pub struct SqliteBackend {
     readers: Pool<SqliteConnectionManager>,
     path: PathBuf,
     min_free_bytes: u64,
+    /// The stored rules' keys, kept by the writer (see [`rule_keys`]).
+    keys: Arc<RuleKeys>,
     _checkpointer: checkpoint::Checkpointer,
 }
 
@@ -154,6 +158,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("schema_v5.sql")),
         M::up(include_str!("schema_v6.sql")),
         M::up(include_str!("schema_v7.sql")),
+        M::up(include_str!("schema_v8.sql")),
     ])
 }
 
@@ -207,6 +212,7 @@ impl SqliteBackend {
             readers,
             path,
             min_free_bytes: options.min_free_bytes,
+            keys: Default::default(),
             _checkpointer: checkpointer,
         })
     }
@@ -232,16 +238,10 @@ impl SqliteBackend {
 
 /// The whole of a write transaction on the connection's thread: the work's operations complete
 /// as soon as they are asked for, so driving it to the end never waits.
-fn run_on_thread(conn: &mut Connection, work: TxWork) -> StoreResult<TxOutput> {
-    let mut tx = tx::Direct::begin(conn)?;
+fn run_on_thread(conn: &mut Connection, keys: &RuleKeys, work: TxWork) -> StoreResult<TxOutput> {
+    let mut tx = tx::Direct::begin(conn, keys)?;
     match futures_executor::block_on(work(&mut tx)) {
-        Ok(output) => match tx.conn.execute_batch("COMMIT") {
-            Ok(()) => Ok(output),
-            Err(e) => {
-                tx.rollback();
-                Err(e.into())
-            }
-        },
+        Ok(output) => tx.finish().map(|()| output),
         Err(e) => {
             tx.rollback();
             Err(e)
@@ -253,16 +253,17 @@ fn run_on_thread(conn: &mut Connection, work: TxWork) -> StoreResult<TxOutput> {
 impl Backend for SqliteBackend {
     async fn begin(&self) -> StoreResult<Box<dyn Transaction>> {
         let turn = self.turn.clone().lock_owned().await;
-        let tx = tx::SqliteTransaction::begin(self.calls.clone(), turn).await?;
+        let tx = tx::SqliteTransaction::begin(self.calls.clone(), self.keys.clone(), turn).await?;
         Ok(Box::new(tx))
     }
 
     async fn transact(&self, work: TxWork) -> StoreResult<TxOutput> {
         let _turn = self.turn.lock().await;
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let keys = self.keys.clone();
         self.calls
             .send(Box::new(move |conn: &mut Connection| {
-                let _ = reply.send(run_on_thread(conn, work));
+                let _ = reply.send(run_on_thread(conn, &keys, work));
             }))
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
@@ -278,7 +279,17 @@ impl Backend for SqliteBackend {
     }
 
     async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>> {
-        self.read(move |c| read::rules(c, tenant, &query)).await
+        // No index has the target: the writer's map of keys finds its rules, once it is read.
+        let ids = query.target.and_then(|target| {
+            [RuleAction::Block, RuleAction::Allow]
+                .into_iter()
+                .filter(|action| query.action.is_none_or(|wanted| wanted == *action))
+                .map(|action| self.keys.peek(&(tenant, action, target)))
+                .collect::<Option<Vec<Option<RuleId>>>>()
+                .map(|ids| ids.into_iter().flatten().collect::<Vec<RuleId>>())
+        });
+        self.read(move |c| read::rules(c, tenant, &query, ids.as_deref()))
+            .await
     }
 
     async fn rule_counts(&self, tenant: TenantId, now: UnixMillis) -> StoreResult<Vec<RuleCount>> {
@@ -429,10 +440,11 @@ mod tests {
     };
     use crate::store::backend::Backend;
 
-    /// The rebuild of `rules` keyed by target keeps every row, its id and the AUTOINCREMENT
-    /// counter: ids of rules deleted before the upgrade are not handed out again.
+    /// The rebuilds of `rules` (keyed by target in version 6, without the key in version 8)
+    /// keep every row, its id and the AUTOINCREMENT counter: ids of rules deleted before an
+    /// upgrade are not handed out again.
     #[test]
-    fn rules_keyed_by_target_keep_ids_and_the_id_counter() {
+    fn rules_rebuilt_keep_ids_and_the_id_counter() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrations().to_version(&mut conn, 5).unwrap();
         conn.execute_batch(
@@ -462,7 +474,7 @@ mod tests {
             .collect()
         };
         let before = rows(&conn);
-        migrations().to_latest(&mut conn).unwrap();
+        migrations().to_version(&mut conn, 6).unwrap();
         assert_eq!(rows(&conn), before);
         assert_eq!(before.len(), 2);
         conn.execute(
@@ -507,6 +519,33 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(key, ["target", "tenant_id", "action", "kind"]);
+
+        let before = rows(&conn);
+        migrations().to_latest(&mut conn).unwrap();
+        assert_eq!(rows(&conn), before);
+        conn.execute(
+            "INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at)
+             VALUES (1, 'block', 'ip', '192.0.2.3/32', 'signal', 1, 1)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(
+            conn.last_insert_rowid(),
+            5,
+            "id 4 was used before the upgrade"
+        );
+        let indexes: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_index_list('rules') ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            indexes,
+            ["rules_by_expiry", "rules_by_tenant"],
+            "the key is kept by the writer, not by an index"
+        );
         migrations().validate().unwrap();
     }
 

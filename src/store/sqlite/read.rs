@@ -28,7 +28,16 @@ pub fn rule(
     found.next()?.map(rows::rule).transpose()
 }
 
-pub fn rules(conn: &Connection, tenant: TenantId, query: &RuleQuery) -> StoreResult<Page<Rule>> {
+/// `ids`, when given, are the only rules that can match (those the query's target has).
+pub fn rules(
+    conn: &Connection,
+    tenant: TenantId,
+    query: &RuleQuery,
+    ids: Option<&[RuleId]>,
+) -> StoreResult<Page<Rule>> {
+    if ids.is_some_and(|ids| ids.is_empty()) {
+        return Ok(Page::of(Vec::new(), query.limit, |r: &Rule| r.id));
+    }
     let mut sql = format!(
         "SELECT {RULE_COLUMNS} FROM rules
          WHERE tenant_id = ?1 AND id > ?2 AND (expires_at IS NULL OR expires_at > ?3)"
@@ -38,6 +47,12 @@ pub fn rules(conn: &Connection, tenant: TenantId, query: &RuleQuery) -> StoreRes
         query.after.unwrap_or(0).into(),
         query.now.0.into(),
     ];
+    if let Some(ids) = ids {
+        let first = args.len() + 1;
+        args.extend(ids.iter().map(|id| SqlValue::from(*id)));
+        let params: Vec<String> = (first..=args.len()).map(|i| format!("?{i}")).collect();
+        sql.push_str(&format!(" AND id IN ({})", params.join(", ")));
+    }
     let mut filter = |column: &str, value: SqlValue| {
         args.push(value);
         sql.push_str(&format!(" AND {column} = ?{}", args.len()));

@@ -68,6 +68,17 @@ pub fn rule(row: &Row<'_>) -> StoreResult<Rule> {
     })
 }
 
+/// The key (tenant, action, target) from a row of `tenant_id, action, kind, target`.
+pub fn rule_key(row: &Row<'_>) -> StoreResult<(TenantId, RuleAction, Target)> {
+    let text =
+        |i| -> StoreResult<&str> { Ok(row.get_ref(i)?.as_str().map_err(rusqlite::Error::from)?) };
+    Ok((
+        TenantId(row.get(0)?),
+        parse_action(text(1)?)?,
+        parse_target(text(2)?, text(3)?)?,
+    ))
+}
+
 /// A change from a row of [`CHANGE_COLUMNS`].
 pub fn change(row: &Row<'_>) -> StoreResult<Change> {
     let op: String = row.get(3)?;

@@ -4,8 +4,8 @@
 //! writes runs that way on the thread, in one hop (see `SqliteBackend::transact`).
 //! [`SqliteTransaction`] is the same transaction driven from elsewhere, one operation per hop.
 
-use std::sync::LazyLock;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use rusqlite::types::ToSqlOutput;
@@ -14,6 +14,7 @@ use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use super::Call;
 use super::rows::{self, KEY_COLUMNS, REPORT_COLUMNS, RULE_COLUMNS, json_tags};
+use super::rule_keys::{RuleKey, RuleKeys};
 use crate::keys::{ApiKey, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
 use crate::store::audit::NewAuditRecord;
@@ -23,20 +24,41 @@ use crate::store::{Change, CursorMove, NewKey, Pull, QueuedReport, StoreError, S
 /// The open transaction, on the connection's own thread.
 pub(super) struct Direct<'c> {
     pub(super) conn: &'c mut Connection,
+    pub(super) keys: &'c RuleKeys,
 }
 
-impl Direct<'_> {
+impl<'c> Direct<'c> {
     /// IMMEDIATE takes the write lock now, so another process (the command line) waits at the
     /// start instead of failing halfway.
-    pub(super) fn begin(conn: &mut Connection) -> StoreResult<Direct<'_>> {
+    pub(super) fn begin(conn: &'c mut Connection, keys: &'c RuleKeys) -> StoreResult<Self> {
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        Ok(Direct { conn })
+        let tx = Direct { conn, keys };
+        if let Err(e) = tx.keys.began(tx.conn) {
+            tx.rollback();
+            return Err(e);
+        }
+        Ok(tx)
+    }
+
+    /// Commits, or rolls back when the commit fails.
+    pub(super) fn finish(self) -> StoreResult<()> {
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                self.keys.committed();
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback();
+                Err(e.into())
+            }
+        }
     }
 
     pub(super) fn rollback(self) {
         if let Err(e) = self.conn.execute_batch("ROLLBACK") {
             tracing::error!(error = %e, "rolling back a write transaction failed");
         }
+        self.keys.rolled_back();
     }
 }
 
@@ -47,7 +69,14 @@ impl Transaction for Direct<'_> {
         tenant: TenantId,
         keys: &[(RuleAction, Target)],
     ) -> StoreResult<Vec<Rule>> {
-        rules_by_key(self.conn, tenant, keys)
+        let ids: Vec<RuleId> = {
+            let map = self.keys.current(self.conn)?;
+            let map = map.as_ref().expect("read by current");
+            keys.iter()
+                .filter_map(|&(action, target)| map.get(&(tenant, action, target)))
+                .collect()
+        };
+        rules_by_id(self.conn, &ids)
     }
 
     async fn rule_by_id(&mut self, tenant: TenantId, id: RuleId) -> StoreResult<Option<Rule>> {
@@ -72,11 +101,39 @@ impl Transaction for Direct<'_> {
     }
 
     async fn insert_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
-        insert_rules(self.conn, rules)
+        let mut map = self.keys.current(self.conn)?;
+        let map = map.as_mut().expect("read by current");
+        if let Some(id) = rules.iter().find_map(|rule| map.get(&key_of(rule))) {
+            return Err(StoreError::Database(format!(
+                "a rule with this key is stored already (id {id})"
+            )));
+        }
+        let mut ids = Vec::with_capacity(rules.len());
+        insert_each(self.conn, rules, |rule, id| {
+            ids.push(id);
+            map.insert(key_of(rule), id)
+        })?;
+        Ok(ids)
     }
 
     async fn insert_absent_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
-        insert_absent_rules(self.conn, rules)
+        let mut map = self.keys.current(self.conn)?;
+        let map = map.as_mut().expect("read by current");
+        let absent: Vec<bool> = rules
+            .iter()
+            .map(|rule| map.get(&key_of(rule)).is_none())
+            .collect();
+        let mut stored = Vec::with_capacity(rules.len());
+        let to_store = rules.iter().zip(&absent).filter(|(_, absent)| **absent);
+        insert_each(self.conn, to_store.map(|(rule, _)| rule), |rule, id| {
+            stored.push(id);
+            map.insert(key_of(rule), id)
+        })?;
+        let mut stored = stored.into_iter();
+        Ok(absent
+            .into_iter()
+            .map(|absent| if absent { stored.next() } else { None })
+            .collect())
     }
 
     async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()> {
@@ -84,12 +141,21 @@ impl Transaction for Direct<'_> {
     }
 
     async fn delete_rules(&mut self, rules: &[(TenantId, RuleId)]) -> StoreResult<()> {
-        // The id alone is the row id here.
-        let mut stmt = self
+        // The id alone is the row id here. The key is read back for the map of keys.
+        let mut map = self.keys.current(self.conn)?;
+        let map = map.as_mut().expect("read by current");
+        let mut key = self
+            .conn
+            .prepare_cached("SELECT tenant_id, action, kind, target FROM rules WHERE id = ?1")?;
+        let mut delete = self
             .conn
             .prepare_cached("DELETE FROM rules WHERE id = ?1")?;
         for (_, id) in rules {
-            stmt.execute([id])?;
+            let Some(row) = key.query([id])?.next()?.map(rows::rule_key).transpose()? else {
+                continue;
+            };
+            delete.execute([id])?;
+            map.remove(row, *id);
         }
         Ok(())
     }
@@ -113,7 +179,11 @@ impl Transaction for Direct<'_> {
     }
 
     async fn append_changes(&mut self, changes: &mut [Change]) -> StoreResult<()> {
-        append_changes(self.conn, changes)
+        append_changes(self.conn, changes)?;
+        if let Some(last) = changes.last() {
+            self.keys.appended(last.seq as i64);
+        }
+        Ok(())
     }
 
     async fn append_audit(&mut self, records: &[NewAuditRecord]) -> StoreResult<()> {
@@ -223,7 +293,7 @@ impl Transaction for Direct<'_> {
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {
-        Ok(self.conn.execute_batch("COMMIT")?)
+        (*self).finish()
     }
 }
 
@@ -231,19 +301,25 @@ impl Transaction for Direct<'_> {
 /// connection's thread, where it runs as [`Direct`] does.
 pub struct SqliteTransaction {
     calls: Sender<Call>,
+    keys: Arc<RuleKeys>,
     /// One write transaction at a time on the connection.
     _turn: OwnedMutexGuard<()>,
     open: bool,
 }
 
 impl SqliteTransaction {
-    pub(super) async fn begin(calls: Sender<Call>, turn: OwnedMutexGuard<()>) -> StoreResult<Self> {
+    pub(super) async fn begin(
+        calls: Sender<Call>,
+        keys: Arc<RuleKeys>,
+        turn: OwnedMutexGuard<()>,
+    ) -> StoreResult<Self> {
         let mut tx = Self {
             calls,
+            keys: keys.clone(),
             _turn: turn,
             open: false,
         };
-        tx.run(|c| Direct::begin(c).map(|_| ())).await?;
+        tx.run(move |c| Direct::begin(c, &keys).map(|_| ())).await?;
         tx.open = true;
         Ok(tx)
     }
@@ -259,7 +335,8 @@ impl SqliteTransaction {
             > + Send
             + 'static,
     {
-        self.run(move |conn| futures_executor::block_on(work(&mut Direct { conn })))
+        let keys = self.keys.clone();
+        self.run(move |conn| futures_executor::block_on(work(&mut Direct { conn, keys: &keys })))
             .await
     }
 
@@ -281,8 +358,9 @@ impl Drop for SqliteTransaction {
     fn drop(&mut self) {
         if self.open {
             // Sent before the turn is given up, so it runs before the next transaction begins.
-            let _ = self.calls.send(Box::new(|conn: &mut Connection| {
-                Direct { conn }.rollback();
+            let keys = self.keys.clone();
+            let _ = self.calls.send(Box::new(move |conn: &mut Connection| {
+                Direct { conn, keys: &keys }.rollback();
             }));
         }
     }
@@ -413,38 +491,16 @@ impl Transaction for SqliteTransaction {
     }
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
-        let committed = self.run(|c| Ok(c.execute_batch("COMMIT")?)).await;
-        if committed.is_ok() {
+        let keys = self.keys.clone();
+        let committed = self
+            .run(move |conn| Direct { conn, keys: &keys }.finish())
+            .await;
+        // Committed, or rolled back by `finish`, unless the writer thread is gone.
+        if !matches!(committed, Err(StoreError::WriterGone)) {
             self.open = false;
         }
         committed
     }
-}
-
-fn rules_by_key(
-    conn: &Connection,
-    tenant: TenantId,
-    keys: &[(RuleAction, Target)],
-) -> StoreResult<Vec<Rule>> {
-    // One indexed look-up per key: `INSERT .. ON CONFLICT .. RETURNING` or a join against a
-    // temporary table both cost SQLite more than this.
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RULE_COLUMNS} FROM rules
-         WHERE tenant_id = ?1 AND action = ?2 AND kind = ?3 AND target = ?4"
-    ))?;
-    let mut stored = Vec::new();
-    for (action, target) in keys {
-        let mut found = stmt.query(params![
-            tenant.0,
-            action.as_str(),
-            target.kind().as_str(),
-            target.text()
-        ])?;
-        if let Some(row) = found.next()? {
-            stored.push(rows::rule(row)?);
-        }
-    }
-    Ok(stored)
 }
 
 /// The columns a new rule is stored with, as `?1`..`?13` of [`rule_params`].
@@ -453,41 +509,39 @@ const NEW_RULE_INSERT: &str =
                         source, dataset, tags, reports, created_at, updated_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
-fn insert_rules(conn: &Connection, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
-    let mut ids = Vec::with_capacity(rules.len());
-    insert_each(conn, NEW_RULE_INSERT, rules, |_| {
-        ids.push(conn.last_insert_rowid())
-    })?;
-    Ok(ids)
-}
-
-/// One descent of the key index per rule, where a look-up followed by an insert takes two.
-/// (`ON CONFLICT` on the key only: other constraints still fail loudly.)
-fn insert_absent_rules(conn: &Connection, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
-    let sql = format!("{NEW_RULE_INSERT} ON CONFLICT (tenant_id, action, kind, target) DO NOTHING");
-    let mut ids = Vec::with_capacity(rules.len());
-    insert_each(conn, &sql, rules, |stored| {
-        ids.push((stored == 1).then(|| conn.last_insert_rowid()))
-    })?;
-    Ok(ids)
-}
-
-/// Runs `sql`, a form of [`NEW_RULE_INSERT`], once per rule in order; `inserted` is told how
-/// many rows each run stored.
-fn insert_each(
+/// Stores each rule, in order; `stored` is told each one's new id and may refuse it, which
+/// stops there.
+fn insert_each<'r>(
     conn: &Connection,
-    sql: &str,
-    rules: &[NewRule],
-    mut inserted: impl FnMut(usize),
+    rules: impl IntoIterator<Item = &'r NewRule>,
+    mut stored: impl FnMut(&NewRule, RuleId) -> StoreResult<()>,
 ) -> StoreResult<()> {
-    let mut stmt = conn.prepare_cached(sql)?;
+    let mut stmt = conn.prepare_cached(NEW_RULE_INSERT)?;
     let mut previous = None;
     for rule in rules {
         bind_rule(RowBinding::new(&mut stmt, 1, rule, previous))?;
-        inserted(stmt.raw_execute()?);
+        stmt.raw_execute()?;
+        stored(rule, conn.last_insert_rowid())?;
         previous = Some(rule);
     }
     Ok(())
+}
+
+fn key_of(rule: &NewRule) -> RuleKey {
+    (rule.tenant, rule.action, rule.target)
+}
+
+/// Stored rules by id, in any order; ids with no rule are left out.
+fn rules_by_id(conn: &Connection, ids: &[RuleId]) -> StoreResult<Vec<Rule>> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {RULE_COLUMNS} FROM rules WHERE id = ?1"))?;
+    let mut stored = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(row) = stmt.query([id])?.next()? {
+            stored.push(rows::rule(row)?);
+        }
+    }
+    Ok(stored)
 }
 
 /// `?1`..`?13` of [`NEW_RULE_INSERT`].

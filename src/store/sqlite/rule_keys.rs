@@ -1,0 +1,219 @@
+//! The key of every stored rule (tenant, action, target), kept in memory by the writer instead
+//! of as a UNIQUE index in the database.
+//!
+//! Scattered addresses make such an index take its new keys all over the file: each rule a group
+//! commit created dirtied a leaf page of its own, which went to the WAL and again into the
+//! database at checkpoints, about 4.5 KB written per ingested event against 0.8 KB without the
+//! index, and the writer spent most of its time there. Rules are found by key only in write
+//! transactions (to merge a write into the rule it names) and in listings filtered by target, so
+//! a map kept beside the one writing connection answers both.
+//!
+//! The map follows the change log, which every write of a rule appends to in the same
+//! transaction: each write transaction first reads the changes numbered above the last one the
+//! map reflects, so writes by another process (the command line) on the same file are seen
+//! before this one writes. A rolled-back transaction's changes to the map are undone. When the
+//! changes the map missed are no longer all in the log (retention purged them), or the map was
+//! never built, it is read again from the rules table.
+
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension};
+use rustc_hash::FxHashMap;
+
+use super::rows;
+use crate::rules::{RuleAction, RuleId, Target, TenantId};
+use crate::store::{StoreError, StoreResult};
+
+pub(super) type RuleKey = (TenantId, RuleAction, Target);
+
+/// The keys of the stored rules; `None` until the first write transaction that needs them.
+#[derive(Default)]
+pub(super) struct RuleKeys(Mutex<Option<KeyMap>>);
+
+pub(super) struct KeyMap {
+    ids: FxHashMap<RuleKey, RuleId>,
+    /// The number of the last change-log entry the map reflects.
+    seen: i64,
+    /// The open transaction's changes to the map: each key's id before its first change, and
+    /// `seen` when it began.
+    undo: Vec<(RuleKey, Option<RuleId>)>,
+    seen_at_begin: i64,
+}
+
+impl RuleKeys {
+    /// A write transaction began on `conn`: the map takes in what other processes committed
+    /// since, or is dropped to be read again when it cannot.
+    pub(super) fn began(&self, conn: &Connection) -> StoreResult<()> {
+        let mut keys = self.lock();
+        if let Some(map) = keys.as_mut() {
+            if map.catch_up(conn)? {
+                map.undo.clear();
+                map.seen_at_begin = map.seen;
+            } else {
+                *keys = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// The map, current as of the open write transaction on `conn` (read on first use).
+    pub(super) fn current(&self, conn: &Connection) -> StoreResult<MutexGuard<'_, Option<KeyMap>>> {
+        let mut keys = self.lock();
+        if keys.is_none() {
+            *keys = Some(KeyMap::read(conn)?);
+        }
+        Ok(keys)
+    }
+
+    /// The id of the rule stored under `key`, when the map has been read; `None` otherwise.
+    /// The map may be ahead of a reader's snapshot by the open write transaction.
+    pub(super) fn peek(&self, key: &RuleKey) -> Option<Option<RuleId>> {
+        self.lock().as_ref().map(|map| map.ids.get(key).copied())
+    }
+
+    /// The open transaction appended changes up to number `last`, for the rules it changed.
+    pub(super) fn appended(&self, last: i64) {
+        if let Some(map) = self.lock().as_mut() {
+            map.seen = last;
+        }
+    }
+
+    /// The open transaction committed: its changes to the map stand.
+    pub(super) fn committed(&self) {
+        if let Some(map) = self.lock().as_mut() {
+            map.undo.clear();
+            map.seen_at_begin = map.seen;
+        }
+    }
+
+    /// The open transaction was rolled back: so are its changes to the map.
+    pub(super) fn rolled_back(&self) {
+        if let Some(map) = self.lock().as_mut() {
+            while let Some((key, before)) = map.undo.pop() {
+                match before {
+                    Some(id) => map.ids.insert(key, id),
+                    None => map.ids.remove(&key),
+                };
+            }
+            map.seen = map.seen_at_begin;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<KeyMap>> {
+        // A panic while holding the lock may have left the map half changed: read it again.
+        self.0.lock().unwrap_or_else(|poisoned| {
+            let mut keys = poisoned.into_inner();
+            *keys = None;
+            keys
+        })
+    }
+}
+
+impl KeyMap {
+    /// Every stored rule's key, read in the open transaction.
+    fn read(conn: &Connection) -> StoreResult<Self> {
+        let seen = last_change(conn)?;
+        let count: i64 = conn.query_row("SELECT count(*) FROM rules", [], |row| row.get(0))?;
+        let mut ids =
+            FxHashMap::with_capacity_and_hasher(count.max(0) as usize, Default::default());
+        let mut stmt = conn.prepare("SELECT id, tenant_id, action, kind, target FROM rules")?;
+        let mut found = stmt.query([])?;
+        while let Some(row) = found.next()? {
+            let key = (
+                TenantId(row.get(1)?),
+                rows::parse_action(row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?)?,
+                rows::parse_target(
+                    row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?,
+                    row.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?,
+                )?,
+            );
+            if let Some(other) = ids.insert(key, row.get(0)?) {
+                return Err(StoreError::Corrupt(format!(
+                    "two stored rules (ids {other} and {}) have one key",
+                    ids[&key]
+                )));
+            }
+        }
+        Ok(Self {
+            ids,
+            seen,
+            undo: Vec::new(),
+            seen_at_begin: seen,
+        })
+    }
+
+    /// Applies the changes committed since the map was last current; `false` when some of them
+    /// are no longer in the log, so the map must be read again.
+    fn catch_up(&mut self, conn: &Connection) -> StoreResult<bool> {
+        let last = last_change(conn)?;
+        if last == self.seen {
+            return Ok(true);
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, tenant_id, rule_id, op, action, kind, target FROM rule_changes
+             WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let mut found = stmt.query([self.seen])?;
+        let mut expected = self.seen + 1;
+        while let Some(row) = found.next()? {
+            // Numbers are given without gaps (AUTOINCREMENT, rolled back with the transaction
+            // that took them), so a gap is retention having deleted changes not yet seen.
+            if row.get::<_, i64>(0)? != expected {
+                return Ok(false);
+            }
+            expected += 1;
+            let key = (
+                TenantId(row.get(1)?),
+                rows::parse_action(row.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?)?,
+                rows::parse_target(
+                    row.get_ref(5)?.as_str().map_err(rusqlite::Error::from)?,
+                    row.get_ref(6)?.as_str().map_err(rusqlite::Error::from)?,
+                )?,
+            );
+            let id: RuleId = row.get(2)?;
+            if row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)? == "put" {
+                self.ids.insert(key, id);
+            } else if self.ids.get(&key) == Some(&id) {
+                self.ids.remove(&key);
+            }
+        }
+        if expected != last + 1 {
+            return Ok(false);
+        }
+        self.seen = last;
+        Ok(true)
+    }
+
+    pub(super) fn get(&self, key: &RuleKey) -> Option<RuleId> {
+        self.ids.get(key).copied()
+    }
+
+    /// Notes a rule stored under `key`, which no stored rule has.
+    pub(super) fn insert(&mut self, key: RuleKey, id: RuleId) -> StoreResult<()> {
+        if let Some(other) = self.ids.insert(key, id) {
+            self.ids.insert(key, other);
+            return Err(StoreError::Database(format!(
+                "a rule with this key is stored already (id {other})"
+            )));
+        }
+        self.undo.push((key, None));
+        Ok(())
+    }
+
+    /// Notes the rule `id` stored under `key` deleted.
+    pub(super) fn remove(&mut self, key: RuleKey, id: RuleId) {
+        if self.ids.get(&key) == Some(&id) {
+            self.ids.remove(&key);
+            self.undo.push((key, Some(id)));
+        }
+    }
+}
+
+/// The number of the last change ever appended (0 for none); purging the log keeps it.
+fn last_change(conn: &Connection) -> StoreResult<i64> {
+    Ok(conn
+        .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'rule_changes'")?
+        .query_row([], |row| row.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
