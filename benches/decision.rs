@@ -1,7 +1,7 @@
 //! The decision engine at the size the issue asks for: 1,000,000 IPv4 prefixes (/32 and /24),
 //! 100,000 IPv6 prefixes, 10,000 ASN rules and 50 country rules matched through the real geo
 //! data in `../shared/geo/` (skipped with a message when it is absent); and the publisher's work
-//! for one write of many country rules.
+//! for one write of many country rules and for one round of scattered IPv4 writes.
 //!
 //! `cargo bench --bench decision`
 
@@ -268,7 +268,55 @@ fn bench(c: &mut Criterion) {
     });
     drop(ip_only);
     group.finish();
+    bench_scattered_round(c, &index, &mut rng);
     bench_apply(c, &geo);
+}
+
+/// The publisher's work for one round of scattered IPv4 writes into the index above: 4,000
+/// new /32 rules (about what one round holds under 4 clients' 1000-event batches), then, the
+/// next round, their removal, so the index keeps its size. Each touches about 4,000 of the
+/// 65,536 buckets.
+fn bench_scattered_round(c: &mut Criterion, index: &Index, rng: &mut StdRng) {
+    const ROUND: usize = 4_000;
+    let mut group = c.benchmark_group("apply");
+    let mut seq = 1_000_000_000u64;
+    let mut pending: Vec<Change> = Vec::new();
+    group.bench_function("round_of_4000_scattered_ipv4_into_1m_rules", |b| {
+        b.iter(|| {
+            let changes: Vec<Change> = if pending.is_empty() {
+                (0..ROUND)
+                    .map(|i| {
+                        let address = IpAddr::V4(Ipv4Addr::from(rng.random::<u32>()));
+                        Change::of(
+                            &rule(seq as i64 + i as i64, Target::Ip(address.into())),
+                            ChangeOp::Put,
+                            NOW,
+                        )
+                    })
+                    .collect()
+            } else {
+                std::mem::take(&mut pending)
+                    .into_iter()
+                    .map(|change| Change {
+                        op: ChangeOp::Delete,
+                        ..change
+                    })
+                    .collect()
+            };
+            let changes: Vec<Change> = changes
+                .into_iter()
+                .map(|change| {
+                    seq += 1;
+                    Change { seq, ..change }
+                })
+                .collect();
+            index.apply(&changes);
+            if changes[0].op == ChangeOp::Put {
+                pending = changes;
+            }
+        })
+    });
+    group.finish();
 }
 
 /// The publisher's work for one committed write of `n` country rules by one tenant: what every

@@ -28,7 +28,8 @@
 //! - [`store`]: persistence: the [`store::backend::Backend`] trait (reads, and write
 //!   transactions of row operations), the embedded SQLite backend and PostgreSQL. Every rule
 //!   change gets a sequence number in commit order, so anything downstream can follow "changes
-//!   since N". The audit log is stored as one record per request ([`store::audit`]).
+//!   since N". The audit log is stored as one record per request ([`store::audit`]). On
+//!   SQLite the rule key is kept by the writer in memory rather than as an index.
 //! - [`export`]: the blocklist for enforcement points that do not ask per request (firewall
 //!   sets, nginx `deny` lists, plain lists) and the geo expansion: ASN and country rules as the
 //!   address ranges they cover, cached until a rule or the geo data changes.

@@ -1198,7 +1198,12 @@ async fn a_node_finds_the_rules_other_nodes_wrote_and_forgets_what_was_rolled_ba
         updated_at: later,
     };
     let mut tx = b.backend.begin().await.unwrap();
-    assert!(tx.insert_absent_rules(std::slice::from_ref(&new)).await.unwrap()[0].is_some());
+    assert!(
+        tx.insert_absent_rules(std::slice::from_ref(&new))
+            .await
+            .unwrap()[0]
+            .is_some()
+    );
     drop(tx);
     let created = write_at(&b, t, later, vec![put("192.0.2.5", None, None)]).await;
     assert_eq!(created.created, 1);
