@@ -80,6 +80,8 @@ impl Application {
             ],
         ));
         load_until_ready(&feed, config.database.url.is_some()).await?;
+        // After the index: look-ups are answered first, writes are readied after.
+        backend.prepare_for_writes();
         let stats = index.stats();
         tracing::info!(
             prefixes = stats.prefixes,

@@ -221,6 +221,10 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Readies, in the background, what the first write would otherwise wait for (SQLite: the
+    /// map of stored rules' keys). A server calls it at start; a one-off command need not.
+    fn prepare_for_writes(&self) {}
+
     /// Woken when another process or node may have committed changes, so followers need not
     /// wait for their next poll; `None` when the backend cannot tell.
     fn change_signal(&self) -> Option<Arc<tokio::sync::Notify>> {

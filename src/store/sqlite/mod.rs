@@ -412,6 +412,23 @@ impl Backend for SqliteBackend {
         }
     }
 
+    fn prepare_for_writes(&self) {
+        let (turn, calls, keys) = (self.turn.clone(), self.calls.clone(), self.keys.clone());
+        tokio::spawn(async move {
+            // Between write transactions: a write driven hop by hop may be open.
+            let _turn = turn.lock().await;
+            let (done, read) = tokio::sync::oneshot::channel();
+            let call: Call = Box::new(move |conn: &mut Connection| {
+                let _ = done.send(keys.read_ahead(conn));
+            });
+            if calls.send(call).is_ok()
+                && let Ok(Err(e)) = read.await
+            {
+                tracing::warn!(error = %e, "reading the rule keys ahead of the first write failed; that write will read them");
+            }
+        });
+    }
+
     async fn capacity(&self) -> StoreResult<()> {
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_owned();
         let stat = rustix::fs::statvfs(&dir).map_err(|e| StoreError::DataDir {
@@ -547,6 +564,73 @@ mod tests {
             "the key is kept by the writer, not by an index"
         );
         migrations().validate().unwrap();
+    }
+
+    /// Stores a rule and its change, as a write does; returns its id.
+    async fn store_rule(backend: &SqliteBackend, rule: crate::rules::NewRule) -> i64 {
+        let mut change = crate::store::Change::of(
+            &rule.clone().with_id(0),
+            crate::store::ChangeOp::Put,
+            UnixMillis(1),
+        );
+        let mut tx = backend.begin().await.unwrap();
+        let id = tx.insert_rules(&[rule]).await.unwrap()[0];
+        change.rule_id = id;
+        tx.append_changes(&mut [change]).await.unwrap();
+        tx.commit().await.unwrap();
+        id
+    }
+
+    /// A server reads the rule keys ahead of its first write, and that write then finds them
+    /// (including a rule stored after the read, by another handle on the file).
+    #[tokio::test]
+    async fn rule_keys_are_read_ahead_of_the_first_write() {
+        use crate::rules::{NewRule, RuleAction, Source, Target};
+        let dir = tempfile::tempdir().unwrap();
+        let new = |text: &str| NewRule {
+            tenant: TenantId(1),
+            action: RuleAction::Block,
+            target: Target::parse_any(text).unwrap(),
+            expires_at: None,
+            name: None,
+            description: None,
+            source: Source::Signal,
+            dataset: None,
+            tags: Vec::new(),
+            reports: 0,
+            created_at: UnixMillis(1),
+            updated_at: UnixMillis(1),
+        };
+        let other = SqliteBackend::open(dir.path(), Default::default()).unwrap();
+        let first = store_rule(&other, new("192.0.2.1")).await;
+        let backend = SqliteBackend::open(dir.path(), Default::default()).unwrap();
+        let key = (
+            TenantId(1),
+            RuleAction::Block,
+            Target::parse_any("192.0.2.1").unwrap(),
+        );
+        assert_eq!(
+            backend.keys.peek(&key),
+            None,
+            "not read before it is asked for"
+        );
+        backend.prepare_for_writes();
+        // Polled, not timed: the read runs on the writer's thread.
+        for _ in 0..1000 {
+            if backend.keys.peek(&key).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(backend.keys.peek(&key), Some(Some(first)));
+        let second = store_rule(&other, new("192.0.2.2")).await;
+        let mut tx = backend.begin().await.unwrap();
+        let found = tx
+            .insert_absent_rules(&[new("192.0.2.2"), new("192.0.2.3")])
+            .await
+            .unwrap();
+        assert_eq!(found[0], None, "rule {second} is stored under that key");
+        assert!(found[1].is_some());
     }
 
     /// Every audit entry of an older store becomes a record of its own, keeping its text, its

@@ -65,6 +65,14 @@ impl RuleKeys {
         Ok(keys)
     }
 
+    /// Reads the map now, in a read transaction of its own, when it has not been read yet.
+    /// The next write transaction takes in what was committed after, as always.
+    pub(super) fn read_ahead(&self, conn: &mut Connection) -> StoreResult<()> {
+        let tx = conn.transaction()?;
+        drop(self.current(&tx)?);
+        Ok(tx.rollback()?)
+    }
+
     /// The id of the rule stored under `key`, when the map has been read; `None` otherwise.
     /// The map may be ahead of a reader's snapshot by the open write transaction.
     pub(super) fn peek(&self, key: &RuleKey) -> Option<Option<RuleId>> {
