@@ -1148,6 +1148,9 @@ async fn a_node_finds_the_rules_other_nodes_wrote_and_forgets_what_was_rolled_ba
         vec![remove("192.0.2.2"), put("192.0.2.3", None, None)],
     )
     .await;
+    // Listed by target on b before b writes again: what a committed, not what b last saw.
+    assert_eq!(rules_of(&b, t, "192.0.2.3", None).await.len(), 1);
+    assert!(rules_of(&b, t, "192.0.2.2", None).await.is_empty());
     let merged = write_at(&b, t, T0, vec![put("192.0.2.3", None, Some("named on b"))]).await;
     assert_eq!(merged.created, 0, "b merged into a's rule");
     let again = write_at(&b, t, T0, vec![put("192.0.2.2", None, None)]).await;
@@ -1197,6 +1200,7 @@ async fn a_node_finds_the_rules_other_nodes_wrote_and_forgets_what_was_rolled_ba
         created_at: later,
         updated_at: later,
     };
+    let kept = rules_of(&b, t, "192.0.2.1", None).await[0].id;
     let mut tx = b.backend.begin().await.unwrap();
     assert!(
         tx.insert_absent_rules(std::slice::from_ref(&new))
@@ -1204,6 +1208,10 @@ async fn a_node_finds_the_rules_other_nodes_wrote_and_forgets_what_was_rolled_ba
             .unwrap()[0]
             .is_some()
     );
+    tx.delete_rules(&[(t, kept)]).await.unwrap();
+    // Listings read what is committed while a write transaction is open.
+    assert!(rules_of(&b, t, "192.0.2.5", None).await.is_empty());
+    assert_eq!(rules_of(&b, t, "192.0.2.1", None).await[0].id, kept);
     drop(tx);
     let created = write_at(&b, t, later, vec![put("192.0.2.5", None, None)]).await;
     assert_eq!(created.created, 1);

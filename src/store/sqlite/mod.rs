@@ -30,7 +30,7 @@ use super::{
 };
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Rule, RuleAction, RuleId, TenantId, UnixMillis};
-use rule_keys::RuleKeys;
+use rule_keys::{RuleKey, RuleKeys};
 
 pub const DB_FILE: &str = "palisade.db";
 
@@ -279,17 +279,25 @@ impl Backend for SqliteBackend {
     }
 
     async fn rules(&self, tenant: TenantId, query: RuleQuery) -> StoreResult<Page<Rule>> {
-        // No index has the target: the writer's map of keys finds its rules, once it is read.
-        let ids = query.target.and_then(|target| {
-            [RuleAction::Block, RuleAction::Allow]
-                .into_iter()
-                .filter(|action| query.action.is_none_or(|wanted| wanted == *action))
-                .map(|action| self.keys.peek(&(tenant, action, target)))
-                .collect::<Option<Vec<Option<RuleId>>>>()
-                .map(|ids| ids.into_iter().flatten().collect::<Vec<RuleId>>())
-        });
-        self.read(move |c| read::rules(c, tenant, &query, ids.as_deref()))
-            .await
+        let keys = self.keys.clone();
+        self.read(move |c| {
+            // No index has the target: the writer's map of keys finds its rules, when the map
+            // holds what this read's snapshot holds (else the listing scans the tenant's rules).
+            let tx = c.unchecked_transaction()?;
+            let ids = query.target.and_then(|target| {
+                let wanted: Vec<RuleKey> = [RuleAction::Block, RuleAction::Allow]
+                    .into_iter()
+                    .filter(|action| query.action.is_none_or(|wanted| wanted == *action))
+                    .map(|action| (tenant, action, target))
+                    .collect();
+                let (ids, seen) = keys.committed_ids(&wanted)?;
+                (rule_keys::last_change(&tx).ok()? == seen).then_some(ids)
+            });
+            let page = read::rules(&tx, tenant, &query, ids.as_deref())?;
+            tx.commit()?;
+            Ok(page)
+        })
+        .await
     }
 
     async fn rule_counts(&self, tenant: TenantId, now: UnixMillis) -> StoreResult<Vec<RuleCount>> {
@@ -610,19 +618,22 @@ mod tests {
             Target::parse_any("192.0.2.1").unwrap(),
         );
         assert_eq!(
-            backend.keys.peek(&key),
+            backend.keys.committed_ids(&[key]),
             None,
             "not read before it is asked for"
         );
         backend.prepare_for_writes();
         // Polled, not timed: the read runs on the writer's thread.
         for _ in 0..1000 {
-            if backend.keys.peek(&key).is_some() {
+            if backend.keys.committed_ids(&[key]).is_some() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(backend.keys.peek(&key), Some(Some(first)));
+        assert_eq!(
+            backend.keys.committed_ids(&[key]).map(|(ids, _)| ids),
+            Some(vec![first])
+        );
         let second = store_rule(&other, new("192.0.2.2")).await;
         let mut tx = backend.begin().await.unwrap();
         let found = tx

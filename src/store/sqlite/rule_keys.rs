@@ -14,6 +14,10 @@
 //! before this one writes. A rolled-back transaction's changes to the map are undone. When the
 //! changes the map missed are no longer all in the log (retention purged them), or the map was
 //! never built, it is read again from the rules table.
+//!
+//! Listings by target ask the map for the ids the last commit left under a key, with the change
+//! number that state reflects; a listing whose snapshot is at another number (another process
+//! wrote since, or a commit landed in between) scans the tenant's rules instead.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -38,6 +42,9 @@ pub(super) struct KeyMap {
     /// `seen` when it began.
     undo: Vec<(RuleKey, Option<RuleId>)>,
     seen_at_begin: i64,
+    /// Read inside the open transaction, which may have changed rules before: a rollback
+    /// cannot tell those changes apart, so it drops the map.
+    read_in_open_tx: bool,
 }
 
 impl RuleKeys {
@@ -70,13 +77,29 @@ impl RuleKeys {
     pub(super) fn read_ahead(&self, conn: &mut Connection) -> StoreResult<()> {
         let tx = conn.transaction()?;
         drop(self.current(&tx)?);
-        Ok(tx.rollback()?)
+        tx.rollback()?;
+        // The read transaction wrote nothing: what the map holds is committed.
+        self.committed();
+        Ok(())
     }
 
-    /// The id of the rule stored under `key`, when the map has been read; `None` otherwise.
-    /// The map may be ahead of a reader's snapshot by the open write transaction.
-    pub(super) fn peek(&self, key: &RuleKey) -> Option<Option<RuleId>> {
-        self.lock().as_ref().map(|map| map.ids.get(key).copied())
+    /// The ids of the rules stored under `keys` as last committed (not as the open write
+    /// transaction has them), and the number of the last change that state reflects; `None`
+    /// when the map has not been read. Blocks while the writer holds the map.
+    pub(super) fn committed_ids(&self, keys: &[RuleKey]) -> Option<(Vec<RuleId>, i64)> {
+        let guard = self.lock();
+        let map = guard.as_ref().filter(|map| !map.read_in_open_tx)?;
+        let ids = keys
+            .iter()
+            .filter_map(|key| {
+                // A key the open transaction changed had, before, the first value it noted.
+                match map.undo.iter().find(|(changed, _)| changed == key) {
+                    Some((_, before)) => *before,
+                    None => map.ids.get(key).copied(),
+                }
+            })
+            .collect();
+        Some((ids, map.seen_at_begin))
     }
 
     /// The open transaction appended changes up to number `last`, for the rules it changed.
@@ -91,12 +114,16 @@ impl RuleKeys {
         if let Some(map) = self.lock().as_mut() {
             map.undo.clear();
             map.seen_at_begin = map.seen;
+            map.read_in_open_tx = false;
         }
     }
 
     /// The open transaction was rolled back: so are its changes to the map.
     pub(super) fn rolled_back(&self) {
-        if let Some(map) = self.lock().as_mut() {
+        let mut keys = self.lock();
+        if keys.as_ref().is_some_and(|map| map.read_in_open_tx) {
+            *keys = None;
+        } else if let Some(map) = keys.as_mut() {
             while let Some((key, before)) = map.undo.pop() {
                 match before {
                     Some(id) => map.ids.insert(key, id),
@@ -147,6 +174,7 @@ impl KeyMap {
             seen,
             undo: Vec::new(),
             seen_at_begin: seen,
+            read_in_open_tx: true,
         })
     }
 
@@ -218,7 +246,7 @@ impl KeyMap {
 }
 
 /// The number of the last change ever appended (0 for none); purging the log keeps it.
-fn last_change(conn: &Connection) -> StoreResult<i64> {
+pub(super) fn last_change(conn: &Connection) -> StoreResult<i64> {
     Ok(conn
         .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'rule_changes'")?
         .query_row([], |row| row.get(0))

@@ -10,6 +10,7 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
+use rustc_hash::FxHashSet;
 use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use super::Call;
@@ -103,10 +104,17 @@ impl Transaction for Direct<'_> {
     async fn insert_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
         let mut map = self.keys.current(self.conn)?;
         let map = map.as_mut().expect("read by current");
-        if let Some(id) = rules.iter().find_map(|rule| map.get(&key_of(rule))) {
-            return Err(StoreError::Database(format!(
-                "a rule with this key is stored already (id {id})"
-            )));
+        // Checked before any row is stored, as a UNIQUE index would refuse the statement.
+        let mut keys = FxHashSet::default();
+        for rule in rules {
+            if let Some(id) = map.get(&key_of(rule)) {
+                return Err(StoreError::Database(format!(
+                    "a rule with this key is stored already (id {id})"
+                )));
+            }
+            if !keys.insert(key_of(rule)) {
+                return Err(StoreError::Database("two new rules with one key".into()));
+            }
         }
         let mut ids = Vec::with_capacity(rules.len());
         insert_each(self.conn, rules, |rule, id| {
@@ -119,9 +127,11 @@ impl Transaction for Direct<'_> {
     async fn insert_absent_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
         let mut map = self.keys.current(self.conn)?;
         let map = map.as_mut().expect("read by current");
+        // A key given twice is stored once, should a caller ever repeat one.
+        let mut keys = FxHashSet::default();
         let absent: Vec<bool> = rules
             .iter()
-            .map(|rule| map.get(&key_of(rule)).is_none())
+            .map(|rule| map.get(&key_of(rule)).is_none() && keys.insert(key_of(rule)))
             .collect();
         let mut stored = Vec::with_capacity(rules.len());
         let to_store = rules.iter().zip(&absent).filter(|(_, absent)| **absent);
