@@ -6,7 +6,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::geo::GeoRecord;
-use crate::rules::{Asn, CountryCode, Kind, Rule, Source};
+use crate::rules::{Asn, CountryCode, Kind, NewRule, Rule, Source};
 
 const T1: TenantId = TenantId(1);
 const T2: TenantId = TenantId(2);
@@ -338,21 +338,7 @@ fn removals_refreshes_and_tenants() {
 
 /// A permanent block rule of tenant 1, as a store snapshot holds it.
 fn block_rule(id: RuleId, target: &str) -> Rule {
-    Rule {
-        id,
-        tenant: T1,
-        action: RuleAction::Block,
-        target: Target::parse_any(target).unwrap(),
-        expires_at: None,
-        name: None,
-        description: None,
-        source: Source::Signal,
-        dataset: None,
-        tags: Vec::new(),
-        reports: 0,
-        created_at: NOW,
-        updated_at: NOW,
-    }
+    NewRule::block(T1, Target::parse_any(target).unwrap(), NOW).with_id(id)
 }
 
 /// Geo data from a list of disjoint networks, each with its ASN and country: what an address

@@ -114,6 +114,25 @@ pub struct NewRule {
 }
 
 impl NewRule {
+    /// A permanent block of `target` from a signal, made at `at`, with nothing else set.
+    #[cfg(test)]
+    pub fn block(tenant: TenantId, target: Target, at: UnixMillis) -> Self {
+        NewRule {
+            tenant,
+            action: RuleAction::Block,
+            target,
+            expires_at: None,
+            name: None,
+            description: None,
+            source: Source::Signal,
+            dataset: None,
+            tags: Vec::new(),
+            reports: 0,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
     pub fn with_id(self, id: RuleId) -> Rule {
         Rule {
             id,

@@ -887,18 +887,8 @@ async fn new_rules_are_stored_only_where_their_key_is_free(db: Db) {
     let before = rules(&node, t, T0).await;
     let later = UnixMillis(T0.0 + 5_000);
     let new = |target: &str| NewRule {
-        tenant: t,
-        action: RuleAction::Block,
-        target: ip(target),
-        expires_at: None,
         name: Some("new".into()),
-        description: None,
-        source: Source::Signal,
-        dataset: None,
-        tags: Vec::new(),
-        reports: 0,
-        created_at: later,
-        updated_at: later,
+        ..new_block(t, target, later)
     };
     let mut tx = node.backend.begin().await.unwrap();
     let ids = tx
@@ -1186,20 +1176,7 @@ async fn a_node_finds_the_rules_other_nodes_wrote_and_forgets_what_was_rolled_ba
     assert_eq!(merged.created, 0, "b read the keys again");
 
     // A rule stored in a transaction rolled back leaves its key free.
-    let new = NewRule {
-        tenant: t,
-        action: RuleAction::Block,
-        target: ip("192.0.2.5"),
-        expires_at: None,
-        name: None,
-        description: None,
-        source: Source::Signal,
-        dataset: None,
-        tags: Vec::new(),
-        reports: 0,
-        created_at: later,
-        updated_at: later,
-    };
+    let new = new_block(t, "192.0.2.5", later);
     let kept = rules_of(&b, t, "192.0.2.1", None).await[0].id;
     let mut tx = b.backend.begin().await.unwrap();
     assert!(
@@ -1235,6 +1212,24 @@ async fn a_node_finds_the_rules_other_nodes_wrote_and_forgets_what_was_rolled_ba
             "192.0.2.5/32"
         ]
     );
+}
+
+/// A permanent block of `target` from a signal, as a write would store it at `at`.
+fn new_block(t: TenantId, target: &str, at: UnixMillis) -> NewRule {
+    NewRule {
+        tenant: t,
+        action: RuleAction::Block,
+        target: ip(target),
+        expires_at: None,
+        name: None,
+        description: None,
+        source: Source::Signal,
+        dataset: None,
+        tags: Vec::new(),
+        reports: 0,
+        created_at: at,
+        updated_at: at,
+    }
 }
 
 async fn write_at(

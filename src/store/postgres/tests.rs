@@ -96,20 +96,7 @@ fn tenant_name(name: &str) -> TenantName {
 }
 
 fn new_rule(tenant: TenantId, text: &str) -> NewRule {
-    NewRule {
-        tenant,
-        action: RuleAction::Block,
-        target: target(text),
-        expires_at: None,
-        name: None,
-        description: None,
-        source: Source::Signal,
-        dataset: None,
-        tags: Vec::new(),
-        reports: 0,
-        created_at: UnixMillis(T0),
-        updated_at: UnixMillis(T0),
-    }
+    NewRule::block(tenant, target(text), UnixMillis(T0))
 }
 
 fn change(tenant: TenantId, rule_id: i64, text: &str, at: i64) -> Change {

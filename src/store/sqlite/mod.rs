@@ -498,18 +498,22 @@ mod tests {
             .map(Result::unwrap)
             .collect()
         };
+        // The id a new rule gets.
+        let insert = |conn: &Connection, target: &str| {
+            conn.execute(
+                "INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at)
+                 VALUES (1, 'block', 'ip', ?1, 'signal', 1, 1)",
+                [target],
+            )
+            .unwrap();
+            conn.last_insert_rowid()
+        };
         let before = rows(&conn);
         migrations().to_version(&mut conn, 6).unwrap();
         assert_eq!(rows(&conn), before);
         assert_eq!(before.len(), 2);
-        conn.execute(
-            "INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at)
-             VALUES (1, 'block', 'ip', '192.0.2.2/32', 'signal', 1, 1)",
-            [],
-        )
-        .unwrap();
         assert_eq!(
-            conn.last_insert_rowid(),
+            insert(&conn, "192.0.2.2/32"),
             4,
             "id 3 was used before the upgrade"
         );
@@ -519,13 +523,7 @@ mod tests {
             [],
         );
         assert!(duplicate.is_err(), "one rule per key");
-        let indexes: Vec<String> = conn
-            .prepare("SELECT name FROM pragma_index_list('rules') ORDER BY name")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let indexes = index_names(&conn);
         assert_eq!(
             indexes,
             [
@@ -548,30 +546,28 @@ mod tests {
         let before = rows(&conn);
         migrations().to_latest(&mut conn).unwrap();
         assert_eq!(rows(&conn), before);
-        conn.execute(
-            "INSERT INTO rules (tenant_id, action, kind, target, source, created_at, updated_at)
-             VALUES (1, 'block', 'ip', '192.0.2.3/32', 'signal', 1, 1)",
-            [],
-        )
-        .unwrap();
         assert_eq!(
-            conn.last_insert_rowid(),
+            insert(&conn, "192.0.2.3/32"),
             5,
             "id 4 was used before the upgrade"
         );
-        let indexes: Vec<String> = conn
-            .prepare("SELECT name FROM pragma_index_list('rules') ORDER BY name")
-            .unwrap()
-            .query_map([], |row| row.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        let indexes = index_names(&conn);
         assert_eq!(
             indexes,
             ["rules_by_expiry", "rules_by_tenant"],
             "the key is kept by the writer, not by an index"
         );
         migrations().validate().unwrap();
+    }
+
+    /// The names of the rules table's indexes, in order.
+    fn index_names(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT name FROM pragma_index_list('rules') ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
     }
 
     /// Stores a rule and its change, as a write does; returns its id.
@@ -593,21 +589,10 @@ mod tests {
     /// (including a rule stored after the read, by another handle on the file).
     #[tokio::test]
     async fn rule_keys_are_read_ahead_of_the_first_write() {
-        use crate::rules::{NewRule, RuleAction, Source, Target};
+        use crate::rules::{NewRule, RuleAction, Target};
         let dir = tempfile::tempdir().unwrap();
-        let new = |text: &str| NewRule {
-            tenant: TenantId(1),
-            action: RuleAction::Block,
-            target: Target::parse_any(text).unwrap(),
-            expires_at: None,
-            name: None,
-            description: None,
-            source: Source::Signal,
-            dataset: None,
-            tags: Vec::new(),
-            reports: 0,
-            created_at: UnixMillis(1),
-            updated_at: UnixMillis(1),
+        let new = |text: &str| {
+            NewRule::block(TenantId(1), Target::parse_any(text).unwrap(), UnixMillis(1))
         };
         let other = SqliteBackend::open(dir.path(), Default::default()).unwrap();
         let first = store_rule(&other, new("192.0.2.1")).await;

@@ -151,18 +151,11 @@ impl KeyMap {
         let count: i64 = conn.query_row("SELECT count(*) FROM rules", [], |row| row.get(0))?;
         let mut ids =
             FxHashMap::with_capacity_and_hasher(count.max(0) as usize, Default::default());
-        let mut stmt = conn.prepare("SELECT id, tenant_id, action, kind, target FROM rules")?;
+        let mut stmt = conn.prepare("SELECT tenant_id, action, kind, target, id FROM rules")?;
         let mut found = stmt.query([])?;
         while let Some(row) = found.next()? {
-            let key = (
-                TenantId(row.get(1)?),
-                rows::parse_action(row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?)?,
-                rows::parse_target(
-                    row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)?,
-                    row.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?,
-                )?,
-            );
-            if let Some(other) = ids.insert(key, row.get(0)?) {
+            let key = rows::rule_key(row)?;
+            if let Some(other) = ids.insert(key, row.get(4)?) {
                 return Err(StoreError::Corrupt(format!(
                     "two stored rules (ids {other} and {}) have one key",
                     ids[&key]
@@ -186,7 +179,7 @@ impl KeyMap {
             return Ok(true);
         }
         let mut stmt = conn.prepare_cached(
-            "SELECT seq, tenant_id, rule_id, op, action, kind, target FROM rule_changes
+            "SELECT tenant_id, action, kind, target, seq, rule_id, op FROM rule_changes
              WHERE seq > ?1 ORDER BY seq",
         )?;
         let mut found = stmt.query([self.seen])?;
@@ -194,20 +187,13 @@ impl KeyMap {
         while let Some(row) = found.next()? {
             // Numbers are given without gaps (AUTOINCREMENT, rolled back with the transaction
             // that took them), so a gap is retention having deleted changes not yet seen.
-            if row.get::<_, i64>(0)? != expected {
+            if row.get::<_, i64>(4)? != expected {
                 return Ok(false);
             }
             expected += 1;
-            let key = (
-                TenantId(row.get(1)?),
-                rows::parse_action(row.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?)?,
-                rows::parse_target(
-                    row.get_ref(5)?.as_str().map_err(rusqlite::Error::from)?,
-                    row.get_ref(6)?.as_str().map_err(rusqlite::Error::from)?,
-                )?,
-            );
-            let id: RuleId = row.get(2)?;
-            if row.get_ref(3)?.as_str().map_err(rusqlite::Error::from)? == "put" {
+            let key = rows::rule_key(row)?;
+            let id: RuleId = row.get(5)?;
+            if row.get_ref(6)?.as_str().map_err(rusqlite::Error::from)? == "put" {
                 self.ids.insert(key, id);
             } else if self.ids.get(&key) == Some(&id) {
                 self.ids.remove(&key);
