@@ -38,9 +38,10 @@ pub(super) struct KeyMap {
     ids: FxHashMap<RuleKey, RuleId>,
     /// The number of the last change-log entry the map reflects.
     seen: i64,
-    /// The open transaction's changes to the map: each key's id before its first change, and
-    /// `seen` when it began.
+    /// The open transaction's changes to the map, in order: each key changed and the id it
+    /// held before (so a key's first entry is its committed id).
     undo: Vec<(RuleKey, Option<RuleId>)>,
+    /// `seen` when the open transaction began: the last committed change the map reflects.
     seen_at_begin: i64,
     /// Read inside the open transaction, which may have changed rules before: a rollback
     /// cannot tell those changes apart, so it drops the map.
