@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
-
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row};
@@ -87,7 +85,7 @@ fn ids_in_order(
     targets: &[String],
     found: &[PgRow],
 ) -> StoreResult<Vec<Option<RuleId>>> {
-    let mut position: FxHashMap<(i64, &str, &str, &str), usize> = rules
+    let mut position: foldhash::HashMap<(i64, &str, &str, &str), usize> = rules
         .iter()
         .zip(targets)
         .enumerate()

@@ -21,8 +21,8 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+use foldhash::HashMapExt;
 use rusqlite::{Connection, OptionalExtension};
-use rustc_hash::FxHashMap;
 
 use super::rows;
 use crate::rules::{RuleAction, RuleId, Target, TenantId};
@@ -35,7 +35,7 @@ pub(super) type RuleKey = (TenantId, RuleAction, Target);
 pub(super) struct RuleKeys(Mutex<Option<KeyMap>>);
 
 pub(super) struct KeyMap {
-    ids: FxHashMap<RuleKey, RuleId>,
+    ids: foldhash::HashMap<RuleKey, RuleId>,
     /// The number of the last change-log entry the map reflects.
     seen: i64,
     /// The open transaction's changes to the map, in order: each key changed and the id it
@@ -150,8 +150,7 @@ impl KeyMap {
     fn read(conn: &Connection) -> StoreResult<Self> {
         let seen = last_change(conn)?;
         let count: i64 = conn.query_row("SELECT count(*) FROM rules", [], |row| row.get(0))?;
-        let mut ids =
-            FxHashMap::with_capacity_and_hasher(count.max(0) as usize, Default::default());
+        let mut ids = foldhash::HashMap::with_capacity(count.max(0) as usize);
         let mut stmt = conn.prepare("SELECT tenant_id, action, kind, target, id FROM rules")?;
         let mut found = stmt.query([])?;
         while let Some(row) = found.next()? {

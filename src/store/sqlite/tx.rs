@@ -10,7 +10,6 @@ use std::sync::{Arc, LazyLock};
 use async_trait::async_trait;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
-use rustc_hash::FxHashSet;
 use tokio::sync::{OwnedMutexGuard, oneshot};
 
 use super::Call;
@@ -105,7 +104,7 @@ impl Transaction for Direct<'_> {
         let mut map = self.keys.current(self.conn)?;
         let map = map.as_mut().expect("read by current");
         // Checked before any row is stored, as a UNIQUE index would refuse the statement.
-        let mut keys = FxHashSet::default();
+        let mut keys = foldhash::HashSet::default();
         for rule in rules {
             if let Some(id) = map.get(&key_of(rule)) {
                 return Err(StoreError::Database(format!(
@@ -128,7 +127,7 @@ impl Transaction for Direct<'_> {
         let mut map = self.keys.current(self.conn)?;
         let map = map.as_mut().expect("read by current");
         // A key given twice is stored once, should a caller ever repeat one.
-        let mut keys = FxHashSet::default();
+        let mut keys = foldhash::HashSet::default();
         let absent: Vec<bool> = rules
             .iter()
             .map(|rule| map.get(&key_of(rule)).is_none() && keys.insert(key_of(rule)))
