@@ -6,12 +6,12 @@
 //! Like the prefix tables, this is an immutable value: a change copies the small arrays of shard
 //! pointers and the shards it edits, and shares the rest with the previous generation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use super::RuleRef;
 use super::table::Span;
+use super::{RuleRef, TextBytes};
 use crate::geo::GeoRecord;
 use crate::rules::{CountryCode, RuleId, Target, UnixMillis};
 
@@ -148,20 +148,13 @@ impl GeoRules {
         }
     }
 
-    /// Rules held, and heap bytes used by the maps. `rules` collects the rule records, as
-    /// [`super::table::Table::stats`] does.
-    /// Every rule record held, once.
-    pub(super) fn for_each_rule(&self, mut visit: impl FnMut(&Arc<RuleRef>)) {
-        for keyed in [&self.asn, &self.country] {
-            for shard in keyed.shards.iter().flatten() {
-                for targeted in shard.entries.values() {
-                    targeted.list.iter().for_each(&mut visit);
-                }
-            }
-        }
-    }
-
-    pub(super) fn stats(&self, rules: &mut HashMap<*const RuleRef, usize>) -> (usize, usize) {
+    /// Rules held, and heap bytes used by the maps. `records` and `texts` collect the rule
+    /// records and their texts, each counted once by the caller.
+    pub(super) fn stats(
+        &self,
+        records: &mut HashSet<*const RuleRef>,
+        texts: &mut TextBytes,
+    ) -> (usize, usize) {
         let mut bytes = 0;
         for keyed in [&self.asn, &self.country] {
             for shard in keyed.shards.iter().flatten() {
@@ -173,7 +166,8 @@ impl GeoRules {
                 for targeted in shard.entries.values() {
                     bytes += targeted.list.capacity() * size_of::<Arc<RuleRef>>();
                     for rule in &targeted.list {
-                        rules.insert(Arc::as_ptr(rule), rule.text_bytes());
+                        records.insert(Arc::as_ptr(rule));
+                        texts.add(rule);
                     }
                 }
             }

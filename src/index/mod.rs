@@ -26,7 +26,9 @@ use ipnet::IpNet;
 
 use crate::engine::ChangeSink;
 use crate::geo::{GeoData, GeoRecord};
-use crate::rules::{Kind, RuleAction, RuleId, Source, Target, TenantId, UnixMillis, normalize_ip};
+use crate::rules::{
+    Kind, Rule, RuleAction, RuleId, Source, Target, TenantId, UnixMillis, normalize_ip,
+};
 use crate::store::{Change, ChangeOp, Snapshot};
 use geo_rules::GeoRules;
 use table::{Entry, Table, TableStats};
@@ -48,17 +50,100 @@ pub struct RuleRef {
 }
 
 impl RuleRef {
-    /// Bytes of the texts it holds, each its own allocation with its reference counts.
-    pub fn text_bytes(&self) -> usize {
+    fn texts(&self) -> impl Iterator<Item = &Arc<str>> {
         [&self.name, &self.dataset, &self.description]
             .into_iter()
             .flatten()
-            .map(|text| text.len() + 16)
-            .sum()
     }
 
     pub fn is_active_at(&self, now: UnixMillis) -> bool {
         self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// The texts of the rules (names, datasets, descriptions), one allocation per distinct text.
+/// Rules loaded together mostly repeat a few (a scenario's name, a dataset), and the prefix
+/// tables copy rule records whenever they rebuild a bucket: a shared text's reference count is
+/// then one cache line every copy finds in cache, where a text of its own per rule would cost
+/// a read from memory per rule copied, and its memory.
+#[derive(Default)]
+struct Texts {
+    known: std::collections::HashSet<Arc<str>>,
+    /// How many were known after the last sweep of the unused ones.
+    after_sweep: usize,
+}
+
+impl Texts {
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(known) = self.known.get(text) {
+            return known.clone();
+        }
+        let text: Arc<str> = Arc::from(text);
+        self.known.insert(text.clone());
+        text
+    }
+
+    /// Forgets the texts no rule holds any more, once their number may have doubled: the set
+    /// stays within twice the texts in use, whatever the churn, at a cost spread over the
+    /// insertions that grew it.
+    fn sweep_now_and_then(&mut self) {
+        if self.known.len() > 2 * self.after_sweep + 1024 {
+            self.known.retain(|text| Arc::strong_count(text) > 1);
+            self.after_sweep = self.known.len();
+        }
+    }
+
+    fn rule(&mut self, rule: &Rule) -> RuleRef {
+        RuleRef {
+            id: rule.id,
+            action: rule.action,
+            target: rule.target,
+            expires_at: rule.expires_at,
+            // Kept only where a decision shows it: for rules without a name.
+            description: rule
+                .description
+                .as_deref()
+                .filter(|_| rule.name.is_none())
+                .map(|text| self.get(text)),
+            name: rule.name.as_deref().map(|text| self.get(text)),
+            source: rule.source,
+            dataset: rule.dataset.as_deref().map(|text| self.get(text)),
+        }
+    }
+
+    fn change(&mut self, change: &Change) -> RuleRef {
+        RuleRef {
+            id: change.rule_id,
+            action: change.action,
+            target: change.target,
+            expires_at: change.expires_at,
+            description: change
+                .description
+                .as_deref()
+                .filter(|_| change.name.is_none())
+                .map(|text| self.get(text)),
+            name: change.name.as_deref().map(|text| self.get(text)),
+            source: change.source,
+            dataset: change.dataset.as_deref().map(|text| self.get(text)),
+        }
+    }
+}
+
+/// Heap bytes of the rules' texts, each distinct allocation counted once.
+#[derive(Default)]
+struct TextBytes(HashMap<*const u8, usize>);
+
+impl TextBytes {
+    fn add(&mut self, rule: &RuleRef) {
+        for text in rule.texts() {
+            // The text and its two reference counts.
+            self.0
+                .insert(text.as_ptr(), text.len() + 2 * size_of::<usize>());
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.0.values().sum()
     }
 }
 
@@ -248,11 +333,19 @@ pub struct StaleSnapshot {
     pub applied: u64,
 }
 
+/// What the one writer of the index keeps between changes.
+#[derive(Default)]
+struct Writer {
+    /// The last change applied.
+    seq: u64,
+    texts: Texts,
+}
+
 pub struct Index {
     current: ArcSwap<Generation>,
-    /// The last change applied. Held while a new generation is made from the current one, so
-    /// that two writers never publish over each other.
-    writer: Mutex<u64>,
+    /// Held while a new generation is made from the current one, so that two writers never
+    /// publish over each other.
+    writer: Mutex<Writer>,
 }
 
 impl Index {
@@ -262,18 +355,18 @@ impl Index {
                 tenants: Vec::new(),
                 geo,
             }),
-            writer: Mutex::new(0),
+            writer: Mutex::new(Writer::default()),
         }
     }
 
-    fn writer(&self) -> MutexGuard<'_, u64> {
+    fn writer(&self) -> MutexGuard<'_, Writer> {
         // A panic while holding the lock leaves tables that are still each consistent; keep going.
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The last change the index reflects.
     pub fn seq(&self) -> u64 {
-        *self.writer()
+        self.writer().seq
     }
 
     /// Blocked or not: the hot path.
@@ -346,26 +439,16 @@ impl Index {
     pub fn rebuild(&self, snapshot: Snapshot) -> Result<(), StaleSnapshot> {
         type Rules = (Vec<Entry<u32>>, Vec<Entry<u128>>, GeoRules);
         let mut by_tenant: HashMap<TenantId, Rules> = HashMap::new();
+        let mut texts = Texts::default();
         for rule in snapshot.rules {
-            let rule_ref = Arc::new(RuleRef {
-                id: rule.id,
-                action: rule.action,
-                target: rule.target,
-                expires_at: rule.expires_at,
-                description: rule
-                    .description
-                    .filter(|_| rule.name.is_none())
-                    .map(Arc::from),
-                name: rule.name.map(Arc::from),
-                source: rule.source,
-                dataset: rule.dataset.map(Arc::from),
-            });
+            let rule_ref = texts.rule(&rule);
             let (v4, v6, geo) = by_tenant.entry(rule.tenant).or_default();
             match rule.target {
                 Target::Ip(net) => push_entry(net, rule_ref, v4, v6),
-                Target::Asn(_) | Target::Country(_) => geo.put(rule_ref),
+                Target::Asn(_) | Target::Country(_) => geo.put(Arc::new(rule_ref)),
             }
         }
+        texts.after_sweep = texts.known.len();
         let mut tenants: Vec<Option<TenantIndex>> = Vec::new();
         for (tenant, (v4, v6, mut geo)) in by_tenant {
             let Ok(slot) = usize::try_from(tenant.0) else {
@@ -381,29 +464,31 @@ impl Index {
             });
         }
 
-        let mut seq = self.writer();
-        if *seq > snapshot.seq {
+        let mut writer = self.writer();
+        if writer.seq > snapshot.seq {
             return Err(StaleSnapshot {
                 snapshot: snapshot.seq,
-                applied: *seq,
+                applied: writer.seq,
             });
         }
         let geo = self.current.load().geo.clone();
         self.current.store(Arc::new(Generation { tenants, geo }));
-        *seq = snapshot.seq;
+        writer.seq = snapshot.seq;
+        writer.texts = texts;
         Ok(())
     }
 
-    fn apply_locked(&self, seq: &mut u64, changes: &[Change]) {
-        let fresh: Vec<&Change> = changes.iter().filter(|c| c.seq > *seq).collect();
+    fn apply_locked(&self, writer: &mut Writer, changes: &[Change]) {
+        let fresh: Vec<&Change> = changes.iter().filter(|c| c.seq > writer.seq).collect();
         let Some(last) = fresh.last() else {
             return;
         };
         let last_seq = last.seq;
         // Every change of this call becomes visible at once.
-        let next = patched(&self.current.load(), &fresh);
+        let next = patched(&self.current.load(), &fresh, &mut writer.texts);
         self.current.store(Arc::new(next));
-        *seq = last_seq;
+        writer.seq = last_seq;
+        writer.texts.sweep_now_and_then();
     }
 
     /// Rules in force at `now`, counted by tenant, kind and action (for metrics: a walk over
@@ -418,8 +503,8 @@ impl Index {
             let id = TenantId(slot as i64);
             // A rule spread over several buckets is one rule.
             let mut seen = std::collections::HashSet::new();
-            let mut count = |rule: &Arc<RuleRef>| {
-                if rule.is_active_at(now) && seen.insert(Arc::as_ptr(rule)) {
+            let mut count = |rule: &RuleRef| {
+                if rule.is_active_at(now) && seen.insert(rule.id) {
                     *counts
                         .entry((id, rule.target.kind(), rule.action))
                         .or_insert(0) += 1;
@@ -428,7 +513,7 @@ impl Index {
             tenant.ip.v4.for_each_rule(&mut count);
             tenant.ip.v6.for_each_rule(&mut count);
             if let Some(geo) = &tenant.geo {
-                geo.for_each_rule(&mut count);
+                geo.each(&mut count);
             }
         }
         counts
@@ -438,21 +523,19 @@ impl Index {
     pub fn stats(&self) -> IndexStats {
         let generation = self.current.load();
         let mut tables = TableStats::default();
-        let mut rules = HashMap::new();
+        let (mut records, mut texts) = (std::collections::HashSet::new(), TextBytes::default());
         let (mut geo_rules, mut geo_bytes) = (0, 0);
         for tenant in generation.tenants.iter().flatten() {
-            tables += tenant.ip.v4.stats(&mut rules);
-            tables += tenant.ip.v6.stats(&mut rules);
+            tables += tenant.ip.v4.stats(&mut texts);
+            tables += tenant.ip.v6.stats(&mut texts);
             if let Some(geo) = &tenant.geo {
-                let (count, bytes) = geo.stats(&mut rules);
+                let (count, bytes) = geo.stats(&mut records, &mut texts);
                 geo_rules += count;
                 geo_bytes += bytes;
             }
         }
-        let rule_bytes = rules
-            .values()
-            .map(|name_bytes| size_of::<RuleRef>() + 2 * size_of::<usize>() + name_bytes)
-            .sum();
+        let rule_bytes =
+            records.len() * (size_of::<RuleRef>() + 2 * size_of::<usize>()) + texts.total();
         IndexStats {
             prefixes: tables.prefixes,
             table_bytes: tables.hot + tables.intervals + tables.nodes + tables.rule_lists,
@@ -469,8 +552,8 @@ pub struct IndexStats {
     /// Distinct prefixes of IP rules, counted once per bucket they are stored in.
     pub prefixes: usize,
     pub table_bytes: usize,
-    /// The rule records the tables and the ASN and country maps point to (one per rule,
-    /// whatever its number of prefixes).
+    /// The records of ASN and country rules (IP rules' records are part of the tables), and
+    /// the texts of all rules, each counted once however many rules share it.
     pub rule_bytes: usize,
     /// ASN and country rules, and the heap bytes of the maps that hold them.
     pub geo_rules: usize,
@@ -480,8 +563,8 @@ pub struct IndexStats {
 
 impl ChangeSink for Index {
     fn apply(&self, changes: &[Change]) {
-        let mut seq = self.writer();
-        self.apply_locked(&mut seq, changes);
+        let mut writer = self.writer();
+        self.apply_locked(&mut writer, changes);
     }
 
     fn reset(&self, snapshot: &Snapshot) {
@@ -497,7 +580,7 @@ impl ChangeSink for Index {
 }
 
 /// `base` with `changes` applied, in order of their sequence numbers.
-fn patched(base: &Generation, changes: &[&Change]) -> Generation {
+fn patched(base: &Generation, changes: &[&Change], texts: &mut Texts) -> Generation {
     // Of several changes to one rule only the last matters. The target is part of the
     // key as well, so that even a reused id could not hide the removal of another target.
     let mut latest: HashMap<(TenantId, RuleId, RuleAction, Target), &Change> =
@@ -535,7 +618,7 @@ fn patched(base: &Generation, changes: &[&Change]) -> Generation {
                 }
             }
             if change.op == ChangeOp::Put {
-                push_entry(net, rule_ref(change), &mut add4, &mut add6);
+                push_entry(net, texts.change(change), &mut add4, &mut add6);
             }
         }
         let current = tenants[slot].take();
@@ -558,7 +641,7 @@ fn patched(base: &Generation, changes: &[&Change]) -> Generation {
             for change in geo_changes {
                 rules.remove(change.rule_id, &change.target);
                 if change.op == ChangeOp::Put {
-                    rules.put(rule_ref(change));
+                    rules.put(Arc::new(texts.change(change)));
                 }
             }
             rules.refresh();
@@ -572,24 +655,7 @@ fn patched(base: &Generation, changes: &[&Change]) -> Generation {
     }
 }
 
-fn rule_ref(change: &Change) -> Arc<RuleRef> {
-    Arc::new(RuleRef {
-        id: change.rule_id,
-        action: change.action,
-        target: change.target,
-        expires_at: change.expires_at,
-        name: change.name.as_deref().map(Arc::from),
-        source: change.source,
-        dataset: change.dataset.as_deref().map(Arc::from),
-        description: change
-            .description
-            .as_deref()
-            .filter(|_| change.name.is_none())
-            .map(Arc::from),
-    })
-}
-
-fn push_entry(net: IpNet, rule: Arc<RuleRef>, v4: &mut Vec<Entry<u32>>, v6: &mut Vec<Entry<u128>>) {
+fn push_entry(net: IpNet, rule: RuleRef, v4: &mut Vec<Entry<u32>>, v6: &mut Vec<Entry<u128>>) {
     match net {
         IpNet::V4(n) => v4.push(Entry {
             start: u32::from(n.network()),

@@ -169,7 +169,7 @@ fn bucket_key<A: Addr>(addr: A) -> u16 {
 pub struct Entry<A> {
     pub start: A,
     pub len: u8,
-    pub rule: Arc<RuleRef>,
+    pub rule: RuleRef,
 }
 
 impl<A: Addr> Entry<A> {
@@ -338,8 +338,11 @@ struct Hot {
     /// The decision intervals (see [`intervals`]), then the prefixes (see [`nodes`]). `None`
     /// for an empty bucket.
     words: Option<Arc<[u64]>>,
-    /// Each prefix's own rules, sorted by id, one run after the other in prefix order.
-    rules: Option<Arc<[Arc<RuleRef>]>>,
+    /// Each prefix's own rules, sorted by id, one run after the other in prefix order. The
+    /// records themselves rather than pointers to them: rebuilding a bucket copies one run of
+    /// memory instead of updating a reference count in every rule's own allocation, and a rule
+    /// needs no allocation of its own. Their texts are shared (see [`super::Texts`]).
+    rules: Option<Arc<[RuleRef]>>,
 }
 
 // One pair of cache lines, read in one wait for memory: enough to decide an address under no
@@ -348,7 +351,7 @@ const _: () = assert!(size_of::<Hot>() == 128);
 
 impl Hot {
     /// The bucket's prefixes and their rules.
-    fn listing<A: Addr>(&self) -> Option<(nodes::View<'_, A>, &[Arc<RuleRef>])> {
+    fn listing<A: Addr>(&self) -> Option<(nodes::View<'_, A>, &[RuleRef])> {
         let (words, rules) = (self.words.as_deref()?, self.rules.as_deref()?);
         let prefixes = words.get(intervals::end::<A>(self.counts)..)?;
         Some((nodes::View::of(prefixes, self.prefixes), rules))
@@ -463,14 +466,13 @@ impl<A: Addr> Table<A> {
         };
         // Both allocations at once: the search below then waits for memory about once.
         touch(nodes.words(), PREFETCH_BYTES, |word| *word as usize);
-        touch(rules, PREFETCH_BYTES, |rule| Arc::as_ptr(rule) as usize);
+        touch(rules, PREFETCH_BYTES, |rule| rule.id as usize);
         let mut found = Vec::new();
         let mut node = nodes.deepest(addr);
         while let Some(n) = node {
             found.extend(
                 rules[nodes.rules(n)]
                     .iter()
-                    .map(|rule| &**rule)
                     .filter(|rule| rule.is_active_at(now)),
             );
             node = nodes.parent(n);
@@ -599,8 +601,8 @@ impl<A: Addr> Table<A> {
         })
     }
 
-    /// Every rule record the table points to, once per bucket that holds it.
-    pub fn for_each_rule(&self, mut visit: impl FnMut(&Arc<RuleRef>)) {
+    /// Every rule record the table holds, once per bucket that holds it.
+    pub fn for_each_rule(&self, mut visit: impl FnMut(&RuleRef)) {
         for chunk in self.chunks.iter().flatten() {
             for hot in &chunk.hot {
                 for rule in hot.rules.iter().flat_map(|list| list.iter()) {
@@ -610,12 +612,9 @@ impl<A: Addr> Table<A> {
         }
     }
 
-    /// Sizes, for the memory report. `rules` collects the rule records the table points to
-    /// (they are shared between buckets and tables, so the caller counts each once).
-    pub fn stats(
-        &self,
-        rules: &mut std::collections::HashMap<*const RuleRef, usize>,
-    ) -> TableStats {
+    /// Sizes, for the memory report. `texts` collects the texts the rules hold (they are
+    /// shared between rules, buckets and tables, so the caller counts each once).
+    pub fn stats(&self, texts: &mut super::TextBytes) -> TableStats {
         let mut stats = TableStats {
             hot: self.chunks.len() * size_of::<Option<Arc<Chunk>>>(),
             ..TableStats::default()
@@ -630,9 +629,9 @@ impl<A: Addr> Table<A> {
                     stats.intervals += decision * size_of::<u64>() + counts;
                     stats.nodes += (words.len() - decision) * size_of::<u64>();
                     stats.prefixes += hot.prefixes as usize;
-                    stats.rule_lists += size_of_val::<[Arc<RuleRef>]>(list) + counts;
+                    stats.rule_lists += size_of_val::<[RuleRef]>(list) + counts;
                     for rule in list.iter() {
-                        rules.insert(Arc::as_ptr(rule), rule.text_bytes());
+                        texts.add(rule);
                     }
                 }
             }
@@ -687,7 +686,7 @@ pub struct TableStats {
     pub intervals: usize,
     /// Prefixes: first addresses, lengths, parents, where their rules begin.
     pub nodes: usize,
-    /// Each prefix's rules (pointers to the shared rule records).
+    /// Each prefix's rules (the rule records, without their shared texts).
     pub rule_lists: usize,
 }
 

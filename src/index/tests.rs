@@ -528,7 +528,10 @@ fn an_asn_or_country_rule_change_leaves_the_tables_alone() {
     f.block(5, "AS64500");
     let (after, geo_rules) = tenant_parts(&f.index, T1);
     assert!(Arc::ptr_eq(&tables, &after), "the IP tables were rebuilt");
-    assert_eq!(geo_rules.map(|g| g.stats(&mut HashMap::new()).0), Some(2));
+    assert_eq!(
+        geo_rules.map(|g| g.stats(&mut Default::default(), &mut Default::default()).0),
+        Some(2)
+    );
     assert_eq!(f.index.stats().prefixes, prefixes);
     assert_eq!(f.index.stats().geo_rules, 2);
     // Nothing was asked of the geo data, and the other tenant's rules are the same values.
@@ -1030,7 +1033,7 @@ proptest! {
         type Model = HashMap<i64, (u32, RuleAction, Option<UnixMillis>)>;
         fn agree(rules: &GeoRules, model: &Model) -> Result<(), TestCaseError> {
             prop_assert_eq!(rules.is_empty(), model.is_empty());
-            prop_assert_eq!(rules.stats(&mut HashMap::new()).0, model.len());
+            prop_assert_eq!(rules.stats(&mut Default::default(), &mut Default::default()).0, model.len());
             for asn in 1u32..3000 {
                 let geo = GeoRecord { asn: Asn::new(asn), country: None };
                 let mut want = Span::EMPTY;
@@ -1142,4 +1145,60 @@ fn ip_rules_walk_the_decision_intervals_in_order() {
         [(0x2001_0db8 << 96, (0x2001_0db9 << 96) - 1, block(FOREVER))]
     );
     assert_eq!(f.index.ip_rules(T2).v4().count(), 0);
+}
+
+#[test]
+fn rules_share_one_copy_of_each_text_and_texts_no_rule_holds_are_forgotten() {
+    let mut f = Fixture::new();
+    let named = |seq: u64, id: RuleId, op: ChangeOp, target: &str, name: String| Change {
+        seq,
+        tenant: T1,
+        rule_id: id,
+        op,
+        action: RuleAction::Block,
+        target: Target::parse_any(target).unwrap(),
+        expires_at: None,
+        name: Some(name),
+        at: NOW,
+        source: Source::Signal,
+        dataset: Some("ABUSE".into()),
+        description: None,
+    };
+    f.index.apply(&[
+        named(1, 1, ChangeOp::Put, "192.0.2.1", "ssh-bf".into()),
+        named(2, 2, ChangeOp::Put, "198.51.100.0/24", "ssh-bf".into()),
+    ]);
+    let view = f.index.view(T1);
+    let (_, first) = view.lookup("192.0.2.1".parse().unwrap(), NOW);
+    let (_, second) = view.lookup("198.51.100.9".parse().unwrap(), NOW);
+    let (first, second) = (first[0], second[0]);
+    assert_eq!(first.name.as_deref(), Some("ssh-bf"));
+    assert!(Arc::ptr_eq(
+        first.name.as_ref().unwrap(),
+        second.name.as_ref().unwrap()
+    ));
+    assert!(Arc::ptr_eq(
+        first.dataset.as_ref().unwrap(),
+        second.dataset.as_ref().unwrap()
+    ));
+    drop(view);
+
+    // Rules with names of their own come and go; the texts kept for sharing do not pile up.
+    let mut seq = 2;
+    for id in 10..5_010 {
+        let target = format!("10.{}.{}.1", id / 256, id % 256);
+        seq += 1;
+        let put = named(seq, id, ChangeOp::Put, &target, format!("scan-{id}"));
+        seq += 1;
+        let delete = Change {
+            seq,
+            op: ChangeOp::Delete,
+            ..put.clone()
+        };
+        f.index.apply(&[put]);
+        f.index.apply(&[delete]);
+    }
+    let known = f.index.writer().texts.known.len();
+    assert!(known <= 1024 + 2 * 2, "{known} texts kept for 2 in use");
+    assert_eq!(f.matched("192.0.2.1"), vec![1]);
 }
