@@ -841,6 +841,9 @@ mod intervals {
         pub common_until: i64,
     }
 
+    /// Up to this many distinct spans, a bucket's spans are numbered by a search of the list.
+    const FEW_SPANS: usize = 16;
+
     pub fn build<A: Addr>(
         prefixes: &Prefixes<'_, A>,
         bucket_key: u16,
@@ -863,9 +866,11 @@ mod intervals {
         let mut keys: Vec<A::Key> = Vec::new();
         let mut numbers: Vec<u32> = Vec::new();
         let mut spans: Vec<Span> = Vec::new();
-        let mut numbered: HashMap<Span, u32> = HashMap::with_capacity(starts.len());
+        // Numbers of the spans seen, for buckets with more than a few (a bucket usually holds
+        // a few dozen rules, whose spans a short search finds faster than a hash).
+        let mut numbered: HashMap<Span, u32> = HashMap::new();
         // Neighbouring intervals mostly repeat one of the last two spans seen (rules that share
-        // an expiry, and the gaps between them): those are numbered without hashing.
+        // an expiry, and the gaps between them): those are numbered without searching.
         let mut recent: [Option<(Span, u32)>; 2] = [None; 2];
         // The prefixes that start at or before `start`: both lists are sorted.
         let mut after = 0;
@@ -880,10 +885,23 @@ mod intervals {
             let number = match seen {
                 Some(&(_, number)) => number,
                 None => {
-                    let number = *numbered.entry(span).or_insert_with(|| {
-                        spans.push(span);
-                        spans.len() as u32 - 1
-                    });
+                    let number = if spans.len() <= FEW_SPANS {
+                        match spans.iter().position(|s| *s == span) {
+                            Some(at) => at as u32,
+                            None => {
+                                spans.push(span);
+                                if spans.len() > FEW_SPANS {
+                                    numbered.extend(spans.iter().copied().zip(0..));
+                                }
+                                spans.len() as u32 - 1
+                            }
+                        }
+                    } else {
+                        *numbered.entry(span).or_insert_with(|| {
+                            spans.push(span);
+                            spans.len() as u32 - 1
+                        })
+                    };
                     recent = [Some((span, number)), recent[0]];
                     number
                 }
@@ -929,15 +947,14 @@ mod intervals {
                 whole.push((block, span.block_until));
             }
         }
-        let mut frequency: HashMap<i64, usize> = HashMap::new();
-        for (_, until) in &whole {
-            *frequency.entry(*until).or_default() += 1;
-        }
-        // Ties go to the later expiry, so the choice does not depend on hash order.
-        let common_until = frequency
-            .into_iter()
-            .max_by_key(|(until, count)| (*count, *until))
-            .map_or(NONE, |(until, _)| until);
+        // The most frequent expiry (at most 256 blocks: counted in runs of a sorted copy); ties
+        // go to the later expiry.
+        let mut expiries: Vec<i64> = whole.iter().map(|(_, until)| *until).collect();
+        expiries.sort_unstable();
+        let common_until = expiries
+            .chunk_by(|a, b| a == b)
+            .max_by_key(|run| (run.len(), run[0]))
+            .map_or(NONE, |run| run[0]);
         let mut uniform = [0u64; 4];
         for (block, until) in whole {
             if until == common_until {
