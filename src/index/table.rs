@@ -790,8 +790,6 @@ fn fill<T: bytemuck::Pod>(words: &mut [u64], values: &[T]) {
 ///
 /// The section sizes ([`Counts`]) live beside the pointer, so no read waits for a header.
 mod intervals {
-    use std::collections::HashMap;
-
     use super::{Addr, NONE, Prefixes, Span, fill, words_for};
 
     #[derive(Debug, Clone, Copy, Default)]
@@ -868,7 +866,7 @@ mod intervals {
         let mut spans: Vec<Span> = Vec::new();
         // Numbers of the spans seen, for buckets with more than a few (a bucket usually holds
         // a few dozen rules, whose spans a short search finds faster than a hash).
-        let mut numbered: HashMap<Span, u32> = HashMap::new();
+        let mut numbered: foldhash::HashMap<Span, u32> = Default::default();
         // Neighbouring intervals mostly repeat one of the last two spans seen (rules that share
         // an expiry, and the gaps between them): those are numbered without searching.
         let mut recent: [Option<(Span, u32)>; 2] = [None; 2];
