@@ -1149,7 +1149,7 @@ fn ip_rules_walk_the_decision_intervals_in_order() {
 
 #[test]
 fn rules_share_one_copy_of_each_text_and_texts_no_rule_holds_are_forgotten() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let named = |seq: u64, id: RuleId, op: ChangeOp, target: &str, name: String| Change {
         seq,
         tenant: T1,
