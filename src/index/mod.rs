@@ -94,37 +94,52 @@ impl Texts {
     }
 
     fn rule(&mut self, rule: &Rule) -> RuleRef {
-        RuleRef {
-            id: rule.id,
-            action: rule.action,
-            target: rule.target,
-            expires_at: rule.expires_at,
-            // Kept only where a decision shows it: for rules without a name.
-            description: rule
-                .description
-                .as_deref()
-                .filter(|_| rule.name.is_none())
-                .map(|text| self.get(text)),
-            name: rule.name.as_deref().map(|text| self.get(text)),
-            source: rule.source,
-            dataset: rule.dataset.as_deref().map(|text| self.get(text)),
-        }
+        self.record(
+            RuleRef {
+                id: rule.id,
+                action: rule.action,
+                target: rule.target,
+                expires_at: rule.expires_at,
+                source: rule.source,
+                name: None,
+                dataset: None,
+                description: None,
+            },
+            [&rule.name, &rule.dataset, &rule.description],
+        )
     }
 
     fn change(&mut self, change: &Change) -> RuleRef {
+        self.record(
+            RuleRef {
+                id: change.rule_id,
+                action: change.action,
+                target: change.target,
+                expires_at: change.expires_at,
+                source: change.source,
+                name: None,
+                dataset: None,
+                description: None,
+            },
+            [&change.name, &change.dataset, &change.description],
+        )
+    }
+
+    /// `record` with its name, dataset and description. The description is kept only where
+    /// a decision shows it: for rules without a name.
+    fn record(
+        &mut self,
+        record: RuleRef,
+        [name, dataset, description]: [&Option<String>; 3],
+    ) -> RuleRef {
         RuleRef {
-            id: change.rule_id,
-            action: change.action,
-            target: change.target,
-            expires_at: change.expires_at,
-            description: change
-                .description
+            description: description
                 .as_deref()
-                .filter(|_| change.name.is_none())
+                .filter(|_| name.is_none())
                 .map(|text| self.get(text)),
-            name: change.name.as_deref().map(|text| self.get(text)),
-            source: change.source,
-            dataset: change.dataset.as_deref().map(|text| self.get(text)),
+            name: name.as_deref().map(|text| self.get(text)),
+            dataset: dataset.as_deref().map(|text| self.get(text)),
+            ..record
         }
     }
 }
