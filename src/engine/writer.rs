@@ -159,12 +159,15 @@ async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
             .flat_map(|group| std::mem::take(&mut group.changes))
             .collect();
         if !changes.is_empty() {
+            let started = std::time::Instant::now();
             // The changes are committed: answering before the feed has them would acknowledge
             // writes that look-ups do not see, so keep trying (only reading the log can fail).
             while let Err(e) = feed.publish(&changes).await {
                 tracing::error!(error = %e, "handing on committed changes failed; retrying");
                 tokio::time::sleep(PUBLISH_RETRY).await;
             }
+            metrics::histogram!(crate::telemetry::names::FEED_PUBLISH_DURATION)
+                .record(started.elapsed().as_secs_f64());
         }
         for group in round.drain(..) {
             for (reply, answer) in group.answers {

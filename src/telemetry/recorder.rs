@@ -29,6 +29,7 @@ pub mod names {
     pub const GEO_RELOADS: &str = "palisade_geo_reloads";
     pub const STORE_COMMIT_DURATION: &str = "palisade_store_commit_duration_seconds";
     pub const STORE_COMMIT_FAILURES: &str = "palisade_store_commit_failures_total";
+    pub const FEED_PUBLISH_DURATION: &str = "palisade_feed_publish_duration_seconds";
     pub const BUILD_INFO: &str = "palisade_build_info";
 }
 
@@ -126,6 +127,11 @@ fn describe() {
         STORE_COMMIT_FAILURES,
         "Group-commit transactions that failed"
     );
+    describe_histogram!(
+        FEED_PUBLISH_DURATION,
+        Unit::Seconds,
+        "Time to hand one round of committed changes to the decision index; writes are answered after it"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is in the label");
 }
 
@@ -169,6 +175,7 @@ mod tests {
             GEO_RELOADS,
             STORE_COMMIT_DURATION,
             STORE_COMMIT_FAILURES,
+            FEED_PUBLISH_DURATION,
             BUILD_INFO,
         ];
         let dashboard = include_str!("../../deploy/grafana-dashboard.json");
