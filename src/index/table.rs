@@ -177,6 +177,25 @@ impl<A: Addr> Entry<A> {
     fn bucket_keys(&self) -> std::ops::RangeInclusive<u16> {
         bucket_keys_of(self.start, self.len)
     }
+
+    fn placed(&self) -> Placed<'_, A> {
+        Placed {
+            start: self.start,
+            len: self.len,
+            rule: &self.rule,
+        }
+    }
+}
+
+/// A prefix and the rule record it was compiled from, wherever that record lies (the bucket
+/// being replaced, or the changes): what a bucket is compiled from. Sorting and editing these
+/// moves a few words per rule, where owned records would move a whole record each time; the
+/// records are copied once, into the new bucket.
+#[derive(Clone, Copy)]
+struct Placed<'r, A> {
+    start: A,
+    len: u8,
+    rule: &'r RuleRef,
 }
 
 /// Latest expiry, in Unix milliseconds, of any rule of each action; `NONE` when there is none
@@ -233,14 +252,14 @@ struct Node {
 /// A bucket's distinct prefixes, sorted by (start, length), with their ancestry: the form the
 /// look-up structures are compiled from.
 struct Prefixes<'a, A> {
-    entries: &'a [Entry<A>],
+    entries: &'a [Placed<'a, A>],
     starts: Vec<A>,
     nodes: Vec<Node>,
 }
 
 impl<'a, A: Addr> Prefixes<'a, A> {
     /// `entries` sorted by (start, length).
-    fn of(entries: &'a [Entry<A>]) -> Self {
+    fn of(entries: &'a [Placed<'a, A>]) -> Self {
         let mut starts: Vec<A> = Vec::with_capacity(entries.len());
         let mut nodes: Vec<Node> = Vec::with_capacity(entries.len());
         let mut stack: Vec<u32> = Vec::new();
@@ -250,7 +269,7 @@ impl<'a, A: Addr> Prefixes<'a, A> {
             let rules_from = i;
             let mut own = Span::EMPTY;
             while i < entries.len() && entries[i].start == start && entries[i].len == len {
-                own = own.widen(Span::of(&entries[i].rule));
+                own = own.widen(Span::of(entries[i].rule));
                 i += 1;
             }
             // Sorted by start then length, every ancestor comes before its descendants; the
@@ -350,6 +369,28 @@ struct Hot {
 const _: () = assert!(size_of::<Hot>() == 128);
 
 impl Hot {
+    /// The bucket of `key` holding `entries` (in any order).
+    fn compiled<A: Addr>(key: u16, mut entries: Vec<Placed<'_, A>>) -> Self {
+        if entries.is_empty() {
+            return Hot::default();
+        }
+        entries.sort_unstable_by_key(|e| (e.start, e.len, e.rule.id));
+        let prefixes = Prefixes::of(&entries);
+        let touched = prefixes.mask();
+        let decision = intervals::build(&prefixes, key, &touched);
+        let mut words = decision.words;
+        words.extend(nodes::build(&prefixes, key));
+        Hot {
+            touched,
+            uniform: decision.uniform,
+            common_until: decision.common_until,
+            counts: decision.counts,
+            prefixes: prefixes.nodes.len() as u32,
+            words: Some(words.into()),
+            rules: Some(entries.iter().map(|e| e.rule.clone()).collect()),
+        }
+    }
+
     /// The bucket's prefixes and their rules.
     fn listing<A: Addr>(&self) -> Option<(nodes::View<'_, A>, &[RuleRef])> {
         let (words, rules) = (self.words.as_deref()?, self.rules.as_deref()?);
@@ -419,6 +460,10 @@ impl Drop for Chunk {
         self.prefetch_counts();
     }
 }
+
+/// Rebuilds of at least this many buckets are split between two threads; below it, starting
+/// a thread costs more than it saves.
+pub(super) const SPLIT_FROM: usize = 256;
 
 /// How far ahead of the pointer whose count is updated the loop over a table's chunk pointers
 /// asks for the counts.
@@ -566,73 +611,91 @@ impl<A: Addr> Table<A> {
     }
 
     /// The entries of a bucket, sorted by (start, length, rule id), read back from its prefixes.
-    fn entries(&self, key: u16) -> Vec<Entry<A>> {
+    /// `extra` is room for the entries an edit adds.
+    fn entries(&self, key: u16, extra: usize) -> Vec<Placed<'_, A>> {
         let Some((nodes, rules)) = self.chunks[usize::from(key) / CHUNK]
             .as_deref()
             .and_then(|chunk| chunk.hot[usize::from(key) % CHUNK].listing::<A>())
         else {
-            return Vec::new();
+            return Vec::with_capacity(extra);
         };
-        let mut entries = Vec::with_capacity(rules.len());
+        let mut entries = Vec::with_capacity(rules.len() + extra);
         for n in 0..nodes.len() {
             let (start, len) = nodes.prefix(key, n);
-            entries.extend(rules[nodes.rules(n)].iter().map(|rule| Entry {
-                start,
-                len,
-                rule: rule.clone(),
-            }));
+            entries.extend(
+                rules[nodes.rules(n)]
+                    .iter()
+                    .map(|rule| Placed { start, len, rule }),
+            );
         }
         entries
     }
 
-    /// A table with the given buckets replaced. `edit` receives the bucket's current entries
-    /// and returns the new ones.
-    fn rewritten(
-        &self,
-        keys: impl IntoIterator<Item = u16>,
-        mut edit: impl FnMut(u16, Vec<Entry<A>>) -> Vec<Entry<A>>,
+    /// A table with the given buckets replaced. `keys` are the buckets in ascending order, each
+    /// with room for the entries its edit adds; `edit` receives a bucket's current entries and
+    /// returns the new ones. Many buckets are rebuilt on two threads, each taking the chunks
+    /// of one half of the table: a round of scattered writes rebuilds thousands of buckets,
+    /// and the writes are answered only once the round is published.
+    fn rewritten<'r>(
+        &'r self,
+        keys: &[(u16, usize)],
+        edit: impl Fn(u16, Vec<Placed<'r, A>>) -> Vec<Placed<'r, A>> + Sync,
     ) -> Self {
         let mut table = self.clone();
-        for key in keys {
-            let mut entries = edit(key, self.entries(key));
-            entries.sort_by_key(|e| (e.start, e.len, e.rule.id));
-            // Copies a shared chunk on its first change only: afterwards this table owns it.
-            let chunk = Arc::make_mut(
-                table.chunks[usize::from(key) / CHUNK].get_or_insert_with(Default::default),
-            );
-            let slot = usize::from(key) % CHUNK;
-            if entries.is_empty() {
-                chunk.hot[slot] = Hot::default();
-                continue;
+        let rebuild = |chunks: &mut [Option<Arc<Chunk>>], first: usize, keys: &[(u16, usize)]| {
+            for &(key, extra) in keys {
+                let entries = edit(key, self.entries(key, extra));
+                let chunk = &mut chunks[usize::from(key) / CHUNK - first];
+                // Copies a shared chunk on its first change only: afterwards this table owns it.
+                Arc::make_mut(chunk.get_or_insert_with(Default::default)).hot
+                    [usize::from(key) % CHUNK] = Hot::compiled(key, entries);
             }
-            let prefixes = Prefixes::of(&entries);
-            let touched = prefixes.mask();
-            let decision = intervals::build(&prefixes, key, &touched);
-            let mut words = decision.words;
-            words.extend(nodes::build(&prefixes, key));
-            chunk.hot[slot] = Hot {
-                touched,
-                uniform: decision.uniform,
-                common_until: decision.common_until,
-                counts: decision.counts,
-                prefixes: prefixes.nodes.len() as u32,
-                words: Some(words.into()),
-                rules: Some(entries.into_iter().map(|e| e.rule).collect()),
-            };
+        };
+        if keys.len() < SPLIT_FROM {
+            rebuild(&mut table.chunks, 0, keys);
+            return table;
         }
+        let middle = usize::from(keys[keys.len() / 2].0) / CHUNK;
+        let (low_keys, high_keys) =
+            keys.split_at(keys.partition_point(|(key, _)| usize::from(*key) / CHUNK < middle));
+        let (low, high) = table.chunks.split_at_mut(middle);
+        // Taken by whichever thread gets to it: the other one, or this one if there is none.
+        let high = std::sync::Mutex::new(Some(high));
+        let high_half = || {
+            let taken = high.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(chunks) = taken {
+                rebuild(chunks, middle, high_keys);
+            }
+        };
+        std::thread::scope(|scope| {
+            let other = std::thread::Builder::new()
+                .name("palisade-index".into())
+                .spawn_scoped(scope, high_half);
+            rebuild(low, 0, low_keys);
+            match other {
+                Ok(thread) => {
+                    if let Err(panic) = thread.join() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+                Err(_) => high_half(),
+            }
+        });
         table
     }
 
     /// Builds a table from scratch (start-up).
     pub fn build(entries: impl IntoIterator<Item = Entry<A>>) -> Self {
-        let mut by_bucket: std::collections::BTreeMap<u16, Vec<Entry<A>>> = Default::default();
-        for entry in entries {
+        let entries: Vec<Entry<A>> = entries.into_iter().collect();
+        let mut by_bucket: std::collections::BTreeMap<u16, Vec<Placed<'_, A>>> = Default::default();
+        for entry in &entries {
             for key in entry.bucket_keys() {
-                by_bucket.entry(key).or_default().push(entry.clone());
+                by_bucket.entry(key).or_default().push(entry.placed());
             }
         }
-        Self::default().rewritten(by_bucket.keys().copied().collect::<Vec<_>>(), |key, _| {
-            by_bucket.remove(&key).unwrap_or_default()
+        let keys: Vec<(u16, usize)> = by_bucket.keys().map(|key| (*key, 0)).collect();
+        Self::default().rewritten(&keys, |key, _| {
+            by_bucket.get(&key).cloned().unwrap_or_default()
         })
     }
 
@@ -641,24 +704,33 @@ impl<A: Addr> Table<A> {
         if add.is_empty() && remove.is_empty() {
             return self.clone();
         }
-        let mut adds: std::collections::BTreeMap<u16, Vec<Entry<A>>> = Default::default();
+        let mut adds: std::collections::BTreeMap<u16, Vec<Placed<'_, A>>> = Default::default();
         let mut removes: std::collections::BTreeMap<u16, Vec<i64>> = Default::default();
         for (start, len, id) in remove {
             for key in bucket_keys_of(start, len) {
                 removes.entry(key).or_default().push(id);
             }
         }
-        for entry in add {
+        for entry in &add {
             for key in entry.bucket_keys() {
-                adds.entry(key).or_default().push(entry.clone());
+                adds.entry(key).or_default().push(entry.placed());
             }
         }
-        let keys: std::collections::BTreeSet<u16> =
-            adds.keys().chain(removes.keys()).copied().collect();
+        let mut keys: Vec<(u16, usize)> = adds
+            .iter()
+            .map(|(key, new)| (*key, new.len()))
+            .chain(
+                removes
+                    .keys()
+                    .filter(|key| !adds.contains_key(key))
+                    .map(|key| (*key, 0)),
+            )
+            .collect();
+        keys.sort_unstable();
         for ids in removes.values_mut() {
             ids.sort_unstable();
         }
-        self.rewritten(keys, |key, mut entries| {
+        self.rewritten(&keys, |key, mut entries| {
             if let Some(ids) = removes.get(&key) {
                 // Most removals name rules just created, whose ids lie above every id stored:
                 // the range check spares the search for each entry of a large bucket.
@@ -668,7 +740,7 @@ impl<A: Addr> Table<A> {
                     id < lowest || id > highest || ids.binary_search(&id).is_err()
                 });
             }
-            if let Some(new) = adds.remove(&key) {
+            if let Some(new) = adds.get(&key) {
                 entries.extend(new);
             }
             entries

@@ -1202,3 +1202,99 @@ fn rules_share_one_copy_of_each_text_and_texts_no_rule_holds_are_forgotten() {
     assert!(known <= 1024 + 2 * 2, "{known} texts kept for 2 in use");
     assert_eq!(f.matched("192.0.2.1"), vec![1]);
 }
+
+/// A round that rebuilds enough buckets to be split between two threads leaves the same
+/// tables as the same changes applied one at a time, each rebuilding one bucket on one thread.
+#[test]
+fn a_round_split_between_threads_builds_what_single_changes_build() {
+    // Scattered /32s in every part of the space, and prefixes over several buckets that
+    // straddle where a round's halves meet.
+    let scatter = |n: u32| {
+        let x = n.wrapping_mul(0x9E37_79B1);
+        x ^ (x >> 15)
+    };
+    let mut changes = Vec::new();
+    let mut seq = 0;
+    let mut change = |id: i64, op, action, net: IpNet, expires_at: Option<i64>| {
+        seq += 1;
+        Change {
+            seq,
+            tenant: T1,
+            rule_id: id,
+            op,
+            action,
+            target: Target::Ip(net),
+            expires_at: expires_at.map(UnixMillis),
+            name: Some(format!("rule-{id}")),
+            at: NOW,
+            source: Source::Signal,
+            dataset: None,
+            description: None,
+        }
+    };
+    let mut puts = Vec::new();
+    for n in 0..1_600u32 {
+        let len = [32, 32, 32, 24, 14, 9][n as usize % 6];
+        let net = IpNet::new(IpAddr::from(std::net::Ipv4Addr::from(scatter(n))), len)
+            .unwrap()
+            .trunc();
+        let action = if n % 7 == 0 {
+            RuleAction::Allow
+        } else {
+            RuleAction::Block
+        };
+        let expires = [None, Some(NOW.0 + 5), Some(NOW.0 - 5)][n as usize % 3];
+        puts.push((i64::from(n) + 1, action, net));
+        changes.push(change(
+            i64::from(n) + 1,
+            ChangeOp::Put,
+            action,
+            net,
+            expires,
+        ));
+    }
+    let first_round = changes.len();
+    // The next round removes every third rule and gives every fifth a new expiry.
+    for (id, action, net) in &puts {
+        if id % 3 == 0 {
+            changes.push(change(*id, ChangeOp::Delete, *action, *net, None));
+        } else if id % 5 == 0 {
+            changes.push(change(*id, ChangeOp::Put, *action, *net, Some(NOW.0 + 9)));
+        }
+    }
+    let buckets: std::collections::HashSet<u16> = puts
+        .iter()
+        .filter_map(|(_, _, net)| match net {
+            IpNet::V4(n) => Some((u32::from(n.network()) >> 16) as u16),
+            IpNet::V6(_) => None,
+        })
+        .collect();
+    assert!(buckets.len() > 4 * table::SPLIT_FROM, "{}", buckets.len());
+
+    let together = Index::new(Arc::new(NoGeo));
+    together.apply(&changes[..first_round]);
+    together.apply(&changes[first_round..]);
+    let one_by_one = Index::new(Arc::new(NoGeo));
+    for change in &changes {
+        one_by_one.apply(std::slice::from_ref(change));
+    }
+
+    let intervals = |index: &Index| index.ip_rules(T1).v4().collect::<Vec<_>>();
+    let walked = intervals(&together);
+    assert!(walked.len() > 1_600);
+    assert_eq!(walked, intervals(&one_by_one));
+    for (_, _, net) in &puts {
+        let ip = match net {
+            IpNet::V4(n) => IpAddr::V4(n.network()),
+            IpNet::V6(n) => IpAddr::V6(n.network()),
+        };
+        let listed = |index: &Index| {
+            let view = index.view(T1);
+            let (verdict, rules) = view.lookup(ip, NOW);
+            let rules: Vec<(RuleId, Option<UnixMillis>)> =
+                rules.iter().map(|r| (r.id, r.expires_at)).collect();
+            (verdict, rules)
+        };
+        assert_eq!(listed(&together), listed(&one_by_one), "{ip}");
+    }
+}
