@@ -378,15 +378,20 @@ impl Hot {
         let prefixes = Prefixes::of(&entries);
         let touched = prefixes.mask();
         let decision = intervals::build(&prefixes, key, &touched);
-        let mut words = decision.words;
-        words.extend(nodes::build(&prefixes, key));
+        // One allocation of the exact size for both sections.
+        let words = decision
+            .words
+            .iter()
+            .chain(&nodes::build(&prefixes, key))
+            .copied()
+            .collect();
         Hot {
             touched,
             uniform: decision.uniform,
             common_until: decision.common_until,
             counts: decision.counts,
             prefixes: prefixes.nodes.len() as u32,
-            words: Some(words.into()),
+            words: Some(words),
             rules: Some(entries.iter().map(|e| e.rule.clone()).collect()),
         }
     }
@@ -933,9 +938,11 @@ mod intervals {
         starts.sort_unstable();
         starts.dedup();
 
-        let mut keys: Vec<A::Key> = Vec::new();
-        let mut numbers: Vec<u32> = Vec::new();
-        let mut spans: Vec<Span> = Vec::new();
+        // Sized for the most there can be: growing them a step at a time copied each several
+        // times over.
+        let mut keys: Vec<A::Key> = Vec::with_capacity(starts.len());
+        let mut numbers: Vec<u32> = Vec::with_capacity(starts.len());
+        let mut spans: Vec<Span> = Vec::with_capacity(FEW_SPANS + 1);
         // Numbers of the spans seen, for buckets with more than a few (a bucket usually holds
         // a few dozen rules, whose spans a short search finds faster than a hash).
         let mut numbered: foldhash::HashMap<Span, u32> = Default::default();
@@ -997,7 +1004,8 @@ mod intervals {
         }
 
         // Blocks in address order, intervals followed along with them.
-        let mut whole: Vec<(u8, i64)> = Vec::new();
+        let blocks = touched.iter().map(|word| word.count_ones() as usize).sum();
+        let mut whole: Vec<(u8, i64)> = Vec::with_capacity(blocks);
         let mut interval = 0;
         for block in (0..=255u8).filter(|b| touched[usize::from(b >> 6)] & (1 << (b & 63)) != 0) {
             // One interval (a bucket under one prefix, often a short one stored in many
