@@ -40,20 +40,9 @@ impl Fixture {
     ) {
         self.seq += 1;
         let target = Target::parse_any(target).unwrap();
-        self.index.apply(&[Change {
-            seq: self.seq,
-            tenant,
-            rule_id: id,
-            op,
-            action,
-            target,
-            expires_at: expires_at.map(UnixMillis),
-            name: Some(format!("rule-{id}")),
-            at: NOW,
-            source: Source::Signal,
-            dataset: None,
-            description: None,
-        }]);
+        self.index.apply(&[named_change(
+            self.seq, tenant, id, op, action, target, expires_at,
+        )]);
     }
 
     fn block(&mut self, id: RuleId, target: &str) {
@@ -72,6 +61,32 @@ impl Fixture {
             .iter()
             .map(|r| r.id)
             .collect()
+    }
+}
+
+/// A change to the rule `id`, named after it.
+fn named_change(
+    seq: u64,
+    tenant: TenantId,
+    id: RuleId,
+    op: ChangeOp,
+    action: RuleAction,
+    target: Target,
+    expires_at: Option<i64>,
+) -> Change {
+    Change {
+        seq,
+        tenant,
+        rule_id: id,
+        op,
+        action,
+        target,
+        expires_at: expires_at.map(UnixMillis),
+        name: Some(format!("rule-{id}")),
+        at: NOW,
+        source: Source::Signal,
+        dataset: None,
+        description: None,
     }
 }
 
@@ -1217,20 +1232,7 @@ fn a_round_split_between_threads_builds_what_single_changes_build() {
     let mut seq = 0;
     let mut change = |id: i64, op, action, net: IpNet, expires_at: Option<i64>| {
         seq += 1;
-        Change {
-            seq,
-            tenant: T1,
-            rule_id: id,
-            op,
-            action,
-            target: Target::Ip(net),
-            expires_at: expires_at.map(UnixMillis),
-            name: Some(format!("rule-{id}")),
-            at: NOW,
-            source: Source::Signal,
-            dataset: None,
-            description: None,
-        }
+        named_change(seq, T1, id, op, action, Target::Ip(net), expires_at)
     };
     let mut puts = Vec::new();
     for n in 0..1_600u32 {
