@@ -1024,8 +1024,17 @@ async fn a_large_batch_is_logged_and_audited_row_for_row(db: Db) {
         .map(|(i, seq)| (seq, format!("{}/32", target(i)), name(i), expiry(i)))
         .collect();
     assert_eq!(numbered(&logged), expected);
-    let mut stored: Vec<(String, Option<String>, Option<i64>)> = rules(&node, t, T0)
-        .await
+    let stored_rules = rules(&node, t, T0).await;
+    // Each change names the rule stored for its target: new rules are stored many to a
+    // statement, and their ids are worked out from the last one.
+    let ids: std::collections::HashMap<i64, String> = stored_rules
+        .iter()
+        .map(|r| (r.id, r.target.to_string()))
+        .collect();
+    for change in &logged {
+        assert_eq!(ids.get(&change.rule_id), Some(&change.target.to_string()));
+    }
+    let mut stored: Vec<(String, Option<String>, Option<i64>)> = stored_rules
         .into_iter()
         .map(|r| (r.target.to_string(), r.name, r.expires_at.map(|t| t.0)))
         .collect();

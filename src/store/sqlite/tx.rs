@@ -512,26 +512,33 @@ impl Transaction for SqliteTransaction {
     }
 }
 
-/// The columns a new rule is stored with, as `?1`..`?13` of [`rule_params`].
-const NEW_RULE_INSERT: &str =
-    "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
-                        source, dataset, tags, reports, created_at, updated_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+/// Where new rules are stored: the 13 columns [`bind_rule`] binds.
+static NEW_RULE_APPEND: LazyLock<Append> = LazyLock::new(|| {
+    Append::new(
+        "INSERT INTO rules (tenant_id, action, kind, target, expires_at, name, description,
+                            source, dataset, tags, reports, created_at, updated_at)",
+        13,
+    )
+});
 
-/// Stores each rule, in order; `stored` is told each one's new id and may refuse it, which
-/// stops there.
+/// Stores each rule, in order, `ROWS_PER_APPEND` to a statement as the change log's rows are;
+/// `stored` is then told each one's new id and may refuse it, which stops there (the caller
+/// rolls the transaction back). AUTOINCREMENT and the one writer number the rows of one call
+/// one after the other, up to the last row id inserted.
 fn insert_each<'r>(
     conn: &Connection,
     rules: impl IntoIterator<Item = &'r NewRule>,
     mut stored: impl FnMut(&NewRule, RuleId) -> StoreResult<()>,
 ) -> StoreResult<()> {
-    let mut stmt = conn.prepare_cached(NEW_RULE_INSERT)?;
-    let mut previous = None;
-    for rule in rules {
-        bind_rule(RowBinding::new(&mut stmt, 1, rule, previous))?;
-        stmt.raw_execute()?;
-        stored(rule, conn.last_insert_rowid())?;
-        previous = Some(rule);
+    let rules: Vec<&NewRule> = rules.into_iter().collect();
+    if rules.is_empty() {
+        return Ok(());
+    }
+    append_rows(conn, &NEW_RULE_APPEND, &rules, |row| bind_rule(row))?;
+    let last = conn.last_insert_rowid();
+    let first = last + 1 - rules.len() as i64;
+    for (id, rule) in (first..).zip(rules) {
+        stored(rule, id)?;
     }
     Ok(())
 }
@@ -553,8 +560,8 @@ fn rules_by_id(conn: &Connection, ids: &[RuleId]) -> StoreResult<Vec<Rule>> {
     Ok(stored)
 }
 
-/// `?1`..`?13` of [`NEW_RULE_INSERT`].
-fn bind_rule(mut row: RowBinding<'_, '_, '_, NewRule>) -> rusqlite::Result<()> {
+/// A new rule's columns, in the order of [`NEW_RULE_APPEND`].
+fn bind_rule(mut row: RowBinding<'_, '_, '_, &NewRule>) -> rusqlite::Result<()> {
     row.column(0, |r| r.tenant.0)?;
     row.column(1, |r| r.action.as_str())?;
     row.column(2, |r| r.target.kind().as_str())?;
