@@ -406,10 +406,11 @@ impl Hot {
 
 /// Buckets per chunk: the unit a change copies. Small enough that a round of scattered
 /// changes copies little besides the buckets it rebuilds (a round under heavy ingest holds
-/// about 4,000 changes, which touch about 2,550 of the 4,096 chunks; with 64 buckets a chunk
-/// they touched every chunk, and a round took 5-17% longer), large enough that the array of
-/// chunks, copied on every change, stays 32 KiB.
-const CHUNK: usize = 16;
+/// about 4,000 changes, which touch about 3,160 of the 8,192 chunks, 25,000 buckets; with 16
+/// buckets a chunk they touched 2,550 chunks, 41,000 buckets, and a round took 4-6% longer;
+/// with 64, every chunk), large enough that the array of chunks, copied on every change, stays
+/// 64 KiB.
+const CHUNK: usize = 8;
 
 /// [`CHUNK`] consecutive buckets.
 struct Chunk {
