@@ -94,22 +94,25 @@ impl Feed {
     }
 
     /// Hands on changes this process has just committed, after any committed before them that
-    /// have not been handed on yet.
-    pub async fn publish(&self, changes: &[Change]) -> StoreResult<()> {
+    /// have not been handed on yet. Takes the changes (the common case hands them on as they
+    /// are, without a copy); on an error they are left for the next try.
+    pub async fn publish(&self, changes: &mut Vec<Change>) -> StoreResult<()> {
         if self.sinks.is_empty() && self.broadcast.receiver_count() == 0 {
             // Nothing follows this feed (a command-line tool): no need to read the log.
+            changes.clear();
             return Ok(());
         }
         let mut applied = self.applied.lock().await;
-        let fresh: Vec<&Change> = changes.iter().filter(|c| c.seq > *applied).collect();
-        let (Some(first), Some(last)) = (fresh.first(), fresh.last()) else {
+        changes.retain(|c| c.seq > *applied);
+        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
             return Ok(());
         };
         let contiguous = first.seq == *applied + 1
-            && fresh.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1);
+            && changes
+                .windows(2)
+                .all(|pair| pair[1].seq == pair[0].seq + 1);
         if contiguous {
-            let owned: Vec<Change> = fresh.into_iter().cloned().collect();
-            self.hand_on(&mut applied, owned);
+            self.hand_on(&mut applied, std::mem::take(changes));
             return Ok(());
         }
         let until = last.seq;
@@ -118,6 +121,7 @@ impl Feed {
                 break;
             }
         }
+        changes.clear();
         Ok(())
     }
 

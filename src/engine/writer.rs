@@ -154,7 +154,7 @@ async fn run_together(
 async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
     let mut round = Vec::new();
     while committed.recv_many(&mut round, 64).await > 0 {
-        let changes: Vec<Change> = round
+        let mut changes: Vec<Change> = round
             .iter_mut()
             .flat_map(|group| std::mem::take(&mut group.changes))
             .collect();
@@ -162,7 +162,7 @@ async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
             let started = std::time::Instant::now();
             // The changes are committed: answering before the feed has them would acknowledge
             // writes that look-ups do not see, so keep trying (only reading the log can fail).
-            while let Err(e) = feed.publish(&changes).await {
+            while let Err(e) = feed.publish(&mut changes).await {
                 tracing::error!(error = %e, "handing on committed changes failed; retrying");
                 tokio::time::sleep(PUBLISH_RETRY).await;
             }
