@@ -141,10 +141,8 @@ fn expansions(c: &mut Criterion) {
         action: RuleAction::Block,
         target,
         expires_at: None,
-        name: None,
         source: palisade::rules::Source::Signal,
-        dataset: None,
-        description: None,
+        texts: None,
     };
     let us = || Target::Country(CountryCode::parse("US").expect("a country code"));
     let every: Vec<RuleRef> = data

@@ -239,7 +239,7 @@ async fn check_view(
                     action: m.0.action.as_str(),
                     since: String::new(),
                     until: until(m.0.expires_at),
-                    name: m.0.name.as_deref().unwrap_or("").to_owned(),
+                    name: m.0.name().unwrap_or("").to_owned(),
                 })
                 .collect(),
             truncated: answer.matches_truncated,

@@ -212,10 +212,10 @@ impl<'a> Facts<'a> {
             id: rule.id,
             target: &rule.target,
             expires_at: rule.expires_at,
-            name: rule.name.as_deref(),
-            description: rule.description.as_deref(),
+            name: rule.name(),
+            description: rule.description(),
             source: rule.source,
-            dataset: rule.dataset.as_deref(),
+            dataset: rule.dataset(),
         }
     }
 

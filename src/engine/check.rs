@@ -39,7 +39,7 @@ impl Serialize for Match<'_> {
         out.serialize_field("target", &rule.target.to_string())?;
         out.serialize_field("action", &rule.action)?;
         out.serialize_field("expires_at", &rule.expires_at.map(UnixMillis::to_rfc3339))?;
-        out.serialize_field("name", &rule.name.as_deref())?;
+        out.serialize_field("name", &rule.name())?;
         out.end()
     }
 }

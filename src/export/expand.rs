@@ -472,10 +472,8 @@ mod tests {
             action,
             target,
             expires_at: until.map(UnixMillis),
-            name: None,
             source: crate::rules::Source::Signal,
-            dataset: None,
-            description: None,
+            texts: None,
         });
         let now = UnixMillis(1000);
         let expansion = expand(&geo.current(), &rules, now, 7);

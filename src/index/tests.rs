@@ -1060,10 +1060,8 @@ proptest! {
                             action: *action,
                             target: Target::Asn(Asn::new(asn).unwrap()),
                             expires_at: *expires_at,
-                            name: None,
                             source: Source::Signal,
-                            dataset: None,
-                            description: None,
+                            texts: None,
                         }));
                         want_ids.push(*id);
                     }
@@ -1091,7 +1089,7 @@ proptest! {
                 model.remove(&id);
                 if !delete {
                     let expires_at = [None, Some(NOW.0 - 1), Some(NOW.0 + 1), Some(NOW.0 + 2)][*exp].map(UnixMillis);
-                    rules.put(Arc::new(RuleRef { id, action, target, expires_at, name: None, source: Source::Signal, dataset: None, description: None }));
+                    rules.put(Arc::new(RuleRef { id, action, target, expires_at, source: Source::Signal, texts: None }));
                     model.insert(id, (*asn, action, expires_at));
                 }
             }
@@ -1187,14 +1185,11 @@ fn rules_share_one_copy_of_each_text_and_texts_no_rule_holds_are_forgotten() {
     let (_, first) = view.lookup("192.0.2.1".parse().unwrap(), NOW);
     let (_, second) = view.lookup("198.51.100.9".parse().unwrap(), NOW);
     let (first, second) = (first[0], second[0]);
-    assert_eq!(first.name.as_deref(), Some("ssh-bf"));
+    assert_eq!(first.name(), Some("ssh-bf"));
+    assert_eq!(first.dataset(), Some("ABUSE"));
     assert!(Arc::ptr_eq(
-        first.name.as_ref().unwrap(),
-        second.name.as_ref().unwrap()
-    ));
-    assert!(Arc::ptr_eq(
-        first.dataset.as_ref().unwrap(),
-        second.dataset.as_ref().unwrap()
+        first.texts.as_ref().unwrap(),
+        second.texts.as_ref().unwrap()
     ));
     drop(view);
 
@@ -1213,7 +1208,7 @@ fn rules_share_one_copy_of_each_text_and_texts_no_rule_holds_are_forgotten() {
         f.index.apply(&[put]);
         f.index.apply(&[delete]);
     }
-    let known = f.index.writer().texts.known.len();
+    let known = f.index.writer().texts.len();
     assert!(known <= 1024 + 2 * 2, "{known} texts kept for 2 in use");
     assert_eq!(f.matched("192.0.2.1"), vec![1]);
 }
