@@ -947,6 +947,10 @@ mod intervals {
         // Numbers of the spans seen, for buckets with more than a few (a bucket usually holds
         // a few dozen rules, whose spans a short search finds faster than a hash).
         let mut numbered: foldhash::HashMap<Span, u32> = Default::default();
+        // Room for as many spans as intervals, made once: rules written at different instants
+        // each have a span of their own (under scattered ingest, most rules of a bucket), and
+        // growing the map step by step rehashed it four or five times per bucket.
+        let room = starts.len();
         // Neighbouring intervals mostly repeat one of the last two spans seen (rules that share
         // an expiry, and the gaps between them): those are numbered without searching.
         let mut recent: [Option<(Span, u32)>; 2] = [None; 2];
@@ -969,6 +973,7 @@ mod intervals {
                             None => {
                                 spans.push(span);
                                 if spans.len() > FEW_SPANS {
+                                    numbered.reserve(room);
                                     numbered.extend(spans.iter().copied().zip(0..));
                                 }
                                 spans.len() as u32 - 1
