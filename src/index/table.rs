@@ -535,6 +535,20 @@ fn touches(mask: &[u64; 4], addr: impl Addr) -> bool {
     mask[usize::from(b >> 6)] & (1 << (b & 63)) != 0
 }
 
+/// The blocks `mask` holds, in ascending order. A bucket of scattered addresses touches a few
+/// dozen of its 256 blocks: going from one set bit to the next, rather than testing all 256,
+/// takes a tenth off compiling such a bucket.
+fn blocks_in(mask: &[u64; 4]) -> impl Iterator<Item = u8> + '_ {
+    mask.iter().enumerate().flat_map(|(word_at, &word)| {
+        std::iter::successors((word != 0).then_some(word), |rest| {
+            let rest = rest & (rest - 1);
+            (rest != 0).then_some(rest)
+        })
+        // At most 3 * 64 + 63.
+        .map(move |rest| (word_at * 64) as u8 + rest.trailing_zeros() as u8)
+    })
+}
+
 /// Reads one value from each cache line of the first `limit` bytes of `items`, so that the
 /// processor loads those lines in parallel instead of one after another as a search reaches
 /// them. `word` turns an item into a value the compiler cannot skip reading.
@@ -868,7 +882,7 @@ fn fill<T: bytemuck::Pod>(words: &mut [u64], values: &[T]) {
 ///
 /// The section sizes ([`Counts`]) live beside the pointer, so no read waits for a header.
 mod intervals {
-    use super::{Addr, NONE, Prefixes, Span, fill, words_for};
+    use super::{Addr, NONE, Prefixes, Span, blocks_in, fill, words_for};
 
     #[derive(Debug, Clone, Copy, Default)]
     pub struct Counts {
@@ -1013,7 +1027,7 @@ mod intervals {
         let blocks = touched.iter().map(|word| word.count_ones() as usize).sum();
         let mut whole: Vec<(u8, i64)> = Vec::with_capacity(blocks);
         let mut interval = 0;
-        for block in (0..=255u8).filter(|b| touched[usize::from(b >> 6)] & (1 << (b & 63)) != 0) {
+        for block in blocks_in(touched) {
             // One interval (a bucket under one prefix, often a short one stored in many
             // buckets) holds every block: no addresses to work out.
             if keys.len() > 1 {
@@ -1233,4 +1247,26 @@ mod nodes {
 
 fn bucket_keys_of<A: Addr>(start: A, len: u8) -> std::ops::RangeInclusive<u16> {
     bucket_key(start)..=bucket_key(start.broadcast(len))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn blocks_in_a_mask_are_its_set_bits_in_order(mask in any::<[u64; 4]>()) {
+            let tested: Vec<u8> = (0..=255u8)
+                .filter(|b| mask[usize::from(b >> 6)] & (1 << (b & 63)) != 0)
+                .collect();
+            prop_assert_eq!(super::blocks_in(&mask).collect::<Vec<u8>>(), tested);
+        }
+    }
+
+    #[test]
+    fn blocks_in_the_edge_masks() {
+        assert_eq!(super::blocks_in(&[0; 4]).count(), 0);
+        assert!(super::blocks_in(&[u64::MAX; 4]).eq(0..=255u8));
+        assert!(super::blocks_in(&[1, 0, 0, 1 << 63]).eq([0, 255]));
+    }
 }
