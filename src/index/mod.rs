@@ -400,6 +400,10 @@ struct Writer {
     /// The last change applied.
     seq: u64,
     texts: Texts,
+    /// The highest id of any rule the tables have held. A rule above it is new to them, so its
+    /// first put has nothing to replace: most puts under ingest, and each one's bucket is then
+    /// rebuilt without a search for an older copy of the rule.
+    highest_rule: RuleId,
 }
 
 pub struct Index {
@@ -501,7 +505,9 @@ impl Index {
         type Rules = (Vec<Entry<u32>>, Vec<Entry<u128>>, GeoRules);
         let mut by_tenant: HashMap<TenantId, Rules> = HashMap::new();
         let mut texts = Texts::default();
+        let mut highest_rule = 0;
         for rule in snapshot.rules {
+            highest_rule = highest_rule.max(rule.id);
             let rule_ref = texts.rule(&rule);
             let (v4, v6, geo) = by_tenant.entry(rule.tenant).or_default();
             match rule.target {
@@ -536,6 +542,7 @@ impl Index {
         self.current.store(Arc::new(Generation { tenants, geo }));
         writer.seq = snapshot.seq;
         writer.texts = texts;
+        writer.highest_rule = highest_rule;
         Ok(())
     }
 
@@ -546,9 +553,16 @@ impl Index {
         };
         let last_seq = last.seq;
         // Every change of this call becomes visible at once.
-        let next = patched(&self.current.load(), &fresh, &mut writer.texts);
+        let next = patched(
+            &self.current.load(),
+            &fresh,
+            &mut writer.texts,
+            writer.highest_rule,
+        );
         release_later(self.current.swap(Arc::new(next)));
         writer.seq = last_seq;
+        let highest_now = fresh.iter().map(|change| change.rule_id).max();
+        writer.highest_rule = writer.highest_rule.max(highest_now.unwrap_or(0));
         writer.texts.sweep_now_and_then();
     }
 
@@ -664,8 +678,14 @@ fn release_later(old: Arc<Generation>) {
     }
 }
 
-/// `base` with `changes` applied, in order of their sequence numbers.
-fn patched(base: &Generation, changes: &[&Change], texts: &mut Texts) -> Generation {
+/// `base` with `changes` applied, in order of their sequence numbers. `highest_rule` is the
+/// highest id of any rule `base` or a generation before it held.
+fn patched(
+    base: &Generation,
+    changes: &[&Change],
+    texts: &mut Texts,
+    highest_rule: RuleId,
+) -> Generation {
     // Of several changes to one rule only the last matters. The target is part of the
     // key as well, so that even a reused id could not hide the removal of another target.
     // Hashed with foldhash, seeded per process (targets come from clients): SipHash was a
@@ -698,7 +718,10 @@ fn patched(base: &Generation, changes: &[&Change], texts: &mut Texts) -> Generat
                 geo_changes.push(change);
                 continue;
             };
+            // A rule new to the tables has no older copy in them to remove.
+            let first_put = change.op == ChangeOp::Put && change.rule_id > highest_rule;
             match net {
+                _ if first_put => {}
                 IpNet::V4(n) => del4.push((u32::from(n.network()), n.prefix_len(), change.rule_id)),
                 IpNet::V6(n) => {
                     del6.push((u128::from(n.network()), n.prefix_len(), change.rule_id))

@@ -781,6 +781,65 @@ fn rebuild_refuses_a_snapshot_older_than_what_it_applied() {
     assert!(f.blocked("2001:db8:64::5"));
 }
 
+/// Rules the tables got from a snapshot, or from earlier changes, are replaced by a later put
+/// of their id and removed by a delete, while a rule new to the tables is only added.
+#[test]
+fn puts_replace_the_rules_they_name_whether_loaded_or_applied() {
+    let mut f = Fixture::new();
+    let snapshot = Snapshot {
+        seq: 5,
+        rules: vec![block_rule(7, "192.0.2.1"), block_rule(3, "192.0.2.3")],
+    };
+    assert_eq!(f.index.rebuild(snapshot), Ok(()));
+    f.seq = 5;
+    // Rule 7, loaded: a put that gives it an expiry replaces it.
+    f.change(
+        T1,
+        7,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "192.0.2.1",
+        Some(NOW.0 - 1),
+    );
+    assert!(!f.blocked("192.0.2.1"));
+    assert!(f.matched("192.0.2.1").is_empty());
+    // Rule 3, loaded, below the highest id loaded: deleted.
+    f.change(
+        T1,
+        3,
+        ChangeOp::Delete,
+        RuleAction::Block,
+        "192.0.2.3",
+        None,
+    );
+    assert!(!f.blocked("192.0.2.3"));
+    // Rule 8, new, then put again.
+    f.block(8, "192.0.2.8");
+    f.change(
+        T1,
+        8,
+        ChangeOp::Put,
+        RuleAction::Block,
+        "192.0.2.8",
+        Some(NOW.0 - 1),
+    );
+    assert!(!f.blocked("192.0.2.8"));
+    assert!(f.matched("192.0.2.8").is_empty());
+    // Rules 9 and 10 in one round, 9 put twice: one copy of each.
+    f.seq += 3;
+    let seq = f.seq;
+    let change = |seq, id, target| {
+        let target = Target::parse_any(target).unwrap();
+        named_change(seq, T1, id, ChangeOp::Put, RuleAction::Block, target, None)
+    };
+    f.index.apply(&[
+        change(seq - 2, 9, "192.0.2.9"),
+        change(seq - 1, 10, "192.0.2.9"),
+        change(seq, 9, "192.0.2.9"),
+    ]);
+    assert_eq!(f.matched("192.0.2.9"), [9, 10]);
+}
+
 #[test]
 fn rebuild_never_hides_a_change_applied_after_its_snapshot() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
