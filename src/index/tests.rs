@@ -49,6 +49,18 @@ impl Fixture {
         self.change(T1, id, ChangeOp::Put, RuleAction::Block, target, None);
     }
 
+    /// Puts the block rule `id` again, expired just before `NOW`.
+    fn block_expired(&mut self, id: RuleId, target: &str) {
+        self.change(
+            T1,
+            id,
+            ChangeOp::Put,
+            RuleAction::Block,
+            target,
+            Some(NOW.0 - 1),
+        );
+    }
+
     fn blocked(&self, ip: &str) -> bool {
         self.index.decide(T1, ip.parse().unwrap(), NOW).blocked
     }
@@ -302,14 +314,7 @@ fn removals_refreshes_and_tenants() {
             .blocked
     );
 
-    f.change(
-        T1,
-        1,
-        ChangeOp::Put,
-        RuleAction::Block,
-        "203.0.113.5",
-        Some(NOW.0 - 1),
-    );
+    f.block_expired(1, "203.0.113.5");
     assert!(
         !f.blocked("203.0.113.5"),
         "a refresh replaces the old expiry"
@@ -793,14 +798,7 @@ fn puts_replace_the_rules_they_name_whether_loaded_or_applied() {
     assert_eq!(f.index.rebuild(snapshot), Ok(()));
     f.seq = 5;
     // Rule 7, loaded: a put that gives it an expiry replaces it.
-    f.change(
-        T1,
-        7,
-        ChangeOp::Put,
-        RuleAction::Block,
-        "192.0.2.1",
-        Some(NOW.0 - 1),
-    );
+    f.block_expired(7, "192.0.2.1");
     assert!(!f.blocked("192.0.2.1"));
     assert!(f.matched("192.0.2.1").is_empty());
     // Rule 3, loaded, below the highest id loaded: deleted.
@@ -815,14 +813,7 @@ fn puts_replace_the_rules_they_name_whether_loaded_or_applied() {
     assert!(!f.blocked("192.0.2.3"));
     // Rule 8, new, then put again.
     f.block(8, "192.0.2.8");
-    f.change(
-        T1,
-        8,
-        ChangeOp::Put,
-        RuleAction::Block,
-        "192.0.2.8",
-        Some(NOW.0 - 1),
-    );
+    f.block_expired(8, "192.0.2.8");
     assert!(!f.blocked("192.0.2.8"));
     assert!(f.matched("192.0.2.8").is_empty());
     // Rules 9 and 10 in one round, 9 put twice: one copy of each.
