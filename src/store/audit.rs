@@ -86,6 +86,7 @@ impl NewAuditRecord {
 /// `index` the event's position in its batch (`null` outside batches), `event` the event's
 /// text as a JSON string and `error` `null` for an applied event. JSON so that either
 /// database's own functions can write it (the migrations that moved older entries did).
+/// SQLite keeps the text compressed (`sqlite::rows::packed_audit_entries`).
 pub struct AuditEntries {
     text: Vec<u8>,
     len: usize,

@@ -460,8 +460,9 @@ mod tests {
 
     use super::{SqliteBackend, migrations};
     use crate::rules::{TenantId, UnixMillis};
+    use crate::store::StoreError;
     use crate::store::audit::{
-        NewAuditRecord, OLDER_ENTRIES, assert_older_entries_read_back, entry_id,
+        AuditEntries, NewAuditRecord, OLDER_ENTRIES, assert_older_entries_read_back, entry_id,
     };
     use crate::store::backend::Backend;
 
@@ -667,5 +668,78 @@ mod tests {
             (newest.id, newest.request_id.as_str()),
             (entry_id(5, 0), "after")
         );
+    }
+
+    /// A batch's audit entries are stored compressed and read back as written; a damaged
+    /// record is refused as corrupt instead of being unpacked to whatever size it claims.
+    #[tokio::test]
+    async fn audit_entries_are_stored_compressed_and_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), Default::default()).unwrap();
+        let event = |i: u32| {
+            format!(
+                r#"{{"type":"access_rules","action":"block","ip":"192.0.2.{}"}}"#,
+                i % 256
+            )
+        };
+        let error = |i: u32| i.is_multiple_of(7).then_some("not a valid IP");
+        let mut entries = AuditEntries::with_capacity(1000, 0);
+        for i in 0..1000 {
+            entries.push(Some(i), &event(i), error(i));
+        }
+        let record = NewAuditRecord::new(TenantId(1), 3, "batch".into(), UnixMillis(10), entries);
+        let text_bytes = record.entries.len();
+        let mut tx = backend.begin().await.unwrap();
+        tx.append_audit(&[record]).await.unwrap();
+        tx.commit().await.unwrap();
+
+        let conn = Connection::open(dir.path().join(super::DB_FILE)).unwrap();
+        let (stored_as, stored_bytes): (String, i64) = conn
+            .query_row(
+                "SELECT typeof(entries), length(entries) FROM audit_records",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(stored_as, "blob");
+        assert!(
+            stored_bytes as usize * 5 < text_bytes,
+            "{stored_bytes} bytes stored for {text_bytes}"
+        );
+        let page = backend.audit(TenantId(1), None, 1000).await.unwrap();
+        let read: Vec<_> = page
+            .items
+            .iter()
+            .map(|e| {
+                (
+                    e.index,
+                    e.event.clone(),
+                    e.error.clone(),
+                    e.request_id.as_str(),
+                )
+            })
+            .collect();
+        let written: Vec<_> = (0..1000)
+            .rev()
+            .map(|i| (Some(i), event(i), error(i).map(String::from), "batch"))
+            .collect();
+        assert_eq!(read, written);
+
+        // The length in front says 2 GiB.
+        conn.execute(
+            "UPDATE audit_records SET entries = X'00000080' || substr(entries, 5)",
+            [],
+        )
+        .unwrap();
+        let refused = backend.audit(TenantId(1), None, 10).await.unwrap_err();
+        assert!(matches!(refused, StoreError::Corrupt(_)), "{refused:?}");
+        // Cut short.
+        conn.execute(
+            "UPDATE audit_records SET entries = X'10000000' || X'f0'",
+            [],
+        )
+        .unwrap();
+        let refused = backend.audit(TenantId(1), None, 10).await.unwrap_err();
+        assert!(matches!(refused, StoreError::Corrupt(_)), "{refused:?}");
     }
 }

@@ -122,17 +122,17 @@ pub fn audit_records(
         "SELECT id, at, key_id, request_id, entries FROM audit_records
          WHERE tenant_id = ?1 AND id BETWEEN ?2 AND ?3 ORDER BY id DESC",
     )?;
-    let records = stmt
-        .query_map(params![tenant.0, oldest, newest], |row| {
-            Ok(AuditRecord {
-                id: row.get(0)?,
-                at: UnixMillis(row.get(1)?),
-                key_id: row.get(2)?,
-                request_id: row.get(3)?,
-                entries: row.get(4)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut found = stmt.query(params![tenant.0, oldest, newest])?;
+    let mut records = Vec::new();
+    while let Some(row) = found.next()? {
+        records.push(AuditRecord {
+            id: row.get(0)?,
+            at: UnixMillis(row.get(1)?),
+            key_id: row.get(2)?,
+            request_id: row.get(3)?,
+            entries: rows::audit_entries(row.get_ref(4)?)?,
+        });
+    }
     Ok(records)
 }
 

@@ -156,3 +156,37 @@ pub fn queued_report(row: &Row<'_>) -> StoreResult<QueuedReport> {
         received_at: UnixMillis(row.get(5)?),
     })
 }
+
+/// Longest audit text a stored record may unpack to: SQLite's own limit on a value, so a
+/// damaged record can never ask for more memory than an uncompressed one could hold.
+const MAX_AUDIT_TEXT: usize = 1_000_000_000;
+
+/// A record's audit entries as SQLite keeps them: LZ4-compressed, as a BLOB with the text's
+/// length in front. The entries repeat the shape of one event a thousand times, so they shrink
+/// about ninefold; uncompressed they were two fifths of the bytes an ingested event wrote, and
+/// every byte is written twice (the WAL, then the database file). PostgreSQL compresses large
+/// values itself (TOAST), so its backend keeps the text.
+pub fn packed_audit_entries(text: &str) -> Vec<u8> {
+    lz4_flex::block::compress_prepend_size(text.as_bytes())
+}
+
+/// The text of a record's audit entries: unpacked from a BLOB, or as it is from the TEXT
+/// that stores before compression wrote.
+pub fn audit_entries(value: rusqlite::types::ValueRef<'_>) -> StoreResult<String> {
+    use rusqlite::types::ValueRef;
+    let corrupt = |why: String| StoreError::Corrupt(format!("audit entries: {why}"));
+    let bytes = match value {
+        ValueRef::Text(text) => text.to_vec(),
+        ValueRef::Blob(packed) => {
+            let (length, _) =
+                lz4_flex::block::uncompressed_size(packed).map_err(|e| corrupt(e.to_string()))?;
+            if length > MAX_AUDIT_TEXT {
+                return Err(corrupt(format!("{length} bytes unpacked")));
+            }
+            lz4_flex::block::decompress_size_prepended(packed)
+                .map_err(|e| corrupt(e.to_string()))?
+        }
+        other => return Err(corrupt(format!("a {:?} value", other.data_type()))),
+    };
+    String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
+}

@@ -196,13 +196,17 @@ impl Transaction for Direct<'_> {
     }
 
     async fn append_audit(&mut self, records: &[NewAuditRecord]) -> StoreResult<()> {
-        append_rows(self.conn, &AUDIT_APPEND, records, |mut row| {
-            row.column(0, |r| r.tenant.0)?;
-            row.column(1, |r| r.key_id)?;
-            row.column(2, |r| &r.request_id)?;
-            row.column(3, |r| r.at.0)?;
-            row.column(4, |r| r.entry_count)?;
-            row.column(5, |r| &r.entries)
+        let packed: Vec<(&NewAuditRecord, Vec<u8>)> = records
+            .iter()
+            .map(|record| (record, rows::packed_audit_entries(&record.entries)))
+            .collect();
+        append_rows(self.conn, &AUDIT_APPEND, &packed, |mut row| {
+            row.column(0, |(r, _)| r.tenant.0)?;
+            row.column(1, |(r, _)| r.key_id)?;
+            row.column(2, |(r, _)| &r.request_id)?;
+            row.column(3, |(r, _)| r.at.0)?;
+            row.column(4, |(r, _)| r.entry_count)?;
+            row.column(5, |(_, entries)| entries)
         })
     }
 
