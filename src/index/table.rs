@@ -431,15 +431,30 @@ struct Chunk {
 #[inline]
 fn prefetch_counts<T: ?Sized>(shared: &Arc<T>) {
     let offset = (2 * size_of::<usize>()).next_multiple_of(align_of_val::<T>(shared));
-    let counts = Arc::as_ptr(shared).cast::<i8>().wrapping_sub(offset);
+    prefetch(Arc::as_ptr(shared).cast::<i8>().wrapping_sub(offset));
+}
+
+/// Starts loading the cache line at `at` (any address: a prefetch never faults).
+#[inline]
+fn prefetch(at: *const i8) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint that never faults and reads nothing the program sees,
     // whatever the address.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(counts)
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = counts;
+    let _ = at;
+}
+
+/// Starts loading the first `limit` bytes of `items`, one prefetch per cache line.
+#[inline]
+fn prefetch_lines<T>(items: &[T], limit: usize) {
+    let bytes = size_of_val(items).min(limit);
+    let start = items.as_ptr().cast::<i8>();
+    for offset in (0..bytes).step_by(64) {
+        prefetch(start.wrapping_add(offset));
+    }
 }
 
 impl Chunk {
@@ -474,6 +489,14 @@ pub(super) const SPLIT_FROM: usize = 256;
 /// How far ahead of the pointer whose count is updated the loop over a table's chunk pointers
 /// asks for the counts.
 const PREFETCH_AHEAD: usize = 16;
+
+/// How many buckets ahead of the one it compiles a rebuild loads the next one's prefixes and
+/// rules (and, twice as far ahead, its bucket record).
+const BUCKETS_AHEAD: usize = 2;
+
+/// How much of a bucket's prefixes and of its rules a rebuild loads ahead: all of a bucket of
+/// a few dozen rules.
+const PREFETCH_BUCKET_BYTES: usize = 4096;
 
 impl Default for Chunk {
     fn default() -> Self {
@@ -571,9 +594,7 @@ impl<A: Addr> Table<A> {
     /// The bucket's data, unless the mask already says no prefix is near `addr`.
     #[inline]
     fn hot(&self, addr: A) -> Option<&Hot> {
-        let key = bucket_key(addr);
-        let chunk = self.chunks[usize::from(key) / CHUNK].as_deref()?;
-        let hot = &chunk.hot[usize::from(key) % CHUNK];
+        let hot = self.bucket(bucket_key(addr))?;
         touches(&hot.touched, addr).then_some(hot)
     }
 
@@ -630,13 +651,37 @@ impl<A: Addr> Table<A> {
         }
     }
 
+    #[inline]
+    fn bucket(&self, key: u16) -> Option<&Hot> {
+        let chunk = self.chunks[usize::from(key) / CHUNK].as_deref()?;
+        Some(&chunk.hot[usize::from(key) % CHUNK])
+    }
+
+    /// Starts loading the bucket record of `key` (both of its cache lines).
+    fn prefetch_hot(&self, key: u16) {
+        if let Some(hot) = self.bucket(key) {
+            let at = std::ptr::from_ref(hot).cast::<i8>();
+            prefetch(at);
+            prefetch(at.wrapping_add(64));
+        }
+    }
+
+    /// Starts loading what a rebuild of the bucket of `key` reads: its prefixes and its rules.
+    fn prefetch_bucket(&self, key: u16) {
+        if let Some(hot) = self.bucket(key) {
+            hot.words
+                .iter()
+                .for_each(|words| prefetch_lines(words, PREFETCH_BUCKET_BYTES));
+            hot.rules
+                .iter()
+                .for_each(|rules| prefetch_lines(rules, PREFETCH_BUCKET_BYTES));
+        }
+    }
+
     /// The entries of a bucket, sorted by (start, length, rule id), read back from its prefixes.
     /// `extra` is room for the entries an edit adds.
     fn entries(&self, key: u16, extra: usize) -> Vec<Placed<'_, A>> {
-        let Some((nodes, rules)) = self.chunks[usize::from(key) / CHUNK]
-            .as_deref()
-            .and_then(|chunk| chunk.hot[usize::from(key) % CHUNK].listing::<A>())
-        else {
+        let Some((nodes, rules)) = self.bucket(key).and_then(Hot::listing::<A>) else {
             return Vec::with_capacity(extra);
         };
         let mut entries = Vec::with_capacity(rules.len() + extra);
@@ -663,7 +708,15 @@ impl<A: Addr> Table<A> {
     ) -> Self {
         let mut table = self.clone();
         let rebuild = |chunks: &mut [Option<Arc<Chunk>>], first: usize, keys: &[(u16, usize)]| {
-            for &(key, extra) in keys {
+            for (i, &(key, extra)) in keys.iter().enumerate() {
+                // The buckets of a round lie far apart: while this one is compiled, the next
+                // ones come into cache, their bucket records first and then what they point to.
+                if let Some(&(ahead, _)) = keys.get(i + 2 * BUCKETS_AHEAD) {
+                    self.prefetch_hot(ahead);
+                }
+                if let Some(&(ahead, _)) = keys.get(i + BUCKETS_AHEAD) {
+                    self.prefetch_bucket(ahead);
+                }
                 let entries = edit(key, self.entries(key, extra));
                 let chunk = &mut chunks[usize::from(key) / CHUNK - first];
                 // Copies a shared chunk on its first change only: afterwards this table owns it.
