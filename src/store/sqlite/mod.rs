@@ -694,13 +694,15 @@ mod tests {
         tx.commit().await.unwrap();
 
         let conn = Connection::open(dir.path().join(super::DB_FILE)).unwrap();
-        let (stored_as, stored_bytes): (String, i64) = conn
-            .query_row(
+        let stored = || -> (String, i64) {
+            conn.query_row(
                 "SELECT typeof(entries), length(entries) FROM audit_records",
                 [],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
-            .unwrap();
+            .unwrap()
+        };
+        let (stored_as, stored_bytes) = stored();
         assert_eq!(stored_as, "blob");
         assert!(
             stored_bytes as usize * 5 < text_bytes,
@@ -725,20 +727,22 @@ mod tests {
             .collect();
         assert_eq!(read, written);
 
-        // The length in front says 2 GiB.
+        // The length in front says 2 GiB: refused on that length, before unpacking.
         conn.execute(
-            "UPDATE audit_records SET entries = X'00000080' || substr(entries, 5)",
+            "UPDATE audit_records SET entries = CAST(X'00000080' || substr(entries, 5) AS BLOB)",
             [],
         )
         .unwrap();
+        assert_eq!(stored().0, "blob");
         let refused = backend.audit(TenantId(1), None, 10).await.unwrap_err();
-        assert!(matches!(refused, StoreError::Corrupt(_)), "{refused:?}");
+        assert!(
+            matches!(&refused, StoreError::Corrupt(why) if why.contains("2147483648 bytes")),
+            "{refused:?}"
+        );
         // Cut short.
-        conn.execute(
-            "UPDATE audit_records SET entries = X'10000000' || X'f0'",
-            [],
-        )
-        .unwrap();
+        conn.execute("UPDATE audit_records SET entries = X'10000000f0'", [])
+            .unwrap();
+        assert_eq!(stored(), ("blob".into(), 5));
         let refused = backend.audit(TenantId(1), None, 10).await.unwrap_err();
         assert!(matches!(refused, StoreError::Corrupt(_)), "{refused:?}");
     }
