@@ -154,6 +154,11 @@ fn migrator(schema: Option<&str>) -> Migrator {
             "rules keyed by tenant and id",
             include_str!("schema_v9.sql"),
         ),
+        step(
+            10,
+            "audit entries compressed with LZ4",
+            include_str!("schema_v10.sql"),
+        ),
     ]);
     if let Some(schema) = schema {
         // Created after the migrator took its lock, so nodes starting together do not race

@@ -1091,6 +1091,36 @@ async fn a_snapshot_is_one_consistent_read() {
     schema.drop().await;
 }
 
+#[tokio::test]
+#[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
+async fn audit_entries_are_compressed_with_lz4_where_the_server_has_it() {
+    let schema = TestSchema::new().await;
+    let backend = schema.backend().await;
+    let mut admin = schema.admin().await;
+    // A server built without LZ4 refuses the setting (this session's only).
+    let has_lz4 = sqlx::query("SET default_toast_compression = lz4")
+        .execute(&mut admin)
+        .await
+        .is_ok();
+    let compression: String = sqlx::query_scalar(
+        "SELECT attcompression::text FROM pg_attribute
+         WHERE attrelid = format('%I.audit_records', $1::text)::regclass
+           AND attname = 'entries'",
+    )
+    .bind(&schema.name)
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(
+        compression,
+        if has_lz4 { "l" } else { "" },
+        "lz4: {has_lz4}"
+    );
+    admin.close().await.ok();
+    backend.close().await;
+    schema.drop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
 async fn nodes_starting_together_migrate_once() {
@@ -1114,7 +1144,7 @@ async fn nodes_starting_together_migrate_once() {
     .fetch_all(&mut admin)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     // Rules keyed by tenant and id, which listings read in order too; no index beside it.
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT indexdef FROM pg_indexes WHERE schemaname = $1 AND tablename = 'rules'
