@@ -190,3 +190,46 @@ pub fn audit_entries(value: rusqlite::types::ValueRef<'_>) -> StoreResult<String
     };
     String::from_utf8(bytes).map_err(|e| corrupt(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rusqlite::types::ValueRef;
+
+    use super::{audit_entries, packed_audit_entries};
+
+    fn packed() -> Vec<u8> {
+        let event = r#"[0,"{\"type\":\"access_rules\",\"ip\":\"192.0.2.1\"}",null]"#;
+        packed_audit_entries(&format!("[{}]", vec![event; 64].join(",")))
+    }
+
+    proptest! {
+        /// Whatever damage a stored record suffers, reading it answers: the entries, or an
+        /// error that says they are corrupt. Never a panic.
+        #[test]
+        fn damaged_records_are_refused_not_a_panic(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut damaged = packed();
+            for (at, byte) in flips {
+                let at = at.index(damaged.len());
+                damaged[at] ^= byte;
+            }
+            damaged.truncate(cut.index(damaged.len() + 1));
+            let _ = audit_entries(ValueRef::Blob(&damaged));
+        }
+    }
+
+    #[test]
+    fn packed_entries_read_back_as_written() {
+        let text = r#"[[0,"{\"ip\":\"192.0.2.1\"}",null],[1,"\u0000\\N\n\"é","bad ip"]]"#;
+        let packed = packed_audit_entries(text);
+        assert_eq!(audit_entries(ValueRef::Blob(&packed)).unwrap(), text);
+        assert_eq!(
+            audit_entries(ValueRef::Text(text.as_bytes())).unwrap(),
+            text
+        );
+        assert!(audit_entries(ValueRef::Integer(1)).is_err());
+    }
+}
