@@ -104,7 +104,7 @@ pub struct PgBackend {
     /// How this backend's commits announce themselves, and how its listener knows its own.
     announcer: Arc<Announcer>,
     /// Local turn-taking of write transactions (see the module documentation).
-    write_turn: Arc<tokio::sync::Mutex<()>>,
+    write_turn: Arc<tokio::sync::Mutex<transaction::WriteTurn>>,
     /// Started on the first call of [`Backend::change_signal`]: tools that never follow the log
     /// do not hold a listening connection.
     listener: OnceLock<Listener>,
@@ -236,7 +236,7 @@ impl PgBackend {
                 channel: channel_name(options.schema.as_deref()),
                 origin: format!("{:016x}", rand::random::<u64>()),
             }),
-            write_turn: Arc::new(tokio::sync::Mutex::new(())),
+            write_turn: Default::default(),
             listener: OnceLock::new(),
             runtime: tokio::runtime::Handle::current(),
         })

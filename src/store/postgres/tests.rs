@@ -1091,6 +1091,56 @@ async fn a_snapshot_is_one_consistent_read() {
     schema.drop().await;
 }
 
+/// Rules stored where their key is free are first tried without `ON CONFLICT` while keys keep
+/// being free, and a taken key sends the batch back to `ON CONFLICT` within the same
+/// transaction: whichever way each batch goes, free keys get a rule, taken ones `None`, and
+/// every transaction commits what it stored.
+#[tokio::test]
+#[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
+async fn rules_stored_where_keys_are_free_whichever_way_the_batch_goes() {
+    let schema = TestSchema::new().await;
+    let backend = schema.backend().await;
+    let mut tx = backend.begin().await.unwrap();
+    let t = tx
+        .tenant_id(&tenant_name("a"), UnixMillis(0))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // (addresses in the batch, which of them are taken by then)
+    let batches: [(&[u8], &[u8]); 5] = [
+        (&[1, 2], &[]),     // all free: no ON CONFLICT
+        (&[3, 1, 4], &[1]), // one taken: back to ON CONFLICT
+        (&[5, 2], &[2]),    // after a taken key: ON CONFLICT from the start
+        (&[6, 7], &[]),     // all free, under ON CONFLICT
+        (&[8, 6, 9], &[6]), // free keys again, then one taken
+    ];
+    for (batch, taken) in batches {
+        let rules: Vec<NewRule> = batch
+            .iter()
+            .map(|n| new_rule(t, &format!("192.0.2.{n}")))
+            .collect();
+        let mut tx = backend.begin().await.unwrap();
+        let ids = tx.insert_absent_rules(&rules).await.unwrap();
+        let stored: Vec<bool> = ids.iter().map(Option::is_some).collect();
+        let free: Vec<bool> = batch.iter().map(|n| !taken.contains(n)).collect();
+        assert_eq!(stored, free, "batch {batch:?}");
+        tx.commit().await.unwrap();
+    }
+    let mut targets: Vec<String> = backend
+        .snapshot(UnixMillis(T0))
+        .await
+        .unwrap()
+        .rules
+        .iter()
+        .map(|rule| rule.target.to_string())
+        .collect();
+    targets.sort();
+    let expected: Vec<String> = (1..=9).map(|n| format!("192.0.2.{n}/32")).collect();
+    assert_eq!(targets, expected);
+    backend.close().await;
+    schema.drop().await;
+}
+
 #[tokio::test]
 #[ignore = "needs PostgreSQL (PALISADE_TEST_DATABASE_URL); bash .ci/run runs it"]
 async fn audit_entries_are_compressed_with_lz4_where_the_server_has_it() {
