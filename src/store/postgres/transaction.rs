@@ -219,12 +219,6 @@ impl PgTransaction {
     }
 }
 
-/// A row broke a unique constraint (SQLSTATE 23505).
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .is_some_and(|e| e.code().as_deref() == Some("23505"))
-}
-
 impl PgTransaction {
     /// Deletes up to `limit` rows of `table` made before `before`, oldest first: the rows below
     /// the first one made at or after `before`, in the order of their `key`, which grows with
@@ -344,7 +338,10 @@ impl Transaction for PgTransaction {
                     self.execute("RELEASE SAVEPOINT insert_absent").await?;
                     return ids;
                 }
-                Err(e) if is_unique_violation(&e) => {
+                Err(e)
+                    if e.as_database_error()
+                        .is_some_and(|e| e.is_unique_violation()) =>
+                {
                     self.execute("ROLLBACK TO SAVEPOINT insert_absent").await?;
                 }
                 Err(e) => return Err(db(e)),
