@@ -15,7 +15,8 @@
 //!   family (two are nested or disjoint), so the prefixes covering an address are the deepest
 //!   one and its ancestors. Both allocations are
 //!   small and are fetched together, so walking them costs about one read from memory. A change
-//!   reads a bucket's entries back from them and compiles the bucket again.
+//!   reads a bucket's entries back from them and compiles the bucket again, except the common
+//!   one, new host prefixes (a /32 or /128), which are spliced into the compiled bucket.
 //!
 //! A table is an immutable value: a change builds a new one sharing every untouched chunk, and
 //! the index publishes it with one atomic pointer swap, so readers never wait and see all of a
@@ -32,6 +33,9 @@ use crate::rules::{RuleAction, UnixMillis};
 
 /// An address as an unsigned integer, most significant bit first.
 pub trait Addr: Copy + Ord + Eq + Hash + Debug + Send + Sync + 'static {
+    /// The address length: the length of a host prefix.
+    const BITS: u8;
+
     /// Byte `i` counted from the most significant end.
     fn byte(self, i: u32) -> u8;
 
@@ -63,6 +67,8 @@ pub trait Addr: Copy + Ord + Eq + Hash + Debug + Send + Sync + 'static {
 }
 
 impl Addr for u32 {
+    const BITS: u8 = 32;
+
     fn byte(self, i: u32) -> u8 {
         (self >> (24 - 8 * i)) as u8
     }
@@ -111,6 +117,8 @@ impl Addr for u32 {
 }
 
 impl Addr for u128 {
+    const BITS: u8 = 128;
+
     fn byte(self, i: u32) -> u8 {
         (self >> (120 - 8 * i)) as u8
     }
@@ -394,6 +402,93 @@ impl Hot {
             words: Some(words),
             rules: Some(entries.iter().map(|e| e.rule.clone()).collect()),
         }
+    }
+
+    /// This bucket with host prefixes added (`hosts`: their entries, sorted by address and
+    /// rule id), worked out from its compiled form rather than compiled again: under scattered
+    /// ingest nearly every change adds one host to a bucket of a few dozen prefixes, and
+    /// compiling those again was most of a publishing round. `None` when it does not apply (an
+    /// empty bucket, or a host prefix the bucket has already), and the bucket is compiled.
+    fn with_hosts<A: Addr>(&self, key: u16, hosts: &[Placed<'_, A>]) -> Option<Self> {
+        let (nodes, rules) = self.listing::<A>()?;
+        let words = self.words.as_deref()?;
+        // Each new prefix: its address, its rules, where it goes among the old ones, and the
+        // old prefix it lies in.
+        struct Host<'h, 'r, A> {
+            addr: A,
+            entries: &'h [Placed<'r, A>],
+            at: usize,
+            parent: Option<usize>,
+        }
+        let mut new = Vec::with_capacity(hosts.len());
+        let mut touched = self.touched;
+        for entries in hosts.chunk_by(|a, b| a.start == b.start) {
+            let addr = entries[0].start;
+            let at = nodes.position(addr.key(), A::BITS);
+            if at < nodes.len() && nodes.key_and_len(at) == (addr.key(), A::BITS) {
+                return None;
+            }
+            let block = addr.byte(2);
+            touched[usize::from(block >> 6)] |= 1 << (block & 63);
+            let parent = nodes.deepest(addr);
+            new.push(Host {
+                addr,
+                entries,
+                at,
+                parent,
+            });
+        }
+        let count = nodes.len() + new.len();
+        // Where old prefix `n` goes: after every new one placed before it.
+        let moved = |n: usize| n + new.partition_point(|host| host.at <= n);
+        let mut keys = Vec::with_capacity(count);
+        let mut lens = Vec::with_capacity(count);
+        let mut parents = Vec::with_capacity(count);
+        let mut rules_at = Vec::with_capacity(count + 1);
+        let mut list: Vec<&RuleRef> = Vec::with_capacity(rules.len() + hosts.len());
+        let parent_of = |parent: Option<usize>| parent.map_or(NO_PARENT, |p| moved(p) as u32);
+        let mut next = new.iter().peekable();
+        for n in 0..=nodes.len() {
+            while let Some(host) = next.next_if(|host| host.at == n) {
+                keys.push(host.addr.key());
+                lens.push(A::BITS);
+                parents.push(parent_of(host.parent));
+                rules_at.push(list.len() as u32);
+                list.extend(host.entries.iter().map(|e| e.rule));
+            }
+            if n < nodes.len() {
+                let (key, len) = nodes.key_and_len(n);
+                keys.push(key);
+                lens.push(len);
+                parents.push(parent_of(nodes.parent(n)));
+                rules_at.push(list.len() as u32);
+                list.extend(&rules[nodes.rules(n)]);
+            }
+        }
+        rules_at.push(list.len() as u32);
+        let spans: Vec<(A, Span)> = new
+            .iter()
+            .map(|host| {
+                let own = host.entries.iter().map(|e| Span::of(e.rule));
+                (host.addr, own.fold(Span::EMPTY, Span::widen))
+            })
+            .collect();
+        let decision = intervals::with_hosts(words, self.counts, key, &touched, &spans);
+        let words = decision
+            .words
+            .iter()
+            .chain(&nodes::encode::<A>(&keys, &lens, &parents, &rules_at))
+            .copied()
+            .collect();
+        Some(Hot {
+            touched,
+            uniform: decision.uniform,
+            common_until: decision.common_until,
+            counts: decision.counts,
+            prefixes: count as u32,
+            words: Some(words),
+            rules: Some(list.into_iter().cloned().collect()),
+        })
     }
 
     /// The bucket's prefixes and their rules.
@@ -696,41 +791,36 @@ impl<A: Addr> Table<A> {
         entries
     }
 
-    /// A table with the given buckets replaced. `keys` are the buckets in ascending order, each
-    /// with room for the entries its edit adds; `edit` receives a bucket's current entries and
-    /// returns the new ones. Many buckets are rebuilt on two threads, each taking the chunks
-    /// of one half of the table: a round of scattered writes rebuilds thousands of buckets,
-    /// and the writes are answered only once the round is published.
-    fn rewritten<'r>(
-        &'r self,
-        keys: &[(u16, usize)],
-        edit: impl Fn(u16, Vec<Placed<'r, A>>) -> Vec<Placed<'r, A>> + Sync,
-    ) -> Self {
+    /// A table with the given buckets replaced. `keys` are the buckets in ascending order;
+    /// `rebuilt` makes a bucket's new record. Many buckets are rebuilt on two threads, each
+    /// taking the chunks of one half of the table: a round of scattered writes rebuilds
+    /// thousands of buckets, and the writes are answered only once the round is published.
+    fn rewritten(&self, keys: &[u16], rebuilt: impl Fn(u16) -> Hot + Sync) -> Self {
         let mut table = self.clone();
-        let rebuild = |chunks: &mut [Option<Arc<Chunk>>], first: usize, keys: &[(u16, usize)]| {
-            for (i, &(key, extra)) in keys.iter().enumerate() {
+        let rebuild = |chunks: &mut [Option<Arc<Chunk>>], first: usize, keys: &[u16]| {
+            for (i, &key) in keys.iter().enumerate() {
                 // The buckets of a round lie far apart: while this one is compiled, the next
                 // ones come into cache, their bucket records first and then what they point to.
-                if let Some(&(ahead, _)) = keys.get(i + 2 * BUCKETS_AHEAD) {
+                if let Some(&ahead) = keys.get(i + 2 * BUCKETS_AHEAD) {
                     self.prefetch_hot(ahead);
                 }
-                if let Some(&(ahead, _)) = keys.get(i + BUCKETS_AHEAD) {
+                if let Some(&ahead) = keys.get(i + BUCKETS_AHEAD) {
                     self.prefetch_bucket(ahead);
                 }
-                let entries = edit(key, self.entries(key, extra));
+                let hot = rebuilt(key);
                 let chunk = &mut chunks[usize::from(key) / CHUNK - first];
                 // Copies a shared chunk on its first change only: afterwards this table owns it.
                 Arc::make_mut(chunk.get_or_insert_with(Default::default)).hot
-                    [usize::from(key) % CHUNK] = Hot::compiled(key, entries);
+                    [usize::from(key) % CHUNK] = hot;
             }
         };
         if keys.len() < SPLIT_FROM {
             rebuild(&mut table.chunks, 0, keys);
             return table;
         }
-        let middle = usize::from(keys[keys.len() / 2].0) / CHUNK;
+        let middle = usize::from(keys[keys.len() / 2]) / CHUNK;
         let (low_keys, high_keys) =
-            keys.split_at(keys.partition_point(|(key, _)| usize::from(*key) / CHUNK < middle));
+            keys.split_at(keys.partition_point(|key| usize::from(*key) / CHUNK < middle));
         let (low, high) = table.chunks.split_at_mut(middle);
         // Taken by whichever thread gets to it: the other one, or this one if there is none.
         let high = std::sync::Mutex::new(Some(high));
@@ -766,9 +856,9 @@ impl<A: Addr> Table<A> {
                 by_bucket.entry(key).or_default().push(entry.placed());
             }
         }
-        let keys: Vec<(u16, usize)> = by_bucket.keys().map(|key| (*key, 0)).collect();
-        Self::default().rewritten(&keys, |key, _| {
-            by_bucket.get(&key).cloned().unwrap_or_default()
+        let keys: Vec<u16> = by_bucket.keys().copied().collect();
+        Self::default().rewritten(&keys, |key| {
+            Hot::compiled(key, by_bucket.get(&key).cloned().unwrap_or_default())
         })
     }
 
@@ -789,21 +879,28 @@ impl<A: Addr> Table<A> {
                 adds.entry(key).or_default().push(entry.placed());
             }
         }
-        let mut keys: Vec<(u16, usize)> = adds
-            .iter()
-            .map(|(key, new)| (*key, new.len()))
-            .chain(
-                removes
-                    .keys()
-                    .filter(|key| !adds.contains_key(key))
-                    .map(|key| (*key, 0)),
-            )
+        let mut keys: Vec<u16> = adds
+            .keys()
+            .chain(removes.keys().filter(|key| !adds.contains_key(key)))
+            .copied()
             .collect();
         keys.sort_unstable();
         for ids in removes.values_mut() {
             ids.sort_unstable();
         }
-        self.rewritten(&keys, |key, mut entries| {
+        for new in adds.values_mut() {
+            new.sort_unstable_by_key(|e| (e.start, e.len, e.rule.id));
+        }
+        self.rewritten(&keys, |key| {
+            let new = adds.get(&key).map_or(&[][..], Vec::as_slice);
+            let only_hosts = !new.is_empty() && new.iter().all(|e| e.len == A::BITS);
+            let added = (only_hosts && !removes.contains_key(&key))
+                .then(|| self.bucket(key)?.with_hosts(key, new))
+                .flatten();
+            if let Some(hot) = added {
+                return hot;
+            }
+            let mut entries = self.entries(key, new.len());
             if let Some(ids) = removes.get(&key) {
                 // Most removals name rules just created, whose ids lie above every id stored:
                 // the range check spares the search for each entry of a large bucket.
@@ -813,10 +910,8 @@ impl<A: Addr> Table<A> {
                     id < lowest || id > highest || ids.binary_search(&id).is_err()
                 });
             }
-            if let Some(new) = adds.get(&key) {
-                entries.extend(new);
-            }
-            entries
+            entries.extend(new);
+            Hot::compiled(key, entries)
         })
     }
 
@@ -937,7 +1032,7 @@ fn fill<T: bytemuck::Pod>(words: &mut [u64], values: &[T]) {
 mod intervals {
     use super::{Addr, NONE, Prefixes, Span, blocks_in, fill, words_for};
 
-    #[derive(Debug, Clone, Copy, Default)]
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
     pub struct Counts {
         decided: u32,
         spans: u32,
@@ -1010,14 +1105,7 @@ mod intervals {
         // times over.
         let mut keys: Vec<A::Key> = Vec::with_capacity(starts.len());
         let mut numbers: Vec<u32> = Vec::with_capacity(starts.len());
-        let mut spans: Vec<Span> = Vec::with_capacity(FEW_SPANS + 1);
-        // Numbers of the spans seen, for buckets with more than a few (a bucket usually holds
-        // a few dozen rules, whose spans a short search finds faster than a hash).
-        let mut numbered: foldhash::HashMap<Span, u32> = Default::default();
-        // Room for as many spans as intervals, made once: rules written at different instants
-        // each have a span of their own (under scattered ingest, most rules of a bucket), and
-        // growing the map step by step rehashed it four or five times per bucket.
-        let room = starts.len();
+        let mut spans = SpanNumbers::with_room(starts.len());
         // Neighbouring intervals mostly repeat one of the last two spans seen (rules that share
         // an expiry, and the gaps between them): those are numbered without searching.
         let mut recent: [Option<(Span, u32)>; 2] = [None; 2];
@@ -1034,24 +1122,7 @@ mod intervals {
             let number = match seen {
                 Some(&(_, number)) => number,
                 None => {
-                    let number = if spans.len() <= FEW_SPANS {
-                        match spans.iter().position(|s| *s == span) {
-                            Some(at) => at as u32,
-                            None => {
-                                spans.push(span);
-                                if spans.len() > FEW_SPANS {
-                                    numbered.reserve(room);
-                                    numbered.extend(spans.iter().copied().zip(0..));
-                                }
-                                spans.len() as u32 - 1
-                            }
-                        }
-                    } else {
-                        *numbered.entry(span).or_insert_with(|| {
-                            spans.push(span);
-                            spans.len() as u32 - 1
-                        })
-                    };
+                    let number = spans.number(span);
                     recent = [Some((span, number)), recent[0]];
                     number
                 }
@@ -1062,6 +1133,60 @@ mod intervals {
             }
         }
 
+        finish::<A>(bucket_key, touched, keys, numbers, spans.spans)
+    }
+
+    /// The distinct spans of a bucket's intervals, numbered in the order they first appear.
+    struct SpanNumbers {
+        spans: Vec<Span>,
+        /// Numbers of the spans seen, for buckets with more than a few (a bucket usually holds
+        /// a few dozen rules, whose spans a short search finds faster than a hash).
+        numbered: foldhash::HashMap<Span, u32>,
+        /// Room for as many spans as intervals, made once: rules written at different instants
+        /// each have a span of their own (under scattered ingest, most rules of a bucket), and
+        /// growing the map step by step rehashed it four or five times per bucket.
+        room: usize,
+    }
+
+    impl SpanNumbers {
+        fn with_room(intervals: usize) -> Self {
+            Self {
+                spans: Vec::with_capacity(FEW_SPANS + 1),
+                numbered: Default::default(),
+                room: intervals,
+            }
+        }
+
+        fn number(&mut self, span: Span) -> u32 {
+            let spans = &mut self.spans;
+            if spans.len() > FEW_SPANS {
+                return *self.numbered.entry(span).or_insert_with(|| {
+                    spans.push(span);
+                    spans.len() as u32 - 1
+                });
+            }
+            if let Some(at) = spans.iter().position(|s| *s == span) {
+                return at as u32;
+            }
+            spans.push(span);
+            if spans.len() > FEW_SPANS {
+                self.numbered.reserve(self.room);
+                self.numbered.extend(spans.iter().copied().zip(0..));
+            }
+            spans.len() as u32 - 1
+        }
+    }
+
+    /// The decision of a bucket from its intervals: `keys` ascending from 0, each with the
+    /// number of its span in `spans`, neighbours never with the same span, and spans numbered
+    /// in the order they first appear.
+    fn finish<A: Addr>(
+        bucket_key: u16,
+        touched: &[u64; 4],
+        keys: Vec<A::Key>,
+        numbers: Vec<u32>,
+        spans: Vec<Span>,
+    ) -> Decision {
         // Counts stay far below u32::MAX: a bucket holds at most a few million prefixes.
         let counts = Counts {
             decided: keys.len() as u32,
@@ -1118,6 +1243,70 @@ mod intervals {
             uniform,
             common_until,
         }
+    }
+
+    /// The decision of a bucket after adding host prefixes to it, from its current decision
+    /// (`words`, `counts`) rather than from all its prefixes. `hosts` are the new prefixes'
+    /// addresses, ascending and distinct, each with the span of its own rules; `touched`
+    /// already includes their blocks. An address under a host prefix is decided by that
+    /// prefix's rules and by everything that decided it before, so the interval holding each
+    /// host is split around it and nothing else changes. The result is the one [`build`]
+    /// gives for all the prefixes: the same maximal intervals, spans numbered the same way.
+    pub fn with_hosts<A: Addr>(
+        words: &[u64],
+        counts: Counts,
+        bucket_key: u16,
+        touched: &[u64; 4],
+        hosts: &[(A, Span)],
+    ) -> Decision {
+        let layout = Layout::of::<A>(counts);
+        let old_keys =
+            &bytemuck::cast_slice::<u64, A::Key>(&words[layout.keys..layout.numbers])[..layout.n];
+        let old_numbers =
+            &bytemuck::cast_slice::<u64, u32>(&words[layout.numbers..layout.spans])[..layout.n];
+        let old_span = |number: u32| {
+            let at = layout.spans + 2 * number as usize;
+            Span {
+                block_until: words[at] as i64,
+                allow_until: words[at + 1] as i64,
+            }
+        };
+        let high = A::bucket_start(bucket_key).broadcast(16);
+        let capacity = old_keys.len() + 2 * hosts.len();
+        let mut intervals: Vec<(A::Key, Span)> = Vec::with_capacity(capacity);
+        let mut push = |key: A::Key, span: Span| {
+            if intervals.last().is_none_or(|(_, last)| *last != span) {
+                intervals.push((key, span));
+            }
+        };
+        let mut hosts = hosts.iter().peekable();
+        for (i, (key, number)) in old_keys.iter().zip(old_numbers).enumerate() {
+            let span = old_span(*number);
+            let last = match old_keys.get(i + 1) {
+                // Keys ascend, so the next interval starts above this one's first address.
+                Some(next) => A::from_parts(bucket_key, *next).wide() - 1,
+                None => high.wide(),
+            };
+            let mut from = Some(A::from_parts(bucket_key, *key));
+            while let Some((host, own)) = hosts.next_if(|(host, _)| host.wide() <= last) {
+                if let Some(start) = from.filter(|start| start < host) {
+                    push(start.key(), span);
+                }
+                push(host.key(), span.widen(*own));
+                from = host.next().filter(|next| next.wide() <= last);
+            }
+            if let Some(from) = from {
+                push(from.key(), span);
+            }
+        }
+        let mut spans = SpanNumbers::with_room(intervals.len());
+        let mut keys = Vec::with_capacity(intervals.len());
+        let mut numbers = Vec::with_capacity(intervals.len());
+        for (key, span) in intervals {
+            keys.push(key);
+            numbers.push(spans.number(span));
+        }
+        finish::<A>(bucket_key, touched, keys, numbers, spans.spans)
     }
 
     /// Interval `at` of bucket `bucket` as `(first, last, span)`, if there is one.
@@ -1213,12 +1402,22 @@ mod nodes {
             .map(|n| n.rules_from as u32)
             .chain([prefixes.entries.len() as u32])
             .collect();
+        encode::<A>(&keys, &lens, &parents, &rules_at)
+    }
+
+    /// The sections as words: `rules_at` has one more item than the others.
+    pub fn encode<A: Addr>(
+        keys: &[A::Key],
+        lens: &[u8],
+        parents: &[u32],
+        rules_at: &[u32],
+    ) -> Vec<u64> {
         let layout = Layout::of::<A>(keys.len());
         let mut words = vec![0u64; layout.end];
-        fill(&mut words[layout.keys..layout.lens], &keys);
-        fill(&mut words[layout.lens..layout.parents], &lens);
-        fill(&mut words[layout.parents..layout.rules_at], &parents);
-        fill(&mut words[layout.rules_at..layout.end], &rules_at);
+        fill(&mut words[layout.keys..layout.lens], keys);
+        fill(&mut words[layout.lens..layout.parents], lens);
+        fill(&mut words[layout.parents..layout.rules_at], parents);
+        fill(&mut words[layout.rules_at..layout.end], rules_at);
         words
     }
 
@@ -1273,6 +1472,18 @@ mod nodes {
             }
         }
 
+        /// How many prefixes sort before one at `key` of length `len`.
+        pub fn position(&self, key: A::Key, len: u8) -> usize {
+            let from = self.keys.partition_point(|k| *k < key);
+            let same_key = self.keys[from..].partition_point(|k| *k == key);
+            from + self.lens[from..from + same_key].partition_point(|l| *l < len)
+        }
+
+        /// Prefix `n`'s first address as a position in the bucket, and its length.
+        pub fn key_and_len(&self, n: usize) -> (A::Key, u8) {
+            (self.keys[n], self.lens[n])
+        }
+
         #[inline]
         pub fn parent(&self, n: usize) -> Option<usize> {
             let parent = self.parents[n];
@@ -1305,6 +1516,128 @@ fn bucket_keys_of<A: Addr>(start: A, len: u8) -> std::ops::RangeInclusive<u16> {
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
+
+    use super::{Addr, Entry, Hot, Table, bucket_key};
+    use crate::index::RuleRef;
+    use crate::rules::{RuleAction, Source, Target, UnixMillis};
+
+    /// A rule on `start/len` (the target is not read by the table: an IPv4 stand-in).
+    fn entry<A: Addr>(id: i64, start: A, len: u8, allow: bool, expiry: u8) -> Entry<A> {
+        let target = Target::Ip("192.0.2.1/32".parse().unwrap());
+        Entry {
+            start: start.network(len),
+            len,
+            rule: RuleRef {
+                id,
+                action: if allow {
+                    RuleAction::Allow
+                } else {
+                    RuleAction::Block
+                },
+                target,
+                // A few expiries, so that intervals merge and spans repeat; 0 is permanent.
+                expires_at: (expiry > 0).then(|| UnixMillis(1_000 * i64::from(expiry))),
+                source: Source::Signal,
+                texts: None,
+            },
+        }
+    }
+
+    /// Everything a bucket record holds, for comparing two of them.
+    fn contents(hot: &Hot) -> impl PartialEq + std::fmt::Debug {
+        (
+            hot.touched,
+            hot.uniform,
+            hot.common_until,
+            hot.counts,
+            hot.prefixes,
+            hot.words.as_deref().map(<[u64]>::to_vec),
+            hot.rules.as_deref().map(<[RuleRef]>::to_vec),
+        )
+    }
+
+    /// A bucket with `old` prefixes (offsets into bucket `key`, lengths, actions, expiries)
+    /// given `hosts` (offsets, actions, expiries): added to the compiled bucket, and compiled
+    /// with everything from the start. Offsets are masked into the bucket.
+    fn hosts_added<A: Addr>(
+        key: u16,
+        old: &[(u128, u8, bool, u8)],
+        hosts: &[(u128, bool, u8)],
+        offset: impl Fn(u128) -> A,
+    ) -> Result<(), TestCaseError> {
+        let old: Vec<Entry<A>> = old
+            .iter()
+            .enumerate()
+            .map(|(i, (at, len, allow, expiry))| {
+                entry(i as i64 + 1, offset(*at), *len, *allow, *expiry)
+            })
+            .collect();
+        let mut new: Vec<Entry<A>> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (at, allow, expiry))| {
+                entry(1_000 + i as i64, offset(*at), A::BITS, *allow, *expiry)
+            })
+            .collect();
+        new.sort_unstable_by_key(|e| (e.start, e.rule.id));
+        let before = Table::build(old.clone());
+        let all = Table::build(old.iter().chain(&new).cloned());
+        let compiled = all.bucket(key).expect("the bucket has rules");
+        let placed: Vec<_> = new.iter().map(Entry::placed).collect();
+        let taken = |e: &Entry<A>| old.iter().any(|o| o.len == A::BITS && o.start == e.start);
+        match before
+            .bucket(key)
+            .and_then(|hot| hot.with_hosts(key, &placed))
+        {
+            Some(added) => prop_assert_eq!(contents(&added), contents(compiled)),
+            // Only an empty bucket or a host prefix it had already is compiled again.
+            None => prop_assert!(
+                before.bucket(key).is_none_or(|hot| hot.words.is_none()) || new.iter().any(taken)
+            ),
+        }
+        // Through a table update, whichever way the bucket is rebuilt.
+        let updated = before.updated(new, Vec::new());
+        prop_assert_eq!(contents(updated.bucket(key).unwrap()), contents(compiled));
+        Ok(())
+    }
+
+    proptest! {
+        /// Host prefixes added to a compiled bucket give what compiling all its prefixes
+        /// gives: old prefixes from /12 (stored in many buckets) to /32, new hosts at a few
+        /// addresses (so they fall on old prefixes' edges, old hosts and each other), the
+        /// bucket's first and last address among them.
+        #[test]
+        fn hosts_added_to_an_ipv4_bucket_as_if_compiled(
+            old in proptest::collection::vec((0u128..64, 12u8..=32, any::<bool>(), 0u8..4), 0..40),
+            hosts in proptest::collection::vec((0u128..64, any::<bool>(), 0u8..4), 1..12),
+        ) {
+            let key = 0x0a0b;
+            // 0 and 63 are the bucket's first and last address; the rest spread over it.
+            let offset = |at: u128| match at {
+                0 => u32::bucket_start(key),
+                63 => u32::bucket_start(key) | 0xffff,
+                at => u32::bucket_start(key) | ((at as u32 * 0x0409) & 0xffff),
+            };
+            prop_assume!(bucket_key(offset(0)) == key);
+            hosts_added(key, &old, &hosts, offset)?;
+        }
+
+        /// The same for IPv6 (/128 hosts, keys of two words).
+        #[test]
+        fn hosts_added_to_an_ipv6_bucket_as_if_compiled(
+            old in proptest::collection::vec((0u128..64, 12u8..=128, any::<bool>(), 0u8..4), 0..30),
+            hosts in proptest::collection::vec((0u128..64, any::<bool>(), 0u8..4), 1..10),
+        ) {
+            let key = 0x2001;
+            let last = u128::bucket_start(key).broadcast(16);
+            let offset = |at: u128| match at {
+                0 => u128::bucket_start(key),
+                63 => last,
+                at => u128::bucket_start(key) | ((at * 0x0409_0000_0000_0000_0001) & ((1 << 112) - 1)),
+            };
+            hosts_added(key, &old, &hosts, offset)?;
+        }
+    }
 
     proptest! {
         #[test]
