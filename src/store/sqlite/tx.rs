@@ -8,6 +8,7 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
+use foldhash::HashSetExt;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use tokio::sync::{OwnedMutexGuard, oneshot};
@@ -126,8 +127,9 @@ impl Transaction for Direct<'_> {
     async fn insert_absent_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
         let mut map = self.keys.current(self.conn)?;
         let map = map.as_mut().expect("read by current");
-        // A key given twice is stored once, should a caller ever repeat one.
-        let mut keys = foldhash::HashSet::default();
+        // A key given twice is stored once, should a caller ever repeat one. Sized once: grown
+        // step by step, it was rehashed about ten times for each 1000-event batch.
+        let mut keys = foldhash::HashSet::with_capacity(rules.len());
         let absent: Vec<bool> = rules
             .iter()
             .map(|rule| map.get(&key_of(rule)).is_none() && keys.insert(key_of(rule)))
