@@ -405,10 +405,11 @@ impl Hot {
     }
 
     /// This bucket with host prefixes added (`hosts`: their entries, sorted by address and
-    /// rule id), worked out from its compiled form rather than compiled again: under scattered
-    /// ingest nearly every change adds one host to a bucket of a few dozen prefixes, and
-    /// compiling those again was most of a publishing round. `None` when it does not apply (an
-    /// empty bucket, or a host prefix the bucket has already), and the bucket is compiled.
+    /// rule id), worked out from its compiled form rather than compiled again: under ingest
+    /// nearly every change adds a host, and for dense addresses compiling the crowded bucket
+    /// again for a round's thousand hosts was most of the round (BENCHMARKS.md). `None` when it
+    /// does not apply (an empty bucket, or a host prefix the bucket has already), and the
+    /// bucket is compiled.
     fn with_hosts<A: Addr>(&self, key: u16, hosts: &[Placed<'_, A>]) -> Option<Self> {
         let (nodes, rules) = self.listing::<A>()?;
         let words = self.words.as_deref()?;
