@@ -168,7 +168,11 @@ impl Feed {
         }
         *applied = last;
         self.applied_now.store(last, Ordering::Release);
-        // Nobody listening is fine.
-        let _ = self.broadcast.send(changes.into());
+        // Moving the changes into a shared slice copies them all: under ingest a round's are
+        // hundreds of kilobytes, on the path of every acknowledgement. Only for a listener.
+        if self.broadcast.receiver_count() > 0 {
+            // One that went away since is fine.
+            let _ = self.broadcast.send(changes.into());
+        }
     }
 }

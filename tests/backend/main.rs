@@ -411,6 +411,9 @@ async fn the_feed_follows_every_node_in_commit_order(db: Db) {
         db.node(policies()).await,
     ];
     let t = tenant(&nodes[0], "feed").await;
+    // A subscriber of the first node's feed, beside its sinks.
+    let mut subscribed = nodes[0].feed.subscribe();
+    let already = nodes[0].feed.applied();
     // Three nodes write at once; each acknowledges only what its own feed has.
     let writers = nodes.iter().enumerate().map(|(n, node)| async move {
         let mut acknowledged = Vec::new();
@@ -453,6 +456,13 @@ async fn the_feed_follows_every_node_in_commit_order(db: Db) {
             .collect();
         assert!(seqs.iter().all(|seq| seen.contains(seq)));
     }
+    // The subscriber got what the first node handed on after it subscribed, in order.
+    let mut heard = Vec::new();
+    while let Ok(changes) = subscribed.try_recv() {
+        heard.extend(changes.iter().map(|c| c.seq));
+    }
+    let handed_on: Vec<u64> = (already + 1..=nodes[0].feed.applied()).collect();
+    assert_eq!(heard, handed_on);
     // A node that starts now reads them all from a snapshot.
     let late = db.node(policies()).await;
     assert_eq!(late.feed.applied(), *seqs.last().unwrap());
