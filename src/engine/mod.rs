@@ -26,7 +26,7 @@ use crate::signal::{BatchProblem, SignalPolicy};
 use crate::store::backend::SharedBackend;
 use crate::store::{Actor, Change, NewKey, QueuedReport, StoreError, StoreResult, WriteBatch};
 pub use feed::{ChangeSink, Feed};
-pub use ops::{Op, Output, ProcessedReports, WriteOutcome, WritePolicy};
+pub use ops::{AuditDraft, Op, Output, ProcessedReports, WriteOutcome, WritePolicy};
 pub use use_cases::{SignalOutcome, off_worker};
 
 /// How the engine checks what it is sent.
@@ -118,7 +118,15 @@ impl Engine {
     /// Commits the valid writes and the audit entries of every item, atomically; the feed
     /// has the changes before this returns.
     pub async fn write(&self, batch: WriteBatch) -> StoreResult<WriteOutcome> {
-        match self.submit(Op::Write(batch)).await? {
+        let policy = self.policies.write;
+        let event_bytes = batch.items.iter().map(|item| item.event.len()).sum();
+        let (batch, audit) = use_cases::off_worker(event_bytes, move || {
+            let audit = AuditDraft::of(&batch, &policy);
+            (batch, audit)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?;
+        match self.submit(Op::Write { batch, audit }).await? {
             Output::Written(outcome) => Ok(outcome),
             _ => Err(unexpected()),
         }

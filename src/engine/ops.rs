@@ -38,7 +38,10 @@ impl Default for WritePolicy {
 /// One unit of work for the writer; a group of them commits in one transaction.
 #[derive(Debug)]
 pub enum Op {
-    Write(WriteBatch),
+    Write {
+        batch: WriteBatch,
+        audit: AuditDraft,
+    },
     DeleteRule {
         tenant: TenantId,
         id: RuleId,
@@ -128,7 +131,7 @@ impl Op {
     /// Rows this op writes, roughly: how much of a group's budget it takes.
     pub fn weight(&self) -> usize {
         match self {
-            Op::Write(batch) => batch.items.len().max(1),
+            Op::Write { batch, .. } => batch.items.len().max(1),
             Op::ProcessReports { max_writes, .. } => *max_writes,
             _ => 1,
         }
@@ -136,7 +139,7 @@ impl Op {
 
     pub async fn run(&self, tx: &mut dyn Transaction, policy: &WritePolicy) -> StoreResult<Output> {
         Ok(match self {
-            Op::Write(batch) => Output::Written(write(tx, policy, batch).await?),
+            Op::Write { batch, audit } => Output::Written(write(tx, policy, batch, audit).await?),
             Op::DeleteRule {
                 tenant,
                 id,
@@ -365,10 +368,65 @@ fn over_quota_reason(quota: u64) -> String {
     format!("target: the tenant's quota of {quota} rules is reached")
 }
 
+/// A batch's audit records as they read when no write of it is refused for the quota, which is
+/// nearly always. Escaping every event into JSON is a good part of a batch's audit; worked out
+/// before the batch queues, it is done by the request's own task, in parallel with other
+/// requests, rather than by the one writer. The writer redoes only a record holding a refusal.
+#[derive(Debug)]
+pub struct AuditDraft(Vec<NewAuditRecord>);
+
+impl AuditDraft {
+    pub fn of(batch: &WriteBatch, policy: &WritePolicy) -> Self {
+        Self(
+            batch
+                .items
+                .chunks(MAX_RECORD_ENTRIES)
+                .enumerate()
+                .map(|(n, items)| audit_record(batch, n * MAX_RECORD_ENTRIES, items, &[], policy))
+                .collect(),
+        )
+    }
+}
+
+/// The audit record of `items`, the batch's events from position `first` on; `over_quota`:
+/// the positions among them whose write was refused for the quota, ascending.
+fn audit_record(
+    batch: &WriteBatch,
+    first: usize,
+    items: &[BatchItem],
+    over_quota: &[usize],
+    policy: &WritePolicy,
+) -> NewAuditRecord {
+    let event_bytes = items
+        .iter()
+        .map(|item| item.event.len().min(policy.audit_event_bytes))
+        .sum();
+    let mut entries = AuditEntries::with_capacity(items.len(), event_bytes);
+    let quota_reason = over_quota_reason(policy.rules_per_tenant);
+    let mut over_quota = over_quota.iter().peekable();
+    for (index, BatchItem { event, write }) in (first..).zip(items) {
+        let error = match write {
+            Err(reason) => Some(reason.as_str()),
+            Ok(_) if over_quota.next_if_eq(&&index).is_some() => Some(quota_reason.as_str()),
+            Ok(_) => None,
+        };
+        let text = audit_text(event, policy.audit_event_bytes);
+        entries.push(Some(index as u32), &text, error);
+    }
+    NewAuditRecord::new(
+        batch.tenant,
+        batch.key_id,
+        batch.request_id.clone(),
+        batch.at,
+        entries,
+    )
+}
+
 async fn write(
     tx: &mut dyn Transaction,
     policy: &WritePolicy,
     batch: &WriteBatch,
+    draft: &AuditDraft,
 ) -> StoreResult<WriteOutcome> {
     let writes = batch
         .items
@@ -377,41 +435,29 @@ async fn write(
     let mut rows = Rows::load(tx, batch.tenant, writes, batch.at, policy.rules_per_tenant).await?;
     let mut over_quota = Vec::new();
     // One audit record per request, or per `MAX_RECORD_ENTRIES` events of a larger batch.
-    let mut audit = Vec::with_capacity(batch.items.len().div_ceil(MAX_RECORD_ENTRIES));
-    for (first, items) in (0..)
-        .step_by(MAX_RECORD_ENTRIES)
-        .zip(batch.items.chunks(MAX_RECORD_ENTRIES))
+    let mut audit = Vec::with_capacity(draft.0.len());
+    for ((n, items), drafted) in batch
+        .items
+        .chunks(MAX_RECORD_ENTRIES)
+        .enumerate()
+        .zip(&draft.0)
     {
-        let event_bytes = items
-            .iter()
-            .map(|item| item.event.len().min(policy.audit_event_bytes))
-            .sum();
-        let mut entries = AuditEntries::with_capacity(items.len(), event_bytes);
-        for (index, BatchItem { event, write }) in (first..).zip(items) {
-            let error = match write {
-                Ok(write) => {
-                    if rows
-                        .plan(tx, write, batch.at, policy.rules_per_tenant)
-                        .await?
-                    {
-                        None
-                    } else {
-                        over_quota.push(index);
-                        Some(over_quota_reason(policy.rules_per_tenant))
-                    }
-                }
-                Err(reason) => Some(reason.clone()),
-            };
-            let text = audit_text(event, policy.audit_event_bytes);
-            entries.push(Some(index as u32), &text, error.as_deref());
+        let first = n * MAX_RECORD_ENTRIES;
+        let refused_before = over_quota.len();
+        for (index, item) in (first..).zip(items) {
+            if let Ok(write) = &item.write
+                && !rows
+                    .plan(tx, write, batch.at, policy.rules_per_tenant)
+                    .await?
+            {
+                over_quota.push(index);
+            }
         }
-        audit.push(NewAuditRecord::new(
-            batch.tenant,
-            batch.key_id,
-            batch.request_id.clone(),
-            batch.at,
-            entries,
-        ));
+        audit.push(if over_quota.len() == refused_before {
+            drafted.clone()
+        } else {
+            audit_record(batch, first, items, &over_quota[refused_before..], policy)
+        });
     }
     let created = rows.created;
     let changes = rows.finish(tx).await?;

@@ -228,6 +228,18 @@ async fn a_tenant_at_its_rule_quota_gets_refusals_for_new_rules_only() {
             "Entry 4: Quota exceeded: target: the tenant's quota of 3 rules is reached"
         ])
     );
+    // Each event's audit entry says what became of it, newest first.
+    let (_, audit) = app.get("/v1/audit?limit=5", &app.admin).await;
+    let outcomes: Vec<&Value> = (0..5).map(|i| &audit["entries"][i]["outcome"]).collect();
+    assert_eq!(
+        outcomes,
+        ["rejected", "rejected", "applied", "applied", "applied"],
+        "{audit}"
+    );
+    assert_eq!(
+        audit["entries"][1]["error"],
+        "target: the tenant's quota of 3 rules is reached"
+    );
     // Refreshing a rule the tenant has, and removing one, are never over quota...
     let (status, _) = app
         .signal(
