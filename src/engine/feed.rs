@@ -10,6 +10,7 @@
 //! not read yet) is filled from the log first. A follower so far behind that the log no longer
 //! holds what it missed (retention) starts over from a snapshot.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -93,35 +94,31 @@ impl Feed {
         Ok(())
     }
 
-    /// Hands on changes this process has just committed, after any committed before them that
-    /// have not been handed on yet. Takes the changes (the common case hands them on as they
-    /// are, without a copy); on an error they are left for the next try.
-    pub async fn publish(&self, changes: &mut Vec<Change>) -> StoreResult<()> {
+    /// Hands on changes this process has just committed (in commit order), after any committed
+    /// before them that have not been handed on yet. The common case hands them on as they
+    /// are, without a copy; they stay the caller's.
+    pub async fn publish(&self, changes: &[Change]) -> StoreResult<()> {
         if self.sinks.is_empty() && self.broadcast.receiver_count() == 0 {
             // Nothing follows this feed (a command-line tool): no need to read the log.
-            changes.clear();
             return Ok(());
         }
         let mut applied = self.applied.lock().await;
-        changes.retain(|c| c.seq > *applied);
-        let (Some(first), Some(last)) = (changes.first(), changes.last()) else {
+        let Some(start) = changes.iter().position(|c| c.seq > *applied) else {
             return Ok(());
         };
-        let contiguous = first.seq == *applied + 1
-            && changes
-                .windows(2)
-                .all(|pair| pair[1].seq == pair[0].seq + 1);
+        let fresh = &changes[start..];
+        let contiguous = fresh[0].seq == *applied + 1
+            && fresh.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1);
         if contiguous {
-            self.hand_on(&mut applied, std::mem::take(changes));
+            self.hand_on(&mut applied, Cow::Borrowed(fresh));
             return Ok(());
         }
-        let until = last.seq;
+        let until = fresh.iter().map(|c| c.seq).max().unwrap_or(0);
         while *applied < until {
             if self.read_log(&mut applied).await? == 0 {
                 break;
             }
         }
-        changes.clear();
         Ok(())
     }
 
@@ -155,11 +152,11 @@ impl Feed {
             return Ok(page.len());
         }
         let read = page.len();
-        self.hand_on(applied, page);
+        self.hand_on(applied, Cow::Owned(page));
         Ok(read)
     }
 
-    fn hand_on(&self, applied: &mut u64, changes: Vec<Change>) {
+    fn hand_on(&self, applied: &mut u64, changes: Cow<'_, [Change]>) {
         let Some(last) = changes.last().map(|c| c.seq) else {
             return;
         };
@@ -168,11 +165,11 @@ impl Feed {
         }
         *applied = last;
         self.applied_now.store(last, Ordering::Release);
-        // Moving the changes into a shared slice copies them all: under ingest a round's are
+        // A shared slice of the changes is a copy of them all: under ingest a round's are
         // hundreds of kilobytes, on the path of every acknowledgement. Only for a listener.
         if self.broadcast.receiver_count() > 0 {
             // One that went away since is fine.
-            let _ = self.broadcast.send(changes.into());
+            let _ = self.broadcast.send(changes.into_owned().into());
         }
     }
 }

@@ -96,13 +96,25 @@ pub enum Output {
 }
 
 impl Output {
-    pub fn changes(&self) -> &[Change] {
+    /// Moves out the rule changes this output carries (the one change of a deletion is
+    /// copied), so that they can be handed on without copying a round's thousands.
+    pub fn take_changes(&mut self) -> Vec<Change> {
         match self {
-            Output::Written(outcome) => &outcome.changes,
-            Output::Deleted(change) => change.as_slice(),
-            Output::Changes(changes) => changes,
-            Output::Reports(processed) => &processed.changes,
-            _ => &[],
+            Output::Written(outcome) => std::mem::take(&mut outcome.changes),
+            Output::Deleted(change) => change.iter().cloned().collect(),
+            Output::Changes(changes) => std::mem::take(changes),
+            Output::Reports(processed) => std::mem::take(&mut processed.changes),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Puts back what [`Output::take_changes`] took.
+    pub fn restore_changes(&mut self, changes: Vec<Change>) {
+        match self {
+            Output::Written(outcome) => outcome.changes = changes,
+            Output::Changes(taken) => *taken = changes,
+            Output::Reports(processed) => processed.changes = changes,
+            _ => {}
         }
     }
 }

@@ -30,7 +30,6 @@ type Answer = (oneshot::Sender<StoreResult<Output>>, StoreResult<Output>);
 
 /// A group whose transaction has ended, in commit order.
 struct Committed {
-    changes: Vec<Change>,
     answers: Vec<Answer>,
 }
 
@@ -108,13 +107,9 @@ async fn commit_group(
 }
 
 fn committed(answers: impl IntoIterator<Item = Answer>) -> Committed {
-    let answers: Vec<Answer> = answers.into_iter().collect();
-    let changes = answers
-        .iter()
-        .filter_map(|(_, answer)| answer.as_ref().ok())
-        .flat_map(|output| output.changes().iter().cloned())
-        .collect();
-    Committed { changes, answers }
+    Committed {
+        answers: answers.into_iter().collect(),
+    }
 }
 
 /// Runs ops in one transaction and commits it.
@@ -154,21 +149,41 @@ async fn run_together(
 async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
     let mut round = Vec::new();
     while committed.recv_many(&mut round, 64).await > 0 {
-        let mut changes: Vec<Change> = round
-            .iter_mut()
-            .flat_map(|group| std::mem::take(&mut group.changes))
-            .collect();
+        // The changes are lent by the answers and given back after: the requests' outcomes
+        // carry them, and copying them would allocate every rule's texts again.
+        let mut lent = Vec::new();
+        let mut changes: Vec<Change> = Vec::new();
+        for output in outputs(&mut round) {
+            let taken = output.take_changes();
+            lent.push(taken.len());
+            if changes.is_empty() {
+                changes = taken;
+            } else {
+                changes.extend(taken);
+            }
+        }
         if !changes.is_empty() {
             let started = std::time::Instant::now();
             // The changes are committed: answering before the feed has them would acknowledge
             // writes that look-ups do not see, so keep trying (only reading the log can fail).
-            while let Err(e) = feed.publish(&mut changes).await {
+            while let Err(e) = feed.publish(&changes).await {
                 tracing::error!(error = %e, "handing on committed changes failed; retrying");
                 tokio::time::sleep(PUBLISH_RETRY).await;
             }
             metrics::histogram!(crate::telemetry::names::FEED_PUBLISH_DURATION)
                 .record(started.elapsed().as_secs_f64());
         }
+        // From the last output back, so that the first takes the rest without a copy.
+        let mut outputs: Vec<&mut Output> = outputs(&mut round).collect();
+        for (output, count) in outputs.iter_mut().zip(lent).rev() {
+            let own = if count == changes.len() {
+                std::mem::take(&mut changes)
+            } else {
+                changes.split_off(changes.len() - count)
+            };
+            output.restore_changes(own);
+        }
+        drop(outputs);
         for group in round.drain(..) {
             for (reply, answer) in group.answers {
                 // The requester may have gone away (client disconnected); the write stands.
@@ -176,6 +191,14 @@ async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
             }
         }
     }
+}
+
+/// The outputs of a round's successful ops, in commit order.
+fn outputs(round: &mut [Committed]) -> impl Iterator<Item = &mut Output> {
+    round
+        .iter_mut()
+        .flat_map(|group| group.answers.iter_mut())
+        .filter_map(|(_, answer)| answer.as_mut().ok())
 }
 
 impl StoreError {

@@ -221,6 +221,7 @@ on_every_backend!(
     an_expired_rule_starts_a_new_life_and_is_purged_once,
     reports_merge_and_are_applied_exactly_once,
     the_feed_follows_every_node_in_commit_order,
+    writes_committed_together_each_get_their_own_changes,
     concurrent_writes_to_one_target_end_in_one_rule,
     keys_are_made_found_and_revoked,
     quotas_hold_across_batches_and_nodes,
@@ -468,6 +469,29 @@ async fn the_feed_follows_every_node_in_commit_order(db: Db) {
     assert_eq!(late.feed.applied(), *seqs.last().unwrap());
     let snapshot = late.backend.snapshot(T0).await.unwrap();
     assert_eq!(snapshot.rules.len(), 3 * 20 * 25);
+}
+
+async fn writes_committed_together_each_get_their_own_changes(db: Db) {
+    let node = db.node(policies()).await;
+    let t = tenant(&node, "together").await;
+    // Requests that arrive while a group commits share the next group, and groups committed
+    // while a round is handed on share that round: each answer must still hold its own changes.
+    for round in 0..20 {
+        let writers = (1..=8).map(|w| {
+            let targets: Vec<String> = (0..w).map(|i| format!("10.{round}.{w}.{i}")).collect();
+            let writes = targets.iter().map(|ip| put(ip, None, None)).collect();
+            let engine = &node.engine;
+            async move { (targets, engine.write(batch(t, T0, writes)).await.unwrap()) }
+        });
+        for (targets, outcome) in futures::future::join_all(writers).await {
+            let changed: Vec<String> = outcome
+                .changes
+                .iter()
+                .map(|c| c.target.to_string().trim_end_matches("/32").to_owned())
+                .collect();
+            assert_eq!(changed, targets);
+        }
+    }
 }
 
 async fn concurrent_writes_to_one_target_end_in_one_rule(db: Db) {
