@@ -193,6 +193,61 @@ impl<A: Addr> Entry<A> {
             rule: &self.rule,
         }
     }
+
+    /// The entry as placed in each bucket it covers.
+    fn placed_in_buckets(&self) -> impl Iterator<Item = (u16, Placed<'_, A>)> {
+        self.bucket_keys().map(|key| (key, self.placed()))
+    }
+}
+
+/// Items by bucket: the buckets' keys and the items, in one order, ascending by key and then
+/// by `order`.
+fn by_bucket<T, K: Ord>(
+    items: impl Iterator<Item = (u16, T)>,
+    order: impl Fn(&T) -> K,
+) -> (Vec<u16>, Vec<T>) {
+    let mut items: Vec<(u16, T)> = items.collect();
+    items.sort_unstable_by_key(|(key, item)| (*key, order(item)));
+    items.into_iter().unzip()
+}
+
+/// The order of a bucket's prefixes: by first address, length and rule id.
+fn prefix_order<A: Addr>(placed: &Placed<'_, A>) -> (A, u8, i64) {
+    (placed.start, placed.len, placed.rule.id)
+}
+
+/// Each distinct key of `keys` (ascending) with the positions that hold it.
+fn ranges(keys: &[u16]) -> Vec<(u16, std::ops::Range<usize>)> {
+    let mut start = 0;
+    keys.chunk_by(|a, b| a == b)
+        .map(|run| {
+            start += run.len();
+            (run[0], start - run.len()..start)
+        })
+        .collect()
+}
+
+/// The buckets of two lists from [`ranges`], each with its positions in both (an empty range
+/// where a list does not name it).
+type Merged = (u16, std::ops::Range<usize>, std::ops::Range<usize>);
+
+fn merged(
+    adds: Vec<(u16, std::ops::Range<usize>)>,
+    removes: Vec<(u16, std::ops::Range<usize>)>,
+) -> Vec<Merged> {
+    let mut merged = Vec::with_capacity(adds.len() + removes.len());
+    let (mut adds, mut removes) = (adds.into_iter().peekable(), removes.into_iter().peekable());
+    while let Some(key) = match (adds.peek(), removes.peek()) {
+        (Some(a), Some(r)) => Some(a.0.min(r.0)),
+        (a, r) => a.or(r).map(|(key, _)| *key),
+    } {
+        let add = adds.next_if(|(k, _)| *k == key).map_or(0..0, |(_, at)| at);
+        let remove = removes
+            .next_if(|(k, _)| *k == key)
+            .map_or(0..0, |(_, at)| at);
+        merged.push((key, add, remove));
+    }
+    merged
 }
 
 /// A prefix and the rule record it was compiled from, wherever that record lies (the bucket
@@ -793,30 +848,32 @@ impl<A: Addr> Table<A> {
     }
 
     /// A table with the given buckets replaced. `keys` are the buckets in ascending order;
-    /// `rebuilt` makes a bucket's new record. Many buckets are rebuilt on two threads, each
-    /// taking the chunks of one half of the table: a round of scattered writes rebuilds
-    /// thousands of buckets, and the writes are answered only once the round is published.
-    fn rewritten(&self, keys: &[u16], rebuilt: impl Fn(u16) -> Hot + Sync) -> Self {
+    /// `rebuilt(i)` makes the new record of bucket `keys[i]`. Many buckets are rebuilt on two
+    /// threads, each taking the chunks of one half of the table: a round of scattered writes
+    /// rebuilds thousands of buckets, and the writes are answered only once the round is
+    /// published.
+    fn rewritten(&self, keys: &[u16], rebuilt: impl Fn(usize) -> Hot + Sync) -> Self {
         let mut table = self.clone();
-        let rebuild = |chunks: &mut [Option<Arc<Chunk>>], first: usize, keys: &[u16]| {
-            for (i, &key) in keys.iter().enumerate() {
-                // The buckets of a round lie far apart: while this one is compiled, the next
-                // ones come into cache, their bucket records first and then what they point to.
-                if let Some(&ahead) = keys.get(i + 2 * BUCKETS_AHEAD) {
-                    self.prefetch_hot(ahead);
+        let rebuild =
+            |chunks: &mut [Option<Arc<Chunk>>], first: usize, keys: &[u16], from: usize| {
+                for (i, &key) in keys.iter().enumerate() {
+                    // The buckets of a round lie far apart: while this one is compiled, the next
+                    // ones come into cache, their bucket records first and then what they point to.
+                    if let Some(&ahead) = keys.get(i + 2 * BUCKETS_AHEAD) {
+                        self.prefetch_hot(ahead);
+                    }
+                    if let Some(&ahead) = keys.get(i + BUCKETS_AHEAD) {
+                        self.prefetch_bucket(ahead);
+                    }
+                    let hot = rebuilt(from + i);
+                    let chunk = &mut chunks[usize::from(key) / CHUNK - first];
+                    // Copies a shared chunk on its first change only: afterwards this table owns it.
+                    Arc::make_mut(chunk.get_or_insert_with(Default::default)).hot
+                        [usize::from(key) % CHUNK] = hot;
                 }
-                if let Some(&ahead) = keys.get(i + BUCKETS_AHEAD) {
-                    self.prefetch_bucket(ahead);
-                }
-                let hot = rebuilt(key);
-                let chunk = &mut chunks[usize::from(key) / CHUNK - first];
-                // Copies a shared chunk on its first change only: afterwards this table owns it.
-                Arc::make_mut(chunk.get_or_insert_with(Default::default)).hot
-                    [usize::from(key) % CHUNK] = hot;
-            }
-        };
+            };
         if keys.len() < SPLIT_FROM {
-            rebuild(&mut table.chunks, 0, keys);
+            rebuild(&mut table.chunks, 0, keys, 0);
             return table;
         }
         let middle = usize::from(keys[keys.len() / 2]) / CHUNK;
@@ -828,14 +885,14 @@ impl<A: Addr> Table<A> {
         let high_half = || {
             let taken = high.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(chunks) = taken {
-                rebuild(chunks, middle, high_keys);
+                rebuild(chunks, middle, high_keys, low_keys.len());
             }
         };
         std::thread::scope(|scope| {
             let other = std::thread::Builder::new()
                 .name("palisade-index".into())
                 .spawn_scoped(scope, high_half);
-            rebuild(low, 0, low_keys);
+            rebuild(low, 0, low_keys, 0);
             match other {
                 Ok(thread) => {
                     if let Err(panic) = thread.join() {
@@ -851,15 +908,15 @@ impl<A: Addr> Table<A> {
     /// Builds a table from scratch (start-up).
     pub fn build(entries: impl IntoIterator<Item = Entry<A>>) -> Self {
         let entries: Vec<Entry<A>> = entries.into_iter().collect();
-        let mut by_bucket: std::collections::BTreeMap<u16, Vec<Placed<'_, A>>> = Default::default();
-        for entry in &entries {
-            for key in entry.bucket_keys() {
-                by_bucket.entry(key).or_default().push(entry.placed());
-            }
-        }
-        let keys: Vec<u16> = by_bucket.keys().copied().collect();
-        Self::default().rewritten(&keys, |key| {
-            Hot::compiled(key, by_bucket.get(&key).cloned().unwrap_or_default())
+        let (keys, placed) = by_bucket(
+            entries.iter().flat_map(Entry::placed_in_buckets),
+            prefix_order,
+        );
+        let buckets = ranges(&keys);
+        let keys: Vec<u16> = buckets.iter().map(|(key, _)| *key).collect();
+        Self::default().rewritten(&keys, |i| {
+            let (key, range) = &buckets[i];
+            Hot::compiled(*key, placed[range.clone()].to_vec())
         })
     }
 
@@ -868,44 +925,37 @@ impl<A: Addr> Table<A> {
         if add.is_empty() && remove.is_empty() {
             return self.clone();
         }
-        let mut adds: std::collections::BTreeMap<u16, Vec<Placed<'_, A>>> = Default::default();
-        let mut removes: std::collections::BTreeMap<u16, Vec<i64>> = Default::default();
-        for (start, len, id) in remove {
-            for key in bucket_keys_of(start, len) {
-                removes.entry(key).or_default().push(id);
-            }
-        }
-        for entry in &add {
-            for key in entry.bucket_keys() {
-                adds.entry(key).or_default().push(entry.placed());
-            }
-        }
-        let mut keys: Vec<u16> = adds
-            .keys()
-            .chain(removes.keys().filter(|key| !adds.contains_key(key)))
-            .copied()
-            .collect();
-        keys.sort_unstable();
-        for ids in removes.values_mut() {
-            ids.sort_unstable();
-        }
-        for new in adds.values_mut() {
-            new.sort_unstable_by_key(|e| (e.start, e.len, e.rule.id));
-        }
-        self.rewritten(&keys, |key| {
-            let new = adds.get(&key).map_or(&[][..], Vec::as_slice);
+        // Flat lists sorted by bucket, rather than a list per bucket: a round of scattered
+        // writes has a bucket per write, and each list of its own was an allocation to make
+        // and, later, a read from memory.
+        let (add_keys, adds) =
+            by_bucket(add.iter().flat_map(Entry::placed_in_buckets), prefix_order);
+        let (remove_keys, removes) = by_bucket(
+            remove
+                .iter()
+                .flat_map(|&(start, len, id)| bucket_keys_of(start, len).map(move |key| (key, id))),
+            |id| *id,
+        );
+        let buckets = merged(ranges(&add_keys), ranges(&remove_keys));
+        let keys: Vec<u16> = buckets.iter().map(|bucket| bucket.0).collect();
+        self.rewritten(&keys, |i| {
+            let (key, add_range, remove_range) = &buckets[i];
+            let (key, new, ids) = (
+                *key,
+                &adds[add_range.clone()],
+                &removes[remove_range.clone()],
+            );
             let only_hosts = !new.is_empty() && new.iter().all(|e| e.len == A::BITS);
-            let added = (only_hosts && !removes.contains_key(&key))
+            let added = (only_hosts && ids.is_empty())
                 .then(|| self.bucket(key)?.with_hosts(key, new))
                 .flatten();
             if let Some(hot) = added {
                 return hot;
             }
             let mut entries = self.entries(key, new.len());
-            if let Some(ids) = removes.get(&key) {
+            if let (Some(&lowest), Some(&highest)) = (ids.first(), ids.last()) {
                 // Most removals name rules just created, whose ids lie above every id stored:
                 // the range check spares the search for each entry of a large bucket.
-                let (lowest, highest) = (ids[0], ids[ids.len() - 1]);
                 entries.retain(|e| {
                     let id = e.rule.id;
                     id < lowest || id > highest || ids.binary_search(&id).is_err()
