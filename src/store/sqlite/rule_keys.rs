@@ -210,16 +210,19 @@ impl KeyMap {
         self.ids.get(key).copied()
     }
 
-    /// Notes a rule stored under `key`, which no stored rule has.
-    pub(super) fn insert(&mut self, key: RuleKey, id: RuleId) -> StoreResult<()> {
-        if let Some(other) = self.ids.insert(key, id) {
-            self.ids.insert(key, other);
-            return Err(StoreError::Database(format!(
-                "a rule with this key is stored already (id {other})"
-            )));
+    /// Notes a rule stored under `key` as `id` when no rule has that key; `false`, noting
+    /// nothing, when one has (also one noted earlier in the open transaction). One search of
+    /// the map for both: under ingest it is as large as the store, and each search a read
+    /// from memory.
+    pub(super) fn insert_absent(&mut self, key: RuleKey, id: RuleId) -> bool {
+        match self.ids.entry(key) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert(id);
+                self.undo.push((key, None));
+                true
+            }
         }
-        self.undo.push((key, None));
-        Ok(())
     }
 
     /// Notes the rule `id` stored under `key` deleted.

@@ -8,7 +8,6 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use foldhash::HashSetExt;
 use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use tokio::sync::{OwnedMutexGuard, oneshot};
@@ -104,47 +103,40 @@ impl Transaction for Direct<'_> {
     async fn insert_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<RuleId>> {
         let mut map = self.keys.current(self.conn)?;
         let map = map.as_mut().expect("read by current");
-        // Checked before any row is stored, as a UNIQUE index would refuse the statement.
-        let mut keys = foldhash::HashSet::default();
-        for rule in rules {
-            if let Some(id) = map.get(&key_of(rule)) {
-                return Err(StoreError::Database(format!(
-                    "a rule with this key is stored already (id {id})"
-                )));
-            }
-            if !keys.insert(key_of(rule)) {
-                return Err(StoreError::Database("two new rules with one key".into()));
+        let first = next_rule_id(self.conn)?;
+        let ids: Vec<RuleId> = (first..).take(rules.len()).collect();
+        // Checked before any row is stored, as a UNIQUE index would refuse the statement (the
+        // keys noted meanwhile go with the transaction's rollback).
+        for (rule, &id) in rules.iter().zip(&ids) {
+            if !map.insert_absent(key_of(rule), id) {
+                return Err(StoreError::Database(
+                    "a rule with this key is stored already".into(),
+                ));
             }
         }
-        let mut ids = Vec::with_capacity(rules.len());
-        insert_each(self.conn, rules, |rule, id| {
-            ids.push(id);
-            map.insert(key_of(rule), id)
-        })?;
+        store_numbered(self.conn, rules, first)?;
         Ok(ids)
     }
 
     async fn insert_absent_rules(&mut self, rules: &[NewRule]) -> StoreResult<Vec<Option<RuleId>>> {
         let mut map = self.keys.current(self.conn)?;
         let map = map.as_mut().expect("read by current");
-        // A key given twice is stored once, should a caller ever repeat one. Sized once: grown
-        // step by step, it was rehashed about ten times for each 1000-event batch.
-        let mut keys = foldhash::HashSet::with_capacity(rules.len());
-        let absent: Vec<bool> = rules
+        // The ids are known before the rows are stored, so that each key is looked up once,
+        // and a key given twice (should a caller ever repeat one) is stored once.
+        let first = next_rule_id(self.conn)?;
+        let mut next = first;
+        let ids: Vec<Option<RuleId>> = rules
             .iter()
-            .map(|rule| map.get(&key_of(rule)).is_none() && keys.insert(key_of(rule)))
+            .map(|rule| {
+                map.insert_absent(key_of(rule), next).then(|| {
+                    next += 1;
+                    next - 1
+                })
+            })
             .collect();
-        let mut stored = Vec::with_capacity(rules.len());
-        let to_store = rules.iter().zip(&absent).filter(|(_, absent)| **absent);
-        insert_each(self.conn, to_store.map(|(rule, _)| rule), |rule, id| {
-            stored.push(id);
-            map.insert(key_of(rule), id)
-        })?;
-        let mut stored = stored.into_iter();
-        Ok(absent
-            .into_iter()
-            .map(|absent| if absent { stored.next() } else { None })
-            .collect())
+        let to_store = rules.iter().zip(&ids).filter(|(_, id)| id.is_some());
+        store_numbered(self.conn, to_store.map(|(rule, _)| rule), first)?;
+        Ok(ids)
     }
 
     async fn update_rules(&mut self, rules: &[Rule]) -> StoreResult<()> {
@@ -527,14 +519,14 @@ static NEW_RULE_APPEND: LazyLock<Append> = LazyLock::new(|| {
     )
 });
 
-/// Stores each rule, in order, `ROWS_PER_APPEND` to a statement as the change log's rows are;
-/// `stored` is then told each one's new id and may refuse it, which stops there (the caller
-/// rolls the transaction back). AUTOINCREMENT and the one writer number the rows of one call
-/// one after the other, up to the last row id inserted.
-fn insert_each<'r>(
+/// Stores each rule, in order, `ROWS_PER_APPEND` to a statement as the change log's rows are,
+/// with the ids `first`, `first + 1`, ... that AUTOINCREMENT gives them (see
+/// [`next_rule_id`]); checked after, so that a difference is an error that rolls the
+/// transaction back rather than a key map that names the wrong rules.
+fn store_numbered<'r>(
     conn: &Connection,
     rules: impl IntoIterator<Item = &'r NewRule>,
-    mut stored: impl FnMut(&NewRule, RuleId) -> StoreResult<()>,
+    first: RuleId,
 ) -> StoreResult<()> {
     let rules: Vec<&NewRule> = rules.into_iter().collect();
     if rules.is_empty() {
@@ -542,11 +534,25 @@ fn insert_each<'r>(
     }
     append_rows(conn, &NEW_RULE_APPEND, &rules, |row| bind_rule(row))?;
     let last = conn.last_insert_rowid();
-    let first = last + 1 - rules.len() as i64;
-    for (id, rule) in (first..).zip(rules) {
-        stored(rule, id)?;
+    if last != first + rules.len() as i64 - 1 {
+        return Err(StoreError::Corrupt(format!(
+            "new rules were numbered up to {last}, not {first} to {}",
+            first + rules.len() as i64 - 1
+        )));
     }
     Ok(())
+}
+
+/// The id the next rule stored gets: AUTOINCREMENT gives one above both the largest id it
+/// ever gave (kept in `sqlite_sequence`) and the largest in the table, one after the other as
+/// the one writer stores rows.
+fn next_rule_id(conn: &Connection) -> StoreResult<RuleId> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'rules'), 0),
+                        coalesce((SELECT max(id) FROM rules), 0)) + 1",
+        )?
+        .query_row([], |row| row.get(0))?)
 }
 
 fn key_of(rule: &NewRule) -> RuleKey {
