@@ -198,15 +198,36 @@ impl Op {
 /// The key a write names within its tenant.
 type Key = (RuleAction, Target);
 
+/// A rule as the writes of a group find it.
+struct Stored {
+    rule: Rule,
+    /// Stored when the rows were loaded, for the first write of its key, which has not been
+    /// planned yet: that write is the create that made it.
+    created_by_first_write: bool,
+}
+
+impl Stored {
+    fn created(rule: Rule) -> Self {
+        Self {
+            rule,
+            created_by_first_write: true,
+        }
+    }
+
+    fn found(rule: Rule) -> Self {
+        Self {
+            rule,
+            created_by_first_write: false,
+        }
+    }
+}
+
 /// The rules of one tenant a group of writes touches, as the writes go. The maps hash with
 /// foldhash, seeded per process (the targets come from clients): SipHash, over every key four
 /// times per write, showed in the writer's profile under scattered ingest.
 struct Rows {
     tenant: TenantId,
-    stored: foldhash::HashMap<Key, Rule>,
-    /// Rules stored when the rows were loaded, for the first write of their key: that write
-    /// is the create that made them.
-    inserted: foldhash::HashMap<Key, Rule>,
+    stored: foldhash::HashMap<Key, Stored>,
     /// Keys written since the last flush: a second write to one of them flushes first, so
     /// that it merges into the row the first one made.
     pending_keys: foldhash::HashSet<Key>,
@@ -244,7 +265,8 @@ impl Rows {
             .collect();
         let distinct = keys.len();
         let count = tx.rule_count(tenant).await?;
-        let mut inserted = foldhash::HashMap::with_capacity(distinct);
+        // Room for the rules created below as well, which join the stored ones.
+        let mut stored = foldhash::HashMap::with_capacity(distinct);
         let mut to_read = Vec::new();
         if count.saturating_add(first_writes.len() as u64) <= quota {
             let mut creates = Vec::new();
@@ -258,7 +280,8 @@ impl Rows {
             for (new, id) in creates.into_iter().zip(ids) {
                 match id {
                     Some(id) => {
-                        inserted.insert((new.action, new.target), new.with_id(id));
+                        let rule = new.with_id(id);
+                        stored.insert((rule.action, rule.target), Stored::created(rule));
                     }
                     None => to_read.push((new.action, new.target)),
                 }
@@ -266,18 +289,15 @@ impl Rows {
         } else {
             to_read = keys.into_iter().collect();
         }
-        // Room for the rules created below as well, which join the stored ones.
-        let mut stored = foldhash::HashMap::with_capacity(distinct);
         stored.extend(
             tx.rules_by_key(tenant, &to_read)
                 .await?
                 .into_iter()
-                .map(|rule| ((rule.action, rule.target), rule)),
+                .map(|rule| ((rule.action, rule.target), Stored::found(rule))),
         );
         Ok(Self {
             tenant,
             stored,
-            inserted,
             pending_keys: Default::default(),
             creates: Vec::new(),
             updates: Vec::new(),
@@ -299,18 +319,25 @@ impl Rows {
         quota: u64,
     ) -> StoreResult<bool> {
         let key = key_of(write);
-        if let Some(rule) = self.inserted.remove(&key) {
+        if let Some(stored) = self.stored.get_mut(&key)
+            && std::mem::take(&mut stored.created_by_first_write)
+        {
+            let rule = &stored.rule;
             self.count += 1;
             self.created += 1;
             self.changes
-                .push(Some(Change::of(&rule, ChangeOp::Put, rule.updated_at)));
-            self.stored.insert(key, rule);
+                .push(Some(Change::of(rule, ChangeOp::Put, rule.updated_at)));
             return Ok(true);
         }
         if self.pending_keys.contains(&key) {
             self.flush(tx).await?;
         }
-        match merge(self.stored.get(&key), write, self.tenant, at) {
+        match merge(
+            self.stored.get(&key).map(|s| &s.rule),
+            write,
+            self.tenant,
+            at,
+        ) {
             Merged::Unchanged => self.changes.push(None),
             Merged::Create(_) if self.count >= quota => return Ok(false),
             Merged::Create(new) => {
@@ -323,7 +350,7 @@ impl Rows {
             Merged::Update(rule) => {
                 self.changes
                     .push(Some(Change::of(&rule, ChangeOp::Put, at)));
-                self.stored.insert(key, rule.clone());
+                self.stored.insert(key, Stored::found(rule.clone()));
                 self.updates.push(rule);
                 self.pending_keys.insert(key);
             }
@@ -352,7 +379,8 @@ impl Rows {
             for ((slot, new), id) in creates.into_iter().zip(ids) {
                 let rule = new.with_id(id);
                 self.changes[slot] = Some(Change::of(&rule, ChangeOp::Put, rule.updated_at));
-                self.stored.insert((rule.action, rule.target), rule);
+                self.stored
+                    .insert((rule.action, rule.target), Stored::found(rule));
             }
         }
         if !self.updates.is_empty() {
