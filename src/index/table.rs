@@ -227,10 +227,10 @@ fn ranges(keys: &[u16]) -> Vec<(u16, std::ops::Range<usize>)> {
         .collect()
 }
 
-/// The buckets of two lists from [`ranges`], each with its positions in both (an empty range
-/// where a list does not name it).
+/// A bucket with its positions in two lists (an empty range where a list does not name it).
 type Merged = (u16, std::ops::Range<usize>, std::ops::Range<usize>);
 
+/// The buckets of two lists from [`ranges`], ascending, each with its positions in both.
 fn merged(
     adds: Vec<(u16, std::ops::Range<usize>)>,
     removes: Vec<(u16, std::ops::Range<usize>)>,
@@ -1099,6 +1099,16 @@ mod intervals {
     }
 
     impl Layout {
+        /// Span number `number` of a decision laid out so in `words`.
+        #[inline]
+        fn span(&self, words: &[u64], number: u32) -> Span {
+            let at = self.spans + 2 * number as usize;
+            Span {
+                block_until: words[at] as i64,
+                allow_until: words[at + 1] as i64,
+            }
+        }
+
         #[inline]
         fn of<A: Addr>(counts: Counts) -> Self {
             let (n, m) = (counts.decided as usize, counts.spans as usize);
@@ -1315,13 +1325,6 @@ mod intervals {
             &bytemuck::cast_slice::<u64, A::Key>(&words[layout.keys..layout.numbers])[..layout.n];
         let old_numbers =
             &bytemuck::cast_slice::<u64, u32>(&words[layout.numbers..layout.spans])[..layout.n];
-        let old_span = |number: u32| {
-            let at = layout.spans + 2 * number as usize;
-            Span {
-                block_until: words[at] as i64,
-                allow_until: words[at + 1] as i64,
-            }
-        };
         let high = A::bucket_start(bucket_key).broadcast(16);
         let capacity = old_keys.len() + 2 * hosts.len();
         let mut intervals: Vec<(A::Key, Span)> = Vec::with_capacity(capacity);
@@ -1332,7 +1335,7 @@ mod intervals {
         };
         let mut hosts = hosts.iter().peekable();
         for (i, (key, number)) in old_keys.iter().zip(old_numbers).enumerate() {
-            let span = old_span(*number);
+            let span = layout.span(words, *number);
             let last = match old_keys.get(i + 1) {
                 // Keys ascend, so the next interval starts above this one's first address.
                 Some(next) => A::from_parts(bucket_key, *next).wide() - 1,
@@ -1394,11 +1397,7 @@ mod intervals {
         // The first key is 0, so some interval holds every key.
         let interval = keys.partition_point(|k| *k <= key).saturating_sub(1);
         let numbers = bytemuck::cast_slice::<u64, u32>(&words[layout.numbers..layout.spans]);
-        let at = layout.spans + 2 * numbers[interval] as usize;
-        Span {
-            block_until: words[at] as i64,
-            allow_until: words[at + 1] as i64,
-        }
+        layout.span(words, numbers[interval])
     }
 }
 
