@@ -89,9 +89,9 @@ pub struct CheckBatch {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CheckResults<'a> {
+pub struct CheckResults {
     /// One answer per address, in the order asked.
-    pub results: Vec<CheckAnswer<'a>>,
+    pub results: Vec<CheckAnswer>,
 }
 
 /// Decisions for many addresses at once.

@@ -149,7 +149,7 @@ impl Bouncers {
         let decisions: Vec<Decision<'_>> = found
             .matches
             .iter()
-            .map(|found| found.0)
+            .map(|found| &found.0)
             .filter(|rule| rule.action == RuleAction::Block)
             .map(|rule| (rule, Facts::of_ref(rule).decision(&self.config, now)))
             .filter(|(rule, decision)| selection.admits(&rule.target, decision))

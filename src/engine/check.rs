@@ -26,10 +26,10 @@ pub struct MatchView {
 }
 
 /// A matching rule, rendered only when the answer is serialised.
-#[derive(Debug, Clone, Copy)]
-pub struct Match<'a>(pub &'a RuleRef);
+#[derive(Debug, Clone)]
+pub struct Match(pub RuleRef);
 
-impl Serialize for Match<'_> {
+impl Serialize for Match {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let rule = &self.0;
@@ -45,9 +45,9 @@ impl Serialize for Match<'_> {
 }
 
 /// The decision for one address. Computing it is a table look-up and a geo look-up; the text
-/// of the JSON is only made when it is sent, from the rules the index's [`View`] lends.
+/// of the JSON is only made when it is sent.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct CheckAnswer<'a> {
+pub struct CheckAnswer {
     /// The address as decided about (IPv4-mapped IPv6 shown as IPv4).
     #[schema(value_type = String, example = "192.0.2.7")]
     pub ip: IpAddr,
@@ -65,7 +65,7 @@ pub struct CheckAnswer<'a> {
     /// Every active rule covering the address (its range, its ASN, its country), most specific
     /// range first; at most `limits.matches_per_address` of them.
     #[schema(value_type = Vec<MatchView>)]
-    pub matches: Vec<Match<'a>>,
+    pub matches: Vec<Match>,
     /// Present and `true` when `matches` was cut short by the answer's size limits. The
     /// decision (`blocked`, `allowed`) always accounts for every rule.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -83,17 +83,12 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
 }
 
 /// The full answer for one address: decision, geo data and every matching rule.
-pub fn answer(view: &View, ip: IpAddr, now: UnixMillis) -> CheckAnswer<'_> {
+pub fn answer(view: &View, ip: IpAddr, now: UnixMillis) -> CheckAnswer {
     answer_bounded(view, ip, now, usize::MAX)
 }
 
 /// As [`answer`], listing at most `max_matches` of the matching rules.
-pub fn answer_bounded(
-    view: &View,
-    ip: IpAddr,
-    now: UnixMillis,
-    max_matches: usize,
-) -> CheckAnswer<'_> {
+pub fn answer_bounded(view: &View, ip: IpAddr, now: UnixMillis, max_matches: usize) -> CheckAnswer {
     let ip = normalize_ip(ip);
     // One geo look-up for both the ASN and country shown and the ASN and country rules matched,
     // so that they always agree.

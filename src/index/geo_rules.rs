@@ -85,12 +85,7 @@ impl GeoRules {
     }
 
     /// The active rules naming the ASN of `geo`, then those naming its country, each by id.
-    pub(super) fn matches<'a>(
-        &'a self,
-        geo: GeoRecord,
-        now: UnixMillis,
-        into: &mut Vec<&'a RuleRef>,
-    ) {
+    pub(super) fn matches(&self, geo: GeoRecord, now: UnixMillis, into: &mut Vec<RuleRef>) {
         let asn = geo.asn.and_then(|asn| self.asn.rules_of(asn.get()));
         let country = geo
             .country
@@ -100,8 +95,8 @@ impl GeoRules {
                 rules
                     .list
                     .iter()
-                    .map(|rule| &**rule)
-                    .filter(|rule| rule.is_active_at(now)),
+                    .filter(|rule| rule.is_active_at(now))
+                    .map(|rule| RuleRef::clone(rule)),
             );
         }
     }
@@ -167,7 +162,9 @@ impl GeoRules {
                     bytes += targeted.list.capacity() * size_of::<Arc<RuleRef>>();
                     for rule in &targeted.list {
                         records.insert(Arc::as_ptr(rule));
-                        texts.add(rule);
+                        if let Some(shared) = &rule.texts {
+                            texts.add(shared);
+                        }
                     }
                 }
             }

@@ -192,15 +192,13 @@ impl Texts {
 struct TextBytes(HashMap<*const RuleTexts, usize>);
 
 impl TextBytes {
-    fn add(&mut self, rule: &RuleRef) {
-        if let Some(texts) = &rule.texts {
-            // The record with its two reference counts, and the texts it points to.
-            let text_bytes: usize = texts.parts().iter().flatten().map(|text| text.len()).sum();
-            self.0.insert(
-                Arc::as_ptr(texts),
-                size_of::<RuleTexts>() + 2 * size_of::<usize>() + text_bytes,
-            );
-        }
+    fn add(&mut self, texts: &Arc<RuleTexts>) {
+        // The record with its two reference counts, and the texts it points to.
+        let text_bytes: usize = texts.parts().iter().flatten().map(|text| text.len()).sum();
+        self.0.insert(
+            Arc::as_ptr(texts),
+            size_of::<RuleTexts>() + 2 * size_of::<usize>() + text_bytes,
+        );
     }
 
     fn total(&self) -> usize {
@@ -308,13 +306,13 @@ impl Generation {
 
 /// What an answer shows about one address, all from one generation.
 #[derive(Debug)]
-pub struct Lookup<'a> {
+pub struct Lookup {
     pub verdict: Verdict,
     /// The record the ASN and country rules among `rules` were matched by.
     pub geo: GeoRecord,
     /// Every active rule covering the address: IP rules deepest prefix first, then the rules
     /// naming its ASN, then those naming its country.
-    pub rules: Vec<&'a RuleRef>,
+    pub rules: Vec<RuleRef>,
 }
 
 /// One tenant's rules at one instant. Holding it keeps that generation alive, so hold it only
@@ -332,7 +330,7 @@ impl View {
 
     /// The verdict and every active rule covering the address (see [`Lookup::rules`]). Reads
     /// the geo data only for a tenant with ASN or country rules.
-    pub fn lookup(&self, ip: IpAddr, now: UnixMillis) -> (Verdict, Vec<&RuleRef>) {
+    pub fn lookup(&self, ip: IpAddr, now: UnixMillis) -> (Verdict, Vec<RuleRef>) {
         let ip = normalize_ip(ip);
         let has_geo_rules = self
             .generation
@@ -349,7 +347,7 @@ impl View {
 
     /// A full answer: the verdict, the address's geo record and the rules covering it, with one
     /// geo look-up that both the answer's ASN and country and its rules come from.
-    pub fn lookup_with_geo(&self, ip: IpAddr, now: UnixMillis) -> Lookup<'_> {
+    pub fn lookup_with_geo(&self, ip: IpAddr, now: UnixMillis) -> Lookup {
         let ip = normalize_ip(ip);
         // Geo first: its reads are independent of the tables', so the processor overlaps the
         // tables' first misses to memory with the geo look-up's last ones.
@@ -357,7 +355,7 @@ impl View {
         self.lookup_by(ip, now, geo)
     }
 
-    fn lookup_by(&self, ip: IpAddr, now: UnixMillis, geo: GeoRecord) -> Lookup<'_> {
+    fn lookup_by(&self, ip: IpAddr, now: UnixMillis, geo: GeoRecord) -> Lookup {
         let Some(index) = self.generation.tenant(self.tenant) else {
             return Lookup {
                 verdict: Verdict::default(),
@@ -767,15 +765,7 @@ fn patched(
 
 fn push_entry(net: IpNet, rule: RuleRef, v4: &mut Vec<Entry<u32>>, v6: &mut Vec<Entry<u128>>) {
     match net {
-        IpNet::V4(n) => v4.push(Entry {
-            start: u32::from(n.network()),
-            len: n.prefix_len(),
-            rule,
-        }),
-        IpNet::V6(n) => v6.push(Entry {
-            start: u128::from(n.network()),
-            len: n.prefix_len(),
-            rule,
-        }),
+        IpNet::V4(n) => v4.push(Entry::new(u32::from(n.network()), n.prefix_len(), rule)),
+        IpNet::V6(n) => v6.push(Entry::new(u128::from(n.network()), n.prefix_len(), rule)),
     }
 }

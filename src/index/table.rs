@@ -28,8 +28,8 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use super::RuleRef;
-use crate::rules::{RuleAction, UnixMillis};
+use super::{RuleRef, RuleTexts};
+use crate::rules::{RuleAction, RuleId, Source, Target, UnixMillis};
 
 /// An address as an unsigned integer, most significant bit first.
 pub trait Addr: Copy + Ord + Eq + Hash + Debug + Send + Sync + 'static {
@@ -175,12 +175,22 @@ fn bucket_key<A: Addr>(addr: A) -> u16 {
 /// A prefix and the IP rule it was compiled from.
 #[derive(Clone)]
 pub struct Entry<A> {
-    pub start: A,
-    pub len: u8,
-    pub rule: RuleRef,
+    start: A,
+    len: u8,
+    record: Record,
+    texts: Option<Arc<RuleTexts>>,
 }
 
 impl<A: Addr> Entry<A> {
+    pub fn new(start: A, len: u8, rule: RuleRef) -> Self {
+        Self {
+            start,
+            len,
+            record: Record::of(&rule),
+            texts: rule.texts,
+        }
+    }
+
     /// The buckets this prefix touches.
     fn bucket_keys(&self) -> std::ops::RangeInclusive<u16> {
         bucket_keys_of(self.start, self.len)
@@ -190,7 +200,8 @@ impl<A: Addr> Entry<A> {
         Placed {
             start: self.start,
             len: self.len,
-            rule: &self.rule,
+            record: &self.record,
+            texts: self.texts.as_ref(),
         }
     }
 
@@ -213,7 +224,7 @@ fn by_bucket<T, K: Ord>(
 
 /// The order of a bucket's prefixes: by first address, length and rule id.
 fn prefix_order<A: Addr>(placed: &Placed<'_, A>) -> (A, u8, i64) {
-    (placed.start, placed.len, placed.rule.id)
+    (placed.start, placed.len, placed.record.id)
 }
 
 /// Each distinct key of `keys` (ascending) with the positions that hold it.
@@ -251,14 +262,155 @@ fn merged(
 }
 
 /// A prefix and the rule record it was compiled from, wherever that record lies (the bucket
-/// being replaced, or the changes): what a bucket is compiled from. Sorting and editing these
-/// moves a few words per rule, where owned records would move a whole record each time; the
-/// records are copied once, into the new bucket.
+/// being replaced, or the changes), with the rule's texts: what a bucket is compiled from.
+/// Sorting and editing these moves a few words per rule, where owned records would move a
+/// whole record each time; the records are copied once, into the new bucket. The record's own
+/// `texts` is not read: it names a place in a list that may not be the new bucket's.
 #[derive(Clone, Copy)]
 struct Placed<'r, A> {
     start: A,
     len: u8,
-    rule: &'r RuleRef,
+    record: &'r Record,
+    texts: Option<&'r Arc<RuleTexts>>,
+}
+
+/// A rule as a bucket keeps it: a [`RuleRef`] whose texts are named by their place in the
+/// bucket's list of texts ([`Hot::texts`]) rather than held.
+///
+/// Rules loaded together mostly share one texts allocation. When each record held it, every
+/// copy of a record into a rebuilt bucket counted that one allocation up, and every release of
+/// an old bucket counted it down, from the two threads that rebuild a round's buckets and the
+/// one that releases old generations at once, so the count's cache line went from core to
+/// core. A bucket now counts each distinct texts once, and its records are plain values: a
+/// round that adds hosts to crowded buckets (dense ingest) costs a tenth less (BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    id: RuleId,
+    action: RuleAction,
+    target: Target,
+    expires_at: Option<UnixMillis>,
+    source: Source,
+    /// The rule's texts in its bucket's list, or [`NO_TEXTS`].
+    texts: u32,
+}
+
+/// A rule without a name, dataset or description.
+const NO_TEXTS: u32 = u32::MAX;
+
+/// The distinct texts of one bucket's rules (see [`Hot::texts`]).
+type BucketTexts = Arc<Vec<Arc<RuleTexts>>>;
+
+/// A bucket's prefixes, their rules and the texts the rules name.
+type Listing<'a, A> = (nodes::View<'a, A>, &'a [Record], &'a [Arc<RuleTexts>]);
+
+impl Record {
+    fn of(rule: &RuleRef) -> Self {
+        Self {
+            id: rule.id,
+            action: rule.action,
+            target: rule.target,
+            expires_at: rule.expires_at,
+            source: rule.source,
+            texts: NO_TEXTS,
+        }
+    }
+
+    /// The rule, given its bucket's texts.
+    fn rule(&self, texts: &[Arc<RuleTexts>]) -> RuleRef {
+        RuleRef {
+            id: self.id,
+            action: self.action,
+            target: self.target,
+            expires_at: self.expires_at,
+            source: self.source,
+            texts: texts.get(self.texts as usize).cloned(),
+        }
+    }
+
+    fn is_active_at(&self, now: UnixMillis) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// The distinct texts of a bucket's rules, as the bucket is built: each rule's texts get a
+/// place in the list, found by address (equal texts share one allocation, see
+/// [`super::Texts`]).
+struct TextList<'r> {
+    /// The list of the bucket being replaced, whose records keep their places.
+    old: &'r [Arc<RuleTexts>],
+    /// Texts the old list lacks, placed after it.
+    added: Vec<&'r Arc<RuleTexts>>,
+    /// The places by address, once the list is too long to scan.
+    places: Option<foldhash::HashMap<*const RuleTexts, u32>>,
+}
+
+/// Up to this many distinct texts, a bucket's list is scanned rather than hashed: most buckets
+/// hold one or two.
+const TEXTS_SCANNED: usize = 8;
+
+impl<'r> TextList<'r> {
+    /// A list that begins with `old`, so that records copied from the bucket keep their places.
+    fn extending(old: &'r [Arc<RuleTexts>]) -> Self {
+        let mut list = Self {
+            old,
+            added: Vec::new(),
+            places: None,
+        };
+        list.index_if_long();
+        list
+    }
+
+    fn len(&self) -> usize {
+        self.old.len() + self.added.len()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &'r Arc<RuleTexts>> + '_ {
+        self.old.iter().chain(self.added.iter().copied())
+    }
+
+    fn index_if_long(&mut self) {
+        if self.places.is_none() && self.len() > TEXTS_SCANNED {
+            let places = self.all().enumerate();
+            self.places = Some(
+                places
+                    .map(|(at, texts)| (Arc::as_ptr(texts), at as u32))
+                    .collect(),
+            );
+        }
+    }
+
+    /// The place of `texts` in the list, added if new.
+    fn place(&mut self, texts: Option<&'r Arc<RuleTexts>>) -> u32 {
+        let Some(texts) = texts else {
+            return NO_TEXTS;
+        };
+        let found = match &self.places {
+            Some(places) => places.get(&Arc::as_ptr(texts)).copied(),
+            None => (self.all().position(|known| Arc::ptr_eq(known, texts))).map(|at| at as u32),
+        };
+        found.unwrap_or_else(|| {
+            let at = self.len() as u32;
+            self.added.push(texts);
+            if let Some(places) = &mut self.places {
+                places.insert(Arc::as_ptr(texts), at);
+            }
+            self.index_if_long();
+            at
+        })
+    }
+
+    /// The bucket's list. When nothing was added to the list of the bucket being replaced,
+    /// that list itself, moved out of `replaced` (the old bucket's copy in the new table):
+    /// counting it up here and down when the copy is dropped would wait twice for its line.
+    fn finish(self, replaced: &mut Option<BucketTexts>) -> Option<BucketTexts> {
+        if self.len() == 0 {
+            return None;
+        }
+        match replaced.take() {
+            Some(old) if self.added.is_empty() => Some(old),
+            _ => Some(Arc::new(self.all().cloned().collect())),
+        }
+    }
 }
 
 /// Latest expiry, in Unix milliseconds, of any rule of each action; `NONE` when there is none
@@ -286,6 +438,10 @@ impl Span {
     }
 
     pub(super) fn of(rule: &RuleRef) -> Span {
+        Self::of_record(&Record::of(rule))
+    }
+
+    fn of_record(rule: &Record) -> Span {
         let until = rule.expires_at.map_or(FOREVER, |t| t.0);
         match rule.action {
             RuleAction::Block => Span {
@@ -332,7 +488,7 @@ impl<'a, A: Addr> Prefixes<'a, A> {
             let rules_from = i;
             let mut own = Span::EMPTY;
             while i < entries.len() && entries[i].start == start && entries[i].len == len {
-                own = own.widen(Span::of(entries[i].rule));
+                own = own.widen(Span::of_record(entries[i].record));
                 i += 1;
             }
             // Sorted by start then length, every ancestor comes before its descendants; the
@@ -423,8 +579,12 @@ struct Hot {
     /// Each prefix's own rules, sorted by id, one run after the other in prefix order. The
     /// records themselves rather than pointers to them: rebuilding a bucket copies one run of
     /// memory instead of updating a reference count in every rule's own allocation, and a rule
-    /// needs no allocation of its own. Their texts are shared (see [`super::Texts`]).
-    rules: Option<Arc<[RuleRef]>>,
+    /// needs no allocation of its own.
+    rules: Option<Arc<[Record]>>,
+    /// The distinct texts of the bucket's rules, which the records name by place (see
+    /// [`Record`]). `None` when no rule has any. A bucket rebuilt without new texts shares the
+    /// list of the one it replaces.
+    texts: Option<BucketTexts>,
 }
 
 // One pair of cache lines, read in one wait for memory: enough to decide an address under no
@@ -437,8 +597,16 @@ impl Hot {
         if entries.is_empty() {
             return Hot::default();
         }
-        entries.sort_unstable_by_key(|e| (e.start, e.len, e.rule.id));
+        entries.sort_unstable_by_key(|e| (e.start, e.len, e.record.id));
         let prefixes = Prefixes::of(&entries);
+        let mut texts = TextList::extending(&[]);
+        let records: Arc<[Record]> = entries
+            .iter()
+            .map(|e| Record {
+                texts: texts.place(e.texts),
+                ..*e.record
+            })
+            .collect();
         let touched = prefixes.mask();
         let decision = intervals::build(&prefixes, key, &touched);
         // One allocation of the exact size for both sections.
@@ -455,7 +623,8 @@ impl Hot {
             counts: decision.counts,
             prefixes: prefixes.nodes.len() as u32,
             words: Some(words),
-            rules: Some(entries.iter().map(|e| e.rule.clone()).collect()),
+            rules: Some(records),
+            texts: texts.finish(&mut None),
         }
     }
 
@@ -464,9 +633,16 @@ impl Hot {
     /// nearly every change adds a host, and for dense addresses compiling the crowded bucket
     /// again for a round's thousand hosts was most of the round (BENCHMARKS.md). `None` when it
     /// does not apply (an empty bucket, or a host prefix the bucket has already), and the
-    /// bucket is compiled.
-    fn with_hosts<A: Addr>(&self, key: u16, hosts: &[Placed<'_, A>]) -> Option<Self> {
-        let (nodes, rules) = self.listing::<A>()?;
+    /// bucket is compiled. `replaced` is this bucket's list of texts as the new table holds it
+    /// until the new bucket takes its place: the new bucket takes it over when it needs no
+    /// other texts.
+    fn with_hosts<A: Addr>(
+        &self,
+        key: u16,
+        hosts: &[Placed<'_, A>],
+        replaced: &mut Option<BucketTexts>,
+    ) -> Option<Self> {
+        let (nodes, rules, old_texts) = self.listing::<A>()?;
         let words = self.words.as_deref()?;
         // Each new prefix: its address, its rules, where it goes among the old ones, and the
         // old prefix it lies in.
@@ -501,7 +677,11 @@ impl Hot {
         let mut lens = Vec::with_capacity(count);
         let mut parents = Vec::with_capacity(count);
         let mut rules_at = Vec::with_capacity(count + 1);
-        let mut list: Vec<&RuleRef> = Vec::with_capacity(rules.len() + hosts.len());
+        // Each record with the place of its texts. The records are copied once, into the new
+        // bucket's list, whose length is known then.
+        let mut list: Vec<(&Record, u32)> = Vec::with_capacity(rules.len() + hosts.len());
+        // Old records keep their places: the new list begins with the old one.
+        let mut texts = TextList::extending(old_texts);
         let parent_of = |parent: Option<usize>| parent.map_or(NO_PARENT, |p| moved(p) as u32);
         let mut next = new.iter().peekable();
         for n in 0..=nodes.len() {
@@ -510,7 +690,11 @@ impl Hot {
                 lens.push(A::BITS);
                 parents.push(parent_of(host.parent));
                 rules_at.push(list.len() as u32);
-                list.extend(host.entries.iter().map(|e| e.rule));
+                list.extend(
+                    host.entries
+                        .iter()
+                        .map(|e| (e.record, texts.place(e.texts))),
+                );
             }
             if n < nodes.len() {
                 let (key, len) = nodes.key_and_len(n);
@@ -518,14 +702,14 @@ impl Hot {
                 lens.push(len);
                 parents.push(parent_of(nodes.parent(n)));
                 rules_at.push(list.len() as u32);
-                list.extend(&rules[nodes.rules(n)]);
+                list.extend(rules[nodes.rules(n)].iter().map(|old| (old, old.texts)));
             }
         }
         rules_at.push(list.len() as u32);
         let spans: Vec<(A, Span)> = new
             .iter()
             .map(|host| {
-                let own = host.entries.iter().map(|e| Span::of(e.rule));
+                let own = host.entries.iter().map(|e| Span::of_record(e.record));
                 (host.addr, own.fold(Span::EMPTY, Span::widen))
             })
             .collect();
@@ -543,15 +727,21 @@ impl Hot {
             counts: decision.counts,
             prefixes: count as u32,
             words: Some(words),
-            rules: Some(list.into_iter().cloned().collect()),
+            rules: Some(
+                list.iter()
+                    .map(|&(record, texts)| Record { texts, ..*record })
+                    .collect(),
+            ),
+            texts: texts.finish(replaced),
         })
     }
 
-    /// The bucket's prefixes and their rules.
-    fn listing<A: Addr>(&self) -> Option<(nodes::View<'_, A>, &[RuleRef])> {
+    /// The bucket's prefixes, their rules and the texts the rules name.
+    fn listing<A: Addr>(&self) -> Option<Listing<'_, A>> {
         let (words, rules) = (self.words.as_deref()?, self.rules.as_deref()?);
         let prefixes = words.get(intervals::end::<A>(self.counts)..)?;
-        Some((nodes::View::of(prefixes, self.prefixes), rules))
+        let texts = self.texts.as_deref().map_or(&[][..], Vec::as_slice);
+        Some((nodes::View::of(prefixes, self.prefixes), rules, texts))
     }
 }
 
@@ -613,6 +803,7 @@ impl Chunk {
         for hot in &self.hot {
             hot.words.iter().for_each(prefetch_counts);
             hot.rules.iter().for_each(prefetch_counts);
+            hot.texts.iter().for_each(prefetch_counts);
         }
     }
 }
@@ -768,11 +959,11 @@ impl<A: Addr> Table<A> {
 
     /// The active rules covering `addr`, deepest prefix first. The decision follows from them,
     /// so a listing does not search the decision intervals as well.
-    pub fn matches(&self, addr: A, now: UnixMillis) -> Vec<&RuleRef> {
+    pub fn matches(&self, addr: A, now: UnixMillis) -> Vec<RuleRef> {
         let Some(hot) = self.hot(addr) else {
             return Vec::new();
         };
-        let Some((nodes, rules)) = hot.listing::<A>() else {
+        let Some((nodes, rules, texts)) = hot.listing::<A>() else {
             return Vec::new();
         };
         // Both allocations at once: the search below then waits for memory about once.
@@ -784,7 +975,8 @@ impl<A: Addr> Table<A> {
             found.extend(
                 rules[nodes.rules(n)]
                     .iter()
-                    .filter(|rule| rule.is_active_at(now)),
+                    .filter(|rule| rule.is_active_at(now))
+                    .map(|rule| rule.rule(texts)),
             );
             node = nodes.parent(n);
         }
@@ -832,27 +1024,29 @@ impl<A: Addr> Table<A> {
     /// The entries of a bucket, sorted by (start, length, rule id), read back from its prefixes.
     /// `extra` is room for the entries an edit adds.
     fn entries(&self, key: u16, extra: usize) -> Vec<Placed<'_, A>> {
-        let Some((nodes, rules)) = self.bucket(key).and_then(Hot::listing::<A>) else {
+        let Some((nodes, rules, texts)) = self.bucket(key).and_then(Hot::listing::<A>) else {
             return Vec::with_capacity(extra);
         };
         let mut entries = Vec::with_capacity(rules.len() + extra);
         for n in 0..nodes.len() {
             let (start, len) = nodes.prefix(key, n);
-            entries.extend(
-                rules[nodes.rules(n)]
-                    .iter()
-                    .map(|rule| Placed { start, len, rule }),
-            );
+            entries.extend(rules[nodes.rules(n)].iter().map(|record| Placed {
+                start,
+                len,
+                record,
+                texts: texts.get(record.texts as usize),
+            }));
         }
         entries
     }
 
     /// A table with the given buckets replaced. `keys` are the buckets in ascending order;
-    /// `rebuilt(i)` makes the new record of bucket `keys[i]`. Many buckets are rebuilt on two
+    /// `rebuilt(i, old)` makes the new record of bucket `keys[i]`, given the new table's copy of
+    /// the old record, which it may take parts of before it is dropped. Many buckets are rebuilt on two
     /// threads, each taking the chunks of one half of the table: a round of scattered writes
     /// rebuilds thousands of buckets, and the writes are answered only once the round is
     /// published.
-    fn rewritten(&self, keys: &[u16], rebuilt: impl Fn(usize) -> Hot + Sync) -> Self {
+    fn rewritten(&self, keys: &[u16], rebuilt: impl Fn(usize, &mut Hot) -> Hot + Sync) -> Self {
         let mut table = self.clone();
         let rebuild =
             |chunks: &mut [Option<Arc<Chunk>>], first: usize, keys: &[u16], from: usize| {
@@ -865,11 +1059,11 @@ impl<A: Addr> Table<A> {
                     if let Some(&ahead) = keys.get(i + BUCKETS_AHEAD) {
                         self.prefetch_bucket(ahead);
                     }
-                    let hot = rebuilt(from + i);
                     let chunk = &mut chunks[usize::from(key) / CHUNK - first];
                     // Copies a shared chunk on its first change only: afterwards this table owns it.
-                    Arc::make_mut(chunk.get_or_insert_with(Default::default)).hot
-                        [usize::from(key) % CHUNK] = hot;
+                    let old = &mut Arc::make_mut(chunk.get_or_insert_with(Default::default)).hot
+                        [usize::from(key) % CHUNK];
+                    *old = rebuilt(from + i, old);
                 }
             };
         if keys.len() < SPLIT_FROM {
@@ -914,7 +1108,7 @@ impl<A: Addr> Table<A> {
         );
         let buckets = ranges(&keys);
         let keys: Vec<u16> = buckets.iter().map(|(key, _)| *key).collect();
-        Self::default().rewritten(&keys, |i| {
+        Self::default().rewritten(&keys, |i, _| {
             let (key, range) = &buckets[i];
             Hot::compiled(*key, placed[range.clone()].to_vec())
         })
@@ -938,7 +1132,7 @@ impl<A: Addr> Table<A> {
         );
         let buckets = merged(ranges(&add_keys), ranges(&remove_keys));
         let keys: Vec<u16> = buckets.iter().map(|bucket| bucket.0).collect();
-        self.rewritten(&keys, |i| {
+        self.rewritten(&keys, |i, replaced| {
             let (key, add_range, remove_range) = &buckets[i];
             let (key, new, ids) = (
                 *key,
@@ -947,7 +1141,7 @@ impl<A: Addr> Table<A> {
             );
             let only_hosts = !new.is_empty() && new.iter().all(|e| e.len == A::BITS);
             let added = (only_hosts && ids.is_empty())
-                .then(|| self.bucket(key)?.with_hosts(key, new))
+                .then(|| self.bucket(key)?.with_hosts(key, new, &mut replaced.texts))
                 .flatten();
             if let Some(hot) = added {
                 return hot;
@@ -957,7 +1151,7 @@ impl<A: Addr> Table<A> {
                 // Most removals name rules just created, whose ids lie above every id stored:
                 // the range check spares the search for each entry of a large bucket.
                 entries.retain(|e| {
-                    let id = e.rule.id;
+                    let id = e.record.id;
                     id < lowest || id > highest || ids.binary_search(&id).is_err()
                 });
             }
@@ -966,12 +1160,13 @@ impl<A: Addr> Table<A> {
         })
     }
 
-    /// Every rule record the table holds, once per bucket that holds it.
+    /// Every rule the table holds, once per bucket that holds it.
     pub fn for_each_rule(&self, mut visit: impl FnMut(&RuleRef)) {
         for chunk in self.chunks.iter().flatten() {
             for hot in &chunk.hot {
-                for rule in hot.rules.iter().flat_map(|list| list.iter()) {
-                    visit(rule);
+                let texts = hot.texts.as_deref().map_or(&[][..], Vec::as_slice);
+                for record in hot.rules.iter().flat_map(|list| list.iter()) {
+                    visit(&record.rule(texts));
                 }
             }
         }
@@ -994,10 +1189,13 @@ impl<A: Addr> Table<A> {
                     stats.intervals += decision * size_of::<u64>() + counts;
                     stats.nodes += (words.len() - decision) * size_of::<u64>();
                     stats.prefixes += hot.prefixes as usize;
-                    stats.rule_lists += size_of_val::<[RuleRef]>(list) + counts;
-                    for rule in list.iter() {
-                        texts.add(rule);
-                    }
+                    stats.rule_lists += size_of_val::<[Record]>(list) + counts;
+                }
+                if let Some(list) = &hot.texts {
+                    stats.rule_lists += size_of::<Vec<Arc<RuleTexts>>>()
+                        + counts
+                        + list.capacity() * size_of::<Arc<RuleTexts>>();
+                    list.iter().for_each(|shared| texts.add(shared));
                 }
             }
         }
@@ -1051,7 +1249,8 @@ pub struct TableStats {
     pub intervals: usize,
     /// Prefixes: first addresses, lengths, parents, where their rules begin.
     pub nodes: usize,
-    /// Each prefix's rules (the rule records, without their shared texts).
+    /// Each prefix's rules (the rule records, and the lists of the texts they name, without
+    /// the texts themselves).
     pub rule_lists: usize,
 }
 
@@ -1567,17 +1766,39 @@ fn bucket_keys_of<A: Addr>(start: A, len: u8) -> std::ops::RangeInclusive<u16> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Addr, Entry, Hot, Table, bucket_key};
-    use crate::index::RuleRef;
+    use std::sync::Arc;
+
+    use super::{Addr, Entry, Hot, NO_TEXTS, Table, bucket_key};
+    use crate::index::{RuleRef, RuleTexts};
     use crate::rules::{RuleAction, Source, Target, UnixMillis};
 
+    /// Texts for test rules: `None` for 0, else one of a few shared allocations, more than a
+    /// bucket's list holds before it is hashed.
+    fn texts(which: u8) -> Option<Arc<RuleTexts>> {
+        static SHARED: std::sync::OnceLock<Vec<Arc<RuleTexts>>> = std::sync::OnceLock::new();
+        let shared = SHARED.get_or_init(|| {
+            (0..2 * super::TEXTS_SCANNED)
+                .map(|i| {
+                    Arc::new(RuleTexts {
+                        name: Some(format!("rule-{i}").into()),
+                        dataset: None,
+                        description: None,
+                    })
+                })
+                .collect()
+        });
+        usize::from(which)
+            .checked_sub(1)
+            .map(|at| shared[at % shared.len()].clone())
+    }
+
     /// A rule on `start/len` (the target is not read by the table: an IPv4 stand-in).
-    fn entry<A: Addr>(id: i64, start: A, len: u8, allow: bool, expiry: u8) -> Entry<A> {
+    fn entry<A: Addr>(id: i64, start: A, len: u8, allow: bool, expiry: u8, named: u8) -> Entry<A> {
         let target = Target::Ip("192.0.2.1/32".parse().unwrap());
-        Entry {
-            start: start.network(len),
+        Entry::new(
+            start.network(len),
             len,
-            rule: RuleRef {
+            RuleRef {
                 id,
                 action: if allow {
                     RuleAction::Allow
@@ -1588,13 +1809,28 @@ mod tests {
                 // A few expiries, so that intervals merge and spans repeat; 0 is permanent.
                 expires_at: (expiry > 0).then(|| UnixMillis(1_000 * i64::from(expiry))),
                 source: Source::Signal,
-                texts: None,
+                texts: texts(named),
             },
-        }
+        )
     }
 
-    /// Everything a bucket record holds, for comparing two of them.
+    /// Everything a bucket record holds, for comparing two of them: its rules with the texts
+    /// they name, wherever those are in the bucket's list.
     fn contents(hot: &Hot) -> impl PartialEq + std::fmt::Debug {
+        let texts = hot.texts.as_deref().map_or(&[][..], Vec::as_slice);
+        let rules = hot.rules.as_deref().map(|rules| {
+            rules
+                .iter()
+                .map(|rule| {
+                    let named = rule.texts == NO_TEXTS || (rule.texts as usize) < texts.len();
+                    (rule.rule(texts), named)
+                })
+                .collect::<Vec<_>>()
+        });
+        // Each distinct texts once.
+        let distinct = texts
+            .iter()
+            .all(|one| texts.iter().filter(|other| Arc::ptr_eq(one, other)).count() == 1);
         (
             hot.touched,
             hot.uniform,
@@ -1602,7 +1838,8 @@ mod tests {
             hot.counts,
             hot.prefixes,
             hot.words.as_deref().map(<[u64]>::to_vec),
-            hot.rules.as_deref().map(<[RuleRef]>::to_vec),
+            rules,
+            distinct,
         )
     }
 
@@ -1611,25 +1848,32 @@ mod tests {
     /// with everything from the start. Offsets are masked into the bucket.
     fn hosts_added<A: Addr>(
         key: u16,
-        old: &[(u128, u8, bool, u8)],
-        hosts: &[(u128, bool, u8)],
+        old: &[(u128, u8, bool, u8, u8)],
+        hosts: &[(u128, bool, u8, u8)],
         offset: impl Fn(u128) -> A,
     ) -> Result<(), TestCaseError> {
         let old: Vec<Entry<A>> = old
             .iter()
             .enumerate()
-            .map(|(i, (at, len, allow, expiry))| {
-                entry(i as i64 + 1, offset(*at), *len, *allow, *expiry)
+            .map(|(i, (at, len, allow, expiry, named))| {
+                entry(i as i64 + 1, offset(*at), *len, *allow, *expiry, *named)
             })
             .collect();
         let mut new: Vec<Entry<A>> = hosts
             .iter()
             .enumerate()
-            .map(|(i, (at, allow, expiry))| {
-                entry(1_000 + i as i64, offset(*at), A::BITS, *allow, *expiry)
+            .map(|(i, (at, allow, expiry, named))| {
+                entry(
+                    1_000 + i as i64,
+                    offset(*at),
+                    A::BITS,
+                    *allow,
+                    *expiry,
+                    *named,
+                )
             })
             .collect();
-        new.sort_unstable_by_key(|e| (e.start, e.rule.id));
+        new.sort_unstable_by_key(|e| (e.start, e.record.id));
         let before = Table::build(old.clone());
         let all = Table::build(old.iter().chain(&new).cloned());
         let compiled = all.bucket(key).expect("the bucket has rules");
@@ -1637,7 +1881,7 @@ mod tests {
         let taken = |e: &Entry<A>| old.iter().any(|o| o.len == A::BITS && o.start == e.start);
         match before
             .bucket(key)
-            .and_then(|hot| hot.with_hosts(key, &placed))
+            .and_then(|hot| hot.with_hosts(key, &placed, &mut hot.texts.clone()))
         {
             Some(added) => prop_assert_eq!(contents(&added), contents(compiled)),
             // Only an empty bucket or a host prefix it had already is compiled again.
@@ -1658,8 +1902,8 @@ mod tests {
         /// bucket's first and last address among them.
         #[test]
         fn hosts_added_to_an_ipv4_bucket_as_if_compiled(
-            old in proptest::collection::vec((0u128..64, 12u8..=32, any::<bool>(), 0u8..4), 0..40),
-            hosts in proptest::collection::vec((0u128..64, any::<bool>(), 0u8..4), 1..12),
+            old in proptest::collection::vec((0u128..64, 12u8..=32, any::<bool>(), 0u8..4, 0u8..20), 0..40),
+            hosts in proptest::collection::vec((0u128..64, any::<bool>(), 0u8..4, 0u8..20), 1..12),
         ) {
             let key = 0x0a0b;
             // 0 and 63 are the bucket's first and last address; the rest spread over it.
@@ -1675,8 +1919,8 @@ mod tests {
         /// The same for IPv6 (/128 hosts, keys of two words).
         #[test]
         fn hosts_added_to_an_ipv6_bucket_as_if_compiled(
-            old in proptest::collection::vec((0u128..64, 12u8..=128, any::<bool>(), 0u8..4), 0..30),
-            hosts in proptest::collection::vec((0u128..64, any::<bool>(), 0u8..4), 1..10),
+            old in proptest::collection::vec((0u128..64, 12u8..=128, any::<bool>(), 0u8..4, 0u8..20), 0..30),
+            hosts in proptest::collection::vec((0u128..64, any::<bool>(), 0u8..4, 0u8..20), 1..10),
         ) {
             let key = 0x2001;
             let last = u128::bucket_start(key).broadcast(16);

@@ -1234,7 +1234,7 @@ fn rules_share_one_copy_of_each_text_and_texts_no_rule_holds_are_forgotten() {
     let view = f.index.view(T1);
     let (_, first) = view.lookup("192.0.2.1".parse().unwrap(), NOW);
     let (_, second) = view.lookup("198.51.100.9".parse().unwrap(), NOW);
-    let (first, second) = (first[0], second[0]);
+    let (first, second) = (&first[0], &second[0]);
     assert_eq!(first.name(), Some("ssh-bf"));
     assert_eq!(first.dataset(), Some("ABUSE"));
     assert!(Arc::ptr_eq(
