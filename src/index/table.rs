@@ -11,7 +11,8 @@
 //!   rules with the bucket's most common expiry (a blocklist loaded in one go, say);
 //! - for listings and changes, as its distinct prefixes (see [`nodes`]): sorted first addresses,
 //!   lengths and parent links (after the decision intervals, in the same allocation), and each
-//!   prefix's own rules, one run after the other, in another. The prefixes form a laminar
+//!   prefix's own rules, one run after the other, in another (the rules' texts, which many
+//!   rules share, in a short list beside them: see [`Record`]). The prefixes form a laminar
 //!   family (two are nested or disjoint), so the prefixes covering an address are the deepest
 //!   one and its ancestors. Both allocations are
 //!   small and are fetched together, so walking them costs about one read from memory. A change
