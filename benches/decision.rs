@@ -268,7 +268,15 @@ fn bench(c: &mut Criterion) {
     });
     drop(ip_only);
     group.finish();
-    bench_scattered_round(c, &index, &mut rng);
+    bench_scattered_round(
+        c,
+        "round_of_4000_scattered_ipv4_into_1m_rules",
+        &index,
+        &mut rng,
+        rule,
+    );
+    drop(index);
+    bench_ingested_round(c, &geo, &mut rng);
     bench_apply(c, &geo);
 }
 
@@ -276,12 +284,18 @@ fn bench(c: &mut Criterion) {
 /// new /32 rules (about what one round holds under 4 clients' 1000-event batches), then, the
 /// next round, their removal, so the index keeps its size. Each touches about 4,000 of the
 /// 65,536 buckets.
-fn bench_scattered_round(c: &mut Criterion, index: &Index, rng: &mut StdRng) {
+fn bench_scattered_round(
+    c: &mut Criterion,
+    name: &str,
+    index: &Index,
+    rng: &mut StdRng,
+    rule: impl Fn(i64, Target) -> Rule,
+) {
     const ROUND: usize = 4_000;
     let mut group = c.benchmark_group("apply");
     let mut seq = 1_000_000_000u64;
     let mut pending: Vec<Change> = Vec::new();
-    group.bench_function("round_of_4000_scattered_ipv4_into_1m_rules", |b| {
+    group.bench_function(name, |b| {
         b.iter(|| {
             let changes: Vec<Change> = if pending.is_empty() {
                 (0..ROUND)
@@ -317,6 +331,39 @@ fn bench_scattered_round(c: &mut Criterion, index: &Index, rng: &mut StdRng) {
         })
     });
     group.finish();
+}
+
+/// A rule as scattered ingest writes it (`examples/load.rs`): one name and description for
+/// all, so one shared texts allocation, and an expiry an hour after the millisecond it was
+/// written, so each rule's span is its own.
+fn ingested(id: i64, target: Target) -> Rule {
+    Rule {
+        name: Some("load".into()),
+        description: Some("load test".into()),
+        expires_at: Some(UnixMillis(NOW.0 + 3_600_000 + id)),
+        ..rule(id, target)
+    }
+}
+
+/// As the round above, into what scattered ingest leaves: 1,000,000 /32 rules written as
+/// [`ingested`] does. The rule set above has no texts and one expiry for all, so its rounds
+/// neither copy shared texts nor number distinct spans, two costs a real round pays.
+fn bench_ingested_round(c: &mut Criterion, geo: &Geo, rng: &mut StdRng) {
+    let rules = (1..=1_000_000)
+        .map(|id| {
+            let address = IpAddr::V4(Ipv4Addr::from(rng.random::<u32>()));
+            ingested(id, Target::Ip(address.into()))
+        })
+        .collect();
+    let index = Index::new(geo.current().clone());
+    index.rebuild(Snapshot { seq: 1, rules }).unwrap();
+    bench_scattered_round(
+        c,
+        "round_of_4000_scattered_ipv4_into_1m_ingested_rules",
+        &index,
+        rng,
+        ingested,
+    );
 }
 
 /// The publisher's work for one committed write of `n` country rules by one tenant: what every
