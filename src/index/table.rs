@@ -343,6 +343,8 @@ struct TextList<'r> {
     added: Vec<&'r Arc<RuleTexts>>,
     /// The places by address, once the list is too long to scan.
     places: Option<foldhash::HashMap<*const RuleTexts, u32>>,
+    /// The texts placed last, and their place: neighbouring rules mostly share them.
+    last: Option<(&'r Arc<RuleTexts>, u32)>,
 }
 
 /// Up to this many distinct texts, a bucket's list is scanned rather than hashed: most buckets
@@ -356,6 +358,7 @@ impl<'r> TextList<'r> {
             old,
             added: Vec::new(),
             places: None,
+            last: None,
         };
         list.index_if_long();
         list
@@ -385,11 +388,16 @@ impl<'r> TextList<'r> {
         let Some(texts) = texts else {
             return NO_TEXTS;
         };
+        if let Some((last, at)) = self.last
+            && Arc::ptr_eq(last, texts)
+        {
+            return at;
+        }
         let found = match &self.places {
             Some(places) => places.get(&Arc::as_ptr(texts)).copied(),
             None => (self.all().position(|known| Arc::ptr_eq(known, texts))).map(|at| at as u32),
         };
-        found.unwrap_or_else(|| {
+        let at = found.unwrap_or_else(|| {
             let at = self.len() as u32;
             self.added.push(texts);
             if let Some(places) = &mut self.places {
@@ -397,7 +405,9 @@ impl<'r> TextList<'r> {
             }
             self.index_if_long();
             at
-        })
+        });
+        self.last = Some((texts, at));
+        at
     }
 
     /// The bucket's list. When nothing was added to the list of the bucket being replaced,
