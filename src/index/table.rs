@@ -1353,6 +1353,14 @@ mod intervals {
     /// Up to this many distinct spans, a bucket's spans are numbered by a search of the list.
     const FEW_SPANS: usize = 16;
 
+    /// Up to this many comparisons in all, the spans of a splice's hosts are found by searching
+    /// the bucket's list of spans. Small under test, so that the property tests' buckets take
+    /// both ways.
+    #[cfg(not(test))]
+    const SEARCHED_SPANS: usize = 4096;
+    #[cfg(test)]
+    const SEARCHED_SPANS: usize = 24;
+
     pub fn build<A: Addr>(
         prefixes: &Prefixes<'_, A>,
         bucket_key: u16,
@@ -1523,6 +1531,12 @@ mod intervals {
     /// prefix's rules and by everything that decided it before, so the interval holding each
     /// host is split around it and nothing else changes. The result is the one [`build`]
     /// gives for all the prefixes: the same maximal intervals, spans numbered the same way.
+    ///
+    /// The old spans are distinct and already numbered, so only a host's widened span is
+    /// searched for, among them and the few added; every other interval keeps its span's
+    /// number, renumbered by first appearance through a table. Under scattered ingest each rule
+    /// has an expiry of its own, and numbering every interval's span again by hashing was a
+    /// twentieth of the server's time.
     pub fn with_hosts<A: Addr>(
         words: &[u64],
         counts: Counts,
@@ -1535,17 +1549,45 @@ mod intervals {
             &bytemuck::cast_slice::<u64, A::Key>(&words[layout.keys..layout.numbers])[..layout.n];
         let old_numbers =
             &bytemuck::cast_slice::<u64, u32>(&words[layout.numbers..layout.spans])[..layout.n];
+        let old_count = counts.spans as usize;
+        // Spans by id: below `old_count` the old span of that number, then `added`.
+        let mut added: Vec<Span> = Vec::new();
+        // A crowded bucket getting many hosts (dense ingest) searches a map instead.
+        let mut known: Option<foldhash::HashMap<Span, u32>> =
+            ((old_count + hosts.len()) * hosts.len() > SEARCHED_SPANS).then(|| {
+                (0..old_count as u32)
+                    .map(|j| (layout.span(words, j), j))
+                    .collect()
+            });
+        let mut id_of = |span: Span| -> u32 {
+            if let Some(known) = &mut known {
+                let next = (old_count + added.len()) as u32;
+                let id = *known.entry(span).or_insert(next);
+                if id == next {
+                    added.push(span);
+                }
+                return id;
+            }
+            if let Some(old) = (0..old_count as u32).find(|&j| layout.span(words, j) == span) {
+                return old;
+            }
+            let at = added.iter().position(|s| *s == span).unwrap_or_else(|| {
+                added.push(span);
+                added.len() - 1
+            });
+            (old_count + at) as u32
+        };
         let high = A::bucket_start(bucket_key).broadcast(16);
         let capacity = old_keys.len() + 2 * hosts.len();
-        let mut intervals: Vec<(A::Key, Span)> = Vec::with_capacity(capacity);
-        let mut push = |key: A::Key, span: Span| {
-            if intervals.last().is_none_or(|(_, last)| *last != span) {
-                intervals.push((key, span));
+        // Ids are one per distinct span, so neighbours with equal ids are one interval.
+        let mut intervals: Vec<(A::Key, u32)> = Vec::with_capacity(capacity);
+        let mut push = |key: A::Key, id: u32| {
+            if intervals.last().is_none_or(|(_, last)| *last != id) {
+                intervals.push((key, id));
             }
         };
         let mut hosts = hosts.iter().peekable();
-        for (i, (key, number)) in old_keys.iter().zip(old_numbers).enumerate() {
-            let span = layout.span(words, *number);
+        for (i, (key, &number)) in old_keys.iter().zip(old_numbers).enumerate() {
             let last = match old_keys.get(i + 1) {
                 // Keys ascend, so the next interval starts above this one's first address.
                 Some(next) => A::from_parts(bucket_key, *next).wide() - 1,
@@ -1554,23 +1596,39 @@ mod intervals {
             let mut from = Some(A::from_parts(bucket_key, *key));
             while let Some((host, own)) = hosts.next_if(|(host, _)| host.wide() <= last) {
                 if let Some(start) = from.filter(|start| start < host) {
-                    push(start.key(), span);
+                    push(start.key(), number);
                 }
-                push(host.key(), span.widen(*own));
+                let span = layout.span(words, number);
+                let widened = span.widen(*own);
+                let id = if widened == span {
+                    number
+                } else {
+                    id_of(widened)
+                };
+                push(host.key(), id);
                 from = host.next().filter(|next| next.wide() <= last);
             }
             if let Some(from) = from {
-                push(from.key(), span);
+                push(from.key(), number);
             }
         }
-        let mut spans = SpanNumbers::with_room(intervals.len());
+        let mut renumbered = vec![u32::MAX; old_count + added.len()];
+        let mut spans = Vec::with_capacity(renumbered.len());
         let mut keys = Vec::with_capacity(intervals.len());
         let mut numbers = Vec::with_capacity(intervals.len());
-        for (key, span) in intervals {
+        for (key, id) in intervals {
+            let number = &mut renumbered[id as usize];
+            if *number == u32::MAX {
+                *number = spans.len() as u32;
+                spans.push(match (id as usize).checked_sub(old_count) {
+                    Some(at) => added[at],
+                    None => layout.span(words, id),
+                });
+            }
             keys.push(key);
-            numbers.push(spans.number(span));
+            numbers.push(*number);
         }
-        finish::<A>(bucket_key, touched, keys, numbers, spans.spans)
+        finish::<A>(bucket_key, touched, keys, numbers, spans)
     }
 
     /// Interval `at` of bucket `bucket` as `(first, last, span)`, if there is one.
