@@ -945,9 +945,13 @@ proptest! {
             let (verdict, rules) = view.lookup(ip, NOW);
             prop_assert_eq!(verdict, Verdict { blocked, allowed });
             prop_assert_eq!(f.index.decide(T1, ip, NOW), verdict);
-            let mut got: Vec<i64> = rules.iter().map(|r| r.id).collect();
-            got.sort();
-            let want: Vec<i64> = active.iter().map(|(i, _)| *i as i64 + 1).collect();
+            // Each rule with its target, which the tables keep as the prefix it is under.
+            let mut got: Vec<(i64, Target)> = rules.iter().map(|r| (r.id, r.target)).collect();
+            got.sort_by_key(|(id, _)| *id);
+            let want: Vec<(i64, Target)> = active
+                .iter()
+                .map(|(i, _)| (*i as i64 + 1, Target::Ip(live[*i].unwrap().0)))
+                .collect();
             prop_assert_eq!(got, want);
         }
     }
@@ -979,7 +983,16 @@ proptest! {
             let allowed = covering.iter().any(|(_, a)| *a == RuleAction::Allow);
             let blocked = !allowed && !covering.is_empty();
             prop_assert_eq!(f.index.decide(T1, ip, NOW), Verdict { blocked, allowed });
-            prop_assert_eq!(f.index.view(T1).lookup(ip, NOW).1.len(), covering.len());
+            let mut listed: Vec<(i64, Target)> = f.index.view(T1).lookup(ip, NOW).1.iter()
+                .map(|r| (r.id, r.target))
+                .collect();
+            listed.sort_by_key(|(id, _)| *id);
+            let mut want: Vec<(i64, Target)> = nets.iter().enumerate()
+                .filter(|(_, (net, _))| net.contains(&std::net::Ipv6Addr::from(p)))
+                .map(|(i, (net, _))| (i as i64 + 1, Target::Ip(IpNet::V6(*net))))
+                .collect();
+            want.sort_by_key(|(id, _)| *id);
+            prop_assert_eq!(listed, want);
         }
     }
 
