@@ -1,8 +1,9 @@
 //! The writer: one task that commits every write of this process, in groups. Whatever has
 //! queued up while one group committed goes into the next transaction together (group commit),
 //! so small requests share one durable commit. Committed groups go to a second task that hands
-//! their changes to the feed and only then answers the requests, so that work overlaps the
-//! next group's commit and no request is acknowledged before look-ups see its changes.
+//! their changes to the feed, and has the backend make them durable, and only then answers the
+//! requests: that work overlaps the next group's commit, and no request is acknowledged before
+//! look-ups see its changes or before they would survive a power cut.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +41,7 @@ pub async fn run(
     mut jobs: mpsc::Receiver<Job>,
 ) {
     let (committed_tx, committed_rx) = mpsc::channel(16);
-    let publisher = tokio::spawn(publish(feed, committed_rx));
+    let publisher = tokio::spawn(publish(feed, backend.clone(), committed_rx));
     while let Some(first) = jobs.recv().await {
         let mut rows = first.op.weight();
         let mut group = vec![first];
@@ -143,10 +144,15 @@ async fn run_together(
         })
 }
 
-/// Hands committed changes to the feed in commit order, then acknowledges their requests. All
-/// groups committed since the last round go to the feed at once: the index copies each part of
-/// its tables a write touches once per round, however many groups touched it.
-async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
+/// Hands committed changes to the feed in commit order and has the backend make the commits
+/// durable, both at once, then acknowledges their requests. All groups committed since the last
+/// round go to the feed at once: the index copies each part of its tables a write touches once
+/// per round, however many groups touched it.
+async fn publish(
+    feed: Arc<Feed>,
+    backend: SharedBackend,
+    mut committed: mpsc::Receiver<Committed>,
+) {
     let mut round = Vec::new();
     while committed.recv_many(&mut round, 64).await > 0 {
         // The changes are lent by the answers and given back after: the requests' outcomes
@@ -162,17 +168,28 @@ async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
                 changes.extend(taken);
             }
         }
-        if !changes.is_empty() {
-            let started = std::time::Instant::now();
-            // The changes are committed: answering before the feed has them would acknowledge
-            // writes that look-ups do not see, so keep trying (only reading the log can fail).
-            while let Err(e) = feed.publish(&changes).await {
-                tracing::error!(error = %e, "handing on committed changes failed; retrying");
-                tokio::time::sleep(PUBLISH_RETRY).await;
+        let handed_on = async {
+            if !changes.is_empty() {
+                let started = std::time::Instant::now();
+                // The changes are committed: answering before the feed has them would
+                // acknowledge writes that look-ups do not see, so keep trying (only reading
+                // the log can fail).
+                while let Err(e) = feed.publish(&changes).await {
+                    tracing::error!(error = %e, "handing on committed changes failed; retrying");
+                    tokio::time::sleep(PUBLISH_RETRY).await;
+                }
+                metrics::histogram!(crate::telemetry::names::FEED_PUBLISH_DURATION)
+                    .record(started.elapsed().as_secs_f64());
             }
-            metrics::histogram!(crate::telemetry::names::FEED_PUBLISH_DURATION)
+        };
+        let durable = async {
+            let started = std::time::Instant::now();
+            let durable = backend.durable().await;
+            metrics::histogram!(crate::telemetry::names::STORE_SYNC_DURATION)
                 .record(started.elapsed().as_secs_f64());
-        }
+            durable
+        };
+        let ((), durable) = tokio::join!(handed_on, durable);
         // From the last output back, so that the first takes the rest without a copy.
         let mut outputs: Vec<&mut Output> = outputs(&mut round).collect();
         for (output, count) in outputs.iter_mut().zip(lent).rev() {
@@ -184,6 +201,14 @@ async fn publish(feed: Arc<Feed>, mut committed: mpsc::Receiver<Committed>) {
             output.restore_changes(own);
         }
         drop(outputs);
+        if let Err(e) = durable {
+            // Committed, but not known to survive a power cut: not acknowledged.
+            for (_, answer) in round.iter_mut().flat_map(|group| group.answers.iter_mut()) {
+                if answer.is_ok() {
+                    *answer = Err(e.clone_kind());
+                }
+            }
+        }
         for group in round.drain(..) {
             for (reply, answer) in group.answers {
                 // The requester may have gone away (client disconnected); the write stands.

@@ -215,6 +215,14 @@ pub trait Backend: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<QueuedReport>>;
 
+    /// Returns once every transaction [`Backend::transact`] committed before the call would
+    /// survive a power cut. A backend whose commits are durable when they return (PostgreSQL)
+    /// has nothing to wait for; SQLite syncs its log here, so that its one writer need not wait
+    /// for the disk in each commit.
+    async fn durable(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Whether the backend has room to take writes beyond what a probe's tiny write shows
     /// (SQLite: free space on the data directory's disk).
     async fn capacity(&self) -> StoreResult<()> {

@@ -30,6 +30,7 @@ pub mod names {
     pub const STORE_COMMIT_DURATION: &str = "palisade_store_commit_duration_seconds";
     pub const STORE_COMMIT_FAILURES: &str = "palisade_store_commit_failures_total";
     pub const FEED_PUBLISH_DURATION: &str = "palisade_feed_publish_duration_seconds";
+    pub const STORE_SYNC_DURATION: &str = "palisade_store_sync_duration_seconds";
     pub const BUILD_INFO: &str = "palisade_build_info";
 }
 
@@ -132,6 +133,11 @@ fn describe() {
         Unit::Seconds,
         "Time to hand one round of committed changes to the decision index; writes are answered after it"
     );
+    describe_histogram!(
+        STORE_SYNC_DURATION,
+        Unit::Seconds,
+        "Time to make one round of commits durable, beside handing them to the index (SQLite at synchronous = full: a sync of its log)"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is in the label");
 }
 
@@ -176,6 +182,7 @@ mod tests {
             STORE_COMMIT_DURATION,
             STORE_COMMIT_FAILURES,
             FEED_PUBLISH_DURATION,
+            STORE_SYNC_DURATION,
             BUILD_INFO,
         ];
         let dashboard = include_str!("../../deploy/grafana-dashboard.json");

@@ -3,13 +3,15 @@
 //! One thread owns the only writing connection and runs the operations of the open write
 //! transaction, in order ([`tx`]). Reads go to a small pool of read-only connections, which WAL
 //! lets run beside the writer ([`read`]), and another thread copies the WAL back into the
-//! database file ([`checkpoint`]).
+//! database file ([`checkpoint`]). The writer's commits are synced to disk outside the commit
+//! ([`wal_sync`]).
 
 mod checkpoint;
 mod read;
 mod rows;
 mod rule_keys;
 mod tx;
+mod wal_sync;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use super::{
 use crate::keys::{ApiKey, KeyDigest, Principal};
 use crate::rules::{Rule, RuleAction, RuleId, TenantId, UnixMillis};
 use rule_keys::{RuleKey, RuleKeys};
+use wal_sync::WalSync;
 
 pub const DB_FILE: &str = "palisade.db";
 
@@ -80,7 +83,8 @@ impl From<r2d2::Error> for StoreError {
 pub enum Synchronous {
     /// Survives a crash of the process (kill -9); a power cut may lose the last commits.
     Normal,
-    /// Also survives a power cut: every commit waits for fsync of the WAL.
+    /// Also survives a power cut: a write is acknowledged only once the WAL is synced (the sync
+    /// runs beside the writer's next commit, see [`wal_sync`]).
     #[default]
     Full,
 }
@@ -118,6 +122,8 @@ pub struct SqliteBackend {
     min_free_bytes: u64,
     /// The stored rules' keys, kept by the writer (see [`rule_keys`]).
     keys: Arc<RuleKeys>,
+    /// Syncs the writer's commits at `synchronous = full` (see [`wal_sync`]).
+    wal_sync: Option<Arc<WalSync>>,
     _checkpointer: checkpoint::Checkpointer,
 }
 
@@ -186,6 +192,12 @@ impl SqliteBackend {
         conn.set_prepared_statement_cache_capacity(64);
         migrations().to_latest(&mut conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_PAGES)?;
+        // Migrated at the setting asked for; from here on the writer's commits are synced by
+        // `wal_sync`, outside the commit.
+        let wal_sync = (options.synchronous == Synchronous::Full)
+            .then(|| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .transpose()?
+            .map(|()| Arc::new(WalSync::new(&path)));
         let checkpointer = checkpoint::Checkpointer::start(&path, synchronous)?;
 
         let manager = SqliteConnectionManager::file(&path).with_init(|c| {
@@ -213,6 +225,7 @@ impl SqliteBackend {
             path,
             min_free_bytes: options.min_free_bytes,
             keys: Default::default(),
+            wal_sync,
             _checkpointer: checkpointer,
         })
     }
@@ -238,10 +251,19 @@ impl SqliteBackend {
 
 /// The whole of a write transaction on the connection's thread: the work's operations complete
 /// as soon as they are asked for, so driving it to the end never waits.
-fn run_on_thread(conn: &mut Connection, keys: &RuleKeys, work: TxWork) -> StoreResult<TxOutput> {
+/// At `synchronous = full`, the commit is synced later, by [`Backend::durable`].
+fn run_on_thread(
+    conn: &mut Connection,
+    keys: &RuleKeys,
+    wal_sync: Option<&WalSync>,
+    work: TxWork,
+) -> StoreResult<TxOutput> {
     let mut tx = tx::Direct::begin(conn, keys)?;
     match futures_executor::block_on(work(&mut tx)) {
-        Ok(output) => tx.finish().map(|()| output),
+        Ok(output) => tx.finish().map(|()| {
+            wal_sync.inspect(|wal| wal.committed());
+            output
+        }),
         Err(e) => {
             tx.rollback();
             Err(e)
@@ -253,7 +275,13 @@ fn run_on_thread(conn: &mut Connection, keys: &RuleKeys, work: TxWork) -> StoreR
 impl Backend for SqliteBackend {
     async fn begin(&self) -> StoreResult<Box<dyn Transaction>> {
         let turn = self.turn.clone().lock_owned().await;
-        let tx = tx::SqliteTransaction::begin(self.calls.clone(), self.keys.clone(), turn).await?;
+        let tx = tx::SqliteTransaction::begin(
+            self.calls.clone(),
+            self.keys.clone(),
+            self.wal_sync.clone(),
+            turn,
+        )
+        .await?;
         Ok(Box::new(tx))
     }
 
@@ -261,12 +289,22 @@ impl Backend for SqliteBackend {
         let _turn = self.turn.lock().await;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let keys = self.keys.clone();
+        let wal_sync = self.wal_sync.clone();
         self.calls
             .send(Box::new(move |conn: &mut Connection| {
-                let _ = reply.send(run_on_thread(conn, &keys, work));
+                let _ = reply.send(run_on_thread(conn, &keys, wal_sync.as_deref(), work));
             }))
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    async fn durable(&self) -> StoreResult<()> {
+        let Some(wal_sync) = self.wal_sync.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || wal_sync.sync())
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     async fn rule(
@@ -369,9 +407,14 @@ impl Backend for SqliteBackend {
         // The turn keeps this write out of another write transaction's statements.
         let _turn = self.turn.lock().await;
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let wal_sync = self.wal_sync.clone();
         self.calls
             .send(Box::new(move |conn: &mut Connection| {
-                let _ = reply.send(tx::record_pull(conn, &pull, cursor));
+                let recorded = tx::record_pull(conn, &pull, cursor);
+                let _ = reply.send(recorded.and_then(|changed| {
+                    tx::synced(wal_sync.as_deref())?;
+                    Ok(changed)
+                }));
             }))
             .map_err(|_| StoreError::WriterGone)?;
         answer.await.map_err(|_| StoreError::WriterGone)?
@@ -584,6 +627,43 @@ mod tests {
         tx.append_changes(&mut [change]).await.unwrap();
         tx.commit().await.unwrap();
         id
+    }
+
+    /// At `synchronous = full` a group commit is synced when the engine asks the backend to
+    /// make it durable, and a transaction committed through `begin` before its commit returns;
+    /// at `normal` nothing is synced outside SQLite.
+    #[tokio::test]
+    async fn commits_are_synced_before_they_are_answered_at_full() {
+        use crate::rules::{NewRule, Target};
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), Default::default()).unwrap();
+        let syncs = backend.wal_sync.clone().expect("full is the default");
+        let rule = NewRule::block(
+            TenantId(1),
+            Target::parse_any("192.0.2.1").unwrap(),
+            UnixMillis(1),
+        );
+        store_rule(&backend, rule.clone()).await;
+        assert_eq!(syncs.counts(), (1, 1), "synced within the commit");
+        let work: super::TxWork = Box::new(move |tx| {
+            Box::pin(async move {
+                tx.insert_absent_rules(&[rule]).await?;
+                Ok(Box::new(()) as super::TxOutput)
+            })
+        });
+        backend.transact(work).await.unwrap();
+        assert_eq!(syncs.counts(), (2, 1), "a group commit is synced later");
+        backend.durable().await.unwrap();
+        assert_eq!(syncs.counts(), (2, 2));
+
+        let dir = tempfile::tempdir().unwrap();
+        let options = super::SqliteOptions {
+            synchronous: super::Synchronous::Normal,
+            ..Default::default()
+        };
+        let backend = SqliteBackend::open(dir.path(), options).unwrap();
+        assert!(backend.wal_sync.is_none());
+        backend.durable().await.unwrap();
     }
 
     /// A server reads the rule keys ahead of its first write, and that write then finds them

@@ -15,6 +15,7 @@ use tokio::sync::{OwnedMutexGuard, oneshot};
 use super::Call;
 use super::rows::{self, KEY_COLUMNS, REPORT_COLUMNS, RULE_COLUMNS, json_tags};
 use super::rule_keys::{RuleKey, RuleKeys};
+use super::wal_sync::WalSync;
 use crate::keys::{ApiKey, TenantName};
 use crate::rules::{NewRule, Rule, RuleAction, RuleId, Target, TenantId, UnixMillis};
 use crate::store::audit::NewAuditRecord;
@@ -309,6 +310,7 @@ impl Transaction for Direct<'_> {
 pub struct SqliteTransaction {
     calls: Sender<Call>,
     keys: Arc<RuleKeys>,
+    wal_sync: Option<Arc<WalSync>>,
     /// One write transaction at a time on the connection.
     _turn: OwnedMutexGuard<()>,
     open: bool,
@@ -318,11 +320,13 @@ impl SqliteTransaction {
     pub(super) async fn begin(
         calls: Sender<Call>,
         keys: Arc<RuleKeys>,
+        wal_sync: Option<Arc<WalSync>>,
         turn: OwnedMutexGuard<()>,
     ) -> StoreResult<Self> {
         let mut tx = Self {
             calls,
             keys: keys.clone(),
+            wal_sync,
             _turn: turn,
             open: false,
         };
@@ -499,8 +503,12 @@ impl Transaction for SqliteTransaction {
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
         let keys = self.keys.clone();
+        let wal_sync = self.wal_sync.clone();
         let committed = self
-            .run(move |conn| Direct { conn, keys: &keys }.finish())
+            .run(move |conn| {
+                Direct { conn, keys: &keys }.finish()?;
+                synced(wal_sync.as_deref())
+            })
             .await;
         // Committed, or rolled back by `finish`, unless the writer thread is gone.
         if !matches!(committed, Err(StoreError::WriterGone)) {
@@ -508,6 +516,16 @@ impl Transaction for SqliteTransaction {
         }
         committed
     }
+}
+
+/// Syncs a commit made outside the writer's group commits before it is answered, as SQLite's
+/// FULL setting would have in the commit (see [`WalSync`]); these are few and small.
+pub(super) fn synced(wal_sync: Option<&WalSync>) -> StoreResult<()> {
+    let Some(wal_sync) = wal_sync else {
+        return Ok(());
+    };
+    wal_sync.committed();
+    wal_sync.sync()
 }
 
 /// Where new rules are stored: the 13 columns [`bind_rule`] binds.
