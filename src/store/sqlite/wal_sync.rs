@@ -9,7 +9,9 @@
 //!
 //! A checkpoint syncs the WAL before it copies from it, at NORMAL as at FULL, so a WAL started
 //! again after a checkpoint never holds the only copy of an unsynced commit. Unlike SQLite's
-//! FULL, readers of the database may see a commit up to one sync before it is on disk.
+//! FULL, readers of the database may see a commit up to one sync before it is on disk; a
+//! bouncer's stream records its cursor (a commit synced before it returns, which syncs all
+//! before it) before it answers, so what a stream sends is on disk.
 //!
 //! After a failed sync nothing is known of what reached the disk (the kernel may have dropped
 //! the pages it could not write, and a second sync would then succeed): every later sync fails
