@@ -666,6 +666,28 @@ mod tests {
         backend.durable().await.unwrap();
     }
 
+    /// The engine answers a write only once the backend has made it durable.
+    #[tokio::test]
+    async fn the_engine_answers_a_write_once_it_is_synced() {
+        use std::sync::Arc;
+
+        use crate::engine::{Engine, Feed, Policies};
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(dir.path(), Default::default()).unwrap();
+        let syncs = backend.wal_sync.clone().expect("full is the default");
+        let backend: crate::store::backend::SharedBackend = Arc::new(backend);
+        let feed = Arc::new(Feed::new(
+            backend.clone(),
+            Arc::new(crate::clock::SystemClock),
+            Vec::new(),
+        ));
+        let engine = Engine::start(backend, feed, Policies::default());
+        engine.probe(UnixMillis(1)).await.unwrap();
+        let (committed, synced) = syncs.counts();
+        assert!(committed >= 1);
+        assert_eq!(synced, committed);
+    }
+
     /// A server reads the rule keys ahead of its first write, and that write then finds them
     /// (including a rule stored after the read, by another handle on the file).
     #[tokio::test]
