@@ -58,7 +58,7 @@ impl WalSync {
     }
 
     /// Returns once every transaction committed before the call is on disk. Callers that come
-    /// while a sync runs wait for it, and one sync then covers all of them.
+    /// while a sync runs wait for it; the sync after it then covers all of them at once.
     pub(super) fn sync(&self) -> StoreResult<()> {
         let wanted = self.committed.load(Ordering::Acquire);
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
